@@ -1,0 +1,55 @@
+# tlsmint - the two set-up commands are `make run` and `make test` (see README.md).
+# Both install what is missing (Debian 12, apt-get, non-interactive), configure and build.
+
+DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev liburing-dev \
+        libp11-dev libp11-kit-dev p11-kit softhsm2 check libbenchmark-dev opensc ca-certificates \
+        procps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TEST_DIR := build/test
+REL_DIR := build/release
+VAR ?= var
+
+.PHONY: all deps build test run bench clean format
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(REL_DIR)/build.ninja:
+	meson setup $(REL_DIR) --buildtype=release -Dtests=false -Dbench=true
+
+$(TEST_DIR)/build.ninja:
+	meson setup $(TEST_DIR) --buildtype=debug -Dwerror=true -Db_sanitize=address,undefined \
+	  -Db_lundef=false -Dhsm_tests=true
+
+build: deps $(REL_DIR)/build.ninja
+	ninja -C $(REL_DIR)
+
+test: deps $(TEST_DIR)/build.ninja
+	ninja -C $(TEST_DIR)
+	@set +e; meson test -C $(TEST_DIR) --print-errorlogs --num-processes 2; rc=$$?; \
+	  tools/test-summary.sh $(TEST_DIR)/meson-logs/testlog.txt; exit $$rc
+
+run: build
+	@if [ ! -f $(VAR)/tlsmint.conf ]; then $(REL_DIR)/cli/tlsmint init --dir $(VAR) || exit 1; fi
+	@echo ""
+	@echo "tlsmint: starting with $(VAR)/tlsmint.conf (Ctrl-C stops it)"
+	@echo "  clients must trust: $(VAR)/ca/forward-trust.pem"
+	@echo "  HSM view:           $(REL_DIR)/cli/tlsmint -c $(VAR)/tlsmint.conf hsm-status"
+	@echo ""
+	exec $(REL_DIR)/cli/tlsmint -c $(VAR)/tlsmint.conf run
+
+bench: build
+	bench/run-hsm-bench.sh $(REL_DIR)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc')
+
+clean:
+	rm -rf build

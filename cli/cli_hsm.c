@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cli_hsm.c - `tlsmint hsm-status` and `tlsmint run`.
+ * hsm-status goes through the same path the proxy uses (signer processes, dispatcher, a
+ * completion queue), so what it prints is what the proxy would see. run starts the signing pool
+ * and, until the dataplane lands, serves nothing else.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+static int parse_common(int argc, char **argv, const char *usage, const char **conf)
+{
+    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    int c;
+    optind = 1;
+    *conf = "./var/tlsmint.conf";
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            *conf = optarg;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tlsmint: unexpected argument '%s'\n%s", argv[optind], usage);
+        return 2;
+    }
+    return -1;
+}
+
+struct one_result {
+    int done;
+    struct hsm_result res;
+    uint8_t sig[HSM_SIG_MAX];
+};
+
+static void on_done(void *ctx, const struct hsm_result *r)
+{
+    struct one_result *o = ctx;
+    o->done = 1;
+    o->res = *r;
+    if (r->sig_len) {
+        memcpy(o->sig, r->sig, r->sig_len);
+        o->res.sig = o->sig;
+    }
+}
+
+/* Compares the token's public key with the configured CA certificate. */
+static const char *ca_match(const struct px_cfg *cfg, const struct hsm_token_info *ti)
+{
+    if (cfg->ca_forward_trust_cert[0] == '\0') {
+        return "no [ca] forward_trust_cert configured";
+    }
+    FILE *f = fopen(cfg->ca_forward_trust_cert, "r");
+    if (f == NULL) {
+        return "cannot open [ca] forward_trust_cert";
+    }
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (x == NULL) {
+        return "[ca] forward_trust_cert is not a PEM certificate";
+    }
+    const char *verdict = "public key matches the forward-trust CA certificate";
+    if (ti->pub_len == 0) {
+        verdict = "token shows no public key object: cannot compare with the CA certificate";
+    } else {
+        const unsigned char *p = ti->pub_der;
+        EVP_PKEY *k = d2i_PUBKEY(NULL, &p, ti->pub_len);
+        if (k == NULL || EVP_PKEY_eq(k, X509_get0_pubkey(x)) != 1) {
+            verdict = "MISMATCH: the token's key is not the forward-trust CA's key";
+        }
+        EVP_PKEY_free(k);
+    }
+    X509_free(x);
+    return verdict;
+}
+
+static const char status_usage[] =
+    "usage: tlsmint [-c CONFIG] hsm-status\n"
+    "\n"
+    "Starts a signer for every HSM member in CONFIG (as the proxy would), and prints per member:\n"
+    "token label and serial number, manufacturer and model, module, login state, key label and\n"
+    "type, whether the key matches the forward-trust CA certificate, and one test signature's\n"
+    "latency through the whole path. Exit status 0 when every member is up.\n";
+
+int cli_hsm_status(int argc, char **argv)
+{
+    const char *conf;
+    int r = parse_common(argc, argv, status_usage, &conf);
+    if (r >= 0) {
+        return r;
+    }
+    static struct px_cfg cfg;
+    if (cli_load_config(conf, &cfg) != 0) {
+        return 1;
+    }
+    char err[512];
+    struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
+    if (pool == NULL) {
+        fprintf(stderr, "tlsmint hsm-status: %s\n", err);
+        return 1;
+    }
+    struct hsm_cq *cq = hsm_cq_new();
+    int all_up = 1;
+    for (int i = 0; i < hsm_pool_members(pool); i++) {
+        struct hsm_member_stats st;
+        hsm_pool_member_stats(pool, i, &st);
+        const struct hsm_token_info *ti = &st.token;
+        printf("member %s: %s\n", st.name, hsm_member_state_name(st.state));
+        printf("  module        %s%s%s%s\n", cfg.members[i].module, ti->module_desc[0] ? " (" : "",
+               ti->module_desc, ti->module_desc[0] ? ")" : "");
+        if (st.state != HSM_MEMBER_UP) {
+            printf("  error         %s\n", st.last_error);
+            all_up = 0;
+            continue;
+        }
+        printf("  token         label '%s', serial %s\n", ti->label, ti->serial);
+        printf("  device        %s / %s\n", ti->manufacturer, ti->model);
+        printf("  state         %s\n", ti->logged_in ? "authenticated (user logged in)"
+                                                        : "not authenticated");
+        printf("  key           '%s', %s-%d\n", ti->key_label,
+               ti->key_type == HSM_KEY_RSA ? "RSA" : "EC", ti->key_bits);
+        if (i == 0) {
+            printf("  CA            %s\n", ca_match(&cfg, ti));
+        }
+        printf("  signer        pid %d, %d workers, batch %d\n", st.pid, cfg.hsm_workers,
+               cfg.hsm_batch);
+    }
+    enum hsm_alg alg;
+    if (cq != NULL && hsm_pool_alg(pool, &alg) == 0) {
+        uint8_t dg[64];
+        RAND_bytes(dg, sizeof(dg));
+        struct one_result o = {0};
+        uint64_t t0 = px_now_ns();
+        int s = hsm_sign_submit(pool, cq, alg, dg, hsm_alg_digest_len(alg), 0, &o);
+        while (s == 0 && !o.done) {
+            struct pollfd pfd = {.fd = hsm_cq_fd(cq), .events = POLLIN};
+            poll(&pfd, 1, 1000);
+            hsm_cq_drain(cq, on_done, &o);
+            if (px_now_ns() - t0 > 10000000000ull) {
+                break;
+            }
+        }
+        if (s == 0 && o.done && o.res.status == 0) {
+            printf("test signature  %s, %zu bytes, %.2f ms through signer and dispatcher\n",
+                   hsm_alg_name(alg), o.res.sig_len, (double)o.res.latency_ns / 1e6);
+        } else {
+            printf("test signature  FAILED: %s%s%s\n", px_strerror(s ? s : o.res.status),
+                   o.res.ck_rv ? " " : "", o.res.ck_rv ? hsm_ckr_name(o.res.ck_rv) : "");
+            all_up = 0;
+        }
+    }
+    hsm_pool_free(pool);
+    hsm_cq_free(cq);
+    return all_up ? 0 : 1;
+}
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static const char run_usage[] =
+    "usage: tlsmint [-c CONFIG] run\n"
+    "\n"
+    "Starts the proxy in the foreground. SIGTERM or SIGINT stops it.\n"
+    "This build runs the HSM signing pool (signers, dispatcher, health); the interception\n"
+    "dataplane (listeners, TLS, relay) is not part of it yet.\n";
+
+int cli_run(int argc, char **argv)
+{
+    const char *conf;
+    int r = parse_common(argc, argv, run_usage, &conf);
+    if (r >= 0) {
+        return r;
+    }
+    static struct px_cfg cfg;
+    if (cli_load_config(conf, &cfg) != 0) {
+        return 1;
+    }
+    char err[512];
+    struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
+    if (pool == NULL) {
+        fprintf(stderr, "tlsmint run: %s\n", err);
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    px_log(PX_LOG_INFO, "main", "HSM pool up: %d/%d members; forward-trust CA %s",
+           hsm_pool_members_up(pool), hsm_pool_members(pool), cfg.ca_forward_trust_cert);
+    px_log(PX_LOG_WARN, "main",
+           "the interception dataplane is not in this build yet: no listener is opened "
+           "(explicit %s, transparent %s are configured); Ctrl-C or SIGTERM stops",
+           cfg.listen_explicit, cfg.listen_transparent);
+    while (!g_stop) {
+        pause();
+    }
+    for (int i = 0; i < hsm_pool_members(pool); i++) {
+        struct hsm_member_stats st;
+        hsm_pool_member_stats(pool, i, &st);
+        px_log(PX_LOG_INFO, "main", "member %s: %s, %llu signatures, %llu errors, %llu respawns",
+               st.name, hsm_member_state_name(st.state), (unsigned long long)st.ops,
+               (unsigned long long)st.errors, (unsigned long long)st.respawns);
+    }
+    hsm_pool_free(pool);
+    px_log(PX_LOG_INFO, "main", "stopped");
+    return 0;
+}

@@ -1,0 +1,510 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cli_init.c - `tlsmint init`: a private SoftHSM store and token, the forward-trust key pair
+ * generated inside the token, the self-signed forward-trust CA certificate signed through the
+ * HSM, a forward-untrust CA, and a commented configuration file.
+ * Owns nothing after it returns. Runs single-threaded, before any proxy exists; it loads the
+ * PKCS#11 module in-process because it is a management command, not the network-facing proxy.
+ * Invariants: refuses to touch an existing DIR state; PINs go only into 0600 files.
+ * Not here: the master key and encrypted key files (the master-key issue), the leaf-key pool.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#define SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#define CA_DAYS 3650
+
+static const char init_usage[] =
+    "usage: tlsmint init [--dir DIR] [--key-type ec-p256|rsa-2048|rsa-3072] [--module PATH]\n"
+    "\n"
+    "Creates DIR (default ./var) with:\n"
+    "  DIR/hsm/          private SoftHSM store (softhsm2.conf, tokens/), token 'tlsmint'\n"
+    "  DIR/hsm/pin       the token's user PIN (mode 0600); DIR/hsm/so-pin the SO PIN (0600)\n"
+    "  DIR/ca/forward-trust.pem    self-signed CA; its key was generated inside the token\n"
+    "  DIR/ca/forward-untrust.pem  CA for upstreams whose chain does not verify\n"
+    "  DIR/ca/forward-untrust.key  its key (mode 0600; encrypted once the master key lands)\n"
+    "  DIR/tlsmint.conf  commented configuration that 'tlsmint run' uses as is\n"
+    "Refuses to run when DIR already holds any of these.\n"
+    "\n"
+    "options:\n"
+    "  --dir DIR         state directory (default ./var)\n"
+    "  --key-type T      forward-trust key: ec-p256 (default), rsa-2048, rsa-3072\n"
+    "  --module PATH     PKCS#11 module (default " SOFTHSM_MODULE ")\n";
+
+static int write_secret_file(const char *path, const char *content)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return -errno;
+    }
+    size_t len = strlen(content);
+    ssize_t w = write(fd, content, len);
+    int r = (w == (ssize_t)len && fsync(fd) == 0) ? 0 : -EIO;
+    close(fd);
+    return r;
+}
+
+static int write_file(const char *path, const char *content, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) {
+        return -errno;
+    }
+    size_t len = strlen(content);
+    ssize_t w = write(fd, content, len);
+    int r = (w == (ssize_t)len && fsync(fd) == 0) ? 0 : -EIO;
+    close(fd);
+    if (r == 0 && rename(tmp, path) != 0) {
+        r = -errno;
+    }
+    return r;
+}
+
+static int random_pin(char *out, size_t hexlen)
+{
+    uint8_t raw[32];
+    if (hexlen / 2 > sizeof(raw) || RAND_bytes(raw, (int)(hexlen / 2)) != 1) {
+        return PX_E_CRYPTO;
+    }
+    for (size_t i = 0; i < hexlen / 2; i++) {
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    }
+    px_wipe(raw, sizeof(raw));
+    return 0;
+}
+
+static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ex = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (ex == NULL) {
+        return PX_E_CRYPTO;
+    }
+    int ok = X509_add_ext(cert, ex, -1);
+    X509_EXTENSION_free(ex);
+    return ok == 1 ? 0 : PX_E_CRYPTO;
+}
+
+/* A CA certificate skeleton (everything but the signature). Returns new ref or NULL. */
+static X509 *ca_skeleton(EVP_PKEY *pub, const char *cn)
+{
+    X509 *x = X509_new();
+    X509_NAME *name = X509_NAME_new();
+    BIGNUM *bn = BN_new();
+    ASN1_INTEGER *serial = NULL;
+    X509 *ret = NULL;
+    if (x == NULL || name == NULL || bn == NULL) {
+        goto out;
+    }
+    if (BN_rand(bn, 127, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
+        (serial = BN_to_ASN1_INTEGER(bn, NULL)) == NULL || X509_set_version(x, 2) != 1 ||
+        X509_set_serialNumber(x, serial) != 1 ||
+        X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"tlsmint", -1,
+                                   -1, 0) != 1 ||
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
+                                   0) != 1 ||
+        X509_set_subject_name(x, name) != 1 || X509_set_issuer_name(x, name) != 1 ||
+        X509_gmtime_adj(X509_getm_notBefore(x), -3600) == NULL ||
+        X509_gmtime_adj(X509_getm_notAfter(x), (long)CA_DAYS * 86400) == NULL ||
+        X509_set_pubkey(x, pub) != 1) {
+        goto out;
+    }
+    if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") != 0 ||
+        add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign,digitalSignature") != 0 ||
+        add_ext(x, x, NID_subject_key_identifier, "hash") != 0 ||
+        add_ext(x, x, NID_authority_key_identifier, "keyid:always") != 0) {
+        goto out;
+    }
+    ret = x;
+    x = NULL;
+out:
+    X509_free(x);
+    X509_NAME_free(name);
+    BN_free(bn);
+    ASN1_INTEGER_free(serial);
+    return ret;
+}
+
+int cli_x509_sign_hsm(X509 *x, struct hsm_direct *d)
+{
+    const struct hsm_token_info *info = hsm_direct_info(d);
+    enum hsm_alg alg;
+    int nid, ptype = V_ASN1_UNDEF;
+    const EVP_MD *md;
+    if (info->key_type == HSM_KEY_RSA) {
+        alg = HSM_ALG_RSA_PKCS1_SHA256;
+        nid = NID_sha256WithRSAEncryption;
+        ptype = V_ASN1_NULL;
+        md = EVP_sha256();
+    } else if (info->key_bits == 384) {
+        alg = HSM_ALG_ECDSA_SHA384;
+        nid = NID_ecdsa_with_SHA384;
+        md = EVP_sha384();
+    } else {
+        alg = HSM_ALG_ECDSA_SHA256;
+        nid = NID_ecdsa_with_SHA256;
+        md = EVP_sha256();
+    }
+    /* OpenSSL 3.0 has no setter for the TBS signature algorithm (OPENSSL-NOTES.md) */
+    X509_ALGOR *tbs_alg = (X509_ALGOR *)X509_get0_tbs_sigalg(x);
+    const ASN1_BIT_STRING *csig;
+    const X509_ALGOR *calg;
+    X509_get0_signature(&csig, &calg, x);
+    if (X509_ALGOR_set0(tbs_alg, OBJ_nid2obj(nid), ptype, NULL) != 1 ||
+        X509_ALGOR_set0((X509_ALGOR *)calg, OBJ_nid2obj(nid), ptype, NULL) != 1) {
+        return PX_E_CRYPTO;
+    }
+    unsigned char *tbs = NULL;
+    int tlen = i2d_re_X509_tbs(x, &tbs);
+    if (tlen <= 0) {
+        return PX_E_CRYPTO;
+    }
+    uint8_t digest[64];
+    unsigned int dlen = 0;
+    int ok = EVP_Digest(tbs, (size_t)tlen, digest, &dlen, md, NULL);
+    OPENSSL_free(tbs);
+    if (ok != 1) {
+        return PX_E_CRYPTO;
+    }
+    uint8_t sig[HSM_SIG_MAX];
+    unsigned long rv = 0;
+    int slen = hsm_direct_sign(d, alg, digest, dlen, sig, &rv);
+    if (slen < 0) {
+        px_log(PX_LOG_ERROR, "init", "HSM signature failed: %s", hsm_ckr_name(rv));
+        return slen;
+    }
+    ASN1_BIT_STRING *bs = (ASN1_BIT_STRING *)csig;
+    if (ASN1_BIT_STRING_set(bs, sig, slen) != 1) {
+        return PX_E_CRYPTO;
+    }
+    /* 0 unused bits, stated explicitly, or the encoding breaks for even last bytes */
+    bs->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
+    bs->flags |= ASN1_STRING_FLAG_BITS_LEFT;
+    return 0;
+}
+
+static int write_cert_pem(const char *path, X509 *x)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b == NULL || PEM_write_bio_X509(b, x) != 1) {
+        BIO_free(b);
+        return PX_E_CRYPTO;
+    }
+    char *data;
+    long len = BIO_get_mem_data(b, &data);
+    char *s = strndup(data, (size_t)len);
+    BIO_free(b);
+    if (s == NULL) {
+        return -ENOMEM;
+    }
+    int r = write_file(path, s, 0644);
+    free(s);
+    return r;
+}
+
+static int make_untrust_ca(const char *dir)
+{
+    char path[PATH_MAX];
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *x = NULL;
+    BIO *b = NULL;
+    int ret = PX_E_CRYPTO;
+    if (key == NULL) {
+        goto out;
+    }
+    x = ca_skeleton(key, "tlsmint forward-untrust CA (do not trust)");
+    if (x == NULL || X509_sign(x, key, EVP_sha256()) <= 0) {
+        goto out;
+    }
+    snprintf(path, sizeof(path), "%s/ca/forward-untrust.pem", dir);
+    if ((ret = write_cert_pem(path, x)) != 0) {
+        goto out;
+    }
+    snprintf(path, sizeof(path), "%s/ca/forward-untrust.key", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        ret = -errno;
+        goto out;
+    }
+    b = BIO_new_fd(fd, BIO_CLOSE);
+    ret = (b != NULL && PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL) == 1)
+              ? 0
+              : PX_E_CRYPTO;
+    if (b == NULL) {
+        close(fd);
+    }
+out:
+    BIO_free(b);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return ret;
+}
+
+static const char conf_template[] =
+    "; tlsmint configuration, written by 'tlsmint init' on %s.\n"
+    "; Relative paths are relative to the directory tlsmint is started from.\n"
+    "\n"
+    "[listen]\n"
+    "explicit    = 127.0.0.1:3128     ; HTTP CONNECT proxy; empty = off\n"
+    "transparent = 127.0.0.1:8443     ; REDIRECT/TPROXY target; empty = off\n"
+    "threads     = 0                  ; 0 = one loop per core\n"
+    "\n"
+    "[hsm]\n"
+    "module          = %s\n"
+    "env             = SOFTHSM2_CONF=%s/hsm/softhsm2.conf  ; set in the signer before loading\n"
+    "token           = tlsmint        ; token label (or token_serial = ...)\n"
+    "pin_file        = %s/hsm/pin\n"
+    "key_label       = forward-trust\n"
+    "workers         = 2              ; signer threads, one PKCS#11 session each\n"
+    "batch           = 16             ; jobs per frame and per worker wake-up (1-64)\n"
+    "sign_timeout_ms = 250            ; deadline of one signature\n"
+    "hang_timeout_ms = 2000           ; a signer silent this long is killed and restarted\n"
+    "queue_size      = 4096           ; signatures queued at most (then: queue full)\n"
+    "fail_mode       = closed         ; closed | open\n"
+    "recovery_retries = 0             ; 0-500, 0 = keep retrying\n"
+    "; [hsm.NAME] sections add HA members holding the same key (module, token, pin_file,\n"
+    "; key_label, env).\n"
+    "\n"
+    "[ca]\n"
+    "forward_trust_cert   = %s/ca/forward-trust.pem\n"
+    "forward_untrust_cert = %s/ca/forward-untrust.pem\n"
+    "forward_untrust_key  = %s/ca/forward-untrust.key\n"
+    "leaf_max_days        = 30\n"
+    "\n"
+    "[cache]\n"
+    "size  = 100000                   ; leaf certificates kept\n"
+    "ttl_s = 86400\n"
+    "\n"
+    "[upstream]\n"
+    "ca_file = /etc/ssl/certs/ca-certificates.crt\n"
+    "verify  = yes\n"
+    "mark    = 0                      ; SO_MARK on upstream sockets (transparent loops)\n"
+    "\n"
+    "[policy]\n"
+    "bypass  =                        ; host patterns passed through untouched\n"
+    "\n"
+    "[log]\n"
+    "level   = info                   ; error | warn | info | debug\n"
+    "access  =                        ; JSON line per connection: file path, empty = stdout\n"
+    "\n"
+    "[admin]\n"
+    "socket  = %s/run/tlsmint.sock\n"
+    "metrics = 127.0.0.1:9120\n";
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    if (mkdir(path, mode) != 0 && errno != EEXIST) {
+        return -errno;
+    }
+    return 0;
+}
+
+int cli_init(int argc, char **argv)
+{
+    static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
+                                         {"key-type", required_argument, NULL, 'k'},
+                                         {"module", required_argument, NULL, 'm'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *dir_arg = "./var", *ktype = "ec-p256", *module = SOFTHSM_MODULE;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            dir_arg = optarg;
+            break;
+        case 'k':
+            ktype = optarg;
+            break;
+        case 'm':
+            module = optarg;
+            break;
+        case 'c':
+            break; /* init writes the config; -c is accepted for uniformity */
+        case 'h':
+            fputs(init_usage, stdout);
+            return 0;
+        default:
+            fputs(init_usage, stderr);
+            return 2;
+        }
+    }
+    enum hsm_keygen kind;
+    if (strcmp(ktype, "ec-p256") == 0) {
+        kind = HSM_KEYGEN_EC_P256;
+    } else if (strcmp(ktype, "rsa-2048") == 0) {
+        kind = HSM_KEYGEN_RSA_2048;
+    } else if (strcmp(ktype, "rsa-3072") == 0) {
+        kind = HSM_KEYGEN_RSA_3072;
+    } else if (strcmp(ktype, "ec-p384") == 0) {
+        kind = HSM_KEYGEN_EC_P384;
+    } else {
+        fprintf(stderr, "tlsmint init: unknown --key-type '%s' (ec-p256, rsa-2048, rsa-3072)\n",
+                ktype);
+        return 2;
+    }
+    if (mkdir_p(dir_arg, 0755) != 0) {
+        fprintf(stderr, "tlsmint init: cannot create %s: %s\n", dir_arg, strerror(errno));
+        return 1;
+    }
+    char dir[PATH_MAX];
+    if (realpath(dir_arg, dir) == NULL) {
+        fprintf(stderr, "tlsmint init: %s: %s\n", dir_arg, strerror(errno));
+        return 1;
+    }
+    static const char *state[] = {"tlsmint.conf", "hsm", "ca"};
+    for (size_t i = 0; i < sizeof(state) / sizeof(state[0]); i++) {
+        char p[PATH_MAX + 32];
+        snprintf(p, sizeof(p), "%s/%s", dir, state[i]);
+        if (access(p, F_OK) == 0) {
+            fprintf(stderr,
+                    "tlsmint init: %s already exists: refusing to overwrite existing state "
+                    "(move it away or choose another --dir)\n",
+                    p);
+            return 1;
+        }
+    }
+    char p[PATH_MAX + 64], pin[33] = "", so_pin[33] = "";
+    int ret = 1;
+    uint8_t pub[HSM_PUB_MAX];
+    char err[512];
+    EVP_PKEY *pkey = NULL;
+    X509 *ca = NULL;
+    struct hsm_direct *d = NULL;
+    char *conf = NULL;
+
+    const char *subdirs[] = {"hsm", "hsm/tokens", "ca", "run"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, subdirs[i]);
+        if (mkdir_p(p, strncmp(subdirs[i], "hsm", 3) == 0 ? 0700 : 0755) != 0) {
+            fprintf(stderr, "tlsmint init: cannot create %s: %s\n", p, strerror(errno));
+            goto out;
+        }
+    }
+    snprintf(p, sizeof(p), "%s/hsm/softhsm2.conf", dir);
+    char hsmconf[PATH_MAX + 128];
+    snprintf(hsmconf, sizeof(hsmconf),
+             "# SoftHSM store private to this tlsmint instance\n"
+             "directories.tokendir = %s/hsm/tokens\nobjectstore.backend = file\n"
+             "log.level = ERROR\nslots.removable = false\n",
+             dir);
+    if (write_file(p, hsmconf, 0600) != 0) {
+        fprintf(stderr, "tlsmint init: cannot write %s\n", p);
+        goto out;
+    }
+    setenv("SOFTHSM2_CONF", p, 1);
+
+    if (random_pin(pin, 16) != 0 || random_pin(so_pin, 16) != 0) {
+        fprintf(stderr, "tlsmint init: no randomness for PINs\n");
+        goto out;
+    }
+    snprintf(p, sizeof(p), "%s/hsm/pin", dir);
+    if (write_secret_file(p, pin) != 0) {
+        fprintf(stderr, "tlsmint init: cannot write %s\n", p);
+        goto out;
+    }
+    snprintf(p, sizeof(p), "%s/hsm/so-pin", dir);
+    if (write_secret_file(p, so_pin) != 0) {
+        fprintf(stderr, "tlsmint init: cannot write %s\n", p);
+        goto out;
+    }
+
+    int publen = hsm_mgmt_create_token_and_key(module, "tlsmint", so_pin, pin, "forward-trust",
+                                               kind, pub, err, sizeof(err));
+    if (publen < 0) {
+        fprintf(stderr, "tlsmint init: %s\n", err);
+        goto out;
+    }
+    const unsigned char *pp = pub;
+    pkey = d2i_PUBKEY(NULL, &pp, publen);
+    if (pkey == NULL) {
+        fprintf(stderr, "tlsmint init: the token's public key does not parse\n");
+        goto out;
+    }
+
+    struct px_hsm_member_cfg m;
+    memset(&m, 0, sizeof(m));
+    snprintf(m.name, sizeof(m.name), "hsm");
+    snprintf(m.module, sizeof(m.module), "%s", module);
+    snprintf(m.token, sizeof(m.token), "tlsmint");
+    snprintf(m.pin_file, sizeof(m.pin_file), "%s/hsm/pin", dir);
+    snprintf(m.key_label, sizeof(m.key_label), "forward-trust");
+    d = hsm_direct_open(&m, err, sizeof(err));
+    if (d == NULL) {
+        fprintf(stderr, "tlsmint init: %s\n", err);
+        goto out;
+    }
+    ca = ca_skeleton(pkey, "tlsmint forward-trust CA");
+    if (ca == NULL || cli_x509_sign_hsm(ca, d) != 0) {
+        px_log_ossl_errors("init");
+        fprintf(stderr, "tlsmint init: could not make the forward-trust CA certificate\n");
+        goto out;
+    }
+    if (X509_verify(ca, pkey) != 1) {
+        fprintf(stderr, "tlsmint init: the HSM's signature on the CA does not verify\n");
+        goto out;
+    }
+    snprintf(p, sizeof(p), "%s/ca/forward-trust.pem", dir);
+    if (write_cert_pem(p, ca) != 0) {
+        fprintf(stderr, "tlsmint init: cannot write %s\n", p);
+        goto out;
+    }
+    if (make_untrust_ca(dir) != 0) {
+        px_log_ossl_errors("init");
+        fprintf(stderr, "tlsmint init: could not make the forward-untrust CA\n");
+        goto out;
+    }
+    time_t now = time(NULL);
+    char when[32];
+    strftime(when, sizeof(when), "%Y-%m-%d", gmtime(&now));
+    size_t cap = sizeof(conf_template) + 8 * PATH_MAX;
+    conf = malloc(cap);
+    if (conf == NULL) {
+        goto out;
+    }
+    snprintf(conf, cap, conf_template, when, module, dir, dir, dir, dir, dir, dir);
+    snprintf(p, sizeof(p), "%s/tlsmint.conf", dir);
+    if (write_file(p, conf, 0644) != 0) {
+        fprintf(stderr, "tlsmint init: cannot write %s\n", p);
+        goto out;
+    }
+    const struct hsm_token_info *info = hsm_direct_info(d);
+    printf("tlsmint: initialised %s\n", dir);
+    printf("  HSM token      'tlsmint' serial %s (%s), store %s/hsm\n", info->serial,
+           info->module_desc, dir);
+    printf("  forward-trust  key '%s' (%s-%d, generated in the token, not extractable)\n",
+           info->key_label, info->key_type == HSM_KEY_RSA ? "RSA" : "EC", info->key_bits);
+    printf("  CA certificate %s/ca/forward-trust.pem  <- clients must trust this\n", dir);
+    printf("  untrust CA     %s/ca/forward-untrust.pem (key file 0600)\n", dir);
+    printf("  config         %s/tlsmint.conf\n", dir);
+    ret = 0;
+out:
+    px_wipe(pin, sizeof(pin));
+    px_wipe(so_pin, sizeof(so_pin));
+    free(conf);
+    hsm_direct_close(d);
+    X509_free(ca);
+    EVP_PKEY_free(pkey);
+    return ret;
+}

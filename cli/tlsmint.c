@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tlsmint.c - program entry: global options, subcommand dispatch, help.
+ * The internal "__signer" subcommand is dispatched before anything else so the signer process
+ * starts with nothing but its socket (DESIGN.md "Threads and processes").
+ */
+#include "cli.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: tlsmint [-c CONFIG] COMMAND [ARGS]\n"
+    "\n"
+    "TLS forward proxy that mints leaf certificates signed by a CA key held in an HSM.\n"
+    "\n"
+    "commands:\n"
+    "  init [--dir DIR] [--key-type ec-p256|rsa-2048|rsa-3072]\n"
+    "                 create DIR (default ./var): SoftHSM token with the forward-trust key made\n"
+    "                 inside it, forward-trust and forward-untrust CAs, and DIR/tlsmint.conf\n"
+    "  run            start the proxy in the foreground (SIGTERM stops it)\n"
+    "  hsm-status     show each HSM member: token, serial, state, key, a test signature\n"
+    "  help           this text; 'tlsmint COMMAND --help' shows a command's options\n"
+    "\n"
+    "options:\n"
+    "  -c CONFIG      configuration file (default ./var/tlsmint.conf, written by init)\n"
+    "  -h, --help     this text\n"
+    "  -V, --version  print the version\n";
+
+static char g_self[PATH_MAX];
+
+const char *cli_self_exe(void)
+{
+    return g_self;
+}
+
+int cli_load_config(const char *path, struct px_cfg *cfg)
+{
+    char err[600];
+    if (px_cfg_load(path, cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint: %s\n", err);
+        if (access(path, F_OK) != 0) {
+            fprintf(stderr, "tlsmint: run 'tlsmint init' first, or pass -c CONFIG\n");
+        }
+        return 1;
+    }
+    px_log_set_level(cfg->log_level);
+    return 0;
+}
+
+static int signer_cmd(int argc, char **argv)
+{
+    int fd = -1, member = -1;
+    const char *conf = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--fd") == 0) {
+            fd = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--member") == 0) {
+            member = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "-c") == 0) {
+            conf = argv[i + 1];
+        }
+    }
+    if (fd < 0 || member < 0 || conf == NULL) {
+        fprintf(stderr, "tlsmint: __signer is internal: started by the proxy, not by hand\n");
+        return 2;
+    }
+    return hsm_signer_main(fd, conf, member);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "__signer") == 0) {
+        return signer_cmd(argc - 1, argv + 1);
+    }
+    ssize_t n = readlink("/proc/self/exe", g_self, sizeof(g_self) - 1);
+    if (n <= 0) {
+        snprintf(g_self, sizeof(g_self), "%s", argv[0]);
+    } else {
+        g_self[n] = '\0';
+    }
+
+    /* global options before the command; -c is passed through to the command */
+    const char *conf = NULL;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
+            printf("tlsmint %s\n", TLSMINT_VERSION);
+            return 0;
+        }
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            conf = argv[++i];
+            continue;
+        }
+        fprintf(stderr, "tlsmint: unknown option '%s' (see tlsmint --help)\n", argv[i]);
+        return 2;
+    }
+    if (i >= argc) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    /* rebuild argv for the command: cmd [-c CONF] rest... */
+    char *sub[256];
+    int sc = 0;
+    sub[sc++] = argv[i];
+    if (conf != NULL) {
+        sub[sc++] = "-c";
+        sub[sc++] = (char *)conf;
+    }
+    for (int k = i + 1; k < argc && sc < 255; k++) {
+        sub[sc++] = argv[k];
+    }
+    sub[sc] = NULL;
+
+    if (strcmp(cmd, "help") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "init") == 0) {
+        return cli_init(sc, sub);
+    }
+    if (strcmp(cmd, "hsm-status") == 0) {
+        return cli_hsm_status(sc, sub);
+    }
+    if (strcmp(cmd, "run") == 0) {
+        return cli_run(sc, sub);
+    }
+    fprintf(stderr, "tlsmint: unknown command '%s' (see tlsmint --help)\n", cmd);
+    return 2;
+}

@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * px.h - the common module: error idiom, guards, logging, time, config.
+ * Owns nothing at run time but the log sink and the parsed configuration objects it returns.
+ * Called from every thread; px_log is thread-safe (one write(2) per line).
+ * Invariants: a px_cfg is immutable once px_cfg_load returns it.
+ * Not here: anything that knows about TLS, certificates or PKCS#11.
+ */
+#ifndef PX_H
+#define PX_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PX_MUST_CHECK __attribute__((warn_unused_result))
+#define PX_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* Project error codes: negative, from -4096 down, so they never collide with -errno. */
+enum px_err {
+    PX_E_CONFIG = -4096,  /* bad configuration */
+    PX_E_CRYPTO = -4097,  /* OpenSSL failure */
+    PX_E_HSM = -4098,     /* PKCS#11 call failed */
+    PX_E_SHORT = -4099,   /* input too short / truncated */
+    PX_E_PROTO = -4100,   /* malformed frame or message */
+    PX_E_EXISTS = -4101,  /* refusing to overwrite state */
+    PX_E_FULL = -4102,    /* bounded queue full */
+    PX_E_TIMEOUT = -4103, /* deadline missed */
+    PX_E_GONE = -4104,    /* peer process gone */
+    PX_E_DOWN = -4105,    /* no HSM member can sign */
+    PX_E_INVAL = -4106,   /* bad argument */
+    PX_E_SHUTDOWN = -4107 /* component is shutting down */
+};
+
+/* A short name for an error code (project code or -errno); never NULL. */
+const char *px_strerror(int err);
+
+#define PX_TRY(x)                                                                                  \
+    do {                                                                                           \
+        int px__r = (x);                                                                           \
+        if (px__r < 0) {                                                                           \
+            return px__r;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+#define PX_ENSURE(cond, err)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            return (err);                                                                          \
+        }                                                                                          \
+    } while (0)
+
+#define PX_ENSURE_REF(p) PX_ENSURE((p) != NULL, PX_E_INVAL)
+
+/* Only 1 counts as success for OpenSSL; the error queue is drained into the log here. */
+#define PX_TRY_OSSL(call, err)                                                                     \
+    do {                                                                                           \
+        if ((call) != 1) {                                                                         \
+            px_log_ossl_errors(__func__);                                                          \
+            return (err);                                                                          \
+        }                                                                                          \
+    } while (0)
+
+#define PX_BUG(msg) px_bug(__FILE__, __LINE__, (msg))
+void px_bug(const char *file, int line, const char *msg) __attribute__((noreturn));
+
+/* ---- logging ---------------------------------------------------------------------------- */
+
+enum px_log_level { PX_LOG_ERROR = 0, PX_LOG_WARN, PX_LOG_INFO, PX_LOG_DEBUG };
+
+/* Global level; set once at start-up (before threads), read everywhere. */
+void px_log_set_level(enum px_log_level level);
+enum px_log_level px_log_get_level(void);
+/* Parses "error|warn|info|debug"; returns 0 and sets *out, or PX_E_INVAL. */
+PX_MUST_CHECK int px_log_level_parse(const char *s, enum px_log_level *out);
+/* Process tag printed in every line ("tlsmint", "signer:hsm0"); borrows a static string. */
+void px_log_set_tag(const char *tag);
+void px_log(enum px_log_level level, const char *mod, const char *fmt, ...) PX_PRINTF(3, 4);
+void px_log_ossl_errors(const char *where);
+
+/* ---- time ------------------------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t px_now_ns(void);
+
+/* ---- secrets ---------------------------------------------------------------------------- */
+
+/* Wipes memory in a way the compiler cannot elide. */
+void px_wipe(void *p, size_t n);
+
+/*
+ * Reads a small secret file (PIN) into buf (NUL-terminated, trailing newline stripped).
+ * Refuses files readable by group or others, empty files and files larger than cap-1.
+ * On error writes one line into err and returns a negative code; never logs the content.
+ */
+PX_MUST_CHECK int px_read_secret_file(const char *path, char *buf, size_t cap, char *err,
+                                      size_t errlen);
+
+/* ---- configuration ---------------------------------------------------------------------- */
+
+#define PX_HSM_MAX_MEMBERS 16
+#define PX_HSM_MAX_ENV 8
+
+enum px_fail_mode { PX_FAIL_CLOSED = 0, PX_FAIL_OPEN };
+
+/* One HSM member: [hsm] itself, or an [hsm.NAME] section. */
+struct px_hsm_member_cfg {
+    char name[32];          /* "hsm" for the primary, NAME for [hsm.NAME] */
+    char module[256];       /* PKCS#11 module path */
+    char token[33];         /* token label (PKCS#11 labels are 32 bytes) */
+    char token_serial[17];  /* token serial; used instead of the label when set */
+    char pin_file[256];     /* user PIN, 0600 */
+    char key_label[64];     /* forward-trust private key label */
+    char key_id[64];        /* hex CKA_ID; used when key_label is empty */
+    char env[PX_HSM_MAX_ENV][256]; /* NAME=VALUE set in the signer before loading the module */
+    int n_env;
+    int line;               /* config line of the section header, for messages */
+};
+
+struct px_cfg {
+    char path[256];
+
+    /* [listen] */
+    char listen_explicit[128];
+    char listen_transparent[128];
+    int threads;
+
+    /* [hsm] shared settings + members (members[0] is [hsm]) */
+    struct px_hsm_member_cfg members[PX_HSM_MAX_MEMBERS];
+    int n_members;
+    int hsm_workers;
+    int hsm_batch;
+    int hsm_sign_timeout_ms;
+    int hsm_hang_timeout_ms;
+    int hsm_queue_size;
+    enum px_fail_mode fail_mode;
+    int recovery_retries;
+    bool rsa_pss;
+
+    /* [ca] */
+    char ca_forward_trust_cert[256];
+    char ca_forward_trust_chain[256];
+    char ca_forward_untrust_cert[256];
+    char ca_forward_untrust_key[256];
+    int ca_leaf_max_days;
+
+    /* [cache] */
+    int cache_size;
+    int cache_ttl_s;
+
+    /* [upstream] */
+    char upstream_ca_file[256];
+    bool upstream_verify;
+    uint32_t upstream_mark;
+
+    /* [policy] */
+    char policy_bypass[1024];
+
+    /* [log] */
+    enum px_log_level log_level;
+    char log_access[256];
+
+    /* [admin] */
+    char admin_socket[256];
+    char admin_metrics[128];
+};
+
+/* Fills every field with its documented default (no HSM member configured yet). */
+void px_cfg_defaults(struct px_cfg *cfg);
+
+/*
+ * Parses and validates an INI file. Returns 0 and a filled *cfg, or a negative code with one
+ * line "FILE:LINE: [section] key: reason" in err. Unknown sections/keys and bad values are errors.
+ */
+PX_MUST_CHECK int px_cfg_load(const char *path, struct px_cfg *cfg, char *err, size_t errlen);
+/* Same, from a string (for tests and fuzzing); name is used in messages. */
+PX_MUST_CHECK int px_cfg_load_string(const char *name, const char *text, struct px_cfg *cfg,
+                                     char *err, size_t errlen);
+
+/* ---- DER writing (small, bounded) ------------------------------------------------------- */
+
+/* Writes tag and the DER length of len into out (at most 6 bytes); returns bytes written. */
+size_t px_der_header(uint8_t *out, uint8_t tag, size_t len);
+/* out = tag | length | content (content may overlap out: memmove). Returns total or PX_E_SHORT. */
+PX_MUST_CHECK int px_der_wrap(uint8_t *out, size_t cap, uint8_t tag, const uint8_t *content,
+                              size_t len);
+/* A DER INTEGER from an unsigned big-endian number. Returns total or PX_E_SHORT. */
+PX_MUST_CHECK int px_der_uint(uint8_t *out, size_t cap, const uint8_t *be, size_t len);
+
+#endif /* PX_H */

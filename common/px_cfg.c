@@ -1,0 +1,439 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * px_cfg.c - the configuration file: INI (libinih) into a validated struct px_cfg.
+ * Owns nothing after it returns; the caller owns the struct.
+ * Called at start-up and on reload, from one thread at a time.
+ * Invariants: every accepted key is in the table below; the first error wins and names
+ * FILE:LINE: [section] key.
+ * Not here: what the values mean at run time.
+ */
+#include "px.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+struct parse_state {
+    struct px_cfg *cfg;
+    const char *name;
+    int line;          /* line the reader returned last */
+    char err[512];
+    int failed;
+    /* stream sources */
+    FILE *fp;
+    const char *str;
+};
+
+static char *reader_file(char *buf, int num, void *stream)
+{
+    struct parse_state *st = stream;
+    char *r = fgets(buf, num, st->fp);
+    if (r != NULL) {
+        st->line++;
+    }
+    return r;
+}
+
+static char *reader_string(char *buf, int num, void *stream)
+{
+    struct parse_state *st = stream;
+    if (*st->str == '\0' || num < 2) {
+        return NULL;
+    }
+    int i = 0;
+    while (i < num - 1 && st->str[0] != '\0') {
+        char c = *st->str++;
+        buf[i++] = c;
+        if (c == '\n') {
+            break;
+        }
+    }
+    buf[i] = '\0';
+    st->line++;
+    return buf;
+}
+
+static int fail(struct parse_state *st, const char *section, const char *key, const char *fmt,
+                ...) PX_PRINTF(4, 5);
+
+static int fail(struct parse_state *st, const char *section, const char *key, const char *fmt, ...)
+{
+    if (!st->failed) {
+        char why[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        snprintf(st->err, sizeof(st->err), "%s:%d: [%s] %s: %s", st->name, st->line, section, key,
+                 why);
+        st->failed = 1;
+    }
+    return 0;
+}
+
+static int set_str(struct parse_state *st, const char *sec, const char *key, const char *val,
+                   char *dst, size_t cap)
+{
+    size_t n = strlen(val);
+    if (n >= cap) {
+        return fail(st, sec, key, "value too long (%zu bytes, at most %zu)", n, cap - 1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)val[i] < 0x20) {
+            return fail(st, sec, key, "control character in value");
+        }
+    }
+    memcpy(dst, val, n + 1);
+    return 1;
+}
+
+static int set_int(struct parse_state *st, const char *sec, const char *key, const char *val,
+                   int *dst, long lo, long hi)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno != 0 || end == val || *end != '\0') {
+        return fail(st, sec, key, "'%s' is not an integer", val);
+    }
+    if (v < lo || v > hi) {
+        return fail(st, sec, key, "%ld is out of range %ld-%ld", v, lo, hi);
+    }
+    *dst = (int)v;
+    return 1;
+}
+
+static int set_bool(struct parse_state *st, const char *sec, const char *key, const char *val,
+                    bool *dst)
+{
+    if (strcmp(val, "yes") == 0 || strcmp(val, "true") == 0 || strcmp(val, "1") == 0 ||
+        strcmp(val, "on") == 0) {
+        *dst = true;
+        return 1;
+    }
+    if (strcmp(val, "no") == 0 || strcmp(val, "false") == 0 || strcmp(val, "0") == 0 ||
+        strcmp(val, "off") == 0) {
+        *dst = false;
+        return 1;
+    }
+    return fail(st, sec, key, "'%s' is not yes or no", val);
+}
+
+static int set_addr(struct parse_state *st, const char *sec, const char *key, const char *val,
+                    char *dst, size_t cap)
+{
+    if (*val != '\0') {
+        const char *colon = strrchr(val, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : -1;
+        if (colon == NULL || colon == val || end == colon + 1 || *end != '\0' || port < 1 ||
+            port > 65535) {
+            return fail(st, sec, key, "'%s' is not HOST:PORT (or empty to turn it off)", val);
+        }
+    }
+    return set_str(st, sec, key, val, dst, cap);
+}
+
+static int hsm_member_key(struct parse_state *st, const char *sec, struct px_hsm_member_cfg *m,
+                          const char *key, const char *val)
+{
+    if (strcmp(key, "module") == 0) {
+        return set_str(st, sec, key, val, m->module, sizeof(m->module));
+    }
+    if (strcmp(key, "token") == 0) {
+        return set_str(st, sec, key, val, m->token, sizeof(m->token));
+    }
+    if (strcmp(key, "token_serial") == 0) {
+        return set_str(st, sec, key, val, m->token_serial, sizeof(m->token_serial));
+    }
+    if (strcmp(key, "pin_file") == 0) {
+        return set_str(st, sec, key, val, m->pin_file, sizeof(m->pin_file));
+    }
+    if (strcmp(key, "key_label") == 0) {
+        return set_str(st, sec, key, val, m->key_label, sizeof(m->key_label));
+    }
+    if (strcmp(key, "key_id") == 0) {
+        size_t n = strlen(val);
+        for (size_t i = 0; i < n; i++) {
+            if (!isxdigit((unsigned char)val[i])) {
+                return fail(st, sec, key, "'%s' is not hex", val);
+            }
+        }
+        if (n % 2 != 0) {
+            return fail(st, sec, key, "odd number of hex digits");
+        }
+        return set_str(st, sec, key, val, m->key_id, sizeof(m->key_id));
+    }
+    if (strcmp(key, "env") == 0) {
+        if (m->n_env >= PX_HSM_MAX_ENV) {
+            return fail(st, sec, key, "at most %d env lines per member", PX_HSM_MAX_ENV);
+        }
+        const char *eq = strchr(val, '=');
+        if (eq == NULL || eq == val) {
+            return fail(st, sec, key, "'%s' is not NAME=VALUE", val);
+        }
+        if (!set_str(st, sec, key, val, m->env[m->n_env], sizeof(m->env[0]))) {
+            return 0;
+        }
+        m->n_env++;
+        return 1;
+    }
+    return -1; /* not a member key */
+}
+
+static struct px_hsm_member_cfg *member_for(struct parse_state *st, const char *sec)
+{
+    struct px_cfg *c = st->cfg;
+    const char *name = strcmp(sec, "hsm") == 0 ? "hsm" : sec + 4;
+    for (int i = 0; i < c->n_members; i++) {
+        if (strcmp(c->members[i].name, name) == 0) {
+            return &c->members[i];
+        }
+    }
+    if (c->n_members >= PX_HSM_MAX_MEMBERS) {
+        fail(st, sec, "-", "at most %d HSM members", PX_HSM_MAX_MEMBERS);
+        return NULL;
+    }
+    if (strcmp(name, "hsm") != 0 && c->n_members == 0) {
+        /* keep [hsm] as members[0] even when [hsm.X] comes first */
+        snprintf(c->members[0].name, sizeof(c->members[0].name), "hsm");
+        c->n_members = 1;
+    }
+    if (strcmp(name, "hsm") == 0 && c->n_members > 0 && strcmp(c->members[0].name, "hsm") != 0) {
+        PX_BUG("members[0] must be [hsm]");
+    }
+    struct px_hsm_member_cfg *m = &c->members[c->n_members++];
+    memset(m, 0, sizeof(*m));
+    if (strlen(name) == 0 || strlen(name) >= sizeof(m->name)) {
+        fail(st, sec, "-", "HSM member name must be 1-%zu characters", sizeof(m->name) - 1);
+        return NULL;
+    }
+    snprintf(m->name, sizeof(m->name), "%s", name);
+    m->line = st->line;
+    return m;
+}
+
+static int handler(void *user, const char *sec, const char *key, const char *val)
+{
+    struct parse_state *st = user;
+    struct px_cfg *c = st->cfg;
+
+    if (strcmp(sec, "listen") == 0) {
+        if (strcmp(key, "explicit") == 0) {
+            return set_addr(st, sec, key, val, c->listen_explicit, sizeof(c->listen_explicit));
+        }
+        if (strcmp(key, "transparent") == 0) {
+            return set_addr(st, sec, key, val, c->listen_transparent,
+                            sizeof(c->listen_transparent));
+        }
+        if (strcmp(key, "threads") == 0) {
+            return set_int(st, sec, key, val, &c->threads, 0, 256);
+        }
+    } else if (strcmp(sec, "hsm") == 0 || strncmp(sec, "hsm.", 4) == 0) {
+        struct px_hsm_member_cfg *m = member_for(st, sec);
+        if (m == NULL) {
+            return 0;
+        }
+        int r = hsm_member_key(st, sec, m, key, val);
+        if (r >= 0) {
+            return r;
+        }
+        if (strcmp(sec, "hsm") == 0) {
+            if (strcmp(key, "workers") == 0) {
+                return set_int(st, sec, key, val, &c->hsm_workers, 1, 64);
+            }
+            if (strcmp(key, "batch") == 0) {
+                return set_int(st, sec, key, val, &c->hsm_batch, 1, 64);
+            }
+            if (strcmp(key, "sign_timeout_ms") == 0) {
+                return set_int(st, sec, key, val, &c->hsm_sign_timeout_ms, 1, 60000);
+            }
+            if (strcmp(key, "hang_timeout_ms") == 0) {
+                return set_int(st, sec, key, val, &c->hsm_hang_timeout_ms, 10, 600000);
+            }
+            if (strcmp(key, "queue_size") == 0) {
+                return set_int(st, sec, key, val, &c->hsm_queue_size, 1, 1 << 20);
+            }
+            if (strcmp(key, "recovery_retries") == 0) {
+                return set_int(st, sec, key, val, &c->recovery_retries, 0, 500);
+            }
+            if (strcmp(key, "rsa_pss") == 0) {
+                return set_bool(st, sec, key, val, &c->rsa_pss);
+            }
+            if (strcmp(key, "fail_mode") == 0) {
+                if (strcmp(val, "closed") == 0) {
+                    c->fail_mode = PX_FAIL_CLOSED;
+                    return 1;
+                }
+                if (strcmp(val, "open") == 0) {
+                    c->fail_mode = PX_FAIL_OPEN;
+                    return 1;
+                }
+                return fail(st, sec, key, "'%s' is not closed or open", val);
+            }
+        }
+    } else if (strcmp(sec, "ca") == 0) {
+        if (strcmp(key, "forward_trust_cert") == 0) {
+            return set_str(st, sec, key, val, c->ca_forward_trust_cert,
+                           sizeof(c->ca_forward_trust_cert));
+        }
+        if (strcmp(key, "forward_trust_chain") == 0) {
+            return set_str(st, sec, key, val, c->ca_forward_trust_chain,
+                           sizeof(c->ca_forward_trust_chain));
+        }
+        if (strcmp(key, "forward_untrust_cert") == 0) {
+            return set_str(st, sec, key, val, c->ca_forward_untrust_cert,
+                           sizeof(c->ca_forward_untrust_cert));
+        }
+        if (strcmp(key, "forward_untrust_key") == 0) {
+            return set_str(st, sec, key, val, c->ca_forward_untrust_key,
+                           sizeof(c->ca_forward_untrust_key));
+        }
+        if (strcmp(key, "leaf_max_days") == 0) {
+            return set_int(st, sec, key, val, &c->ca_leaf_max_days, 1, 825);
+        }
+    } else if (strcmp(sec, "cache") == 0) {
+        if (strcmp(key, "size") == 0) {
+            return set_int(st, sec, key, val, &c->cache_size, 16, 10000000);
+        }
+        if (strcmp(key, "ttl_s") == 0) {
+            return set_int(st, sec, key, val, &c->cache_ttl_s, 1, 86400 * 365);
+        }
+    } else if (strcmp(sec, "upstream") == 0) {
+        if (strcmp(key, "ca_file") == 0) {
+            return set_str(st, sec, key, val, c->upstream_ca_file, sizeof(c->upstream_ca_file));
+        }
+        if (strcmp(key, "verify") == 0) {
+            return set_bool(st, sec, key, val, &c->upstream_verify);
+        }
+        if (strcmp(key, "mark") == 0) {
+            char *end = NULL;
+            errno = 0;
+            unsigned long v = strtoul(val, &end, 0);
+            if (errno != 0 || end == val || *end != '\0' || v > UINT32_MAX || val[0] == '-') {
+                return fail(st, sec, key, "'%s' is not a 32-bit mark", val);
+            }
+            c->upstream_mark = (uint32_t)v;
+            return 1;
+        }
+    } else if (strcmp(sec, "policy") == 0) {
+        if (strcmp(key, "bypass") == 0) {
+            return set_str(st, sec, key, val, c->policy_bypass, sizeof(c->policy_bypass));
+        }
+    } else if (strcmp(sec, "log") == 0) {
+        if (strcmp(key, "level") == 0) {
+            if (px_log_level_parse(val, &c->log_level) != 0) {
+                return fail(st, sec, key, "'%s' is not error, warn, info or debug", val);
+            }
+            return 1;
+        }
+        if (strcmp(key, "access") == 0) {
+            return set_str(st, sec, key, val, c->log_access, sizeof(c->log_access));
+        }
+    } else if (strcmp(sec, "admin") == 0) {
+        if (strcmp(key, "socket") == 0) {
+            return set_str(st, sec, key, val, c->admin_socket, sizeof(c->admin_socket));
+        }
+        if (strcmp(key, "metrics") == 0) {
+            return set_addr(st, sec, key, val, c->admin_metrics, sizeof(c->admin_metrics));
+        }
+    } else {
+        return fail(st, sec[0] ? sec : "-", key, "unknown section");
+    }
+    return fail(st, sec, key, "unknown key");
+}
+
+void px_cfg_defaults(struct px_cfg *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->listen_explicit, sizeof(c->listen_explicit), "127.0.0.1:3128");
+    snprintf(c->listen_transparent, sizeof(c->listen_transparent), "127.0.0.1:8443");
+    c->threads = 0;
+    c->hsm_workers = 2;
+    c->hsm_batch = 16;
+    c->hsm_sign_timeout_ms = 250;
+    c->hsm_hang_timeout_ms = 2000;
+    c->hsm_queue_size = 4096;
+    c->fail_mode = PX_FAIL_CLOSED;
+    c->recovery_retries = 0;
+    c->ca_leaf_max_days = 30;
+    c->cache_size = 100000;
+    c->cache_ttl_s = 86400;
+    snprintf(c->upstream_ca_file, sizeof(c->upstream_ca_file),
+             "/etc/ssl/certs/ca-certificates.crt");
+    c->upstream_verify = true;
+    c->log_level = PX_LOG_INFO;
+    snprintf(c->admin_socket, sizeof(c->admin_socket), "var/run/tlsmint.sock");
+    snprintf(c->admin_metrics, sizeof(c->admin_metrics), "127.0.0.1:9120");
+}
+
+static int validate(struct parse_state *st)
+{
+    struct px_cfg *c = st->cfg;
+    for (int i = 0; i < c->n_members; i++) {
+        struct px_hsm_member_cfg *m = &c->members[i];
+        const char *sec = i == 0 ? "hsm" : m->name;
+        st->line = m->line;
+        if (m->module[0] == '\0') {
+            return fail(st, sec, "module", "missing (path of the PKCS#11 module)");
+        }
+        if (m->token[0] == '\0' && m->token_serial[0] == '\0') {
+            return fail(st, sec, "token", "missing (token label, or token_serial)");
+        }
+        if (m->pin_file[0] == '\0') {
+            return fail(st, sec, "pin_file", "missing (file holding the user PIN, mode 0600)");
+        }
+        if (m->key_label[0] == '\0' && m->key_id[0] == '\0') {
+            return fail(st, sec, "key_label", "missing (label of the forward-trust key)");
+        }
+    }
+    return 1;
+}
+
+static int finish(struct parse_state *st, int rc, char *err, size_t errlen)
+{
+    if (rc == 0 && !st->failed) {
+        validate(st);
+    }
+    if (st->failed) {
+        snprintf(err, errlen, "%s", st->err);
+        return PX_E_CONFIG;
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "%s:%d: syntax error (expected [section] or key = value)",
+                 st->name, rc);
+        return PX_E_CONFIG;
+    }
+    return 0;
+}
+
+int px_cfg_load_string(const char *name, const char *text, struct px_cfg *cfg, char *err,
+                       size_t errlen)
+{
+    struct parse_state st = {.cfg = cfg, .name = name, .str = text};
+    px_cfg_defaults(cfg);
+    snprintf(cfg->path, sizeof(cfg->path), "%s", name);
+    int rc = ini_parse_stream(reader_string, &st, handler, &st);
+    return finish(&st, rc, err, errlen);
+}
+
+int px_cfg_load(const char *path, struct px_cfg *cfg, char *err, size_t errlen)
+{
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL) {
+        int e = errno;
+        snprintf(err, errlen, "%s: cannot open config file: %s", path, strerror(e));
+        return -e;
+    }
+    struct parse_state st = {.cfg = cfg, .name = path, .fp = fp};
+    px_cfg_defaults(cfg);
+    snprintf(cfg->path, sizeof(cfg->path), "%s", path);
+    int rc = ini_parse_stream(reader_file, &st, handler, &st);
+    fclose(fp);
+    return finish(&st, rc, err, errlen);
+}

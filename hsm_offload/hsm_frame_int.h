@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hsm_frame_int.h - the frames between the proxy's dispatcher and a signer process.
+ * One frame = one SOCK_SEQPACKET message, so boundaries come from the kernel. Both ends are the
+ * same binary, so host byte order and fixed struct layouts are fine.
+ * Private to hsm_offload/.
+ */
+#ifndef HSM_FRAME_INT_H
+#define HSM_FRAME_INT_H
+
+#include <stdint.h>
+
+#include "hsm.h"
+
+#define HSM_FRAME_MAGIC 0x544d3031u /* "TM01" */
+#define HSM_BATCH_MAX 64
+
+enum hsm_frame_type {
+    HSM_FRAME_HELLO = 1, /* signer -> proxy, once: struct hsm_hello */
+    HSM_FRAME_REQ,       /* proxy -> signer: count x struct hsm_req */
+    HSM_FRAME_RESP       /* signer -> proxy: count x (struct hsm_resp + sig bytes) */
+};
+
+struct hsm_frame_hdr {
+    uint32_t magic;
+    uint16_t type;
+    uint16_t count;
+};
+
+struct hsm_req {
+    uint64_t id;
+    uint8_t alg;
+    uint8_t dlen;
+    uint8_t pad[6];
+    uint8_t digest[64];
+};
+
+struct hsm_resp {
+    uint64_t id;
+    uint64_t rv;      /* CK_RV of the failing call, 0 on success */
+    int32_t status;   /* 0 or a px_err */
+    uint16_t sig_len; /* bytes following this struct */
+    uint16_t pad;
+};
+
+struct hsm_hello {
+    int32_t status; /* 0: ready; otherwise startup failed, see err */
+    uint32_t workers;
+    uint64_t rv;
+    char err[256];
+    struct hsm_token_info info;
+};
+
+#define HSM_REQ_FRAME_MAX (sizeof(struct hsm_frame_hdr) + HSM_BATCH_MAX * sizeof(struct hsm_req))
+#define HSM_RESP_FRAME_MAX                                                                         \
+    (sizeof(struct hsm_frame_hdr) + HSM_BATCH_MAX * (sizeof(struct hsm_resp) + HSM_SIG_MAX))
+
+/* Exit codes of the signer, read by the proxy to word its log line. */
+enum hsm_signer_exit {
+    HSM_SIGNER_EXIT_OK = 0,
+    HSM_SIGNER_EXIT_STARTUP = 3,  /* could not load, find token, log in or find key */
+    HSM_SIGNER_EXIT_DEVICE = 4,   /* device-level error: a fresh process re-initialises */
+    HSM_SIGNER_EXIT_PROTO = 5     /* garbage on the job socket */
+};
+
+#endif

@@ -1,0 +1,267 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hsm_mgmt.c - management calls that load a PKCS#11 module in the calling process: token
+ * creation and key generation for `tlsmint init`, and a direct synchronous session for tooling,
+ * benchmarks (the plain C_Sign baseline) and test cross-checks.
+ * Owns the module handle and sessions of each struct hsm_direct. Called from one thread per
+ * object; never from the proxy (its module lives only in the signers).
+ * Not here: deadlines and recovery (a management command simply fails with a clear message).
+ */
+#include "hsm_p11_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct hsm_direct {
+    struct hsm_mod *mod; /* shared by clones; owned by the first */
+    bool owns_mod;
+    struct hsm_tok tok;
+    struct hsm_sess sess;
+    struct px_hsm_member_cfg m;
+};
+
+struct hsm_direct *hsm_direct_open(const struct px_hsm_member_cfg *m, char *err, size_t errlen)
+{
+    struct hsm_direct *d = calloc(1, sizeof(*d));
+    struct hsm_mod *mod = calloc(1, sizeof(*mod));
+    if (d == NULL || mod == NULL) {
+        free(d);
+        free(mod);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->m = *m;
+    d->mod = mod;
+    d->owns_mod = true;
+    d->tok.m = &d->m;
+    d->tok.mod = mod;
+    CK_RV rv;
+    if (px_read_secret_file(m->pin_file, d->tok.pin, sizeof(d->tok.pin), err, errlen) < 0 ||
+        hsm_p11__load(mod, m->module, err, errlen) != 0) {
+        px_wipe(d->tok.pin, sizeof(d->tok.pin));
+        free(mod);
+        free(d);
+        return NULL;
+    }
+    if (hsm_p11__find_token(&d->tok, err, errlen) != 0 ||
+        hsm_p11__session_open(&d->tok, &d->sess, &rv, err, errlen) != 0 ||
+        hsm_p11__key_info(&d->tok, &d->sess, err, errlen) != 0) {
+        hsm_direct_close(d);
+        return NULL;
+    }
+    return d;
+}
+
+struct hsm_direct *hsm_direct_clone(struct hsm_direct *src, char *err, size_t errlen)
+{
+    struct hsm_direct *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->m = src->m;
+    d->mod = src->mod;
+    d->owns_mod = false;
+    d->tok = src->tok;
+    d->tok.m = &d->m;
+    CK_RV rv;
+    if (hsm_p11__session_open(&d->tok, &d->sess, &rv, err, errlen) != 0) {
+        px_wipe(&d->tok, sizeof(d->tok));
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void hsm_direct_close(struct hsm_direct *d)
+{
+    if (d == NULL) {
+        return;
+    }
+    hsm_p11__session_close(&d->tok, &d->sess);
+    if (d->owns_mod) {
+        hsm_p11__unload(d->mod);
+        free(d->mod);
+    }
+    px_wipe(&d->tok, sizeof(d->tok));
+    free(d);
+}
+
+const struct hsm_token_info *hsm_direct_info(const struct hsm_direct *d)
+{
+    return &d->tok.info;
+}
+
+int hsm_direct_sign(struct hsm_direct *d, enum hsm_alg alg, const uint8_t *digest,
+                    size_t digest_len, uint8_t *sig, unsigned long *ck_rv)
+{
+    CK_RV rv = CKR_OK;
+    int n = hsm_p11__sign(&d->tok, &d->sess, alg, digest, digest_len, sig, &rv);
+    if (ck_rv) {
+        *ck_rv = rv;
+    }
+    return n;
+}
+
+/* After C_InitToken SoftHSM moves the token to a new slot id: find it by label again. */
+static int find_slot_by_label(CK_FUNCTION_LIST *f, const char *label, bool initialized,
+                              CK_SLOT_ID *out)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = 64;
+    if (f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) {
+        return PX_E_HSM;
+    }
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (f->C_GetTokenInfo(slots[i], &ti) != CKR_OK) {
+            continue;
+        }
+        bool init = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
+        if (!initialized && !init) {
+            *out = slots[i];
+            return 0;
+        }
+        char l[33];
+        hsm_p11__str(l, sizeof(l), ti.label, sizeof(ti.label));
+        if (initialized && init && strcmp(l, label) == 0) {
+            *out = slots[i];
+            return 0;
+        }
+    }
+    return PX_E_HSM;
+}
+
+int hsm_mgmt_create_token_and_key(const char *module, const char *token_label, const char *so_pin,
+                                  const char *user_pin, const char *key_label,
+                                  enum hsm_keygen kind, uint8_t *pub, char *err, size_t errlen)
+{
+    struct hsm_mod mod;
+    struct px_hsm_member_cfg m;
+    struct hsm_tok tok;
+    struct hsm_sess s = {0};
+    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+    CK_SLOT_ID slot;
+    CK_RV rv = CKR_OK;
+    int ret = PX_E_HSM;
+    const char *step = "";
+
+    memset(&m, 0, sizeof(m));
+    memset(&tok, 0, sizeof(tok));
+    if (hsm_p11__load(&mod, module, err, errlen) != 0) {
+        return PX_E_HSM;
+    }
+    CK_FUNCTION_LIST *f = mod.f;
+    if (find_slot_by_label(f, token_label, true, &slot) == 0) {
+        snprintf(err, errlen, "a token labelled '%s' already exists in %s: refusing to touch it",
+                 token_label, module);
+        ret = PX_E_EXISTS;
+        goto out;
+    }
+    if (find_slot_by_label(f, NULL, false, &slot) != 0) {
+        snprintf(err, errlen, "no free (uninitialised) token slot in %s", module);
+        goto out;
+    }
+    CK_UTF8CHAR label32[32];
+    memset(label32, ' ', sizeof(label32));
+    memcpy(label32, token_label, strnlen(token_label, 32));
+    step = "C_InitToken";
+    rv = f->C_InitToken(slot, (CK_UTF8CHAR *)so_pin, strlen(so_pin), label32);
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+    if (find_slot_by_label(f, token_label, true, &slot) != 0) {
+        snprintf(err, errlen, "token '%s' vanished after C_InitToken", token_label);
+        goto out;
+    }
+    step = "C_OpenSession";
+    rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+    step = "C_Login(SO)";
+    rv = f->C_Login(h, CKU_SO, (CK_UTF8CHAR *)so_pin, strlen(so_pin));
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+    step = "C_InitPIN";
+    rv = f->C_InitPIN(h, (CK_UTF8CHAR *)user_pin, strlen(user_pin));
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+    f->C_Logout(h);
+    step = "C_Login(user)";
+    rv = f->C_Login(h, CKU_USER, (CK_UTF8CHAR *)user_pin, strlen(user_pin));
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BYTE id[] = {0x01};
+    static const uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const uint8_t p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+    CK_BYTE exp[] = {0x01, 0x00, 0x01};
+    CK_ULONG bits = kind == HSM_KEYGEN_RSA_3072 ? 3072 : 2048;
+    CK_MECHANISM mech;
+    CK_ATTRIBUTE pubt[8], privt[8];
+    CK_ULONG np = 0, nq = 0;
+    pubt[np++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
+    pubt[np++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, sizeof(yes)};
+    pubt[np++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)key_label, strlen(key_label)};
+    pubt[np++] = (CK_ATTRIBUTE){CKA_ID, id, sizeof(id)};
+    if (kind == HSM_KEYGEN_EC_P256 || kind == HSM_KEYGEN_EC_P384) {
+        mech = (CK_MECHANISM){CKM_EC_KEY_PAIR_GEN, NULL, 0};
+        if (kind == HSM_KEYGEN_EC_P256) {
+            pubt[np++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)p256, sizeof(p256)};
+        } else {
+            pubt[np++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)p384, sizeof(p384)};
+        }
+    } else {
+        mech = (CK_MECHANISM){CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+        pubt[np++] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
+        pubt[np++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exp, sizeof(exp)};
+    }
+    privt[nq++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_PRIVATE, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)key_label, strlen(key_label)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_ID, id, sizeof(id)};
+    CK_OBJECT_HANDLE hpub, hpriv;
+    step = "C_GenerateKeyPair";
+    rv = f->C_GenerateKeyPair(h, &mech, pubt, np, privt, nq, &hpub, &hpriv);
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+
+    /* read the public key back the same way the signer will */
+    snprintf(m.name, sizeof(m.name), "init");
+    snprintf(m.key_label, sizeof(m.key_label), "%s", key_label);
+    tok.m = &m;
+    tok.mod = &mod;
+    tok.slot = slot;
+    s.h = h;
+    s.key = hpriv;
+    if (hsm_p11__key_info(&tok, &s, err, errlen) != 0) {
+        goto out;
+    }
+    if (tok.info.pub_len == 0) {
+        snprintf(err, errlen, "could not read the generated public key back");
+        goto out;
+    }
+    memcpy(pub, tok.info.pub_der, tok.info.pub_len);
+    ret = tok.info.pub_len;
+    goto out;
+
+fail:
+    snprintf(err, errlen, "%s on %s: %s", step, module, hsm_ckr_name(rv));
+    ret = PX_E_HSM;
+out:
+    if (h != CK_INVALID_HANDLE) {
+        f->C_CloseSession(h);
+    }
+    hsm_p11__unload(&mod);
+    return ret;
+}

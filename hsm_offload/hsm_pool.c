@@ -1,0 +1,1134 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hsm_pool.c - the proxy side of hsm_offload: job pool, dispatcher thread, signer lifecycle,
+ * completion queues.
+ * Owns a fixed array of jobs (the bound on everything queued), one dispatcher thread, and one
+ * signer child process plus socketpair per HSM member.
+ * Threads: any thread submits (a short mutex, never a wait on the HSM); only the dispatcher
+ * touches members, frames and deadlines; each hsm_cq is drained by its owning thread.
+ * Invariants: a job is in exactly one place (free list, submit list, pending list, a member's
+ * in-flight list, or a cq) and gets exactly one completion per successful submit. A job id
+ * carries a generation, so an answer that arrives after its deadline is recognised and dropped.
+ * Not here: PKCS#11 (only inside the signer), what a signature is for (certcache/).
+ */
+#include "hsm_frame_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+enum job_state { JOB_FREE = 0, JOB_QUEUED, JOB_PENDING, JOB_INFLIGHT, JOB_DONE };
+
+struct job {
+    uint64_t id; /* generation << 32 | index */
+    struct job *next;
+    struct job *iprev, *inext; /* member in-flight list */
+    struct hsm_pool *pool;
+    struct hsm_cq *cq;
+    void *user;
+    uint64_t submit_ns, deadline_ns;
+    int status;
+    unsigned long rv;
+    int member;
+    enum job_state state;
+    uint8_t alg, dlen;
+    uint16_t sig_len;
+    uint8_t digest[64];
+    uint8_t sig[HSM_SIG_MAX];
+};
+
+struct hsm_cq {
+    _Atomic(struct job *) head;
+    int evfd;
+};
+
+#define LAT_BUCKETS 128
+#define REAP_MAX 32
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct member {
+    int idx;
+    const struct px_hsm_member_cfg *cfg;
+    enum hsm_member_state state;
+    pid_t pid;
+    int fd;
+    uint64_t state_ns;      /* when the state was entered */
+    uint64_t next_spawn_ns; /* RECOVERING: when to try again */
+    uint32_t backoff_ms;
+    int failed_starts;
+    uint64_t busy_since_ns; /* last time outstanding went 0 -> 1, or last answer */
+    uint32_t outstanding;   /* sent and not answered (including jobs already timed out) */
+    struct job *inflight;   /* jobs sent and still owned by this member */
+    uint32_t n_inflight;
+    bool send_blocked;
+    /* statistics, written by the dispatcher under pool->stats_lock */
+    uint64_t ops, errors, timeouts, gone, respawns, kills, spawns;
+    uint32_t rv_codes[8];
+    uint64_t rv_counts[8];
+    int n_rv;
+    uint64_t lat[LAT_BUCKETS];
+    uint64_t lat_max_ns;
+    char last_error[160];
+    struct hsm_token_info info;
+    bool have_info;
+};
+
+struct hsm_pool {
+    const struct px_cfg *cfg;
+    char exe[512];
+    struct job *jobs;
+    uint32_t njobs;
+
+    pthread_mutex_t lock; /* free list, submit list, stopping, live count */
+    struct job *free;
+    struct job *sub_head, *sub_tail;
+    bool stopping;
+    bool freed;
+    uint32_t live; /* jobs not on the free list */
+
+    int evfd;
+    pthread_t thr;
+    bool thr_started;
+
+    struct member members[PX_HSM_MAX_MEMBERS];
+    int nmembers;
+    _Atomic int members_up;
+    _Atomic uint32_t queue_depth;
+
+    /* dispatcher-only */
+    struct job *pend_head, *pend_tail;
+    uint32_t npend;
+    pid_t reap[REAP_MAX];
+    int nreap;
+    uint8_t *rxbuf;
+    uint8_t *txbuf;
+
+    pthread_mutex_t stats_lock;
+    enum hsm_alg alg;
+    bool have_alg;
+};
+
+static void pool_destroy(struct hsm_pool *pool);
+
+const char *hsm_member_state_name(enum hsm_member_state s)
+{
+    switch (s) {
+    case HSM_MEMBER_STARTING:
+        return "starting";
+    case HSM_MEMBER_UP:
+        return "up";
+    case HSM_MEMBER_RECOVERING:
+        return "recovering";
+    case HSM_MEMBER_DOWN:
+        return "down";
+    }
+    return "?";
+}
+
+/* ---- completion queues ------------------------------------------------------------------ */
+
+struct hsm_cq *hsm_cq_new(void)
+{
+    struct hsm_cq *cq = calloc(1, sizeof(*cq));
+    if (cq == NULL) {
+        return NULL;
+    }
+    cq->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (cq->evfd < 0) {
+        free(cq);
+        return NULL;
+    }
+    atomic_init(&cq->head, NULL);
+    return cq;
+}
+
+void hsm_cq_free(struct hsm_cq *cq)
+{
+    if (cq == NULL) {
+        return;
+    }
+    if (atomic_load(&cq->head) != NULL) {
+        PX_BUG("hsm_cq_free with undrained completions");
+    }
+    close(cq->evfd);
+    free(cq);
+}
+
+int hsm_cq_fd(const struct hsm_cq *cq)
+{
+    return cq->evfd;
+}
+
+/* Called by the dispatcher: MPSC push; wakes the consumer only on empty -> non-empty. */
+static void cq_push(struct hsm_cq *cq, struct job *j)
+{
+    struct job *old = atomic_load_explicit(&cq->head, memory_order_relaxed);
+    do {
+        j->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&cq->head, &old, j, memory_order_release,
+                                                    memory_order_relaxed));
+    if (old == NULL) {
+        uint64_t one = 1;
+        ssize_t w = write(cq->evfd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
+static void jobs_release(struct hsm_pool *pool, struct job *first, struct job *last, uint32_t n)
+{
+    bool destroy = false;
+    pthread_mutex_lock(&pool->lock);
+    last->next = pool->free;
+    pool->free = first;
+    pool->live -= n;
+    destroy = pool->freed && pool->live == 0;
+    pthread_mutex_unlock(&pool->lock);
+    if (destroy) {
+        pool_destroy(pool);
+    }
+}
+
+int hsm_cq_drain(struct hsm_cq *cq, hsm_done_fn fn, void *ctx)
+{
+    uint64_t v;
+    ssize_t r = read(cq->evfd, &v, sizeof(v));
+    (void)r;
+    struct job *list = atomic_exchange_explicit(&cq->head, NULL, memory_order_acquire);
+    struct job *rev = NULL;
+    while (list != NULL) {
+        struct job *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    int count = 0;
+    while (rev != NULL) {
+        /* release in runs of the same pool (normally one) */
+        struct hsm_pool *pool = rev->pool;
+        struct job *first = rev, *last = NULL;
+        uint32_t n = 0;
+        while (rev != NULL && rev->pool == pool) {
+            struct hsm_result res = {.user = rev->user,
+                                     .status = rev->status,
+                                     .ck_rv = rev->rv,
+                                     .latency_ns = px_now_ns() - rev->submit_ns,
+                                     .sig = rev->status == 0 ? rev->sig : NULL,
+                                     .sig_len = rev->status == 0 ? rev->sig_len : 0};
+            fn(ctx, &res);
+            rev->state = JOB_FREE;
+            rev->cq = NULL;
+            last = rev;
+            rev = rev->next;
+            n++;
+            count++;
+        }
+        jobs_release(pool, first, last, n);
+    }
+    return count;
+}
+
+/* ---- submission ------------------------------------------------------------------------- */
+
+int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
+                    const uint8_t *digest, size_t digest_len, uint32_t timeout_ms, void *user)
+{
+    PX_ENSURE_REF(pool);
+    PX_ENSURE_REF(cq);
+    PX_ENSURE_REF(digest);
+    PX_ENSURE(alg >= HSM_ALG_ECDSA_SHA256 && alg <= HSM_ALG_RSA_PSS_SHA256, PX_E_INVAL);
+    PX_ENSURE(digest_len == hsm_alg_digest_len(alg), PX_E_INVAL);
+    PX_ENSURE(atomic_load(&pool->members_up) > 0, PX_E_DOWN);
+    uint64_t now = px_now_ns();
+    uint32_t to = timeout_ms ? timeout_ms : (uint32_t)pool->cfg->hsm_sign_timeout_ms;
+
+    pthread_mutex_lock(&pool->lock);
+    if (pool->stopping) {
+        pthread_mutex_unlock(&pool->lock);
+        return PX_E_SHUTDOWN;
+    }
+    struct job *j = pool->free;
+    if (j == NULL) {
+        pthread_mutex_unlock(&pool->lock);
+        return PX_E_FULL;
+    }
+    pool->free = j->next;
+    pool->live++;
+    uint32_t idx = (uint32_t)(j - pool->jobs);
+    j->id = ((j->id >> 32) + 1) << 32 | idx;
+    j->next = NULL;
+    j->cq = cq;
+    j->user = user;
+    j->submit_ns = now;
+    j->deadline_ns = now + (uint64_t)to * 1000000ull;
+    j->status = 0;
+    j->rv = 0;
+    j->member = -1;
+    j->alg = (uint8_t)alg;
+    j->dlen = (uint8_t)digest_len;
+    j->sig_len = 0;
+    memcpy(j->digest, digest, digest_len);
+    j->state = JOB_QUEUED;
+    bool was_empty = pool->sub_head == NULL;
+    if (was_empty) {
+        pool->sub_head = j;
+    } else {
+        pool->sub_tail->next = j;
+    }
+    pool->sub_tail = j;
+    pthread_mutex_unlock(&pool->lock);
+    if (was_empty) {
+        uint64_t one = 1;
+        ssize_t w = write(pool->evfd, &one, sizeof(one));
+        (void)w;
+    }
+    return 0;
+}
+
+/* ---- dispatcher helpers ----------------------------------------------------------------- */
+
+static void complete(struct hsm_pool *pool, struct job *j, int status)
+{
+    (void)pool;
+    j->status = status;
+    j->state = JOB_DONE;
+    cq_push(j->cq, j);
+}
+
+static void inflight_add(struct member *m, struct job *j)
+{
+    j->iprev = NULL;
+    j->inext = m->inflight;
+    if (m->inflight) {
+        m->inflight->iprev = j;
+    }
+    m->inflight = j;
+    m->n_inflight++;
+    j->member = m->idx;
+    j->state = JOB_INFLIGHT;
+}
+
+static void inflight_del(struct member *m, struct job *j)
+{
+    if (j->iprev) {
+        j->iprev->inext = j->inext;
+    } else {
+        m->inflight = j->inext;
+    }
+    if (j->inext) {
+        j->inext->iprev = j->iprev;
+    }
+    j->iprev = j->inext = NULL;
+    m->n_inflight--;
+}
+
+static void pend_push_tail(struct hsm_pool *pool, struct job *j)
+{
+    j->next = NULL;
+    j->state = JOB_PENDING;
+    if (pool->pend_tail) {
+        pool->pend_tail->next = j;
+    } else {
+        pool->pend_head = j;
+    }
+    pool->pend_tail = j;
+    pool->npend++;
+}
+
+static void pend_push_head(struct hsm_pool *pool, struct job *j)
+{
+    j->state = JOB_PENDING;
+    j->next = pool->pend_head;
+    pool->pend_head = j;
+    if (pool->pend_tail == NULL) {
+        pool->pend_tail = j;
+    }
+    pool->npend++;
+}
+
+static struct job *pend_pop(struct hsm_pool *pool)
+{
+    struct job *j = pool->pend_head;
+    if (j) {
+        pool->pend_head = j->next;
+        if (pool->pend_head == NULL) {
+            pool->pend_tail = NULL;
+        }
+        pool->npend--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+static void lat_record(struct member *m, uint64_t ns)
+{
+    double us = (double)ns / 1000.0;
+    int b = us <= 1.0 ? 0 : (int)(log2(us) * 4.0);
+    if (b >= LAT_BUCKETS) {
+        b = LAT_BUCKETS - 1;
+    }
+    m->lat[b]++;
+    if (ns > m->lat_max_ns) {
+        m->lat_max_ns = ns;
+    }
+}
+
+static double lat_pct(const struct member *m, double p)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < LAT_BUCKETS; i++) {
+        total += m->lat[i];
+    }
+    if (total == 0) {
+        return 0;
+    }
+    uint64_t want = (uint64_t)ceil(p * (double)total), acc = 0;
+    for (int i = 0; i < LAT_BUCKETS; i++) {
+        acc += m->lat[i];
+        if (acc >= want) {
+            double edge = pow(2.0, (double)(i + 1) / 4.0);
+            double mx = (double)m->lat_max_ns / 1000.0;
+            return edge < mx ? edge : mx;
+        }
+    }
+    return (double)m->lat_max_ns / 1000.0;
+}
+
+static void count_rv(struct member *m, unsigned long rv)
+{
+    for (int i = 0; i < m->n_rv; i++) {
+        if (m->rv_codes[i] == (uint32_t)rv) {
+            m->rv_counts[i]++;
+            return;
+        }
+    }
+    if (m->n_rv < 8) {
+        m->rv_codes[m->n_rv] = (uint32_t)rv;
+        m->rv_counts[m->n_rv++] = 1;
+    }
+}
+
+static void set_state(struct hsm_pool *pool, struct member *m, enum hsm_member_state s)
+{
+    if (m->state == HSM_MEMBER_UP && s != HSM_MEMBER_UP) {
+        atomic_fetch_sub(&pool->members_up, 1);
+    } else if (m->state != HSM_MEMBER_UP && s == HSM_MEMBER_UP) {
+        atomic_fetch_add(&pool->members_up, 1);
+    }
+    if (m->state != s) {
+        px_log(s == HSM_MEMBER_UP ? PX_LOG_INFO : PX_LOG_WARN, "hsm", "member %s: %s -> %s",
+               m->cfg->name, hsm_member_state_name(m->state), hsm_member_state_name(s));
+    }
+    m->state = s;
+    m->state_ns = px_now_ns();
+}
+
+/* Starts a signer for m. Safe in a threaded process: posix_spawn, every other fd is CLOEXEC. */
+static int spawn_signer(struct hsm_pool *pool, struct member *m)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        return -errno;
+    }
+    int sz = 1 << 20;
+    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    if (sv[1] == 3) { /* dup2(3, 3) would keep CLOEXEC set */
+        int nfd = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
+        close(sv[1]);
+        sv[1] = nfd;
+    }
+    char idx[16], conf[sizeof(pool->cfg->path)];
+    snprintf(idx, sizeof(idx), "%d", m->idx);
+    snprintf(conf, sizeof(conf), "%s", pool->cfg->path);
+    char *argv[] = {"tlsmint", "__signer", "--fd", "3", "--member", idx, "-c", conf, NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    pid_t pid;
+    int r = posix_spawn(&pid, pool->exe, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(sv[1]);
+    if (r != 0) {
+        close(sv[0]);
+        snprintf(m->last_error, sizeof(m->last_error), "cannot start signer %s: %s", pool->exe,
+                 strerror(r));
+        return -r;
+    }
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    m->pid = pid;
+    m->fd = sv[0];
+    m->outstanding = 0;
+    m->send_blocked = false;
+    m->spawns++;
+    if (m->spawns > 1) {
+        m->respawns++;
+    }
+    set_state(pool, m, HSM_MEMBER_STARTING);
+    return 0;
+}
+
+static void reap_add(struct hsm_pool *pool, pid_t pid)
+{
+    if (waitpid(pid, NULL, WNOHANG) == pid) {
+        return;
+    }
+    if (pool->nreap < REAP_MAX) {
+        pool->reap[pool->nreap++] = pid;
+    } else {
+        waitpid(pid, NULL, 0); /* killed with SIGKILL: returns promptly */
+    }
+}
+
+static void reap_some(struct hsm_pool *pool)
+{
+    for (int i = 0; i < pool->nreap;) {
+        if (waitpid(pool->reap[i], NULL, WNOHANG) != 0) {
+            pool->reap[i] = pool->reap[--pool->nreap];
+        } else {
+            i++;
+        }
+    }
+}
+
+static int any_up(struct hsm_pool *pool)
+{
+    return atomic_load(&pool->members_up);
+}
+
+/*
+ * The signer of m is gone (exited, hung and killed, or spoke garbage). Its in-flight jobs go to
+ * another member while their deadline allows, else complete with PX_E_GONE. Schedules a respawn.
+ */
+static void member_lost(struct hsm_pool *pool, struct member *m, const char *why)
+{
+    uint64_t now = px_now_ns();
+    if (m->pid > 0) {
+        kill(m->pid, SIGKILL);
+        reap_add(pool, m->pid);
+    }
+    if (m->fd >= 0) {
+        close(m->fd);
+    }
+    m->pid = 0;
+    m->fd = -1;
+    m->outstanding = 0;
+    bool was_up = m->state == HSM_MEMBER_UP;
+    m->failed_starts += was_up ? 0 : 1;
+    if (m->failed_starts == 0) {
+        m->backoff_ms = BACKOFF_MIN_MS;
+    }
+    pthread_mutex_lock(&pool->stats_lock);
+    snprintf(m->last_error, sizeof(m->last_error), "%s", why);
+    int retries = pool->cfg->recovery_retries;
+    enum hsm_member_state next = (retries > 0 && m->failed_starts > retries) ? HSM_MEMBER_DOWN
+                                                                            : HSM_MEMBER_RECOVERING;
+    set_state(pool, m, next);
+    pthread_mutex_unlock(&pool->stats_lock);
+    px_log(PX_LOG_ERROR, "hsm", "member %s lost: %s; %s", m->cfg->name, why,
+           next == HSM_MEMBER_DOWN ? "out of recovery retries, member is down"
+                                   : "restarting its signer");
+    m->next_spawn_ns = now + (uint64_t)m->backoff_ms * 1000000ull;
+    m->backoff_ms = m->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : m->backoff_ms * 2;
+
+    bool retry = any_up(pool) > 0;
+    uint64_t gone = 0;
+    while (m->inflight != NULL) {
+        struct job *j = m->inflight;
+        inflight_del(m, j);
+        if (retry && j->deadline_ns > now) {
+            pend_push_head(pool, j);
+        } else {
+            complete(pool, j, PX_E_GONE);
+            gone++;
+        }
+    }
+    pthread_mutex_lock(&pool->stats_lock);
+    m->gone += gone;
+    pthread_mutex_unlock(&pool->stats_lock);
+}
+
+static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t *buf, size_t n)
+{
+    if (n != sizeof(struct hsm_frame_hdr) + sizeof(struct hsm_hello)) {
+        member_lost(pool, m, "malformed hello from signer");
+        return;
+    }
+    const struct hsm_hello *h = (const struct hsm_hello *)(buf + sizeof(struct hsm_frame_hdr));
+    if (h->status != 0) {
+        char why[300];
+        snprintf(why, sizeof(why), "%s", h->err);
+        member_lost(pool, m, why);
+        return;
+    }
+    pthread_mutex_lock(&pool->stats_lock);
+    m->info = h->info;
+    m->have_info = true;
+    if (!pool->have_alg) {
+        pool->alg = h->info.key_type == HSM_KEY_RSA
+                        ? (pool->cfg->rsa_pss ? HSM_ALG_RSA_PSS_SHA256 : HSM_ALG_RSA_PKCS1_SHA256)
+                        : (h->info.key_bits == 384 ? HSM_ALG_ECDSA_SHA384 : HSM_ALG_ECDSA_SHA256);
+        pool->have_alg = true;
+    }
+    m->failed_starts = 0;
+    m->backoff_ms = BACKOFF_MIN_MS;
+    m->last_error[0] = '\0';
+    set_state(pool, m, HSM_MEMBER_UP);
+    pthread_mutex_unlock(&pool->stats_lock);
+    px_log(PX_LOG_INFO, "hsm", "member %s up: token '%s' serial %s (%s %s), key '%s' %s-%d, pid %d",
+           m->cfg->name, h->info.label, h->info.serial, h->info.manufacturer, h->info.model,
+           h->info.key_label, h->info.key_type == HSM_KEY_RSA ? "RSA" : "EC", h->info.key_bits,
+           (int)m->pid);
+}
+
+static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *buf, size_t n)
+{
+    const struct hsm_frame_hdr *h = (const struct hsm_frame_hdr *)buf;
+    size_t off = sizeof(*h);
+    uint64_t now = px_now_ns();
+    pthread_mutex_lock(&pool->stats_lock);
+    for (uint16_t i = 0; i < h->count; i++) {
+        if (off + sizeof(struct hsm_resp) > n) {
+            pthread_mutex_unlock(&pool->stats_lock);
+            member_lost(pool, m, "truncated answer frame from signer");
+            return;
+        }
+        struct hsm_resp r;
+        memcpy(&r, buf + off, sizeof(r));
+        const uint8_t *sig = buf + off + sizeof(r);
+        if (r.sig_len > HSM_SIG_MAX || off + sizeof(r) + r.sig_len > n) {
+            pthread_mutex_unlock(&pool->stats_lock);
+            member_lost(pool, m, "bad signature length from signer");
+            return;
+        }
+        off = (off + sizeof(r) + r.sig_len + 7) & ~(size_t)7;
+        if (m->outstanding > 0) {
+            m->outstanding--;
+        }
+        uint32_t idx = (uint32_t)(r.id & 0xffffffffu);
+        if (idx >= pool->njobs) {
+            continue;
+        }
+        struct job *j = &pool->jobs[idx];
+        if (j->id != r.id || j->state != JOB_INFLIGHT || j->member != m->idx) {
+            continue; /* answered after its deadline: already completed */
+        }
+        inflight_del(m, j);
+        if (r.status == 0) {
+            memcpy(j->sig, sig, r.sig_len);
+            j->sig_len = r.sig_len;
+            m->ops++;
+            lat_record(m, now - j->submit_ns);
+            complete(pool, j, 0);
+        } else {
+            j->rv = (unsigned long)r.rv;
+            m->errors++;
+            count_rv(m, (unsigned long)r.rv);
+            snprintf(m->last_error, sizeof(m->last_error), "%s", hsm_ckr_name((unsigned long)r.rv));
+            complete(pool, j, r.status == PX_E_INVAL ? PX_E_INVAL : PX_E_HSM);
+        }
+    }
+    m->busy_since_ns = now;
+    pthread_mutex_unlock(&pool->stats_lock);
+}
+
+static void member_read(struct hsm_pool *pool, struct member *m)
+{
+    for (int rounds = 0; rounds < 64 && m->fd >= 0; rounds++) {
+        ssize_t n = recv(m->fd, pool->rxbuf, HSM_RESP_FRAME_MAX + 64, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            return;
+        }
+        if (n <= 0) {
+            int st = 0;
+            char why[128];
+            if (m->pid > 0 && waitpid(m->pid, &st, WNOHANG) == m->pid) {
+                m->pid = 0;
+                if (WIFEXITED(st)) {
+                    snprintf(why, sizeof(why), "signer exited with status %d%s", WEXITSTATUS(st),
+                             WEXITSTATUS(st) == HSM_SIGNER_EXIT_DEVICE ? " (device error)" : "");
+                } else {
+                    snprintf(why, sizeof(why), "signer killed by signal %d", WTERMSIG(st));
+                }
+            } else {
+                snprintf(why, sizeof(why), "signer closed its socket");
+            }
+            member_lost(pool, m, why);
+            return;
+        }
+        const struct hsm_frame_hdr *h = (const struct hsm_frame_hdr *)pool->rxbuf;
+        if ((size_t)n < sizeof(*h) || h->magic != HSM_FRAME_MAGIC) {
+            member_lost(pool, m, "garbage on the signer socket");
+            return;
+        }
+        if (h->type == HSM_FRAME_HELLO && m->state == HSM_MEMBER_STARTING) {
+            handle_hello(pool, m, pool->rxbuf, (size_t)n);
+        } else if (h->type == HSM_FRAME_RESP && h->count <= HSM_BATCH_MAX) {
+            handle_resp(pool, m, pool->rxbuf, (size_t)n);
+        } else {
+            member_lost(pool, m, "unexpected frame from signer");
+            return;
+        }
+    }
+}
+
+/* Up member with the most room, or NULL. */
+static struct member *pick_member(struct hsm_pool *pool)
+{
+    struct member *best = NULL;
+    uint32_t cap = (uint32_t)(pool->cfg->hsm_workers * pool->cfg->hsm_batch * 2);
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        if (m->state != HSM_MEMBER_UP || m->send_blocked || m->outstanding >= cap) {
+            continue;
+        }
+        if (best == NULL || m->outstanding < best->outstanding) {
+            best = m;
+        }
+    }
+    return best;
+}
+
+static void dispatch(struct hsm_pool *pool)
+{
+    int batch = pool->cfg->hsm_batch > HSM_BATCH_MAX ? HSM_BATCH_MAX : pool->cfg->hsm_batch;
+    uint32_t cap = (uint32_t)(pool->cfg->hsm_workers * pool->cfg->hsm_batch * 2);
+    while (pool->pend_head != NULL) {
+        if (any_up(pool) == 0) {
+            /* nobody can sign: answer now instead of letting deadlines run out */
+            struct job *j;
+            while ((j = pend_pop(pool)) != NULL) {
+                complete(pool, j, PX_E_DOWN);
+            }
+            return;
+        }
+        struct member *m = pick_member(pool);
+        if (m == NULL) {
+            return;
+        }
+        struct hsm_frame_hdr *h = (struct hsm_frame_hdr *)pool->txbuf;
+        struct hsm_req *reqs = (struct hsm_req *)(pool->txbuf + sizeof(*h));
+        struct job *taken[HSM_BATCH_MAX];
+        int n = 0;
+        while (n < batch && pool->pend_head != NULL && m->outstanding + (uint32_t)n < cap) {
+            struct job *j = pend_pop(pool);
+            taken[n] = j;
+            memset(&reqs[n], 0, sizeof(reqs[n]));
+            reqs[n].id = j->id;
+            reqs[n].alg = j->alg;
+            reqs[n].dlen = j->dlen;
+            memcpy(reqs[n].digest, j->digest, j->dlen);
+            n++;
+        }
+        *h = (struct hsm_frame_hdr){HSM_FRAME_MAGIC, HSM_FRAME_REQ, (uint16_t)n};
+        size_t len = sizeof(*h) + (size_t)n * sizeof(struct hsm_req);
+        ssize_t w = send(m->fd, pool->txbuf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w != (ssize_t)len) {
+            for (int i = n - 1; i >= 0; i--) {
+                pend_push_head(pool, taken[i]);
+            }
+            if (w < 0 && (errno == EAGAIN || errno == ENOBUFS)) {
+                m->send_blocked = true;
+                continue;
+            }
+            member_lost(pool, m, "cannot send to signer");
+            continue;
+        }
+        if (m->outstanding == 0) {
+            m->busy_since_ns = px_now_ns();
+        }
+        m->outstanding += (uint32_t)n;
+        for (int i = 0; i < n; i++) {
+            inflight_add(m, taken[i]);
+        }
+    }
+}
+
+/* Deadlines, hung signers, slow starts, respawns. Returns the next time something is due. */
+static uint64_t check_timers(struct hsm_pool *pool, uint64_t now)
+{
+    uint64_t next = now + 100000000ull; /* at least every 100 ms */
+    uint64_t hang = (uint64_t)pool->cfg->hsm_hang_timeout_ms * 1000000ull;
+
+    /* pending deadlines */
+    struct job **pp = &pool->pend_head;
+    struct job *prev = NULL;
+    while (*pp != NULL) {
+        struct job *j = *pp;
+        if (j->deadline_ns <= now) {
+            *pp = j->next;
+            if (pool->pend_tail == j) {
+                pool->pend_tail = prev;
+            }
+            pool->npend--;
+            complete(pool, j, PX_E_TIMEOUT);
+            continue;
+        }
+        if (j->deadline_ns < next) {
+            next = j->deadline_ns;
+        }
+        prev = j;
+        pp = &j->next;
+    }
+
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        uint64_t to = 0;
+        for (struct job *j = m->inflight, *n; j != NULL; j = n) {
+            n = j->inext;
+            if (j->deadline_ns <= now) {
+                inflight_del(m, j);
+                complete(pool, j, PX_E_TIMEOUT);
+                to++;
+            } else if (j->deadline_ns < next) {
+                next = j->deadline_ns;
+            }
+        }
+        if (to) {
+            pthread_mutex_lock(&pool->stats_lock);
+            m->timeouts += to;
+            pthread_mutex_unlock(&pool->stats_lock);
+        }
+        if (m->state == HSM_MEMBER_UP && m->outstanding > 0) {
+            uint64_t due = m->busy_since_ns + hang;
+            if (now >= due) {
+                char why[128];
+                snprintf(why, sizeof(why), "signer pid %d gave no answer for %d ms: killed",
+                         (int)m->pid, pool->cfg->hsm_hang_timeout_ms);
+                pthread_mutex_lock(&pool->stats_lock);
+                m->kills++;
+                pthread_mutex_unlock(&pool->stats_lock);
+                member_lost(pool, m, why);
+            } else if (due < next) {
+                next = due;
+            }
+        } else if (m->state == HSM_MEMBER_STARTING) {
+            uint64_t due = m->state_ns + (hang > 5000000000ull ? hang : 5000000000ull);
+            if (now >= due) {
+                pthread_mutex_lock(&pool->stats_lock);
+                m->kills++;
+                pthread_mutex_unlock(&pool->stats_lock);
+                member_lost(pool, m, "signer did not finish starting in time: killed");
+            } else if (due < next) {
+                next = due;
+            }
+        } else if (m->state == HSM_MEMBER_RECOVERING) {
+            if (now >= m->next_spawn_ns) {
+                if (spawn_signer(pool, m) != 0) {
+                    m->failed_starts++;
+                    m->next_spawn_ns = now + (uint64_t)m->backoff_ms * 1000000ull;
+                }
+            }
+            if (m->state == HSM_MEMBER_RECOVERING && m->next_spawn_ns < next) {
+                next = m->next_spawn_ns;
+            }
+        }
+    }
+    return next;
+}
+
+static void take_submitted(struct hsm_pool *pool)
+{
+    uint64_t v;
+    ssize_t r = read(pool->evfd, &v, sizeof(v));
+    (void)r;
+    pthread_mutex_lock(&pool->lock);
+    struct job *list = pool->sub_head;
+    pool->sub_head = pool->sub_tail = NULL;
+    pthread_mutex_unlock(&pool->lock);
+    while (list != NULL) {
+        struct job *n = list->next;
+        pend_push_tail(pool, list);
+        list = n;
+    }
+}
+
+static void shutdown_all(struct hsm_pool *pool)
+{
+    take_submitted(pool);
+    struct job *j;
+    while ((j = pend_pop(pool)) != NULL) {
+        complete(pool, j, PX_E_SHUTDOWN);
+    }
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        while (m->inflight != NULL) {
+            j = m->inflight;
+            inflight_del(m, j);
+            complete(pool, j, PX_E_SHUTDOWN);
+        }
+        if (m->fd >= 0) {
+            close(m->fd);
+            m->fd = -1;
+        }
+        if (m->pid > 0) {
+            kill(m->pid, SIGKILL);
+            waitpid(m->pid, NULL, 0);
+            m->pid = 0;
+        }
+        if (m->state == HSM_MEMBER_UP) {
+            atomic_fetch_sub(&pool->members_up, 1);
+        }
+        m->state = HSM_MEMBER_DOWN; /* stopping on purpose: not worth a warning */
+    }
+    for (int i = 0; i < pool->nreap; i++) {
+        waitpid(pool->reap[i], NULL, 0);
+    }
+    pool->nreap = 0;
+}
+
+static void *dispatcher_main(void *arg)
+{
+    struct hsm_pool *pool = arg;
+    struct pollfd pfd[1 + PX_HSM_MAX_MEMBERS];
+    int map[1 + PX_HSM_MAX_MEMBERS];
+    for (;;) {
+        uint64_t now = px_now_ns();
+        uint64_t next = check_timers(pool, now);
+        dispatch(pool);
+        atomic_store(&pool->queue_depth, pool->npend);
+        reap_some(pool);
+
+        int n = 0;
+        pfd[n++] = (struct pollfd){.fd = pool->evfd, .events = POLLIN};
+        for (int i = 0; i < pool->nmembers; i++) {
+            struct member *m = &pool->members[i];
+            if (m->fd >= 0) {
+                map[n] = i;
+                pfd[n++] = (struct pollfd){
+                    .fd = m->fd, .events = (short)(POLLIN | (m->send_blocked ? POLLOUT : 0))};
+            }
+        }
+        now = px_now_ns();
+        uint64_t wait_ns = next > now ? next - now : 0;
+        struct timespec ts = {.tv_sec = (time_t)(wait_ns / 1000000000ull),
+                              .tv_nsec = (long)(wait_ns % 1000000000ull)};
+        int r = ppoll(pfd, (nfds_t)n, &ts, NULL);
+        if (r < 0 && errno != EINTR) {
+            px_log(PX_LOG_ERROR, "hsm", "dispatcher poll: %s", strerror(errno));
+        }
+        if (r <= 0) {
+            continue;
+        }
+        if (pfd[0].revents & POLLIN) {
+            pthread_mutex_lock(&pool->lock);
+            bool stop = pool->stopping;
+            pthread_mutex_unlock(&pool->lock);
+            if (stop) {
+                shutdown_all(pool);
+                return NULL;
+            }
+            take_submitted(pool);
+        }
+        for (int k = 1; k < n; k++) {
+            struct member *m = &pool->members[map[k]];
+            if (pfd[k].revents & POLLOUT) {
+                m->send_blocked = false;
+            }
+            if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) {
+                member_read(pool, m);
+            }
+        }
+    }
+}
+
+/* ---- construction ----------------------------------------------------------------------- */
+
+static void pool_destroy(struct hsm_pool *pool)
+{
+    if (pool->evfd >= 0) {
+        close(pool->evfd);
+    }
+    free(pool->jobs);
+    free(pool->rxbuf);
+    free(pool->txbuf);
+    pthread_mutex_destroy(&pool->lock);
+    pthread_mutex_destroy(&pool->stats_lock);
+    free(pool);
+}
+
+/* Waits for the first hello of every member (before the dispatcher runs). */
+static void wait_first_hellos(struct hsm_pool *pool)
+{
+    uint64_t limit = (uint64_t)(pool->cfg->hsm_hang_timeout_ms > 10000
+                                    ? pool->cfg->hsm_hang_timeout_ms
+                                    : 10000) * 1000000ull;
+    uint64_t end = px_now_ns() + limit;
+    for (;;) {
+        struct pollfd pfd[PX_HSM_MAX_MEMBERS];
+        int map[PX_HSM_MAX_MEMBERS], n = 0;
+        for (int i = 0; i < pool->nmembers; i++) {
+            if (pool->members[i].state == HSM_MEMBER_STARTING && pool->members[i].fd >= 0) {
+                map[n] = i;
+                pfd[n++] = (struct pollfd){.fd = pool->members[i].fd, .events = POLLIN};
+            }
+        }
+        uint64_t now = px_now_ns();
+        if (n == 0 || now >= end) {
+            return;
+        }
+        int r = poll(pfd, (nfds_t)n, (int)((end - now) / 1000000ull) + 1);
+        for (int k = 0; r > 0 && k < n; k++) {
+            if (pfd[k].revents) {
+                member_read(pool, &pool->members[map[k]]);
+            }
+        }
+    }
+}
+
+struct hsm_pool *hsm_pool_new(const struct px_cfg *cfg, const char *exe, char *err, size_t errlen)
+{
+    if (cfg->n_members == 0) {
+        snprintf(err, errlen, "%s: no [hsm] section: nothing can sign", cfg->path);
+        return NULL;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct hsm_pool *pool = calloc(1, sizeof(*pool));
+    if (pool == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pool->cfg = cfg;
+    snprintf(pool->exe, sizeof(pool->exe), "%s", exe);
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_mutex_init(&pool->stats_lock, NULL);
+    pool->njobs = (uint32_t)cfg->hsm_queue_size;
+    pool->jobs = calloc(pool->njobs, sizeof(struct job));
+    pool->rxbuf = malloc(HSM_RESP_FRAME_MAX + 64);
+    pool->txbuf = malloc(HSM_REQ_FRAME_MAX);
+    pool->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (pool->jobs == NULL || pool->rxbuf == NULL || pool->txbuf == NULL || pool->evfd < 0) {
+        snprintf(err, errlen, "out of memory");
+        pool_destroy(pool);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < pool->njobs; i++) {
+        pool->jobs[i].pool = pool;
+        pool->jobs[i].id = i;
+        pool->jobs[i].next = i + 1 < pool->njobs ? &pool->jobs[i + 1] : NULL;
+    }
+    pool->free = &pool->jobs[0];
+    pool->nmembers = cfg->n_members;
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        m->idx = i;
+        m->cfg = &cfg->members[i];
+        m->fd = -1;
+        m->state = HSM_MEMBER_STARTING;
+        m->backoff_ms = BACKOFF_MIN_MS;
+        if (spawn_signer(pool, m) != 0) {
+            m->state = HSM_MEMBER_RECOVERING;
+            m->next_spawn_ns = px_now_ns() + BACKOFF_MIN_MS * 1000000ull;
+        }
+    }
+    wait_first_hellos(pool);
+    if (any_up(pool) == 0) {
+        const char *why = pool->members[0].last_error[0] ? pool->members[0].last_error
+                                                         : "signer did not start";
+        snprintf(err, errlen, "%s", why);
+        shutdown_all(pool);
+        pool_destroy(pool);
+        return NULL;
+    }
+    if (pthread_create(&pool->thr, NULL, dispatcher_main, pool) != 0) {
+        snprintf(err, errlen, "cannot start the HSM dispatcher thread");
+        shutdown_all(pool);
+        pool_destroy(pool);
+        return NULL;
+    }
+    pool->thr_started = true;
+    return pool;
+}
+
+void hsm_pool_free(struct hsm_pool *pool)
+{
+    if (pool == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&pool->lock);
+    pool->stopping = true;
+    pthread_mutex_unlock(&pool->lock);
+    uint64_t one = 1;
+    ssize_t w = write(pool->evfd, &one, sizeof(one));
+    (void)w;
+    if (pool->thr_started) {
+        pthread_join(pool->thr, NULL);
+    }
+    /* jobs completed with PX_E_SHUTDOWN may still sit in cqs: the last release frees the pool */
+    pthread_mutex_lock(&pool->lock);
+    pool->freed = true;
+    bool destroy = pool->live == 0;
+    pthread_mutex_unlock(&pool->lock);
+    if (destroy) {
+        pool_destroy(pool);
+    }
+}
+
+int hsm_pool_alg(const struct hsm_pool *pool, enum hsm_alg *out)
+{
+    struct hsm_pool *p = (struct hsm_pool *)pool;
+    pthread_mutex_lock(&p->stats_lock);
+    bool have = p->have_alg;
+    *out = p->alg;
+    pthread_mutex_unlock(&p->stats_lock);
+    return have ? 0 : PX_E_DOWN;
+}
+
+int hsm_pool_members(const struct hsm_pool *pool)
+{
+    return pool->nmembers;
+}
+
+int hsm_pool_members_up(const struct hsm_pool *pool)
+{
+    return atomic_load(&((struct hsm_pool *)pool)->members_up);
+}
+
+uint32_t hsm_pool_queue_depth(struct hsm_pool *pool)
+{
+    return atomic_load(&pool->queue_depth);
+}
+
+void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (idx < 0 || idx >= pool->nmembers) {
+        return;
+    }
+    struct member *m = &pool->members[idx];
+    pthread_mutex_lock(&pool->stats_lock);
+    snprintf(out->name, sizeof(out->name), "%s", m->cfg->name);
+    out->state = m->state;
+    out->pid = m->pid;
+    out->ops = m->ops;
+    out->errors = m->errors;
+    out->timeouts = m->timeouts;
+    out->gone = m->gone;
+    out->respawns = m->respawns;
+    out->kills = m->kills;
+    out->inflight = m->n_inflight;
+    out->n_rv = m->n_rv;
+    memcpy(out->rv_codes, m->rv_codes, sizeof(out->rv_codes));
+    memcpy(out->rv_counts, m->rv_counts, sizeof(out->rv_counts));
+    out->lat_p50_us = lat_pct(m, 0.50);
+    out->lat_p90_us = lat_pct(m, 0.90);
+    out->lat_p99_us = lat_pct(m, 0.99);
+    out->lat_max_us = (double)m->lat_max_ns / 1000.0;
+    snprintf(out->last_error, sizeof(out->last_error), "%s", m->last_error);
+    out->token = m->info;
+    pthread_mutex_unlock(&pool->stats_lock);
+}
