@@ -121,6 +121,8 @@ struct hsm_pool {
     pthread_mutex_t stats_lock;
     enum hsm_alg alg;
     bool have_alg;
+    _Atomic int key_type; /* enum hsm_key_type of the first member that came up */
+    bool running;         /* dispatcher started: start-up errors are the caller's to report */
 };
 
 static void pool_destroy(struct hsm_pool *pool);
@@ -253,6 +255,9 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
     PX_ENSURE(alg >= HSM_ALG_ECDSA_SHA256 && alg <= HSM_ALG_RSA_PSS_SHA256, PX_E_INVAL);
     PX_ENSURE(digest_len == hsm_alg_digest_len(alg), PX_E_INVAL);
     PX_ENSURE(atomic_load(&pool->members_up) > 0, PX_E_DOWN);
+    /* the key decides the family: an RSA mechanism on an EC key is a caller bug, not an HSM fault */
+    bool want_rsa = alg == HSM_ALG_RSA_PKCS1_SHA256 || alg == HSM_ALG_RSA_PSS_SHA256;
+    PX_ENSURE(want_rsa == (atomic_load(&pool->key_type) == HSM_KEY_RSA), PX_E_INVAL);
     uint64_t now = px_now_ns();
     uint32_t to = timeout_ms ? timeout_ms : (uint32_t)pool->cfg->hsm_sign_timeout_ms;
 
@@ -429,7 +434,7 @@ static void set_state(struct hsm_pool *pool, struct member *m, enum hsm_member_s
     } else if (m->state != HSM_MEMBER_UP && s == HSM_MEMBER_UP) {
         atomic_fetch_add(&pool->members_up, 1);
     }
-    if (m->state != s) {
+    if (m->state != s && pool->running) {
         px_log(s == HSM_MEMBER_UP ? PX_LOG_INFO : PX_LOG_WARN, "hsm", "member %s: %s -> %s",
                m->cfg->name, hsm_member_state_name(m->state), hsm_member_state_name(s));
     }
@@ -539,7 +544,8 @@ static void member_lost(struct hsm_pool *pool, struct member *m, const char *why
                                                                             : HSM_MEMBER_RECOVERING;
     set_state(pool, m, next);
     pthread_mutex_unlock(&pool->stats_lock);
-    px_log(PX_LOG_ERROR, "hsm", "member %s lost: %s; %s", m->cfg->name, why,
+    px_log(pool->running ? PX_LOG_ERROR : PX_LOG_DEBUG, "hsm", "member %s lost: %s; %s",
+           m->cfg->name, why,
            next == HSM_MEMBER_DOWN ? "out of recovery retries, member is down"
                                    : "restarting its signer");
     m->next_spawn_ns = now + (uint64_t)m->backoff_ms * 1000000ull;
@@ -583,6 +589,7 @@ static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t 
                         ? (pool->cfg->rsa_pss ? HSM_ALG_RSA_PSS_SHA256 : HSM_ALG_RSA_PKCS1_SHA256)
                         : (h->info.key_bits == 384 ? HSM_ALG_ECDSA_SHA384 : HSM_ALG_ECDSA_SHA256);
         pool->have_alg = true;
+        atomic_store(&pool->key_type, (int)h->info.key_type);
     }
     m->failed_starts = 0;
     m->backoff_ms = BACKOFF_MIN_MS;
@@ -1044,6 +1051,7 @@ struct hsm_pool *hsm_pool_new(const struct px_cfg *cfg, const char *exe, char *e
         pool_destroy(pool);
         return NULL;
     }
+    pool->running = true;
     if (pthread_create(&pool->thr, NULL, dispatcher_main, pool) != 0) {
         snprintf(err, errlen, "cannot start the HSM dispatcher thread");
         shutdown_all(pool);
