@@ -13,16 +13,12 @@
 int cli_init(int argc, char **argv);
 int cli_hsm_status(int argc, char **argv);
 int cli_run(int argc, char **argv);
+int cli_mint(int argc, char **argv);
 
 /* Path of the running tlsmint binary (for spawning signers). */
 const char *cli_self_exe(void);
 /* Loads -c CONFIG (default ./var/tlsmint.conf); prints the error and returns non-zero on failure. */
 int cli_load_config(const char *path, struct px_cfg *cfg);
 
-/*
- * Signs x (whose fields are all set) with the HSM key behind d: sets the signature algorithm
- * in both places, signs the re-encoded TBS and stores the signature. Returns 0 or negative.
- */
-int cli_x509_sign_hsm(X509 *x, struct hsm_direct *d);
 
 #endif

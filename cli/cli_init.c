@@ -8,6 +8,7 @@
  * Invariants: refuses to touch an existing DIR state; PINs go only into 0600 files.
  * Not here: the master key and encrypted key files (the master-key issue), the leaf-key pool.
  */
+#include "cc.h"
 #include "cli.h"
 
 #include <errno.h>
@@ -145,62 +146,24 @@ out:
     return ret;
 }
 
-int cli_x509_sign_hsm(X509 *x, struct hsm_direct *d)
+/* Signs x with the HSM key behind d (CKM_ECDSA or CKM_RSA_PKCS on the TBS digest). */
+static int sign_hsm(X509 *x, struct hsm_direct *d)
 {
     const struct hsm_token_info *info = hsm_direct_info(d);
-    enum hsm_alg alg;
-    int nid, ptype = V_ASN1_UNDEF;
-    const EVP_MD *md;
-    if (info->key_type == HSM_KEY_RSA) {
-        alg = HSM_ALG_RSA_PKCS1_SHA256;
-        nid = NID_sha256WithRSAEncryption;
-        ptype = V_ASN1_NULL;
-        md = EVP_sha256();
-    } else if (info->key_bits == 384) {
-        alg = HSM_ALG_ECDSA_SHA384;
-        nid = NID_ecdsa_with_SHA384;
-        md = EVP_sha384();
-    } else {
-        alg = HSM_ALG_ECDSA_SHA256;
-        nid = NID_ecdsa_with_SHA256;
-        md = EVP_sha256();
-    }
-    /* OpenSSL 3.0 has no setter for the TBS signature algorithm (OPENSSL-NOTES.md) */
-    X509_ALGOR *tbs_alg = (X509_ALGOR *)X509_get0_tbs_sigalg(x);
-    const ASN1_BIT_STRING *csig;
-    const X509_ALGOR *calg;
-    X509_get0_signature(&csig, &calg, x);
-    if (X509_ALGOR_set0(tbs_alg, OBJ_nid2obj(nid), ptype, NULL) != 1 ||
-        X509_ALGOR_set0((X509_ALGOR *)calg, OBJ_nid2obj(nid), ptype, NULL) != 1) {
-        return PX_E_CRYPTO;
-    }
-    unsigned char *tbs = NULL;
-    int tlen = i2d_re_X509_tbs(x, &tbs);
-    if (tlen <= 0) {
-        return PX_E_CRYPTO;
-    }
-    uint8_t digest[64];
-    unsigned int dlen = 0;
-    int ok = EVP_Digest(tbs, (size_t)tlen, digest, &dlen, md, NULL);
-    OPENSSL_free(tbs);
-    if (ok != 1) {
-        return PX_E_CRYPTO;
-    }
-    uint8_t sig[HSM_SIG_MAX];
+    enum hsm_alg alg = info->key_type == HSM_KEY_RSA ? HSM_ALG_RSA_PKCS1_SHA256
+                       : info->key_bits == 384      ? HSM_ALG_ECDSA_SHA384
+                                                    : HSM_ALG_ECDSA_SHA256;
+    uint8_t digest[64], sig[HSM_SIG_MAX];
+    PX_TRY(cc_x509_set_sigalg(x, alg));
+    int dlen = cc_x509_tbs_digest(x, alg, digest);
+    PX_TRY(dlen);
     unsigned long rv = 0;
-    int slen = hsm_direct_sign(d, alg, digest, dlen, sig, &rv);
+    int slen = hsm_direct_sign(d, alg, digest, (size_t)dlen, sig, &rv);
     if (slen < 0) {
         px_log(PX_LOG_ERROR, "init", "HSM signature failed: %s", hsm_ckr_name(rv));
         return slen;
     }
-    ASN1_BIT_STRING *bs = (ASN1_BIT_STRING *)csig;
-    if (ASN1_BIT_STRING_set(bs, sig, slen) != 1) {
-        return PX_E_CRYPTO;
-    }
-    /* 0 unused bits, stated explicitly, or the encoding breaks for even last bytes */
-    bs->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
-    bs->flags |= ASN1_STRING_FLAG_BITS_LEFT;
-    return 0;
+    return cc_x509_set_signature(x, sig, (size_t)slen);
 }
 
 static int write_cert_pem(const char *path, X509 *x)
@@ -456,7 +419,7 @@ int cli_init(int argc, char **argv)
         goto out;
     }
     ca = ca_skeleton(pkey, "tlsmint forward-trust CA");
-    if (ca == NULL || cli_x509_sign_hsm(ca, d) != 0) {
+    if (ca == NULL || sign_hsm(ca, d) != 0) {
         px_log_ossl_errors("init");
         fprintf(stderr, "tlsmint init: could not make the forward-trust CA certificate\n");
         goto out;

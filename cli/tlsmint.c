@@ -22,6 +22,8 @@ static const char usage[] =
     "                 create DIR (default ./var): SoftHSM token with the forward-trust key made\n"
     "                 inside it, forward-trust and forward-untrust CAs, and DIR/tlsmint.conf\n"
     "  run            start the proxy in the foreground (SIGTERM stops it)\n"
+    "  mint UPSTREAM.pem [--untrusted] [--rsa]\n"
+    "                 mint a leaf for that upstream certificate and print it as PEM\n"
     "  hsm-status     show each HSM member: token, serial, state, key, a test signature\n"
     "  help           this text; 'tlsmint COMMAND --help' shows a command's options\n"
     "\n"
@@ -129,6 +131,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "hsm-status") == 0) {
         return cli_hsm_status(sc, sub);
+    }
+    if (strcmp(cmd, "mint") == 0) {
+        return cli_mint(sc, sub);
     }
     if (strcmp(cmd, "run") == 0) {
         return cli_run(sc, sub);

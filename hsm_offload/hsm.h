@@ -116,6 +116,8 @@ struct hsm_cq *hsm_cq_new(void);
 /* Frees the queue; the caller must have drained every job it submitted through it. */
 void hsm_cq_free(struct hsm_cq *cq);
 int hsm_cq_fd(const struct hsm_cq *cq);
+/* Makes the cq's eventfd readable (any thread): lets a layer above share the one fd a loop watches. */
+void hsm_cq_wake(struct hsm_cq *cq);
 /*
  * Calls fn for every finished job in submission-completion order, returns the jobs to the pool,
  * and returns how many ran. Resets the eventfd. Only the owning thread calls it.

@@ -176,6 +176,13 @@ int hsm_cq_fd(const struct hsm_cq *cq)
     return cq->evfd;
 }
 
+void hsm_cq_wake(struct hsm_cq *cq)
+{
+    uint64_t one = 1;
+    ssize_t w = write(cq->evfd, &one, sizeof(one));
+    (void)w;
+}
+
 /* Called by the dispatcher: MPSC push; wakes the consumer only on empty -> non-empty. */
 static void cq_push(struct hsm_cq *cq, struct job *j)
 {

@@ -1,0 +1,637 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cc_cache.c - the leaf cache: sharded, bounded LRU with TTL, and single-flight minting.
+ * Owns cc_entry objects (refcounted, atomic counts; a lookup returns a new ref; the cache holds
+ * one ref while an entry is in it) and the per-loop handles.
+ * Threads: any loop thread looks up; each shard has its own mutex, held only for list surgery,
+ * never across a signature, an X.509 build or a callback. Finished mints are delivered to each
+ * waiter's own loop through an MPSC list plus a wake-up of that loop's HSM completion eventfd,
+ * so callbacks always run on the thread that asked.
+ * Invariants: at most one mint per cache key is in flight; a minting entry is in the hash but not
+ * in the LRU (it cannot be evicted); a failed mint is removed and wakes every waiter with the
+ * error; count <= cap per shard after every insert (minting entries excepted).
+ * Not here: building the certificate (cc_mint.c), the CAs and key pool (cc_keys.c).
+ */
+#include "cc_int.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NSHARDS 64
+#define POOL_EC 8
+#define POOL_RSA 2
+
+enum entry_state { E_MINTING = 0, E_READY };
+
+struct waiter {
+    cc_done_fn fn;
+    void *user;
+    struct cc_loop *loop;
+    struct waiter *next;
+    int status;
+    struct cc_entry *e; /* new ref on success */
+    uint64_t start_ns;
+};
+
+struct cc_entry {
+    _Atomic uint32_t refs;
+    uint8_t key[CC_KEY_LEN];
+    struct cc_entry *hnext;
+    struct cc_entry *lprev, *lnext;
+    enum entry_state state;
+    bool in_cache;
+    enum cc_ca_kind ca;
+    uint64_t expires_ns;
+    X509 *cert;
+    EVP_PKEY *pkey;
+    STACK_OF(X509) *chain; /* borrowed from the CA: the ctx outlives its entries */
+    struct waiter *waiters;
+    const struct cc_leaf_key *leaf_key;
+    struct cc_ctx *cc;
+};
+
+struct shard {
+    pthread_mutex_t lock;
+    struct cc_entry **buckets;
+    uint32_t mask;
+    struct cc_entry lru; /* sentinel: lru.lnext is the most recent */
+    uint32_t count, cap;
+    uint64_t hits, misses, coalesced, evictions, expired, failures;
+};
+
+struct cc_ctx {
+    const struct px_cfg *cfg;
+    struct hsm_pool *pool;
+    struct cc_ca trust, untrust;
+    bool have_untrust;
+    struct cc_fixed_ext fx;
+    struct cc_leaf_key keys_ec[POOL_EC];
+    struct cc_leaf_key keys_rsa[POOL_RSA];
+    struct shard shards[NSHARDS];
+    _Atomic uint64_t mints, hsm_wait_ns;
+};
+
+struct cc_loop {
+    struct cc_ctx *cc;
+    struct hsm_cq *cq;
+    _Atomic(struct waiter *) done;
+    uint32_t waits; /* waiters of this loop not yet called back */
+    uint32_t jobs;  /* HSM jobs submitted through this loop's cq, not yet completed */
+};
+
+struct mint_job {
+    struct cc_entry *e;
+    X509 *x;
+};
+
+/* ---- entries ---------------------------------------------------------------------------- */
+
+X509 *cc_entry_cert(const struct cc_entry *e)
+{
+    return e->cert;
+}
+
+EVP_PKEY *cc_entry_key(const struct cc_entry *e)
+{
+    return e->pkey;
+}
+
+STACK_OF(X509) *cc_entry_chain(const struct cc_entry *e)
+{
+    return e->chain;
+}
+
+enum cc_ca_kind cc_entry_ca(const struct cc_entry *e)
+{
+    return e->ca;
+}
+
+void cc_entry_ref(struct cc_entry *e)
+{
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+}
+
+void cc_entry_unref(struct cc_entry *e)
+{
+    if (e == NULL) {
+        return;
+    }
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
+        X509_free(e->cert);
+        EVP_PKEY_free(e->pkey);
+        free(e);
+    }
+}
+
+/* ---- shard surgery (caller holds the shard lock) ---------------------------------------- */
+
+static struct shard *shard_of(struct cc_ctx *cc, const uint8_t *key)
+{
+    return &cc->shards[key[4] % NSHARDS];
+}
+
+static uint32_t bucket_of(const struct shard *s, const uint8_t *key)
+{
+    uint32_t h;
+    memcpy(&h, key, sizeof(h));
+    return h & s->mask;
+}
+
+static struct cc_entry *find_locked(struct shard *s, const uint8_t *key)
+{
+    for (struct cc_entry *e = s->buckets[bucket_of(s, key)]; e != NULL; e = e->hnext) {
+        if (memcmp(e->key, key, CC_KEY_LEN) == 0) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void lru_unlink(struct cc_entry *e)
+{
+    if (e->lprev != NULL) {
+        e->lprev->lnext = e->lnext;
+        e->lnext->lprev = e->lprev;
+        e->lprev = e->lnext = NULL;
+    }
+}
+
+static void lru_push_front(struct shard *s, struct cc_entry *e)
+{
+    e->lnext = s->lru.lnext;
+    e->lprev = &s->lru;
+    s->lru.lnext->lprev = e;
+    s->lru.lnext = e;
+}
+
+/* Takes e out of the cache; the caller drops the cache's reference after unlocking. */
+static void remove_locked(struct shard *s, struct cc_entry *e)
+{
+    struct cc_entry **pp = &s->buckets[bucket_of(s, e->key)];
+    while (*pp != NULL && *pp != e) {
+        pp = &(*pp)->hnext;
+    }
+    if (*pp == e) {
+        *pp = e->hnext;
+    }
+    e->hnext = NULL;
+    lru_unlink(e);
+    e->in_cache = false;
+    s->count--;
+}
+
+/* Evicts least recently used ready entries until count <= cap; returns a list to unref. */
+static struct cc_entry *evict_locked(struct shard *s)
+{
+    struct cc_entry *victims = NULL;
+    while (s->count > s->cap && s->lru.lprev != &s->lru) {
+        struct cc_entry *v = s->lru.lprev;
+        remove_locked(s, v);
+        s->evictions++;
+        v->hnext = victims;
+        victims = v;
+    }
+    return victims;
+}
+
+static void unref_list(struct cc_entry *list)
+{
+    while (list != NULL) {
+        struct cc_entry *n = list->hnext;
+        list->hnext = NULL;
+        cc_entry_unref(list);
+        list = n;
+    }
+}
+
+/* ---- delivery --------------------------------------------------------------------------- */
+
+static void deliver(struct waiter *w)
+{
+    struct cc_loop *l = w->loop;
+    struct waiter *old = atomic_load_explicit(&l->done, memory_order_relaxed);
+    do {
+        w->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&l->done, &old, w, memory_order_release,
+                                                    memory_order_relaxed));
+    if (old == NULL) {
+        hsm_cq_wake(l->cq);
+    }
+}
+
+static uint64_t expiry_ns(const struct cc_ctx *cc, X509 *x)
+{
+    struct tm tm;
+    time_t now = time(NULL), na = 0;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+        na = timegm(&tm);
+    }
+    int64_t life = cc->cfg->cache_ttl_s;
+    if (na > now + 60) {
+        if (na - now - 60 < life) {
+            life = na - now - 60; /* never serve a leaf past its notAfter */
+        }
+    } else if (life > 300) {
+        life = 300; /* mirror of an expired upstream: expired on purpose, re-checked often */
+    }
+    return px_now_ns() + (uint64_t)life * 1000000000ull;
+}
+
+/* The mint of e succeeded with certificate x: publish it and wake every waiter. */
+static void finish_entry(struct cc_ctx *cc, struct cc_entry *e, X509 *x)
+{
+    struct shard *s = shard_of(cc, e->key);
+    e->cert = x;
+    EVP_PKEY_up_ref(e->leaf_key->pkey);
+    e->pkey = e->leaf_key->pkey;
+    e->expires_ns = expiry_ns(cc, x);
+    pthread_mutex_lock(&s->lock);
+    e->state = E_READY;
+    struct cc_entry *victims = NULL;
+    if (e->in_cache) {
+        lru_push_front(s, e);
+        victims = evict_locked(s);
+    }
+    struct waiter *ws = e->waiters;
+    e->waiters = NULL;
+    for (struct waiter *w = ws; w != NULL; w = w->next) {
+        cc_entry_ref(e);
+        w->e = e;
+        w->status = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_add(&cc->mints, 1);
+    unref_list(victims);
+    while (ws != NULL) {
+        struct waiter *n = ws->next;
+        deliver(ws);
+        ws = n;
+    }
+}
+
+/* The mint of e failed: take it out (it is not cached) and wake every waiter with status. */
+static void fail_entry(struct cc_ctx *cc, struct cc_entry *e, int status)
+{
+    struct shard *s = shard_of(cc, e->key);
+    pthread_mutex_lock(&s->lock);
+    bool was_cached = e->in_cache;
+    if (was_cached) {
+        remove_locked(s, e);
+    }
+    s->failures++;
+    struct waiter *ws = e->waiters;
+    e->waiters = NULL;
+    pthread_mutex_unlock(&s->lock);
+    while (ws != NULL) {
+        struct waiter *n = ws->next;
+        ws->status = status;
+        ws->e = NULL;
+        deliver(ws);
+        ws = n;
+    }
+    if (was_cached) {
+        cc_entry_unref(e);
+    }
+}
+
+/* ---- lookups ---------------------------------------------------------------------------- */
+
+static int cache_key(X509 *up, enum cc_ca_kind ca, enum cc_key_kind kk, uint8_t *key)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509(up, &der);
+    if (len <= 0) {
+        return PX_E_INVAL;
+    }
+    unsigned int n = 0;
+    int ok = EVP_Digest(der, (size_t)len, key, &n, EVP_sha256(), NULL);
+    OPENSSL_free(der);
+    if (ok != 1) {
+        return PX_E_CRYPTO;
+    }
+    key[32] = (uint8_t)ca;
+    key[33] = (uint8_t)kk;
+    return 0;
+}
+
+static struct waiter *waiter_new(struct cc_loop *l, cc_done_fn fn, void *user)
+{
+    struct waiter *w = calloc(1, sizeof(*w));
+    if (w != NULL) {
+        w->fn = fn;
+        w->user = user;
+        w->loop = l;
+        w->start_ns = px_now_ns();
+    }
+    return w;
+}
+
+int cc_get(struct cc_loop *l, X509 *up, bool verified, enum cc_key_kind kk, cc_done_fn done,
+           void *user, struct cc_entry **out)
+{
+    PX_ENSURE(l != NULL && up != NULL && out != NULL && done != NULL, PX_E_INVAL);
+    struct cc_ctx *cc = l->cc;
+    enum cc_ca_kind cak = verified ? CC_CA_TRUST : CC_CA_UNTRUST;
+    PX_ENSURE(cak == CC_CA_TRUST ? cc->pool != NULL : cc->have_untrust, PX_E_INVAL);
+    uint8_t key[CC_KEY_LEN];
+    PX_TRY(cache_key(up, cak, kk, key));
+    struct shard *s = shard_of(cc, key);
+    *out = NULL;
+
+    struct waiter *w = waiter_new(l, done, user); /* allocated outside the lock, often unused */
+    PX_ENSURE(w != NULL, -ENOMEM);
+    struct cc_entry *stale = NULL;
+    pthread_mutex_lock(&s->lock);
+    struct cc_entry *e = find_locked(s, key);
+    if (e != NULL && e->state == E_READY && px_now_ns() >= e->expires_ns) {
+        remove_locked(s, e); /* expired leaves are never served */
+        s->expired++;
+        stale = e;
+        e = NULL;
+    }
+    if (e != NULL && e->state == E_READY) {
+        cc_entry_ref(e);
+        lru_unlink(e);
+        lru_push_front(s, e);
+        s->hits++;
+        pthread_mutex_unlock(&s->lock);
+        cc_entry_unref(stale);
+        free(w);
+        *out = e;
+        return CC_HIT;
+    }
+    if (e != NULL) { /* minting: attach to it */
+        w->next = e->waiters;
+        e->waiters = w;
+        s->coalesced++;
+        l->waits++;
+        pthread_mutex_unlock(&s->lock);
+        cc_entry_unref(stale);
+        return CC_PENDING;
+    }
+    e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        pthread_mutex_unlock(&s->lock);
+        cc_entry_unref(stale);
+        free(w);
+        return -ENOMEM;
+    }
+    memcpy(e->key, key, CC_KEY_LEN);
+    atomic_init(&e->refs, 1); /* the cache's */
+    e->cc = cc;
+    e->ca = cak;
+    e->state = E_MINTING;
+    e->in_cache = true;
+    uint32_t b = bucket_of(s, key);
+    e->hnext = s->buckets[b];
+    s->buckets[b] = e;
+    s->count++;
+    s->misses++;
+    struct cc_entry *victims = evict_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    cc_entry_unref(stale);
+    unref_list(victims);
+
+    /* mint outside the lock */
+    uint32_t h;
+    memcpy(&h, key + 8, sizeof(h));
+    e->leaf_key = kk == CC_KEY_RSA ? &cc->keys_rsa[h % POOL_RSA] : &cc->keys_ec[h % POOL_EC];
+    const struct cc_ca *ca = cak == CC_CA_TRUST ? &cc->trust : &cc->untrust;
+    e->chain = ca->chain;
+    uint8_t digest[64];
+    int dlen = 0;
+    const char *why = NULL;
+    X509 *x = cc_mint_build(ca, &cc->fx, e->leaf_key, up, cc->cfg->ca_leaf_max_days, digest, &dlen,
+                            &why);
+    if (x == NULL) {
+        px_log(PX_LOG_WARN, "cc", "cannot mint a leaf: %s", why);
+        px_log_ossl_errors("cc_mint_build");
+        free(w);
+        fail_entry(cc, e, PX_E_INVAL);
+        return PX_E_INVAL;
+    }
+    if (cak == CC_CA_UNTRUST) {
+        /* software CA: one local signature, no HSM, no waiting */
+        if (X509_sign(x, ca->soft_key, EVP_sha256()) <= 0) {
+            px_log_ossl_errors("cc untrust sign");
+            X509_free(x);
+            free(w);
+            fail_entry(cc, e, PX_E_CRYPTO);
+            return PX_E_CRYPTO;
+        }
+        cc_entry_ref(e); /* the caller's, before finish_entry can publish it */
+        finish_entry(cc, e, x);
+        free(w);
+        *out = e;
+        return CC_MINTED;
+    }
+    struct mint_job *job = malloc(sizeof(*job));
+    int r = job == NULL ? -ENOMEM
+                        : hsm_sign_submit(cc->pool, l->cq, ca->alg, digest, (size_t)dlen, 0, job);
+    if (r != 0) {
+        free(job);
+        X509_free(x);
+        free(w);
+        fail_entry(cc, e, r);
+        return r;
+    }
+    job->e = e;
+    job->x = x;
+    l->jobs++;
+    /* completions run only in cc_loop_poll on this thread, so attaching now cannot race it */
+    pthread_mutex_lock(&s->lock);
+    w->next = e->waiters;
+    e->waiters = w;
+    pthread_mutex_unlock(&s->lock);
+    l->waits++;
+    return CC_PENDING;
+}
+
+static void on_hsm_done(void *ctx, const struct hsm_result *r)
+{
+    struct cc_loop *l = ctx;
+    struct mint_job *job = r->user;
+    struct cc_entry *e = job->e;
+    X509 *x = job->x;
+    free(job);
+    l->jobs--;
+    if (r->status != 0) {
+        X509_free(x);
+        px_log(PX_LOG_DEBUG, "cc", "HSM signature for a leaf failed: %s", px_strerror(r->status));
+        fail_entry(l->cc, e, r->status);
+        return;
+    }
+    if (cc_x509_set_signature(x, r->sig, r->sig_len) != 0) {
+        X509_free(x);
+        fail_entry(l->cc, e, PX_E_CRYPTO);
+        return;
+    }
+    atomic_fetch_add(&l->cc->hsm_wait_ns, r->latency_ns);
+    finish_entry(l->cc, e, x);
+}
+
+int cc_loop_poll(struct cc_loop *l)
+{
+    int n = hsm_cq_drain(l->cq, on_hsm_done, l);
+    struct waiter *list = atomic_exchange_explicit(&l->done, NULL, memory_order_acquire);
+    struct waiter *rev = NULL;
+    while (list != NULL) {
+        struct waiter *nx = list->next;
+        list->next = rev;
+        rev = list;
+        list = nx;
+    }
+    uint64_t now = px_now_ns();
+    while (rev != NULL) {
+        struct waiter *nx = rev->next;
+        l->waits--;
+        rev->fn(rev->user, rev->status, rev->e, now - rev->start_ns);
+        free(rev);
+        rev = nx;
+        n++;
+    }
+    return n;
+}
+
+/* ---- loops and context ------------------------------------------------------------------ */
+
+struct cc_loop *cc_loop_new(struct cc_ctx *cc)
+{
+    struct cc_loop *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        return NULL;
+    }
+    l->cc = cc;
+    l->cq = hsm_cq_new();
+    if (l->cq == NULL) {
+        free(l);
+        return NULL;
+    }
+    atomic_init(&l->done, NULL);
+    return l;
+}
+
+int cc_loop_free(struct cc_loop *l)
+{
+    if (l == NULL) {
+        return 0;
+    }
+    PX_ENSURE(l->waits == 0 && l->jobs == 0, PX_E_INVAL);
+    hsm_cq_free(l->cq);
+    free(l);
+    return 0;
+}
+
+int cc_loop_fd(const struct cc_loop *l)
+{
+    return hsm_cq_fd(l->cq);
+}
+
+uint32_t cc_loop_pending(const struct cc_loop *l)
+{
+    return l->waits + l->jobs;
+}
+
+struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err, size_t errlen)
+{
+    struct cc_ctx *cc = calloc(1, sizeof(*cc));
+    if (cc == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    cc->cfg = cfg;
+    cc->pool = pool;
+    for (int i = 0; i < NSHARDS; i++) {
+        struct shard *s = &cc->shards[i];
+        pthread_mutex_init(&s->lock, NULL);
+        s->lru.lnext = s->lru.lprev = &s->lru;
+        s->cap = (uint32_t)(cfg->cache_size + NSHARDS - 1) / NSHARDS;
+        uint32_t nb = 16;
+        while (nb < s->cap) {
+            nb <<= 1;
+        }
+        s->mask = nb - 1;
+        s->buckets = calloc(nb, sizeof(*s->buckets));
+        if (s->buckets == NULL) {
+            snprintf(err, errlen, "out of memory");
+            cc_free(cc);
+            return NULL;
+        }
+    }
+    if (cc_fixed_ext_init(&cc->fx) != 0) {
+        snprintf(err, errlen, "cannot build the fixed leaf extensions");
+        cc_free(cc);
+        return NULL;
+    }
+    if (cc_ca_load_trust(&cc->trust, cfg, pool, err, errlen) != 0) {
+        cc_free(cc);
+        return NULL;
+    }
+    if (cfg->ca_forward_untrust_cert[0] != '\0') {
+        if (cc_ca_load_untrust(&cc->untrust, cfg, err, errlen) != 0) {
+            cc_free(cc);
+            return NULL;
+        }
+        cc->have_untrust = true;
+    }
+    if (cc_keys_make(cc->keys_ec, POOL_EC, CC_KEY_EC, err, errlen) != 0 ||
+        cc_keys_make(cc->keys_rsa, POOL_RSA, CC_KEY_RSA, err, errlen) != 0) {
+        cc_free(cc);
+        return NULL;
+    }
+    return cc;
+}
+
+void cc_free(struct cc_ctx *cc)
+{
+    if (cc == NULL) {
+        return;
+    }
+    for (int i = 0; i < NSHARDS; i++) {
+        struct shard *s = &cc->shards[i];
+        if (s->buckets != NULL) {
+            for (uint32_t b = 0; b <= s->mask; b++) {
+                struct cc_entry *e = s->buckets[b];
+                while (e != NULL) {
+                    struct cc_entry *n = e->hnext;
+                    e->hnext = NULL;
+                    e->in_cache = false;
+                    cc_entry_unref(e);
+                    e = n;
+                }
+            }
+            free(s->buckets);
+        }
+        pthread_mutex_destroy(&s->lock);
+    }
+    cc_keys_free(cc->keys_ec, POOL_EC);
+    cc_keys_free(cc->keys_rsa, POOL_RSA);
+    cc_fixed_ext_fini(&cc->fx);
+    cc_ca_fini(&cc->trust);
+    cc_ca_fini(&cc->untrust);
+    free(cc);
+}
+
+void cc_stats_get(struct cc_ctx *cc, struct cc_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < NSHARDS; i++) {
+        struct shard *s = &cc->shards[i];
+        pthread_mutex_lock(&s->lock);
+        out->hits += s->hits;
+        out->misses += s->misses;
+        out->coalesced += s->coalesced;
+        out->evictions += s->evictions;
+        out->expired += s->expired;
+        out->failures += s->failures;
+        out->entries += s->count;
+        pthread_mutex_unlock(&s->lock);
+    }
+    out->mints = atomic_load(&cc->mints);
+    out->hsm_wait_ns_total = atomic_load(&cc->hsm_wait_ns);
+}
