@@ -6,6 +6,9 @@
  * and, until the dataplane lands, serves nothing else.
  */
 #include "cli.h"
+#include "dp.h"
+
+#include <pthread.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -172,20 +175,12 @@ int cli_hsm_status(int argc, char **argv)
     return all_up ? 0 : 1;
 }
 
-static volatile sig_atomic_t g_stop;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    g_stop = 1;
-}
-
 static const char run_usage[] =
     "usage: tlsmint [-c CONFIG] run\n"
     "\n"
-    "Starts the proxy in the foreground. SIGTERM or SIGINT stops it.\n"
-    "This build runs the HSM signing pool (signers, dispatcher, health); the interception\n"
-    "dataplane (listeners, TLS, relay) is not part of it yet.\n";
+    "Starts the proxy in the foreground: HSM signers, certificate cache, and one io_uring loop\n"
+    "per [listen] threads serving the explicit (HTTP CONNECT) and transparent listeners.\n"
+    "SIGTERM or SIGINT: stop accepting, let connections finish (up to 5 s), exit 0.\n";
 
 int cli_run(int argc, char **argv)
 {
@@ -199,24 +194,65 @@ int cli_run(int argc, char **argv)
         return 1;
     }
     char err[512];
+    int ret = 1;
+    struct cc_ctx *cc = NULL;
+    struct dp_server *dp = NULL;
+    /* signers are spawned before any other thread exists */
     struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
     if (pool == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);
         return 1;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    px_log(PX_LOG_INFO, "main", "HSM pool up: %d/%d members; forward-trust CA %s",
-           hsm_pool_members_up(pool), hsm_pool_members(pool), cfg.ca_forward_trust_cert);
-    px_log(PX_LOG_WARN, "main",
-           "the interception dataplane is not in this build yet: no listener is opened "
-           "(explicit %s, transparent %s are configured); Ctrl-C or SIGTERM stops",
-           cfg.listen_explicit, cfg.listen_transparent);
-    while (!g_stop) {
-        pause();
+    cc = cc_new(&cfg, pool, err, sizeof(err));
+    if (cc == NULL) {
+        fprintf(stderr, "tlsmint run: %s\n", err);
+        goto out;
     }
-    for (int i = 0; i < hsm_pool_members(pool); i++) {
+    dp = dp_server_new(&cfg, pool, cc, err, sizeof(err));
+    if (dp == NULL) {
+        fprintf(stderr, "tlsmint run: %s\n", err);
+        goto out;
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* loop threads inherit the mask */
+    if (dp_server_start(dp) != 0) {
+        fprintf(stderr, "tlsmint run: cannot start the event loops\n");
+        dp_server_stop(dp, 0);
+        goto out;
+    }
+    px_log(PX_LOG_INFO, "main",
+           "tlsmint running: explicit %s%s%d, transparent %s%s%d, %d/%d HSM members up, CA %s",
+           cfg.listen_explicit[0] ? "port " : "off", cfg.listen_explicit[0] ? "" : "",
+           dp_server_explicit_port(dp), cfg.listen_transparent[0] ? "port " : "off", "",
+           dp_server_transparent_port(dp), hsm_pool_members_up(pool), hsm_pool_members(pool),
+           cfg.ca_forward_trust_cert);
+    for (;;) {
+        int sig = 0;
+        sigwait(&set, &sig);
+        if (sig == SIGHUP) {
+            px_log(PX_LOG_WARN, "main", "SIGHUP: reload is not implemented yet; restart to apply");
+            continue;
+        }
+        px_log(PX_LOG_INFO, "main", "%s: draining connections", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        break;
+    }
+    dp_server_stop(dp, 5000);
+    struct dp_stats ds;
+    dp_server_stats(dp, &ds);
+    px_log(PX_LOG_INFO, "main", "connections: %llu accepted, %llu handshakes ok, %llu failed, "
+           "%llu bypassed, %llu refused (HSM), %llu upstream failures",
+           (unsigned long long)ds.accepted, (unsigned long long)ds.handshakes_ok,
+           (unsigned long long)ds.handshakes_failed, (unsigned long long)ds.bypassed,
+           (unsigned long long)ds.refused_hsm, (unsigned long long)ds.upstream_failed);
+    ret = 0;
+out:
+    dp_server_free(dp);
+    cc_free(cc);
+    for (int i = 0; pool != NULL && i < hsm_pool_members(pool); i++) {
         struct hsm_member_stats st;
         hsm_pool_member_stats(pool, i, &st);
         px_log(PX_LOG_INFO, "main", "member %s: %s, %llu signatures, %llu errors, %llu respawns",
@@ -224,6 +260,8 @@ int cli_run(int argc, char **argv)
                (unsigned long long)st.errors, (unsigned long long)st.respawns);
     }
     hsm_pool_free(pool);
-    px_log(PX_LOG_INFO, "main", "stopped");
-    return 0;
+    if (ret == 0) {
+        px_log(PX_LOG_INFO, "main", "stopped");
+    }
+    return ret;
 }

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dp.h - the public interface of the dataplane: io_uring loops that accept clients (explicit
+ * HTTP CONNECT and transparent REDIRECT listeners), terminate their TLS with leaves from
+ * certcache, connect and verify upstream, and relay decrypted bytes both ways.
+ * Not here: minting and caching (certcache/), PKCS#11 (hsm_offload/).
+ */
+#ifndef DP_H
+#define DP_H
+
+#include <stdint.h>
+
+#include "cc.h"
+#include "hsm.h"
+#include "px.h"
+
+struct dp_server;
+
+/* Counters summed over all loops (a consistent-enough snapshot). */
+struct dp_stats {
+    uint64_t accepted, active, closed;
+    uint64_t handshakes_ok, handshakes_failed;
+    uint64_t bypassed, refused_hsm, upstream_failed, bad_request;
+    uint64_t bytes_c2u, bytes_u2c;
+    uint64_t cache_hit, cache_miss, cache_coalesced;
+};
+
+/*
+ * Creates the listeners and N loop threads (not started). Borrows cfg, pool and cc for its
+ * life. NULL and one line in err when a listener cannot be opened or TLS contexts fail.
+ */
+struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool, struct cc_ctx *cc,
+                                char *err, size_t errlen);
+/* Starts the loops and returns at once. */
+PX_MUST_CHECK int dp_server_start(struct dp_server *s);
+/* Stops accepting, lets open connections finish for up to drain_ms, then closes the rest. */
+void dp_server_stop(struct dp_server *s, int drain_ms);
+void dp_server_free(struct dp_server *s);
+void dp_server_stats(struct dp_server *s, struct dp_stats *out);
+/* Bound addresses (useful when the config says port 0). */
+int dp_server_explicit_port(const struct dp_server *s);
+int dp_server_transparent_port(const struct dp_server *s);
+
+#endif /* DP_H */

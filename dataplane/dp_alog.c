@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dp_alog.c - the access log: one JSON line per connection, written by its own thread so a
+ * slow disk or a full pipe never stalls a loop.
+ * Owns a bounded queue of lines and the output file (stdout when no path is given).
+ * Invariants: at most ALOG_MAX lines queued; beyond that lines are dropped and counted.
+ */
+#include "dp_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ALOG_MAX 65536
+
+struct line {
+    struct line *next;
+    size_t len;
+    char text[];
+};
+
+struct dp_alog {
+    int fd;
+    bool own_fd;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct line *head, *tail;
+    int queued;
+    uint64_t dropped;
+    bool stop;
+    pthread_t th;
+};
+
+static void *alog_main(void *arg)
+{
+    struct dp_alog *a = arg;
+    for (;;) {
+        pthread_mutex_lock(&a->lock);
+        while (a->head == NULL && !a->stop) {
+            pthread_cond_wait(&a->cond, &a->lock);
+        }
+        struct line *list = a->head;
+        a->head = a->tail = NULL;
+        a->queued = 0;
+        bool stop = a->stop;
+        pthread_mutex_unlock(&a->lock);
+        while (list != NULL) {
+            struct line *n = list->next;
+            size_t off = 0;
+            while (off < list->len) {
+                ssize_t w = write(a->fd, list->text + off, list->len - off);
+                if (w < 0 && errno == EINTR) {
+                    continue;
+                }
+                if (w <= 0) {
+                    break;
+                }
+                off += (size_t)w;
+            }
+            free(list);
+            list = n;
+        }
+        if (stop) {
+            return NULL;
+        }
+    }
+}
+
+struct dp_alog *dp_alog_new(const char *path, char *err, size_t errlen)
+{
+    struct dp_alog *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (path != NULL && path[0] != '\0') {
+        a->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (a->fd < 0) {
+            snprintf(err, errlen, "[log] access: cannot open %s: %s", path, strerror(errno));
+            free(a);
+            return NULL;
+        }
+        a->own_fd = true;
+    } else {
+        a->fd = STDOUT_FILENO;
+    }
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    if (pthread_create(&a->th, NULL, alog_main, a) != 0) {
+        snprintf(err, errlen, "cannot start the access-log thread");
+        if (a->own_fd) {
+            close(a->fd);
+        }
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void dp_alog_free(struct dp_alog *a)
+{
+    if (a == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&a->lock);
+    a->stop = true;
+    pthread_cond_signal(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    pthread_join(a->th, NULL);
+    if (a->dropped) {
+        px_log(PX_LOG_WARN, "dp", "access log: %llu lines dropped (writer too slow)",
+               (unsigned long long)a->dropped);
+    }
+    if (a->own_fd) {
+        close(a->fd);
+    }
+    free(a);
+}
+
+void dp_alog_write(struct dp_alog *a, const char *text, size_t len)
+{
+    struct line *l = malloc(sizeof(*l) + len);
+    if (l == NULL) {
+        return;
+    }
+    memcpy(l->text, text, len);
+    l->len = len;
+    l->next = NULL;
+    pthread_mutex_lock(&a->lock);
+    if (a->queued >= ALOG_MAX) {
+        a->dropped++;
+        pthread_mutex_unlock(&a->lock);
+        free(l);
+        return;
+    }
+    if (a->tail) {
+        a->tail->next = l;
+    } else {
+        a->head = l;
+    }
+    a->tail = l;
+    a->queued++;
+    pthread_cond_signal(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+}
