@@ -1208,6 +1208,14 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         } else {
             r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &c->dst, &dl);
         }
+        /* without NAT, conntrack reports the listener itself: connecting there would loop */
+        struct sockaddr_storage local;
+        socklen_t ll = sizeof(local);
+        if (r == 0 && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 && ll == dl &&
+            memcmp(&local, &c->dst, dl) == 0) {
+            r = -1;
+            errno = ENOENT;
+        }
         if (r != 0) {
             px_log(PX_LOG_WARN, "dp", "conn=%u:%u transparent: no original destination (%s): "
                    "not a REDIRECTed connection", c->slot, c->gen, strerror(errno));

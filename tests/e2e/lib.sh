@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: MIT
+# lib.sh - helpers for the end-to-end tests: assertions that count, a test PKI, origins,
+# starting tlsmint and waiting for its ports. Everything lives under $WORK and is removed at exit.
+
+set -u
+CHECKS=0
+FAILS=0
+WORK=$(mktemp -d /tmp/tlsmint-e2e-XXXXXX)
+chmod 755 "$WORK" # nginx workers read the origin's files
+PIDS=()
+TLSMINT=${TLSMINT_BIN:?TLSMINT_BIN must point at the tlsmint binary}
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    sleep 0.2
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ok() { CHECKS=$((CHECKS + 1)); echo "  ok   $*"; }
+bad() { CHECKS=$((CHECKS + 1)); FAILS=$((FAILS + 1)); echo "  FAIL $*"; }
+check() { # check "description" command...
+    local d=$1; shift
+    if "$@"; then ok "$d"; else bad "$d"; fi
+}
+check_eq() { # check_eq "description" expected actual
+    if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (expected '$2', got '$3')"; fi
+}
+check_contains() { # check_contains "description" needle haystack
+    case "$3" in *"$2"*) ok "$1" ;; *) bad "$1 (no '$2' in: $(echo "$3" | head -c 600))" ;; esac
+}
+check_not_contains() {
+    case "$3" in *"$2"*) bad "$1 (found '$2')" ;; *) ok "$1" ;; esac
+}
+finish() {
+    local pct=100
+    [ "$CHECKS" -gt 0 ] && pct=$(((CHECKS - FAILS) * 100 / CHECKS))
+    echo "${pct}%: Checks: $CHECKS, Failures: $FAILS, Errors: 0"
+    [ "$FAILS" -eq 0 ]
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# make_pki DIR: a test root, an origin leaf for localhost/127.0.0.1 signed by it, and a
+# self-signed origin nobody trusts.
+make_pki() {
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/root.key" \
+        -out "$d/root.pem" -subj "/CN=tlsmint e2e root" -days 30 \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/origin.key" \
+        -out "$d/origin.csr" -subj "/CN=localhost" 2>/dev/null
+    printf "subjectAltName=DNS:localhost,DNS:bypass.localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n" >"$d/ext.cnf"
+    openssl x509 -req -in "$d/origin.csr" -CA "$d/root.pem" -CAkey "$d/root.key" -CAcreateserial \
+        -out "$d/origin.pem" -days 20 -extfile "$d/ext.cnf" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/origin2.key" \
+        -out "$d/origin2.csr" -subj "/CN=localhost" 2>/dev/null
+    openssl x509 -req -in "$d/origin2.csr" -CA "$d/root.pem" -CAkey "$d/root.key" -CAcreateserial \
+        -out "$d/origin2.pem" -days 20 -extfile "$d/ext.cnf" 2>/dev/null
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/self.key" \
+        -out "$d/self.pem" -subj "/CN=localhost" -days 20 -addext "subjectAltName=DNS:localhost" 2>/dev/null
+}
+
+# start_nginx DIR PORT CERT KEY: an origin serving DIR/www over TLS with HTTP/1.1 and h2.
+start_nginx() {
+    local d=$1 port=$2 cert=$3 key=$4
+    mkdir -p "$d/www" "$d/logs"
+    echo "hello-from-origin" >"$d/www/index.html"
+    head -c 3000000 /dev/urandom >"$d/www/big.bin"
+    cat >"$d/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/logs/error.log;
+events { worker_connections 512; }
+http {
+  access_log off;
+  client_body_temp_path $d/tmp;
+  proxy_temp_path $d/tmp;
+  fastcgi_temp_path $d/tmp;
+  uwsgi_temp_path $d/tmp;
+  scgi_temp_path $d/tmp;
+  server {
+    listen 127.0.0.1:$port ssl http2;
+    ssl_certificate $cert;
+    ssl_certificate_key $key;
+    root $d/www;
+  }
+}
+EOF
+    mkdir -p "$d/tmp"
+    chmod -R a+rX "$d"
+    nginx -c "$d/nginx.conf" -e "$d/logs/error.log" &
+    PIDS+=($!)
+    wait_port "$port"
+}
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 never opened" >&2
+    return 1
+}
+
+# start_tlsmint CONF LOG: runs the proxy in the background, waits for its listeners.
+start_tlsmint() {
+    "$TLSMINT" -c "$1" run >"$2" 2>&1 &
+    TLSMINT_PID=$!
+    PIDS+=($TLSMINT_PID)
+    for _ in $(seq 1 200); do
+        grep -q "tlsmint running" "$2" && return 0
+        kill -0 "$TLSMINT_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "tlsmint did not start:" >&2
+    cat "$2" >&2
+    return 1
+}
+
+# set_conf FILE SECTION KEY VALUE: appends an override (later keys win).
+set_conf() {
+    printf "\n[%s]\n%s = %s\n" "$2" "$3" "$4" >>"$1"
+}
