@@ -3,7 +3,7 @@
 
 DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev liburing-dev \
         libp11-dev libp11-kit-dev p11-kit softhsm2 check libbenchmark-dev opensc ca-certificates \
-        procps
+        procps libhttp-parser-dev nginx-light curl iptables iproute2 python3 util-linux psmisc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DIR := build/test
 REL_DIR := build/release
@@ -22,7 +22,7 @@ deps:
 	fi
 
 $(REL_DIR)/build.ninja:
-	meson setup $(REL_DIR) --buildtype=release -Dtests=false -Dbench=true
+	meson setup $(REL_DIR) --buildtype=release -Dtests=false
 
 $(TEST_DIR)/build.ninja:
 	meson setup $(TEST_DIR) --buildtype=debug -Dwerror=true -Db_sanitize=address,undefined \
@@ -42,6 +42,8 @@ run: build
 	@echo "tlsmint: starting with $(VAR)/tlsmint.conf (Ctrl-C stops it)"
 	@echo "  clients must trust: $(VAR)/ca/forward-trust.pem"
 	@echo "  HSM view:           $(REL_DIR)/cli/tlsmint -c $(VAR)/tlsmint.conf hsm-status"
+	@echo "  try:                curl --cacert $(VAR)/ca/forward-trust.pem -x http://127.0.0.1:3128 https://HOST/"
+	@echo "  (explicit proxy 127.0.0.1:3128, transparent 127.0.0.1:8443; see README 'Transparent mode')"
 	@echo ""
 	exec $(REL_DIR)/cli/tlsmint -c $(VAR)/tlsmint.conf run
 

@@ -6,6 +6,6 @@ awk '
   /^[0-9]+%: Checks: [0-9]+/ { split($0, a, /[:,] */); checks += a[3]; fails += a[5]; errs += a[7]; suites++ }
   /^Result: *OK/ || / OK +[0-9.]+s/ { }
   END {
-    printf "\n== test summary: %d libcheck suites, %d checks, %d failures, %d errors ==\n", suites, checks, fails, errs
+    printf "\n== test summary: %d test programs, %d checks, %d failures, %d errors ==\n", suites, checks, fails, errs
   }' "$log"
 grep -E '^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout): ' "$log" | tr '\n' ' ' | sed 's/  */ /g'; echo
