@@ -6,6 +6,7 @@
  * and, until the dataplane lands, serves nothing else.
  */
 #include "cli.h"
+#include "cli_admin.h"
 #include "dp.h"
 
 #include <pthread.h>
@@ -224,6 +225,12 @@ int cli_run(int argc, char **argv)
         dp_server_stop(dp, 0);
         goto out;
     }
+    struct cli_admin admin = {.cfg = &cfg, .pool = pool, .cc = cc, .dp = dp};
+    if (cli_admin_start(&admin, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint run: %s\n", err);
+        dp_server_stop(dp, 0);
+        goto out;
+    }
     px_log(PX_LOG_INFO, "main",
            "tlsmint running: explicit %s%s%d, transparent %s%s%d, %d/%d HSM members up, CA %s",
            cfg.listen_explicit[0] ? "port " : "off", cfg.listen_explicit[0] ? "" : "",
@@ -240,6 +247,7 @@ int cli_run(int argc, char **argv)
         px_log(PX_LOG_INFO, "main", "%s: draining connections", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         break;
     }
+    cli_admin_stop(&admin);
     dp_server_stop(dp, 5000);
     struct dp_stats ds;
     dp_server_stats(dp, &ds);

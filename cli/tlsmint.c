@@ -5,6 +5,7 @@
  * starts with nothing but its socket (DESIGN.md "Threads and processes").
  */
 #include "cli.h"
+#include "cli_admin.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -24,6 +25,8 @@ static const char usage[] =
     "  run            start the proxy in the foreground (SIGTERM stops it)\n"
     "  mint UPSTREAM.pem [--untrusted] [--rsa]\n"
     "                 mint a leaf for that upstream certificate and print it as PEM\n"
+    "  ctl status|hsm|cache|metrics\n"
+    "                 ask a running proxy (admin socket)\n"
     "  hsm-status     show each HSM member: token, serial, state, key, a test signature\n"
     "  help           this text; 'tlsmint COMMAND --help' shows a command's options\n"
     "\n"
@@ -131,6 +134,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "hsm-status") == 0) {
         return cli_hsm_status(sc, sub);
+    }
+    if (strcmp(cmd, "ctl") == 0) {
+        return cli_ctl(sc, sub);
     }
     if (strcmp(cmd, "mint") == 0) {
         return cli_mint(sc, sub);

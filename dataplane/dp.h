@@ -16,6 +16,11 @@
 
 struct dp_server;
 
+#define DP_OUTCOMES 9
+/* "none", "ok", "bypass", "refused_hsm", "upstream_failed", "client_error", "bad_request",
+ * "timeout", "shutdown" */
+const char *dp_outcome_name(int outcome);
+
 /* Counters summed over all loops (a consistent-enough snapshot). */
 struct dp_stats {
     uint64_t accepted, active, closed;
@@ -23,6 +28,7 @@ struct dp_stats {
     uint64_t bypassed, refused_hsm, upstream_failed, bad_request;
     uint64_t bytes_c2u, bytes_u2c;
     uint64_t cache_hit, cache_miss, cache_coalesced;
+    uint64_t outcome[DP_OUTCOMES]; /* closed connections by outcome, see dp_outcome_name() */
 };
 
 /*

@@ -132,6 +132,7 @@ struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
         cache_coalesced;
+    _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 
 struct dp_loop {
@@ -422,6 +423,9 @@ static void conn_release(struct dp_conn *c)
         sd->out = sd->in = NULL;
     }
     access_log(c);
+    atomic_fetch_add_explicit(&l->ctr.outcome[c->outcome], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->ctr.bytes_c2u, c->bytes_c2u, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->ctr.bytes_u2c, c->bytes_u2c, memory_order_relaxed);
     cc_entry_unref(c->leaf);
     c->leaf = NULL;
     free(c->s[D_CLIENT].rbuf);
@@ -1780,7 +1784,17 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
         o->bad_request += atomic_load(&c->bad_request);
         o->cache_hit += atomic_load(&c->cache_hit);
         o->cache_miss += atomic_load(&c->cache_miss);
+        o->bytes_c2u += atomic_load(&c->bytes_c2u);
+        o->bytes_u2c += atomic_load(&c->bytes_u2c);
+        for (int k = 0; k < DP_OUTCOMES; k++) {
+            o->outcome[k] += atomic_load(&c->outcome[k]);
+        }
     }
+}
+
+const char *dp_outcome_name(int outcome)
+{
+    return outcome >= 0 && outcome < DP_OUTCOMES ? outcome_name[outcome] : "?";
 }
 
 int dp_server_explicit_port(const struct dp_server *s)

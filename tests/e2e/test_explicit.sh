@@ -21,6 +21,9 @@ set_conf "$CONF" listen threads 2
 set_conf "$CONF" upstream ca_file "$WORK/pki/root.pem"
 set_conf "$CONF" log access "$WORK/access.log"
 set_conf "$CONF" policy bypass "127.0.0.1"
+MPORT=$(free_port)
+set_conf "$CONF" admin socket "$WORK/run/admin.sock"
+set_conf "$CONF" admin metrics "127.0.0.1:$MPORT"
 start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$WORK/state/ca/forward-trust.pem"
 UCA="$WORK/state/ca/forward-untrust.pem"
@@ -110,6 +113,23 @@ check_contains "CONNECT to a name that does not resolve: clean curl error" "curl
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "still serving after all of that" "hello-from-origin" "$out"
 check "proxy process alive" kill -0 "$TLSMINT_PID"
+
+echo "== admin socket and metrics"
+st=$("$TLSMINT" -c "$CONF" ctl status 2>&1)
+check_contains "ctl status answers" "connections " "$st"
+check_not_contains "ctl status counts handshakes" "handshakes    0 ok" "$st"
+hs=$("$TLSMINT" -c "$CONF" ctl hsm 2>&1)
+check_contains "ctl hsm shows the token" "label 'tlsmint', serial" "$hs"
+check_contains "ctl hsm shows the member up" "member hsm: up" "$hs"
+check_not_contains "ctl hsm counts signatures" "operations   0 signatures" "$hs"
+"$TLSMINT" -c "$CONF" ctl bogus >/dev/null 2>&1
+check_eq "ctl with an unknown command exits 1" "1" "$?"
+check_eq "admin socket is 0600" "600" "$(stat -c %a "$WORK/run/admin.sock")"
+m=$(curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics")
+check_contains "metrics: Prometheus text" "# TYPE tlsmint_connections_total counter" "$m"
+ok_count=$(echo "$m" | sed -n 's/^tlsmint_connections_total{outcome="ok"} //p')
+check "metrics: ok connections counted ($ok_count)" test "${ok_count:-0}" -ge 5
+check_contains "metrics: HSM latency" 'tlsmint_hsm_sign_latency_seconds{member="hsm",quantile="0.99"}' "$m"
 
 echo "== HSM hangs: fail closed for misses, hits keep working"
 SIGNER=$(pgrep -P "$TLSMINT_PID" -f __signer | head -1)
