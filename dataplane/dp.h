@@ -16,9 +16,9 @@
 
 struct dp_server;
 
-#define DP_OUTCOMES 9
+#define DP_OUTCOMES 10
 /* "none", "ok", "bypass", "refused_hsm", "upstream_failed", "client_error", "bad_request",
- * "timeout", "shutdown" */
+ * "timeout", "shutdown", "fail_open" */
 const char *dp_outcome_name(int outcome);
 
 /* Counters summed over all loops (a consistent-enough snapshot). */

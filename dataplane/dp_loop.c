@@ -56,16 +56,18 @@ enum dp_state {
     S_CLIENT_HANDSHAKE,
     S_RELAY,
     S_SPLICE,        /* bypass: raw bytes both ways */
+    S_REOPEN,        /* fail open: waiting for the first upstream's operations to end */
     S_CLOSING        /* flushing what is queued, then close */
 };
 
 enum dp_outcome {
     O_NONE = 0, O_OK, O_BYPASS, O_REFUSED_HSM, O_UPSTREAM_FAILED, O_CLIENT_ERROR, O_BAD_REQUEST,
-    O_TIMEOUT, O_SHUTDOWN
+    O_TIMEOUT, O_SHUTDOWN, O_FAIL_OPEN
 };
 
 static const char *outcome_name[] = {"none", "ok", "bypass", "refused_hsm", "upstream_failed",
-                                     "client_error", "bad_request", "timeout", "shutdown"};
+                                     "client_error", "bad_request", "timeout", "shutdown",
+                                     "fail_open"};
 
 union dp_ud {
     uint64_t u;
@@ -105,6 +107,7 @@ struct dp_conn {
     bool leaf_ready;
     bool fail_hello;       /* make the ClientHello callback abort with handshake_failure */
     bool up_shut_sent, cl_shut_sent;
+    bool fail_open;        /* replay the ClientHello on a new upstream connection and splice */
     enum cc_key_kind keykind;
     struct side s[2];
     struct sockaddr_storage client_addr, dst;
@@ -131,7 +134,7 @@ struct dp_conn {
 struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
-        cache_coalesced;
+        cache_coalesced, fail_open;
     _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 
@@ -653,6 +656,54 @@ static void refuse_hello(struct dp_conn *c, enum dp_outcome why)
     c->state = S_CLIENT_HANDSHAKE;
 }
 
+/*
+ * No leaf because the HSM cannot sign (down, queue full, deadline missed). fail_mode closed:
+ * refuse the handshake. open: pass the connection through untouched, on a fresh upstream
+ * connection, by replaying the kept ClientHello bytes; the used upstream is dropped first.
+ */
+static void no_leaf(struct dp_conn *c, int status)
+{
+    struct dp_loop *l = c->loop;
+    bool open = l->srv->cfg->fail_mode == PX_FAIL_OPEN && !c->hello_overflow && c->hello_len > 0;
+    px_log(PX_LOG_WARN, "dp", "conn=%u:%u %s: no leaf: %s (fail %s)", c->slot, c->gen, c->host,
+           px_strerror(status), open ? "open: passing through" : "closed");
+    if (!open) {
+        atomic_fetch_add_explicit(&l->ctr.refused_hsm, 1, memory_order_relaxed);
+        refuse_hello(c, O_REFUSED_HSM);
+        return;
+    }
+    atomic_fetch_add_explicit(&l->ctr.fail_open, 1, memory_order_relaxed);
+    c->fail_open = true;
+    c->outcome = O_FAIL_OPEN;
+    c->state = S_REOPEN;
+    if (c->s[D_UP].fd >= 0) {
+        shutdown(c->s[D_UP].fd, SHUT_RDWR); /* wakes its pending recv */
+    }
+}
+
+/* S_REOPEN: once nothing of the old upstream is in flight, connect a new one. */
+static void reopen_upstream(struct dp_conn *c)
+{
+    struct side *u = &c->s[D_UP];
+    if (u->recv_armed || u->send_armed) {
+        return;
+    }
+    if (u->fd >= 0) {
+        close(u->fd);
+        u->fd = -1;
+    }
+    if (u->ssl != NULL) {
+        SSL_free(u->ssl);
+        u->ssl = NULL;
+        u->in = NULL;
+    }
+    u->out = BIO_new(BIO_s_mem());
+    u->olen = u->ooff = 0;
+    u->eof = u->err = false;
+    c->up_connected = false;
+    start_connect(c);
+}
+
 static void get_leaf(struct dp_conn *c)
 {
     struct dp_loop *l = c->loop;
@@ -684,11 +735,11 @@ static void get_leaf(struct dp_conn *c)
         c->cache_result = "miss";
         atomic_fetch_add_explicit(&l->ctr.cache_miss, 1, memory_order_relaxed);
         c->state = S_MINTING;
+    } else if (r == PX_E_INVAL) {
+        /* the upstream certificate itself cannot be mirrored: never pass it through */
+        refuse_hello(c, O_UPSTREAM_FAILED);
     } else {
-        px_log(PX_LOG_WARN, "dp", "conn=%u:%u %s: no leaf: %s (fail closed)", c->slot, c->gen,
-               c->host, px_strerror(r));
-        atomic_fetch_add_explicit(&l->ctr.refused_hsm, 1, memory_order_relaxed);
-        refuse_hello(c, O_REFUSED_HSM);
+        no_leaf(c, r);
     }
 }
 
@@ -714,11 +765,10 @@ static void on_leaf(void *user, int status, struct cc_entry *e, uint64_t wait_ns
         return;
     }
     c->hsm_wait_ns = wait_ns;
-    if (status != 0) {
-        px_log(PX_LOG_WARN, "dp", "conn=%u:%u %s: mint failed: %s (fail closed)", c->slot, c->gen,
-               c->host, px_strerror(status));
-        atomic_fetch_add_explicit(&l->ctr.refused_hsm, 1, memory_order_relaxed);
-        refuse_hello(c, O_REFUSED_HSM);
+    if (status == PX_E_INVAL || status == PX_E_CRYPTO) {
+        refuse_hello(c, O_UPSTREAM_FAILED);
+    } else if (status != 0) {
+        no_leaf(c, status);
     } else {
         c->leaf = e;
         resume_client(c);
@@ -858,8 +908,10 @@ static void go_splice(struct dp_conn *c)
     cl->in = NULL;
     cl->out = pending;
     c->state = S_SPLICE;
-    c->outcome = O_BYPASS;
-    atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
+    if (!c->fail_open) {
+        c->outcome = O_BYPASS;
+        atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
+    }
     if (c->hello_len > 0) {
         queue_raw(c, D_UP, c->hello, c->hello_len);
     }
@@ -1124,10 +1176,13 @@ static void pump(struct dp_conn *c)
                 step_tls_relay(c, D_UP);
             }
             break;
+        case S_REOPEN:
+            reopen_upstream(c);
+            break;
         case S_SPLICE:
             if ((c->s[D_CLIENT].eof || c->s[D_UP].eof) && pending_out(c, D_CLIENT) == 0 &&
                 pending_out(c, D_UP) == 0) {
-                conn_finish(c, O_BYPASS);
+                conn_finish(c, c->fail_open ? O_FAIL_OPEN : O_BYPASS);
             }
             break;
         case S_CLOSING:
@@ -1251,6 +1306,10 @@ static void handle_recv(struct dp_conn *c, int dir, int res)
         }
         return;
     }
+    if (c->state == S_REOPEN) {
+        pump(c); /* the old upstream's last bytes are dropped */
+        return;
+    }
     if (res <= 0) {
         sd->eof = true;
         if (res < 0) {
@@ -1292,6 +1351,11 @@ static void handle_send(struct dp_conn *c, int dir, int res)
 {
     struct side *sd = &c->s[dir];
     sd->send_armed = false;
+    if (c->state == S_REOPEN && dir == D_UP) {
+        sd->olen = sd->ooff = 0;
+        pump(c);
+        return;
+    }
     if (res < 0) {
         sd->err = true;
         sd->olen = sd->ooff = 0;
@@ -1338,7 +1402,10 @@ static void handle_connect(struct dp_conn *c, int res)
         pump(c);
         return;
     }
-    if (c->outcome == O_BYPASS) {
+    if (c->fail_open) {
+        go_splice(c);
+        c->outcome = O_FAIL_OPEN;
+    } else if (c->outcome == O_BYPASS) {
         go_splice(c);
     } else if (start_upstream_tls(c) != 0) {
         conn_abort(c, O_UPSTREAM_FAILED);

@@ -160,7 +160,34 @@ check_eq "exit status 0" "0" "$?"
 check_contains "log says stopped" "main: stopped" "$(cat "$WORK/tlsmint.log")"
 check_not_contains "no sanitizer report" "ERROR: AddressSanitizer" "$(cat "$WORK/tlsmint.log")"
 check_not_contains "no UBSan report" "runtime error" "$(cat "$WORK/tlsmint.log")"
+echo "== fail_mode = open: while the HSM hangs, misses pass through untouched"
+CONF2="$WORK/open.conf"
+cp "$CONF" "$CONF2"
+PPORT2=$(free_port)
+set_conf "$CONF2" listen explicit "127.0.0.1:$PPORT2"
+set_conf "$CONF2" admin socket "$WORK/run/admin2.sock"
+set_conf "$CONF2" admin metrics ""
+set_conf "$CONF2" hsm fail_mode open
+start_tlsmint "$CONF2" "$WORK/tlsmint2.log" || exit 1
+SIGNER=$(pgrep -P "$TLSMINT_PID" -f __signer | head -1)
+kill -STOP "$SIGNER"
+info=$(curl -sS -v --max-time 10 --cacert "$WORK/pki/root.pem" -x "http://127.0.0.1:$PPORT2" "https://localhost:$OPORT/index.html" 2>&1)
+check_contains "fail open: the client talks to the origin itself" "issuer: CN=tlsmint e2e root" "$info"
+check_contains "fail open: the body arrives" "hello-from-origin" "$info"
+check_contains "access log: fail_open" '"outcome":"fail_open"' "$(alog)"
+kill -CONT "$SIGNER"
+for _ in $(seq 1 60); do
+    curl -sS --max-time 5 --cacert "$CA" -x "http://127.0.0.1:$PPORT2" "https://localhost:$OPORT/index.html" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+out=$(curl -sS -v --max-time 10 --cacert "$CA" -x "http://127.0.0.1:$PPORT2" "https://localhost:$O2PORT/index.html" 2>&1)
+check_contains "HSM back: intercepted again" "issuer: O=tlsmint; CN=tlsmint forward-trust CA" "$out"
+kill -TERM "$TLSMINT_PID"
+wait "$TLSMINT_PID"
+check_eq "second instance: exit 0" "0" "$?"
+check_not_contains "second instance: no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint2.log")"
+
 PIN=$(cat "$WORK/state/hsm/pin")
-check_not_contains "the PIN is not in the log" "$PIN" "$(cat "$WORK/tlsmint.log" "$WORK/access.log")"
+check_not_contains "the PIN is not in the logs" "$PIN" "$(cat "$WORK/tlsmint.log" "$WORK/tlsmint2.log" "$WORK/access.log")"
 
 finish
