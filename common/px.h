@@ -160,6 +160,7 @@ struct px_cfg {
     /* [log] */
     enum px_log_level log_level;
     char log_access[256];
+    char log_keylog[256];
 
     /* [admin] */
     char admin_socket[256];

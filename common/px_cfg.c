@@ -335,6 +335,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "access") == 0) {
             return set_str(st, sec, key, val, c->log_access, sizeof(c->log_access));
         }
+        if (strcmp(key, "keylog") == 0) {
+            return set_str(st, sec, key, val, c->log_keylog, sizeof(c->log_keylog));
+        }
     } else if (strcmp(sec, "admin") == 0) {
         if (strcmp(key, "socket") == 0) {
             return set_str(st, sec, key, val, c->admin_socket, sizeof(c->admin_socket));

@@ -69,7 +69,7 @@ static void *alog_main(void *arg)
     }
 }
 
-struct dp_alog *dp_alog_new(const char *path, char *err, size_t errlen)
+struct dp_alog *dp_alog_new(const char *path, int mode, char *err, size_t errlen)
 {
     struct dp_alog *a = calloc(1, sizeof(*a));
     if (a == NULL) {
@@ -77,9 +77,9 @@ struct dp_alog *dp_alog_new(const char *path, char *err, size_t errlen)
         return NULL;
     }
     if (path != NULL && path[0] != '\0') {
-        a->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        a->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, (mode_t)mode);
         if (a->fd < 0) {
-            snprintf(err, errlen, "[log] access: cannot open %s: %s", path, strerror(errno));
+            snprintf(err, errlen, "[log] cannot open %s: %s", path, strerror(errno));
             free(a);
             return NULL;
         }

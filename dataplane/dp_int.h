@@ -56,7 +56,8 @@ struct dp_res_job *dp_res_done_take(struct dp_res_done *d);
 /* ---- access log (dp_alog.c) ------------------------------------------------------------- */
 
 struct dp_alog;
-struct dp_alog *dp_alog_new(const char *path, char *err, size_t errlen);
+/* Opens path (append, created with mode) or uses stdout when path is empty. */
+struct dp_alog *dp_alog_new(const char *path, int mode, char *err, size_t errlen);
 void dp_alog_free(struct dp_alog *a);
 /* Queues one line (copied). Never blocks: drops and counts when the queue is full. */
 void dp_alog_write(struct dp_alog *a, const char *line, size_t len);

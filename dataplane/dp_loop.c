@@ -107,6 +107,7 @@ struct dp_conn {
     bool leaf_ready;
     bool fail_hello;       /* make the ClientHello callback abort with handshake_failure */
     bool up_shut_sent, cl_shut_sent;
+    bool up_resumed;
     bool fail_open;        /* replay the ClientHello on a new upstream connection and splice */
     enum cc_key_kind keykind;
     struct side s[2];
@@ -134,12 +135,23 @@ struct dp_conn {
 struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
-        cache_coalesced, fail_open;
+        cache_coalesced, fail_open, up_resumed, up_full;
     _Atomic uint64_t outcome[DP_OUTCOMES];
+};
+
+#define DP_SESS_SLOTS 1024
+
+/* Upstream TLS sessions, per loop, keyed by name + address: a resumed upstream handshake costs
+ * a third of a full one (OPENSSL-NOTES.md). Direct-mapped: a collision replaces. */
+struct sess_slot {
+    char key[300];
+    SSL_SESSION *sess;
 };
 
 struct dp_loop {
     int idx;
+    struct sess_slot *sess;
+    uint64_t sess_resumed, sess_full;
     struct dp_server *srv;
     struct io_uring ring;
     bool ring_ok;
@@ -167,6 +179,7 @@ struct dp_server {
     SSL_CTX *uctx; /* upstream-facing (client role) */
     struct dp_resolver *res;
     struct dp_alog *alog;
+    struct dp_alog *keylog;
     int nloops;
     struct dp_loop *loops;
     int port_explicit, port_transparent;
@@ -180,6 +193,17 @@ struct dp_server {
 };
 
 static int g_conn_idx = -1; /* SSL ex_data index for the connection */
+static struct dp_alog *g_keylog; /* SSLKEYLOGFILE sink, when [log] keylog is set */
+
+static void keylog_cb(const SSL *ssl, const char *line)
+{
+    (void)ssl;
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf), "%s\n", line);
+    if (g_keylog != NULL && n > 0 && (size_t)n < sizeof(buf)) {
+        dp_alog_write(g_keylog, buf, (size_t)n);
+    }
+}
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -319,6 +343,7 @@ static bool bypassed(const struct dp_server *srv, const char *host)
 /* ---- connection lifecycle --------------------------------------------------------------- */
 
 static void pump(struct dp_conn *c);
+static void sess_store(struct dp_conn *c);
 
 static struct dp_conn *conn_new(struct dp_loop *l, int fd)
 {
@@ -390,12 +415,14 @@ static void access_log(struct dp_conn *c)
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"client\":\"%s\","
                      "\"dst\":\"%s\",\"host\":\"%s\",\"port\":%u,\"sni\":\"%s\",\"alpn\":\"%s\","
-                     "\"mode\":\"%s\",\"upstream_verify\":\"%s\",\"cache\":\"%s\","
+                     "\"mode\":\"%s\",\"upstream_verify\":\"%s\",\"upstream_resumed\":%s,"
+                     "\"cache\":\"%s\","
                      "\"hsm_wait_ms\":%.3f,\"bytes_up\":%llu,\"bytes_down\":%llu,"
                      "\"duration_ms\":%.3f,\"outcome\":\"%s\"}\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, client, dst, host, c->port, sni, alpn,
-                     c->transparent ? "transparent" : "explicit", ver, c->cache_result,
+                     c->transparent ? "transparent" : "explicit", ver,
+                     c->up_resumed ? "true" : "false", c->cache_result,
                      (double)c->hsm_wait_ns / 1e6, (unsigned long long)c->bytes_c2u,
                      (unsigned long long)c->bytes_u2c,
                      (double)(px_now_ns() - c->start_ns) / 1e6, outcome_name[c->outcome]);
@@ -411,6 +438,7 @@ static void conn_release(struct dp_conn *c)
     if (c->inflight > 0 || c->state == S_FREE) {
         return;
     }
+    sess_store(c);
     for (int d = 0; d < 2; d++) {
         struct side *sd = &c->s[d];
         if (sd->fd >= 0) {
@@ -589,6 +617,45 @@ static void start_connect(struct dp_conn *c)
     c->inflight++;
 }
 
+static void sess_key(const struct dp_conn *c, char *key, size_t cap)
+{
+    char a[64];
+    addr_str(&c->dst, a, sizeof(a));
+    snprintf(key, cap, "%s|%s", c->sni[0] ? c->sni : c->host, a);
+}
+
+static struct sess_slot *sess_slot_for(struct dp_loop *l, const char *key)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = key; *p; p++) {
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    }
+    return &l->sess[h & (DP_SESS_SLOTS - 1)];
+}
+
+/* Keeps the upstream session of a cleanly finished connection for the next one. */
+static void sess_store(struct dp_conn *c)
+{
+    struct side *u = &c->s[D_UP];
+    if (u->ssl == NULL || c->outcome != O_OK || !SSL_is_init_finished(u->ssl) ||
+        c->loop->sess == NULL) {
+        return;
+    }
+    SSL_SESSION *s = SSL_get1_session(u->ssl);
+    if (s == NULL || !SSL_SESSION_is_resumable(s)) {
+        SSL_SESSION_free(s);
+        return;
+    }
+    char key[300];
+    sess_key(c, key, sizeof(key));
+    struct sess_slot *slot = sess_slot_for(c->loop, key);
+    SSL_SESSION_free(slot->sess);
+    slot->sess = s;
+    snprintf(slot->key, sizeof(slot->key), "%s", key);
+    /* SSL_free without a shutdown would mark the session not resumable */
+    SSL_set_shutdown(u->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+}
+
 static int start_upstream_tls(struct dp_conn *c)
 {
     struct dp_server *srv = c->loop->srv;
@@ -622,6 +689,14 @@ static int start_upstream_tls(struct dp_conn *c)
     }
     if (c->alpn_len > 0) {
         SSL_set_alpn_protos(u->ssl, c->alpn, c->alpn_len);
+    }
+    if (c->loop->sess != NULL) {
+        char key[300];
+        sess_key(c, key, sizeof(key));
+        struct sess_slot *slot = sess_slot_for(c->loop, key);
+        if (slot->sess != NULL && strcmp(slot->key, key) == 0) {
+            SSL_set_session(u->ssl, slot->sess);
+        }
     }
     c->state = S_UP_HANDSHAKE;
     return 0;
@@ -710,6 +785,9 @@ static void get_leaf(struct dp_conn *c)
     struct side *u = &c->s[D_UP];
     X509 *peer = SSL_get0_peer_certificate(u->ssl);
     c->verify_result = SSL_get_verify_result(u->ssl);
+    c->up_resumed = SSL_session_reused(u->ssl) == 1;
+    atomic_fetch_add_explicit(c->up_resumed ? &l->ctr.up_resumed : &l->ctr.up_full, 1,
+                              memory_order_relaxed);
     c->verified = !l->srv->cfg->upstream_verify || c->verify_result == X509_V_OK;
     const unsigned char *sel = NULL;
     unsigned int sl = 0;
@@ -1691,7 +1769,20 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         snprintf(s->bypass[s->nbypass++], sizeof(s->bypass[0]), "%s", t);
     }
     s->res = dp_resolver_new(2);
-    s->alog = dp_alog_new(cfg->log_access, err, errlen);
+    s->alog = dp_alog_new(cfg->log_access, 0640, err, errlen);
+    if (s->alog != NULL && cfg->log_keylog[0]) {
+        /* debugging only: these lines decrypt captured traffic, so the file is 0600 */
+        s->keylog = dp_alog_new(cfg->log_keylog, 0600, err, errlen);
+        if (s->keylog == NULL) {
+            dp_server_free(s);
+            return NULL;
+        }
+        g_keylog = s->keylog;
+        SSL_CTX_set_keylog_callback(s->sctx, keylog_cb);
+        SSL_CTX_set_keylog_callback(s->uctx, keylog_cb);
+        px_log(PX_LOG_WARN, "dp", "SSLKEYLOGFILE output to %s: session secrets of both sides "
+               "are being written", cfg->log_keylog);
+    }
     if (s->res == NULL || s->alog == NULL) {
         if (s->res == NULL) {
             snprintf(err, errlen, "cannot start resolver threads");
@@ -1735,6 +1826,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
             }
         }
         l->conns = calloc(DP_MAX_CONNS, sizeof(*l->conns));
+        l->sess = calloc(DP_SESS_SLOTS, sizeof(*l->sess));
         l->ccl = cc_loop_new(cc);
         l->res_done.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (l->conns == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
@@ -1814,6 +1906,10 @@ void dp_server_free(struct dp_server *s)
             }
         }
         free(l->conns);
+        for (int k = 0; l->sess != NULL && k < DP_SESS_SLOTS; k++) {
+            SSL_SESSION_free(l->sess[k].sess);
+        }
+        free(l->sess);
         if (l->ccl != NULL && cc_loop_free(l->ccl) != 0) {
             px_log(PX_LOG_WARN, "dp", "loop %d: mints still pending at exit", i);
         }
@@ -1829,6 +1925,10 @@ void dp_server_free(struct dp_server *s)
     }
     dp_resolver_free(s->res);
     dp_alog_free(s->alog);
+    if (s->keylog != NULL) {
+        g_keylog = NULL;
+        dp_alog_free(s->keylog);
+    }
     free(s->loops);
     SSL_CTX_free(s->sctx);
     SSL_CTX_free(s->uctx);
@@ -1852,6 +1952,9 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
         o->cache_hit += atomic_load(&c->cache_hit);
         o->cache_miss += atomic_load(&c->cache_miss);
         o->bytes_c2u += atomic_load(&c->bytes_c2u);
+        o->upstream_resumed += atomic_load(&c->up_resumed);
+        o->upstream_full += atomic_load(&c->up_full);
+        o->fail_open += atomic_load(&c->fail_open);
         o->bytes_u2c += atomic_load(&c->bytes_u2c);
         for (int k = 0; k < DP_OUTCOMES; k++) {
             o->outcome[k] += atomic_load(&c->outcome[k]);

@@ -21,6 +21,7 @@ set_conf "$CONF" listen threads 2
 set_conf "$CONF" upstream ca_file "$WORK/pki/root.pem"
 set_conf "$CONF" log access "$WORK/access.log"
 set_conf "$CONF" policy bypass "127.0.0.1"
+set_conf "$CONF" log keylog "$WORK/keylog.txt"
 MPORT=$(free_port)
 set_conf "$CONF" admin socket "$WORK/run/admin.sock"
 set_conf "$CONF" admin metrics "127.0.0.1:$MPORT"
@@ -40,7 +41,11 @@ check_contains "access log: outcome ok" '"outcome":"ok"' "$line"
 check_contains "access log: SNI" '"sni":"localhost"' "$line"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "second request works" "hello-from-origin" "$out"
-check_contains "access log: second visit is a cache hit" '"cache":"hit"' "$(alog)"
+line=$(alog)
+check_contains "access log: second visit is a cache hit" '"cache":"hit"' "$line"
+check_contains "access log: upstream session resumed" '"upstream_resumed":true' "$line"
+check_eq "SSLKEYLOGFILE output is 0600" "600" "$(stat -c %a "$WORK/keylog.txt")"
+check "SSLKEYLOGFILE has TLS 1.3 secrets of both sides" test "$(grep -c CLIENT_HANDSHAKE_TRAFFIC_SECRET "$WORK/keylog.txt")" -ge 4
 
 info=$(curl -sS -v --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/" -o /dev/null 2>&1)
 check_contains "leaf issued by the forward-trust CA" "issuer: O=tlsmint; CN=tlsmint forward-trust CA" "$info"
