@@ -88,6 +88,7 @@ http {
     listen 127.0.0.1:$port ssl http2;
     ssl_certificate $cert;
     ssl_certificate_key $key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     root $d/www;
   }
 }
