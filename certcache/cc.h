@@ -34,7 +34,8 @@ struct cc_entry;
 /* Borrowed views of an entry (valid while the caller holds its reference). */
 X509 *cc_entry_cert(const struct cc_entry *e);
 EVP_PKEY *cc_entry_key(const struct cc_entry *e);
-/* Certificates to send after the leaf (the CA's own chain; may be NULL or empty). */
+/* Certificates to send after the leaf (the CA's own chain; may be NULL or empty). Entries hold
+ * their own references, so they stay valid after cc_free (reload swaps contexts). */
 STACK_OF(X509) *cc_entry_chain(const struct cc_entry *e);
 enum cc_ca_kind cc_entry_ca(const struct cc_entry *e);
 void cc_entry_ref(struct cc_entry *e);

@@ -49,7 +49,7 @@ struct cc_entry {
     uint64_t expires_ns;
     X509 *cert;
     EVP_PKEY *pkey;
-    STACK_OF(X509) *chain; /* borrowed from the CA: the ctx outlives its entries */
+    STACK_OF(X509) *chain; /* own reference: entries may outlive their ctx (reload) */
     struct waiter *waiters;
     const struct cc_leaf_key *leaf_key;
     struct cc_ctx *cc;
@@ -124,6 +124,9 @@ void cc_entry_unref(struct cc_entry *e)
     if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
         X509_free(e->cert);
         EVP_PKEY_free(e->pkey);
+        if (e->chain != NULL) {
+            sk_X509_pop_free(e->chain, X509_free);
+        }
         free(e);
     }
 }
@@ -402,7 +405,7 @@ int cc_get(struct cc_loop *l, X509 *up, bool verified, enum cc_key_kind kk, cc_d
     memcpy(&h, key + 8, sizeof(h));
     e->leaf_key = kk == CC_KEY_RSA ? &cc->keys_rsa[h % POOL_RSA] : &cc->keys_ec[h % POOL_EC];
     const struct cc_ca *ca = cak == CC_CA_TRUST ? &cc->trust : &cc->untrust;
-    e->chain = ca->chain;
+    e->chain = X509_chain_up_ref(ca->chain);
     uint8_t digest[64];
     int dlen = 0;
     const char *why = NULL;

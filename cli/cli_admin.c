@@ -28,9 +28,10 @@ static void text_status(struct cli_admin *a, FILE *o)
     struct dp_stats ds;
     struct cc_stats cs;
     dp_server_stats(a->dp, &ds);
-    cc_stats_get(a->cc, &cs);
+    dp_server_cache_stats(a->dp, &cs);
     double up = (double)(px_now_ns() - a->start_ns) / 1e9;
-    fprintf(o, "tlsmint %s, up %.0f s, config %s\n", TLSMINT_VERSION, up, a->cfg->path);
+    fprintf(o, "tlsmint %s, up %.0f s, config %s (generation %u)\n", TLSMINT_VERSION, up,
+            a->cfg->path, dp_server_generation(a->dp));
     fprintf(o, "listeners     explicit %s, transparent %s\n",
             a->cfg->listen_explicit[0] ? a->cfg->listen_explicit : "off",
             a->cfg->listen_transparent[0] ? a->cfg->listen_transparent : "off");
@@ -86,7 +87,7 @@ static void text_hsm(struct cli_admin *a, FILE *o)
 static void text_cache(struct cli_admin *a, FILE *o)
 {
     struct cc_stats cs;
-    cc_stats_get(a->cc, &cs);
+    dp_server_cache_stats(a->dp, &cs);
     fprintf(o, "entries       %llu (max %d, ttl %d s)\n", (unsigned long long)cs.entries,
             a->cfg->cache_size, a->cfg->cache_ttl_s);
     fprintf(o, "hits          %llu\nmisses        %llu\nmints         %llu\ncoalesced     %llu\n"
@@ -106,7 +107,7 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     struct dp_stats ds;
     struct cc_stats cs;
     dp_server_stats(a->dp, &ds);
-    cc_stats_get(a->cc, &cs);
+    dp_server_cache_stats(a->dp, &cs);
     fprintf(o, "# TYPE tlsmint_connections_active gauge\ntlsmint_connections_active %llu\n",
             (unsigned long long)ds.active);
     fprintf(o, "# TYPE tlsmint_connections_accepted_total counter\n"
@@ -187,7 +188,12 @@ static void serve_ctl(struct cli_admin *a, int fd)
     } else if (strcmp(cmd, "metrics") == 0) {
         text_metrics(a, o);
     } else if (strcmp(cmd, "reload") == 0) {
-        fprintf(o, "error: reload is not implemented yet: restart tlsmint to apply changes\n");
+        char msg[600];
+        if (a->reload != NULL && a->reload(a->reload_ctx, msg, sizeof(msg)) == 0) {
+            fprintf(o, "%s\n", msg);
+        } else {
+            fprintf(o, "error: %s\n", a->reload != NULL ? msg : "reload not available");
+        }
     } else if (strcmp(cmd, "clear-hsm-sessions") == 0) {
         fprintf(o, "error: clear-hsm-sessions is not implemented yet\n");
     } else {
@@ -401,6 +407,40 @@ static const char ctl_usage[] =
     "  cache     leaf cache counters\n"
     "  metrics   the Prometheus text the metrics endpoint serves\n";
 
+/* Finds [admin] socket in a file that does not parse as a whole; default when absent. */
+static int admin_socket_scan(const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    struct px_cfg d;
+    px_cfg_defaults(&d);
+    snprintf(out, cap, "%s", d.admin_socket);
+    char line[512];
+    bool in_admin = false;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char *p = line + strspn(line, " \t");
+        p[strcspn(p, ";#\r\n")] = '\0';
+        if (*p == '[') {
+            in_admin = strncmp(p, "[admin]", 7) == 0;
+            continue;
+        }
+        char *eq = strchr(p, '=');
+        if (!in_admin || eq == NULL || strncmp(p, "socket", 6) != 0) {
+            continue;
+        }
+        char *v = eq + 1 + strspn(eq + 1, " \t");
+        size_t n = strlen(v);
+        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t')) {
+            v[--n] = '\0';
+        }
+        snprintf(out, cap, "%s", v);
+    }
+    fclose(f);
+    return 0;
+}
+
 int cli_ctl(int argc, char **argv)
 {
     const char *conf = "./var/tlsmint.conf";
@@ -423,8 +463,13 @@ int cli_ctl(int argc, char **argv)
         return 2;
     }
     static struct px_cfg cfg;
-    if (cli_load_config(conf, &cfg) != 0) {
-        return 1;
+    char err[600];
+    if (px_cfg_load(conf, &cfg, err, sizeof(err)) != 0) {
+        /* a broken file must not stop `ctl reload` from reaching the proxy to be refused there */
+        if (admin_socket_scan(conf, cfg.admin_socket, sizeof(cfg.admin_socket)) != 0) {
+            fprintf(stderr, "tlsmint ctl: %s\n", err);
+            return 1;
+        }
     }
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", cfg.admin_socket);

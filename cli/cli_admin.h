@@ -17,6 +17,9 @@ struct cli_admin {
     struct hsm_pool *pool;    /* borrowed */
     struct cc_ctx *cc;        /* borrowed */
     struct dp_server *dp;     /* borrowed */
+    /* reload hook (main thread's function); writes one line into msg; 0 on success */
+    int (*reload)(void *ctx, char *msg, size_t len);
+    void *reload_ctx;
     int ufd, mfd, stopfd;
     pthread_t th;
     bool running;

@@ -176,6 +176,74 @@ int cli_hsm_status(int argc, char **argv)
     return all_up ? 0 : 1;
 }
 
+/* Everything a reload needs; configs are kept until exit (generations borrow them). */
+struct reloader {
+    pthread_mutex_t lock;
+    const char *path;
+    const struct px_cfg *first;
+    struct hsm_pool *pool;
+    struct dp_server *dp;
+    struct px_cfg *cfgs[64];
+    int ncfgs;
+};
+
+static bool same_hsm(const struct px_cfg *a, const struct px_cfg *b)
+{
+    return a->n_members == b->n_members &&
+           memcmp(a->members, b->members, sizeof(a->members[0]) * (size_t)a->n_members) == 0 &&
+           a->hsm_workers == b->hsm_workers && a->hsm_batch == b->hsm_batch &&
+           a->hsm_sign_timeout_ms == b->hsm_sign_timeout_ms &&
+           a->hsm_hang_timeout_ms == b->hsm_hang_timeout_ms &&
+           a->hsm_queue_size == b->hsm_queue_size;
+}
+
+/* SIGHUP and `ctl reload`: new config, CA material and cache for new connections. */
+static int do_reload(void *ctx, char *msg, size_t len)
+{
+    struct reloader *r = ctx;
+    char err[600];
+    int ret = -1;
+    pthread_mutex_lock(&r->lock);
+    struct px_cfg *cfg = NULL;
+    if (r->ncfgs >= 64) {
+        snprintf(msg, len, "too many reloads in one run: restart tlsmint");
+        goto out;
+    }
+    cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL || px_cfg_load(r->path, cfg, err, sizeof(err)) != 0) {
+        snprintf(msg, len, "reload refused, still running the previous configuration: %s",
+                 cfg ? err : "out of memory");
+        goto out;
+    }
+    struct cc_ctx *cc = cc_new(cfg, r->pool, err, sizeof(err));
+    if (cc == NULL) {
+        snprintf(msg, len, "reload refused, still running the previous configuration: %s", err);
+        goto out;
+    }
+    if (dp_server_reload(r->dp, cfg, cc, err, sizeof(err)) != 0) {
+        cc_free(cc);
+        snprintf(msg, len, "reload refused, still running the previous configuration: %s", err);
+        goto out;
+    }
+    r->cfgs[r->ncfgs++] = cfg;
+    px_log_set_level(cfg->log_level);
+    bool hsm_same = same_hsm(r->first, cfg);
+    bool listen_same = strcmp(r->first->listen_explicit, cfg->listen_explicit) == 0 &&
+                       strcmp(r->first->listen_transparent, cfg->listen_transparent) == 0 &&
+                       r->first->threads == cfg->threads;
+    snprintf(msg, len, "reloaded %s: CA material, cache, upstream, policy and log settings apply "
+             "to new connections%s%s",
+             r->path, hsm_same ? "" : "; [hsm] changes need a restart (ignored)",
+             listen_same ? "" : "; [listen] changes need a restart (ignored)");
+    cfg = NULL;
+    ret = 0;
+out:
+    free(cfg);
+    pthread_mutex_unlock(&r->lock);
+    px_log(ret == 0 ? PX_LOG_INFO : PX_LOG_ERROR, "main", "%s", msg);
+    return ret;
+}
+
 static const char run_usage[] =
     "usage: tlsmint [-c CONFIG] run\n"
     "\n"
@@ -198,6 +266,7 @@ int cli_run(int argc, char **argv)
     int ret = 1;
     struct cc_ctx *cc = NULL;
     struct dp_server *dp = NULL;
+    static struct reloader rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
     /* signers are spawned before any other thread exists */
     struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
     if (pool == NULL) {
@@ -225,7 +294,12 @@ int cli_run(int argc, char **argv)
         dp_server_stop(dp, 0);
         goto out;
     }
-    struct cli_admin admin = {.cfg = &cfg, .pool = pool, .cc = cc, .dp = dp};
+    rl.path = conf;
+    rl.first = &cfg;
+    rl.pool = pool;
+    rl.dp = dp;
+    struct cli_admin admin = {.cfg = &cfg, .pool = pool, .cc = cc, .dp = dp,
+                              .reload = do_reload, .reload_ctx = &rl};
     if (cli_admin_start(&admin, err, sizeof(err)) != 0) {
         fprintf(stderr, "tlsmint run: %s\n", err);
         dp_server_stop(dp, 0);
@@ -241,7 +315,8 @@ int cli_run(int argc, char **argv)
         int sig = 0;
         sigwait(&set, &sig);
         if (sig == SIGHUP) {
-            px_log(PX_LOG_WARN, "main", "SIGHUP: reload is not implemented yet; restart to apply");
+            char msg[700];
+            (void)do_reload(&rl, msg, sizeof(msg));
             continue;
         }
         px_log(PX_LOG_INFO, "main", "%s: draining connections", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -258,7 +333,10 @@ int cli_run(int argc, char **argv)
            (unsigned long long)ds.refused_hsm, (unsigned long long)ds.upstream_failed);
     ret = 0;
 out:
-    dp_server_free(dp);
+    dp_server_free(dp); /* ends every generation, so the reloaded configs can go */
+    for (int i = 0; i < rl.ncfgs; i++) {
+        free(rl.cfgs[i]);
+    }
     cc_free(cc);
     for (int i = 0; pool != NULL && i < hsm_pool_members(pool); i++) {
         struct hsm_member_stats st;

@@ -38,12 +38,23 @@ struct dp_stats {
  */
 struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool, struct cc_ctx *cc,
                                 char *err, size_t errlen);
+/*
+ * Applies a new configuration and certificate cache to new connections; open connections keep
+ * theirs. Takes cc (freed when the last connection using it ends); borrows cfg, which the caller
+ * keeps alive for the life of the server. Listeners, threads and [hsm] are not changed.
+ */
+PX_MUST_CHECK int dp_server_reload(struct dp_server *s, const struct px_cfg *cfg,
+                                   struct cc_ctx *cc, char *err, size_t errlen);
 /* Starts the loops and returns at once. */
 PX_MUST_CHECK int dp_server_start(struct dp_server *s);
 /* Stops accepting, lets open connections finish for up to drain_ms, then closes the rest. */
 void dp_server_stop(struct dp_server *s, int drain_ms);
 void dp_server_free(struct dp_server *s);
 void dp_server_stats(struct dp_server *s, struct dp_stats *out);
+/* Counters of the certificate cache new connections use now. */
+void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out);
+/* 0 at start, +1 per successful reload. */
+unsigned dp_server_generation(struct dp_server *s);
 /* Bound addresses (useful when the config says port 0). */
 int dp_server_explicit_port(const struct dp_server *s);
 int dp_server_transparent_port(const struct dp_server *s);

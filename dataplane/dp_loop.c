@@ -93,12 +93,30 @@ struct side {
 
 struct dp_loop;
 
+/*
+ * What a reload replaces: the configuration, the certificate cache (CA material, key pool)
+ * and the TLS contexts (trust store). Refcounted: the server holds the current one, each loop
+ * and each connection holds the one it started with, so a reload never disturbs a connection.
+ */
+struct dp_gen {
+    _Atomic int refs;
+    unsigned id;
+    const struct px_cfg *cfg; /* borrowed: the caller keeps every config it loaded */
+    struct cc_ctx *cc;        /* owned when own_cc */
+    bool own_cc;
+    SSL_CTX *sctx;            /* client-facing (server role) */
+    SSL_CTX *uctx;            /* upstream-facing (client role) */
+    char bypass[64][128];
+    int nbypass;
+};
+
 struct dp_conn {
     uint32_t slot;
     uint16_t gen;
     enum dp_state state;
     enum dp_outcome outcome;
     struct dp_loop *loop;
+    struct dp_gen *g;      /* reference taken at accept */
     int inflight;
     bool transparent;
     bool sent_200;
@@ -160,7 +178,11 @@ struct dp_loop {
     struct dp_conn *conns;
     struct dp_conn *free_list;
     uint32_t nactive;
-    struct cc_loop *ccl;
+    struct cc_loop *ccl;      /* for the current generation's cache */
+    struct dp_gen *g;         /* the generation new connections use */
+    struct cc_loop *old_ccl;  /* previous cache's handle, polled until its mints are done */
+    struct dp_gen *old_g;
+    uint8_t cc_epoch;         /* tags the eventfd read of the current ccl */
     uint64_t cc_val, res_val; /* eventfd read targets */
     struct dp_res_done res_done;
     struct __kernel_timespec tick;
@@ -172,11 +194,11 @@ struct dp_loop {
 };
 
 struct dp_server {
-    const struct px_cfg *cfg;
+    const struct px_cfg *cfg; /* the first configuration: listeners, threads */
     struct hsm_pool *pool;
-    struct cc_ctx *cc;
-    SSL_CTX *sctx; /* client-facing (server role) */
-    SSL_CTX *uctx; /* upstream-facing (client role) */
+    pthread_mutex_t gen_lock;
+    struct dp_gen *gen;       /* current generation, under gen_lock */
+    _Atomic unsigned gen_id;
     struct dp_resolver *res;
     struct dp_alog *alog;
     struct dp_alog *keylog;
@@ -185,8 +207,6 @@ struct dp_server {
     int port_explicit, port_transparent;
     _Atomic bool stop;
     _Atomic int drain_ms;
-    char bypass[64][128];
-    int nbypass;
     pthread_mutex_t start_lock;
     pthread_cond_t start_cond;
     int started;
@@ -320,11 +340,11 @@ static bool is_ip_literal(const char *h)
 }
 
 /* [policy] bypass: exact names, or "*.suffix" / ".suffix" for a domain and its subdomains. */
-static bool bypassed(const struct dp_server *srv, const char *host)
+static bool bypassed(const struct dp_gen *g, const char *host)
 {
     size_t hl = strlen(host);
-    for (int i = 0; i < srv->nbypass; i++) {
-        const char *p = srv->bypass[i];
+    for (int i = 0; i < g->nbypass; i++) {
+        const char *p = g->bypass[i];
         if (p[0] == '*' && p[1] == '.') {
             p++;
         }
@@ -345,6 +365,23 @@ static bool bypassed(const struct dp_server *srv, const char *host)
 static void pump(struct dp_conn *c);
 static void sess_store(struct dp_conn *c);
 
+static void gen_ref(struct dp_gen *g)
+{
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+}
+
+static void gen_unref(struct dp_gen *g)
+{
+    if (g != NULL && atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1) {
+        SSL_CTX_free(g->sctx);
+        SSL_CTX_free(g->uctx);
+        if (g->own_cc) {
+            cc_free(g->cc);
+        }
+        free(g);
+    }
+}
+
 static struct dp_conn *conn_new(struct dp_loop *l, int fd)
 {
     struct dp_conn *c = l->free_list;
@@ -362,6 +399,8 @@ static struct dp_conn *conn_new(struct dp_loop *l, int fd)
     c->slot = slot;
     c->gen = gen;
     c->loop = l;
+    c->g = l->g;
+    gen_ref(c->g);
     c->s[D_CLIENT].fd = fd;
     c->s[D_UP].fd = -1;
     c->s[D_CLIENT].rbuf = mem;
@@ -454,6 +493,8 @@ static void conn_release(struct dp_conn *c)
         sd->out = sd->in = NULL;
     }
     access_log(c);
+    gen_unref(c->g);
+    c->g = NULL;
     atomic_fetch_add_explicit(&l->ctr.outcome[c->outcome], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&l->ctr.bytes_c2u, c->bytes_c2u, memory_order_relaxed);
     atomic_fetch_add_explicit(&l->ctr.bytes_u2c, c->bytes_u2c, memory_order_relaxed);
@@ -588,7 +629,7 @@ static void arm_io(struct dp_conn *c)
 
 static void start_connect(struct dp_conn *c)
 {
-    struct dp_server *srv = c->loop->srv;
+    const struct px_cfg *cfg = c->g->cfg;
     int fd = socket(c->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         conn_finish(c, O_UPSTREAM_FAILED);
@@ -596,8 +637,8 @@ static void start_connect(struct dp_conn *c)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (srv->cfg->upstream_mark != 0) {
-        uint32_t mark = srv->cfg->upstream_mark;
+    if (cfg->upstream_mark != 0) {
+        uint32_t mark = cfg->upstream_mark;
         if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
             px_log(PX_LOG_WARN, "dp", "conn=%u:%u SO_MARK %u: %s", c->slot, c->gen, mark,
                    strerror(errno));
@@ -658,11 +699,10 @@ static void sess_store(struct dp_conn *c)
 
 static int start_upstream_tls(struct dp_conn *c)
 {
-    struct dp_server *srv = c->loop->srv;
     struct side *u = &c->s[D_UP];
     BIO_free(u->out);
     u->out = NULL;
-    u->ssl = SSL_new(srv->uctx);
+    u->ssl = SSL_new(c->g->uctx);
     BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
     if (u->ssl == NULL || rb == NULL || wb == NULL) {
         BIO_free(rb);
@@ -739,7 +779,7 @@ static void refuse_hello(struct dp_conn *c, enum dp_outcome why)
 static void no_leaf(struct dp_conn *c, int status)
 {
     struct dp_loop *l = c->loop;
-    bool open = l->srv->cfg->fail_mode == PX_FAIL_OPEN && !c->hello_overflow && c->hello_len > 0;
+    bool open = c->g->cfg->fail_mode == PX_FAIL_OPEN && !c->hello_overflow && c->hello_len > 0;
     px_log(PX_LOG_WARN, "dp", "conn=%u:%u %s: no leaf: %s (fail %s)", c->slot, c->gen, c->host,
            px_strerror(status), open ? "open: passing through" : "closed");
     if (!open) {
@@ -788,7 +828,7 @@ static void get_leaf(struct dp_conn *c)
     c->up_resumed = SSL_session_reused(u->ssl) == 1;
     atomic_fetch_add_explicit(c->up_resumed ? &l->ctr.up_resumed : &l->ctr.up_full, 1,
                               memory_order_relaxed);
-    c->verified = !l->srv->cfg->upstream_verify || c->verify_result == X509_V_OK;
+    c->verified = !c->g->cfg->upstream_verify || c->verify_result == X509_V_OK;
     const unsigned char *sel = NULL;
     unsigned int sl = 0;
     SSL_get0_alpn_selected(u->ssl, &sel, &sl);
@@ -941,7 +981,7 @@ static int start_client_tls(struct dp_conn *c)
 {
     struct side *cl = &c->s[D_CLIENT];
     BIO *keep_out = cl->out; /* may already hold "200 Connection established" */
-    cl->ssl = SSL_new(c->loop->srv->sctx);
+    cl->ssl = SSL_new(c->g->sctx);
     BIO *rb = BIO_new(BIO_s_mem());
     if (cl->ssl == NULL || rb == NULL) {
         BIO_free(rb);
@@ -997,7 +1037,6 @@ static void go_splice(struct dp_conn *c)
 
 static void after_hello(struct dp_conn *c)
 {
-    struct dp_server *srv = c->loop->srv;
     if (c->host[0] == '\0' || c->transparent) {
         if (c->sni[0]) {
             snprintf(c->host, sizeof(c->host), "%s", c->sni);
@@ -1016,7 +1055,7 @@ static void after_hello(struct dp_conn *c)
         }
     }
     const char *name = c->sni[0] ? c->sni : c->host;
-    if (srv->nbypass > 0 && bypassed(srv, name)) {
+    if (c->g->nbypass > 0 && bypassed(c->g, name)) {
         if (c->hello_overflow) {
             conn_abort(c, O_CLIENT_ERROR);
             return;
@@ -1519,7 +1558,7 @@ static void handle_resolved(struct dp_loop *l)
 static void arm_event_reads(struct dp_loop *l, int which)
 {
     struct io_uring_sqe *sqe = get_sqe(l);
-    union dp_ud u = {.f = {.op = (uint8_t)(which == 0 ? OP_CC : OP_RES)}};
+    union dp_ud u = {.f = {.op = (uint8_t)(which == 0 ? OP_CC : OP_RES), .dir = l->cc_epoch}};
     if (which == 0) {
         io_uring_prep_read(sqe, cc_loop_fd(l->ccl), &l->cc_val, sizeof(l->cc_val), 0);
     } else {
@@ -1568,6 +1607,9 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         handle_tick(l);
         return;
     case OP_CC:
+        if (u.f.dir != l->cc_epoch) {
+            return; /* the read of a previous generation's handle: not re-armed */
+        }
         cc_loop_poll(l->ccl);
         arm_event_reads(l, 0);
         return;
@@ -1610,6 +1652,42 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
     default:
         break;
     }
+}
+
+/*
+ * Takes the server's current generation for new connections. The previous cache handle is
+ * kept (and polled) until the mints it started are done; at most one previous one is kept, an
+ * older one still busy is finished by polling here.
+ */
+static void switch_generation(struct dp_loop *l)
+{
+    struct dp_server *srv = l->srv;
+    pthread_mutex_lock(&srv->gen_lock);
+    struct dp_gen *g = srv->gen;
+    gen_ref(g);
+    pthread_mutex_unlock(&srv->gen_lock);
+    struct cc_loop *nccl = cc_loop_new(g->cc);
+    if (nccl == NULL) {
+        gen_unref(g);
+        return; /* keep the old one; try again next iteration */
+    }
+    while (l->old_ccl != NULL && cc_loop_pending(l->old_ccl) > 0) {
+        cc_loop_poll(l->old_ccl);
+        usleep(1000); /* only when two reloads come within one mint's deadline */
+    }
+    if (l->old_ccl != NULL) {
+        (void)cc_loop_free(l->old_ccl);
+        gen_unref(l->old_g);
+    }
+    l->old_ccl = l->ccl;
+    l->old_g = l->g;
+    uint64_t one = 1; /* completes the read armed on the old handle's eventfd */
+    ssize_t w = write(cc_loop_fd(l->old_ccl), &one, sizeof(one));
+    (void)w;
+    l->ccl = nccl;
+    l->g = g;
+    l->cc_epoch++;
+    arm_event_reads(l, 0);
 }
 
 /*
@@ -1659,6 +1737,10 @@ static void *loop_main(void *arg)
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY) {
             px_log(PX_LOG_ERROR, "dp", "loop %d: io_uring: %s", l->idx, strerror(-r));
         }
+        /* a reload applies before this batch: a connection accepted now gets the new one */
+        if (atomic_load_explicit(&srv->gen_id, memory_order_acquire) != l->g->id) {
+            switch_generation(l);
+        }
         unsigned head, n = 0;
         io_uring_for_each_cqe(&l->ring, head, cqe)
         {
@@ -1666,6 +1748,15 @@ static void *loop_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&l->ring, n);
+        if (l->old_ccl != NULL) {
+            cc_loop_poll(l->old_ccl);
+            if (cc_loop_pending(l->old_ccl) == 0) {
+                (void)cc_loop_free(l->old_ccl);
+                l->old_ccl = NULL;
+                gen_unref(l->old_g);
+                l->old_g = NULL;
+            }
+        }
         if (atomic_load(&l->srv->stop) && !stop_seen) {
             stop_seen = true;
             l->stopping = true;
@@ -1677,7 +1768,7 @@ static void *loop_main(void *arg)
                 }
             }
         }
-        if (stop_seen && l->nactive == 0 && cc_loop_pending(l->ccl) == 0) {
+        if (stop_seen && l->nactive == 0 && cc_loop_pending(l->ccl) == 0 && l->old_ccl == NULL) {
             break;
         }
     }
@@ -1718,29 +1809,70 @@ static int listen_on(const char *hostport, bool transparent, int *bound_port, ch
     return fd;
 }
 
-static int tls_init(struct dp_server *s, char *err, size_t errlen)
+/* A generation for cfg and cc: TLS contexts with the trust store loaded once, bypass list. */
+static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char *err, size_t errlen)
 {
     if (g_conn_idx < 0) {
         g_conn_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     }
-    s->sctx = SSL_CTX_new(TLS_server_method());
-    s->uctx = SSL_CTX_new(TLS_client_method());
-    if (s->sctx == NULL || s->uctx == NULL) {
-        snprintf(err, errlen, "cannot create TLS contexts");
-        return PX_E_CRYPTO;
+    struct dp_gen *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
     }
-    SSL_CTX_set_min_proto_version(s->sctx, TLS1_2_VERSION);
-    SSL_CTX_set_min_proto_version(s->uctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(s->sctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_mode(s->uctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_client_hello_cb(s->sctx, client_hello_cb, NULL);
-    SSL_CTX_set_alpn_select_cb(s->sctx, alpn_select_cb, NULL);
-    SSL_CTX_set_verify(s->uctx, SSL_VERIFY_NONE, NULL); /* verified, recorded, decided by us */
-    if (SSL_CTX_load_verify_locations(s->uctx, s->cfg->upstream_ca_file, NULL) != 1) {
+    atomic_init(&g->refs, 1);
+    g->cfg = cfg;
+    g->cc = cc;
+    g->sctx = SSL_CTX_new(TLS_server_method());
+    g->uctx = SSL_CTX_new(TLS_client_method());
+    if (g->sctx == NULL || g->uctx == NULL) {
+        snprintf(err, errlen, "cannot create TLS contexts");
+        gen_unref(g);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(g->sctx, TLS1_2_VERSION);
+    SSL_CTX_set_min_proto_version(g->uctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(g->sctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(g->uctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_client_hello_cb(g->sctx, client_hello_cb, NULL);
+    SSL_CTX_set_alpn_select_cb(g->sctx, alpn_select_cb, NULL);
+    SSL_CTX_set_verify(g->uctx, SSL_VERIFY_NONE, NULL); /* verified, recorded, decided by us */
+    if (SSL_CTX_load_verify_locations(g->uctx, cfg->upstream_ca_file, NULL) != 1) {
         ERR_clear_error();
-        snprintf(err, errlen, "[upstream] ca_file %s cannot be loaded", s->cfg->upstream_ca_file);
+        snprintf(err, errlen, "[upstream] ca_file %s cannot be loaded", cfg->upstream_ca_file);
+        gen_unref(g);
+        return NULL;
+    }
+    if (g_keylog != NULL) {
+        SSL_CTX_set_keylog_callback(g->sctx, keylog_cb);
+        SSL_CTX_set_keylog_callback(g->uctx, keylog_cb);
+    }
+    /* bypass list: comma or space separated */
+    char tmp[sizeof(cfg->policy_bypass)];
+    snprintf(tmp, sizeof(tmp), "%s", cfg->policy_bypass);
+    for (char *sp = NULL, *t = strtok_r(tmp, ", \t", &sp); t && g->nbypass < 64;
+         t = strtok_r(NULL, ", \t", &sp)) {
+        snprintf(g->bypass[g->nbypass++], sizeof(g->bypass[0]), "%s", t);
+    }
+    return g;
+}
+
+int dp_server_reload(struct dp_server *s, const struct px_cfg *cfg, struct cc_ctx *cc, char *err,
+                     size_t errlen)
+{
+    struct dp_gen *g = gen_new(cfg, cc, err, errlen);
+    if (g == NULL) {
         return PX_E_CONFIG;
     }
+    g->own_cc = true;
+    pthread_mutex_lock(&s->gen_lock);
+    struct dp_gen *old = s->gen;
+    g->id = old->id + 1;
+    s->gen = g;
+    atomic_store(&s->gen_id, g->id);
+    pthread_mutex_unlock(&s->gen_lock);
+    gen_unref(old); /* loops and connections still holding it keep it alive */
+    px_log(PX_LOG_INFO, "dp", "reload: generation %u in use for new connections", g->id);
     return 0;
 }
 
@@ -1754,20 +1886,9 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
     }
     s->cfg = cfg;
     s->pool = pool;
-    s->cc = cc;
     pthread_mutex_init(&s->start_lock, NULL);
     pthread_cond_init(&s->start_cond, NULL);
-    if (tls_init(s, err, errlen) != 0) {
-        dp_server_free(s);
-        return NULL;
-    }
-    /* bypass list: comma or space separated */
-    char tmp[sizeof(cfg->policy_bypass)];
-    snprintf(tmp, sizeof(tmp), "%s", cfg->policy_bypass);
-    for (char *sp = NULL, *t = strtok_r(tmp, ", \t", &sp); t && s->nbypass < 64;
-         t = strtok_r(NULL, ", \t", &sp)) {
-        snprintf(s->bypass[s->nbypass++], sizeof(s->bypass[0]), "%s", t);
-    }
+    pthread_mutex_init(&s->gen_lock, NULL);
     s->res = dp_resolver_new(2);
     s->alog = dp_alog_new(cfg->log_access, 0640, err, errlen);
     if (s->alog != NULL && cfg->log_keylog[0]) {
@@ -1778,8 +1899,6 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
             return NULL;
         }
         g_keylog = s->keylog;
-        SSL_CTX_set_keylog_callback(s->sctx, keylog_cb);
-        SSL_CTX_set_keylog_callback(s->uctx, keylog_cb);
         px_log(PX_LOG_WARN, "dp", "SSLKEYLOGFILE output to %s: session secrets of both sides "
                "are being written", cfg->log_keylog);
     }
@@ -1787,6 +1906,11 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         if (s->res == NULL) {
             snprintf(err, errlen, "cannot start resolver threads");
         }
+        dp_server_free(s);
+        return NULL;
+    }
+    s->gen = gen_new(cfg, cc, err, errlen); /* the first cc belongs to the caller */
+    if (s->gen == NULL) {
         dp_server_free(s);
         return NULL;
     }
@@ -1827,6 +1951,8 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         }
         l->conns = calloc(DP_MAX_CONNS, sizeof(*l->conns));
         l->sess = calloc(DP_SESS_SLOTS, sizeof(*l->sess));
+        l->g = s->gen;
+        gen_ref(l->g);
         l->ccl = cc_loop_new(cc);
         l->res_done.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (l->conns == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
@@ -1913,6 +2039,11 @@ void dp_server_free(struct dp_server *s)
         if (l->ccl != NULL && cc_loop_free(l->ccl) != 0) {
             px_log(PX_LOG_WARN, "dp", "loop %d: mints still pending at exit", i);
         }
+        if (l->old_ccl != NULL && cc_loop_free(l->old_ccl) != 0) {
+            px_log(PX_LOG_WARN, "dp", "loop %d: mints of a previous generation pending at exit", i);
+        }
+        gen_unref(l->old_g);
+        gen_unref(l->g);
         if (l->res_done.evfd >= 0) {
             struct dp_res_job *j = dp_res_done_take(&l->res_done);
             while (j != NULL) {
@@ -1930,8 +2061,7 @@ void dp_server_free(struct dp_server *s)
         dp_alog_free(s->keylog);
     }
     free(s->loops);
-    SSL_CTX_free(s->sctx);
-    SSL_CTX_free(s->uctx);
+    gen_unref(s->gen);
     free(s);
 }
 
@@ -1965,6 +2095,21 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
 const char *dp_outcome_name(int outcome)
 {
     return outcome >= 0 && outcome < DP_OUTCOMES ? outcome_name[outcome] : "?";
+}
+
+void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out)
+{
+    pthread_mutex_lock(&s->gen_lock);
+    struct dp_gen *g = s->gen;
+    gen_ref(g);
+    pthread_mutex_unlock(&s->gen_lock);
+    cc_stats_get(g->cc, out);
+    gen_unref(g);
+}
+
+unsigned dp_server_generation(struct dp_server *s)
+{
+    return atomic_load(&s->gen_id);
 }
 
 int dp_server_explicit_port(const struct dp_server *s)

@@ -138,6 +138,33 @@ ok_count=$(echo "$m" | sed -n 's/^tlsmint_connections_total{outcome="ok"} //p')
 check "metrics: ok connections counted ($ok_count)" test "${ok_count:-0}" -ge 5
 check_contains "metrics: HSM latency" 'tlsmint_hsm_sign_latency_seconds{member="hsm",quantile="0.99"}' "$m"
 
+echo "== reload (ctl reload and SIGHUP) without dropping connections"
+curl -sS --max-time 30 --limit-rate 600K --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/big.bin" -o "$WORK/slow.bin" &
+SLOW=$!
+sleep 0.5
+cp "$CONF" "$WORK/conf.before"
+set_conf "$CONF" policy bypass "127.0.0.1 localhost"
+r=$("$TLSMINT" -c "$CONF" ctl reload 2>&1)
+check_eq "ctl reload exits 0" "0" "$?"
+check_contains "ctl reload says what applies" "reloaded" "$r"
+info=$(curl -sS -v --max-time 10 --cacert "$WORK/pki/root.pem" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
+check_contains "new connections follow the new bypass list" "issuer: CN=tlsmint e2e root" "$info"
+echo "[listen]" >>"$CONF"; echo "threads = many" >>"$CONF"
+r=$("$TLSMINT" -c "$CONF" ctl reload 2>&1)
+check_eq "a broken config: ctl reload exits 1" "1" "$?"
+check_contains "and says the old configuration stays" "still running the previous configuration" "$r"
+check_contains "and names file, line and key" "[listen] threads: 'many' is not an integer" "$r"
+cp "$WORK/conf.before" "$CONF"
+kill -HUP "$TLSMINT_PID"
+sleep 0.5
+check_contains "SIGHUP reloads too" "reloaded $CONF" "$(cat "$WORK/tlsmint.log")"
+out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
+check_eq "after SIGHUP, localhost is intercepted again" "hello-from-origin" "$out"
+wait "$SLOW"
+check_eq "the download that spanned two reloads finished" "0" "$?"
+check_eq "and is byte-identical" "$sum_direct" "$(sha256sum <"$WORK/slow.bin" | cut -d' ' -f1)"
+check_contains "ctl status shows the generation" "(generation 2)" "$("$TLSMINT" -c "$CONF" ctl status 2>&1)"
+
 echo "== HSM hangs: fail closed for misses, hits keep working"
 SIGNER=$(pgrep -P "$TLSMINT_PID" -f __signer | head -1)
 check "signer process found" test -n "$SIGNER"
