@@ -18,25 +18,82 @@
 
 #include <ini.h>
 
+#define CFG_MAX_LINE 4096
+
 struct parse_state {
     struct px_cfg *cfg;
     const char *name;
     int line;          /* line the reader returned last */
+    int section_line;  /* line of the last [section] header */
     char err[512];
     int failed;
+    int fail_line;
     /* stream sources */
     FILE *fp;
     const char *str;
 };
 
+static int fail(struct parse_state *st, const char *section, const char *key, const char *fmt,
+                ...) PX_PRINTF(4, 5);
+
+static bool known_section(const char *name, size_t len)
+{
+    static const char *known[] = {"listen", "hsm", "ca", "cache", "upstream", "policy", "log",
+                                  "admin"};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        if (strlen(known[i]) == len && strncmp(name, known[i], len) == 0) {
+            return true;
+        }
+    }
+    return len >= 4 && strncmp(name, "hsm.", 4) == 0; /* member names are checked later */
+}
+
+/*
+ * Every line passes here before inih sees it: counts lines (for messages), notes section
+ * headers (so an empty unknown section is still an error and HA members report their header
+ * line), and turns an over-long line into an error instead of letting it be split in two.
+ */
+static char *filter_line(struct parse_state *st, char *buf, int num, size_t len, bool complete)
+{
+    st->line++;
+    if (!complete || len >= (size_t)num - 1) {
+        fail(st, "-", "-", "line longer than %d characters", num - 3);
+        snprintf(buf, (size_t)num, ";\n");
+        return buf;
+    }
+    const char *p = buf + strspn(buf, " \t");
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        if (end != NULL) {
+            st->section_line = st->line;
+            if (!known_section(p + 1, (size_t)(end - p - 1))) {
+                char name[64];
+                snprintf(name, sizeof(name), "%.*s", (int)(end - p - 1), p + 1);
+                fail(st, name, "-", "unknown section");
+            }
+        }
+    }
+    return buf;
+}
+
 static char *reader_file(char *buf, int num, void *stream)
 {
     struct parse_state *st = stream;
-    char *r = fgets(buf, num, st->fp);
-    if (r != NULL) {
-        st->line++;
+    char line[CFG_MAX_LINE + 2];
+    if (fgets(line, sizeof(line), st->fp) == NULL) {
+        return NULL;
     }
-    return r;
+    size_t len = strlen(line);
+    bool complete = len > 0 && line[len - 1] == '\n';
+    if (!complete && !feof(st->fp)) {
+        int ch; /* skip the rest of an over-long line */
+        while ((ch = fgetc(st->fp)) != EOF && ch != '\n') {
+        }
+    } else {
+        complete = true;
+    }
+    snprintf(buf, (size_t)num, "%s", line);
+    return filter_line(st, buf, num, len, complete);
 }
 
 static char *reader_string(char *buf, int num, void *stream)
@@ -45,25 +102,20 @@ static char *reader_string(char *buf, int num, void *stream)
     if (*st->str == '\0' || num < 2) {
         return NULL;
     }
-    int i = 0;
-    while (i < num - 1 && st->str[0] != '\0') {
-        char c = *st->str++;
-        buf[i++] = c;
-        if (c == '\n') {
-            break;
-        }
-    }
-    buf[i] = '\0';
-    st->line++;
-    return buf;
+    size_t len = strcspn(st->str, "\n");
+    bool has_nl = st->str[len] == '\n';
+    size_t take = len + (has_nl ? 1 : 0);
+    size_t copy = take < (size_t)num - 1 ? take : (size_t)num - 1;
+    memcpy(buf, st->str, copy);
+    buf[copy] = '\0';
+    st->str += take;
+    return filter_line(st, buf, num, take, take < (size_t)num);
 }
-
-static int fail(struct parse_state *st, const char *section, const char *key, const char *fmt,
-                ...) PX_PRINTF(4, 5);
 
 static int fail(struct parse_state *st, const char *section, const char *key, const char *fmt, ...)
 {
     if (!st->failed) {
+        st->fail_line = st->line;
         char why[256];
         va_list ap;
         va_start(ap, fmt);
@@ -192,6 +244,9 @@ static struct px_hsm_member_cfg *member_for(struct parse_state *st, const char *
     const char *name = strcmp(sec, "hsm") == 0 ? "hsm" : sec + 4;
     for (int i = 0; i < c->n_members; i++) {
         if (strcmp(c->members[i].name, name) == 0) {
+            if (c->members[i].line == 0) {
+                c->members[i].line = st->section_line;
+            }
             return &c->members[i];
         }
     }
@@ -202,6 +257,7 @@ static struct px_hsm_member_cfg *member_for(struct parse_state *st, const char *
     if (strcmp(name, "hsm") != 0 && c->n_members == 0) {
         /* keep [hsm] as members[0] even when [hsm.X] comes first */
         snprintf(c->members[0].name, sizeof(c->members[0].name), "hsm");
+        c->members[0].line = 0; /* 0: no [hsm] header seen (yet) */
         c->n_members = 1;
     }
     if (strcmp(name, "hsm") == 0 && c->n_members > 0 && strcmp(c->members[0].name, "hsm") != 0) {
@@ -214,7 +270,7 @@ static struct px_hsm_member_cfg *member_for(struct parse_state *st, const char *
         return NULL;
     }
     snprintf(m->name, sizeof(m->name), "%s", name);
-    m->line = st->line;
+    m->line = st->section_line;
     return m;
 }
 
@@ -380,7 +436,13 @@ static int validate(struct parse_state *st)
     struct px_cfg *c = st->cfg;
     for (int i = 0; i < c->n_members; i++) {
         struct px_hsm_member_cfg *m = &c->members[i];
-        const char *sec = i == 0 ? "hsm" : m->name;
+        char sec[40];
+        snprintf(sec, sizeof(sec), i == 0 ? "hsm" : "hsm.%s", m->name);
+        if (i == 0 && m->line == 0) {
+            st->line = c->n_members > 1 ? c->members[1].line : 0;
+            return fail(st, "hsm", "-", "section missing: [hsm.NAME] members need the primary "
+                        "[hsm] section");
+        }
         st->line = m->line;
         if (m->module[0] == '\0') {
             return fail(st, sec, "module", "missing (path of the PKCS#11 module)");
@@ -398,12 +460,23 @@ static int validate(struct parse_state *st)
     return 1;
 }
 
+/*
+ * Debian's libinih reads these at run time: no indented continuation lines (an indented key
+ * is a key). Its line buffer stays at 200 bytes whatever ini_max_line says, so longer lines are
+ * refused by filter_line with a clear message instead of being split.
+ */
+static void inih_setup(void)
+{
+    ini_allow_multiline = false;
+}
+
 static int finish(struct parse_state *st, int rc, char *err, size_t errlen)
 {
     if (rc == 0 && !st->failed) {
         validate(st);
     }
-    if (st->failed) {
+    /* the first error by line wins: inih reports the first line it rejected */
+    if (st->failed && (rc <= 0 || st->fail_line <= rc)) {
         snprintf(err, errlen, "%s", st->err);
         return PX_E_CONFIG;
     }
@@ -421,6 +494,7 @@ int px_cfg_load_string(const char *name, const char *text, struct px_cfg *cfg, c
     struct parse_state st = {.cfg = cfg, .name = name, .str = text};
     px_cfg_defaults(cfg);
     snprintf(cfg->path, sizeof(cfg->path), "%s", name);
+    inih_setup();
     int rc = ini_parse_stream(reader_string, &st, handler, &st);
     return finish(&st, rc, err, errlen);
 }
@@ -436,6 +510,7 @@ int px_cfg_load(const char *path, struct px_cfg *cfg, char *err, size_t errlen)
     struct parse_state st = {.cfg = cfg, .name = path, .fp = fp};
     px_cfg_defaults(cfg);
     snprintf(cfg->path, sizeof(cfg->path), "%s", path);
+    inih_setup();
     int rc = ini_parse_stream(reader_file, &st, handler, &st);
     fclose(fp);
     return finish(&st, rc, err, errlen);

@@ -22,8 +22,14 @@ size_t px_der_header(uint8_t *out, uint8_t tag, size_t len)
         out[n++] = 0x82;
         out[n++] = (uint8_t)(len >> 8);
         out[n++] = (uint8_t)len;
-    } else {
+    } else if (len <= 0xffffff) {
         out[n++] = 0x83;
+        out[n++] = (uint8_t)(len >> 16);
+        out[n++] = (uint8_t)(len >> 8);
+        out[n++] = (uint8_t)len;
+    } else {
+        out[n++] = 0x84;
+        out[n++] = (uint8_t)(len >> 24);
         out[n++] = (uint8_t)(len >> 16);
         out[n++] = (uint8_t)(len >> 8);
         out[n++] = (uint8_t)len;

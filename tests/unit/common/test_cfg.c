@@ -289,11 +289,51 @@ START_TEST(test_cfg_unknown_section)
                "\n"
                "[bogus]\n"
                "foo = 1\n",
-               "t.conf:5: [bogus] foo: ", "unknown section");
+               "t.conf:4: [bogus] -: ", "unknown section");
+    /* an unknown section without keys is an error too, at its header */
+    expect_err("[listen]\n"
+               "[bogus]\n",
+               "t.conf:2: [bogus] -: ", "unknown section");
+    /* an over-long line is an error, not two lines */
+    char longline[5000];
+    snprintf(longline, sizeof(longline), "[listen]\n; %04500d\nthreads = 1\n", 0);
+    expect_err(longline, "t.conf:2: [-] -: ", "line longer than");
     /* a key before any section header */
     expect_err("; top\n"
                "threads = 1\n",
                "t.conf:2: [-] threads: ", "unknown section");
+}
+END_TEST
+
+START_TEST(test_cfg_error_order_and_places)
+{
+    /* the first error by line wins, syntax or value */
+    expect_err("garbage\n[listen]\nthreads = x\n", "t.conf:1: syntax error", "expected");
+    expect_err("[listen]\nthreads = x\ngarbage\n", "t.conf:2: [listen] threads: ",
+               "not an integer");
+    /* HA members are named by their full section, at their header's line */
+    expect_err(HSM_REQ "\n[hsm.backup]\n\nmodule = /x.so\ntoken = t\npin_file = /p\n",
+               "t.conf:7: [hsm.backup] key_label: ", "missing");
+    /* [hsm] itself: missing keys are reported at its header line */
+    expect_err("[listen]\n\n[hsm]\n\nmodule = /x.so\n", "t.conf:3: [hsm] token: ", "missing");
+    /* members without the primary [hsm] */
+    expect_err("[hsm.backup]\nmodule = /x.so\ntoken = t\npin_file = /p\nkey_label = k\n",
+               "t.conf:1: [hsm] -: ", "need the primary [hsm] section");
+    /* indented lines are keys of their own, not continuations of the previous value */
+    ck_assert_int_eq(load(HSM_REQ "[listen]\nexplicit = 127.0.0.1:1\n  threads = 3\n"), 0);
+    ck_assert_str_eq(g_cfg.listen_explicit, "127.0.0.1:1");
+    ck_assert_int_eq(g_cfg.threads, 3);
+    /* inih reads at most 199 characters a line: longer ones are refused, never split */
+    char text[1024], path[251];
+    memset(path, 'p', 250);
+    path[0] = '/';
+    path[250] = '\0';
+    snprintf(text, sizeof(text), HSM_REQ "[upstream]\nca_file = %s\n", path);
+    expect_err(text, "t.conf:7: [-] -: ", "line longer than 197 characters");
+    path[180] = '\0';
+    snprintf(text, sizeof(text), HSM_REQ "[upstream]\nca_file = %s\n", path);
+    ck_assert_int_eq(load(text), 0);
+    ck_assert_str_eq(g_cfg.upstream_ca_file, path);
 }
 END_TEST
 
@@ -806,6 +846,7 @@ Suite *cfg_suite(void)
     tc = tcase_create("errors");
     tcase_add_test(tc, test_cfg_unknown_section);
     tcase_add_test(tc, test_cfg_unknown_key);
+    tcase_add_test(tc, test_cfg_error_order_and_places);
     tcase_add_test(tc, test_cfg_bad_integer);
     tcase_add_loop_test(tc, test_cfg_int_range, 0, (int)(sizeof(int_cases) / sizeof(int_cases[0])));
     tcase_add_test(tc, test_cfg_fail_mode);
