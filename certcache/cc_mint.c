@@ -220,6 +220,11 @@ X509 *cc_mint_build(const struct cc_ca *ca, const struct cc_fixed_ext *fx,
     if (up_nb > now) {
         nb = up_nb; /* not yet valid upstream: so is the leaf */
     }
+    if (up_nb > now && up_nb >= na) {
+        /* valid only after leaf_max_days: any leaf would start before the upstream does */
+        *why = "upstream certificate becomes valid only after [ca] leaf_max_days";
+        goto out;
+    }
     if (nb >= na) {
         nb = up_nb < na ? up_nb : na - 1; /* expired upstream: the leaf is expired too */
     }

@@ -58,7 +58,8 @@ static void text_hsm(struct cli_admin *a, FILE *o)
     for (int i = 0; i < hsm_pool_members(a->pool); i++) {
         struct hsm_member_stats st;
         hsm_pool_member_stats(a->pool, i, &st);
-        fprintf(o, "member %s: %s\n", st.name, hsm_member_state_name(st.state));
+        fprintf(o, "member %s: %s (for %.1f s)\n", st.name, hsm_member_state_name(st.state),
+                st.state_age_s);
         fprintf(o, "  token        label '%s', serial %s (%s / %s)\n", st.token.label,
                 st.token.serial, st.token.manufacturer, st.token.model);
         fprintf(o, "  module       %s, %s\n", a->cfg->members[i].module,
@@ -69,8 +70,13 @@ static void text_hsm(struct cli_admin *a, FILE *o)
                    "%u in flight\n",
                 (unsigned long long)st.ops, (unsigned long long)st.errors,
                 (unsigned long long)st.timeouts, (unsigned long long)st.gone, st.inflight);
-        fprintf(o, "  restarts     %llu respawns, %llu killed for hanging\n",
-                (unsigned long long)st.respawns, (unsigned long long)st.kills);
+        fprintf(o, "  restarts     %llu respawns, %llu killed for hanging, %llu recoveries",
+                (unsigned long long)st.respawns, (unsigned long long)st.kills,
+                (unsigned long long)st.recoveries);
+        if (st.recoveries > 0) {
+            fprintf(o, " (last took %.0f ms to the first good signature)", st.last_recovery_ms);
+        }
+        fputc('\n', o);
         fprintf(o, "  latency us   p50 %.0f, p90 %.0f, p99 %.0f, max %.0f\n", st.lat_p50_us,
                 st.lat_p90_us, st.lat_p99_us, st.lat_max_us);
         for (int k = 0; k < st.n_rv; k++) {
@@ -161,6 +167,8 @@ static void text_metrics(struct cli_admin *a, FILE *o)
                 st.state == HSM_MEMBER_UP ? 1 : 0);
         fprintf(o, "tlsmint_hsm_restarts_total{member=\"%s\"} %llu\n", st.name,
                 (unsigned long long)st.respawns);
+        fprintf(o, "tlsmint_hsm_last_recovery_seconds{member=\"%s\"} %.3f\n", st.name,
+                st.last_recovery_ms / 1e3);
     }
 }
 
@@ -195,10 +203,16 @@ static void serve_ctl(struct cli_admin *a, int fd)
             fprintf(o, "error: %s\n", a->reload != NULL ? msg : "reload not available");
         }
     } else if (strcmp(cmd, "clear-hsm-sessions") == 0) {
-        fprintf(o, "error: clear-hsm-sessions is not implemented yet\n");
+        hsm_pool_clear_sessions(a->pool);
+        fprintf(o, "clearing every HSM session of %d member(s); signers reopen theirs on their "
+                   "next signature (watch: tlsmint ctl hsm)\n",
+                hsm_pool_members_up(a->pool));
+    } else if (strcmp(cmd, "hsm-recover") == 0) {
+        hsm_pool_recover(a->pool);
+        fprintf(o, "recovery requested for members that are down\n");
     } else {
-        fprintf(o, "error: unknown command '%s' (status, hsm, cache, metrics, reload, "
-                   "clear-hsm-sessions)\n",
+        fprintf(o, "error: unknown command '%s' (status, hsm, hsm recover, cache, metrics, "
+                   "reload, clear-hsm-sessions)\n",
                 cmd);
     }
     fclose(o);
@@ -399,13 +413,17 @@ void cli_admin_stop(struct cli_admin *a)
 }
 
 static const char ctl_usage[] =
-    "usage: tlsmint [-c CONFIG] ctl status|hsm|cache|metrics|reload|clear-hsm-sessions\n"
+    "usage: tlsmint [-c CONFIG] ctl status|hsm|hsm recover|cache|metrics|reload|"
+    "clear-hsm-sessions\n"
     "\n"
     "Talks to a running proxy over its admin socket ([admin] socket).\n"
     "  status    listeners, connections by outcome, bytes, cache and HSM summary\n"
     "  hsm       per HSM member: serial, token label, state, sessions, operations, errors, latency\n"
     "  cache     leaf cache counters\n"
-    "  metrics   the Prometheus text the metrics endpoint serves\n";
+    "  metrics   the Prometheus text the metrics endpoint serves\n"
+    "  reload    re-read CONFIG: CA material, cache, upstream, policy, log (as SIGHUP)\n"
+    "  hsm recover          restart members that are down (out of recovery retries)\n"
+    "  clear-hsm-sessions   close every HSM session on purpose, to observe recovery\n";
 
 /* Finds [admin] socket in a file that does not parse as a whole; default when absent. */
 static int admin_socket_scan(const char *path, char *out, size_t cap)
@@ -453,6 +471,8 @@ int cli_ctl(int argc, char **argv)
             return 0;
         } else if (cmd == NULL) {
             cmd = argv[i];
+        } else if (strcmp(cmd, "hsm") == 0 && strcmp(argv[i], "recover") == 0) {
+            cmd = "hsm-recover";
         } else {
             fputs(ctl_usage, stderr);
             return 2;

@@ -245,6 +245,7 @@ static const char conf_template[] =
     "queue_size      = 4096           ; signatures queued at most (then: queue full)\n"
     "fail_mode       = closed         ; closed | open\n"
     "recovery_retries = 0             ; 0-500, 0 = keep retrying\n"
+    "recovery_backoff_max_ms = 1000   ; restart back-off doubles from 100 ms up to this\n"
     "; [hsm.NAME] sections add HA members holding the same key (module, token, pin_file,\n"
     "; key_label, env).\n"
     "\n"

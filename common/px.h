@@ -136,6 +136,7 @@ struct px_cfg {
     int hsm_queue_size;
     enum px_fail_mode fail_mode;
     int recovery_retries;
+    int recovery_backoff_max_ms;
     bool rsa_pss;
 
     /* [ca] */

@@ -315,6 +315,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
             if (strcmp(key, "queue_size") == 0) {
                 return set_int(st, sec, key, val, &c->hsm_queue_size, 1, 1 << 20);
             }
+            if (strcmp(key, "recovery_backoff_max_ms") == 0) {
+                return set_int(st, sec, key, val, &c->recovery_backoff_max_ms, 100, 600000);
+            }
             if (strcmp(key, "recovery_retries") == 0) {
                 return set_int(st, sec, key, val, &c->recovery_retries, 0, 500);
             }
@@ -420,6 +423,7 @@ void px_cfg_defaults(struct px_cfg *c)
     c->hsm_queue_size = 4096;
     c->fail_mode = PX_FAIL_CLOSED;
     c->recovery_retries = 0;
+    c->recovery_backoff_max_ms = 1000;
     c->ca_leaf_max_days = 30;
     c->cache_size = 100000;
     c->cache_ttl_s = 86400;

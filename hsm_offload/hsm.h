@@ -80,6 +80,9 @@ struct hsm_member_stats {
     int n_rv;
     double lat_p50_us, lat_p90_us, lat_p99_us, lat_max_us; /* submit to completion, successes */
     char last_error[160];
+    double state_age_s;      /* time in the current state */
+    double last_recovery_ms; /* from losing the member to its next good canary signature */
+    uint64_t recoveries;
     struct hsm_token_info token;
 };
 
@@ -139,6 +142,14 @@ int hsm_pool_members(const struct hsm_pool *pool);
 /* Number of members that can sign now. */
 int hsm_pool_members_up(const struct hsm_pool *pool);
 void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_stats *out);
+/*
+ * Operator commands, carried out by the dispatcher thread soon after the call:
+ * close every PKCS#11 session of every member (C_CloseAllSessions, "clear session all"; the
+ * signers' workers reopen theirs on their next signature), and give members that are down
+ * (out of recovery retries, or refused) another start.
+ */
+void hsm_pool_clear_sessions(struct hsm_pool *pool);
+void hsm_pool_recover(struct hsm_pool *pool);
 /* Total jobs waiting in the dispatcher (not yet sent to a signer). */
 uint32_t hsm_pool_queue_depth(struct hsm_pool *pool);
 

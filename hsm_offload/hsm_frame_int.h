@@ -18,7 +18,17 @@
 enum hsm_frame_type {
     HSM_FRAME_HELLO = 1, /* signer -> proxy, once: struct hsm_hello */
     HSM_FRAME_REQ,       /* proxy -> signer: count x struct hsm_req */
-    HSM_FRAME_RESP       /* signer -> proxy: count x (struct hsm_resp + sig bytes) */
+    HSM_FRAME_RESP,      /* signer -> proxy: count x (struct hsm_resp + sig bytes) */
+    HSM_FRAME_CTRL       /* proxy -> signer: struct hsm_ctrl */
+};
+
+enum hsm_ctrl_op {
+    HSM_CTRL_CLOSE_ALL_SESSIONS = 1 /* C_CloseAllSessions, as an operator would */
+};
+
+struct hsm_ctrl {
+    uint32_t op;
+    uint32_t pad;
 };
 
 struct hsm_frame_hdr {

@@ -29,6 +29,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 extern char **environ;
 
 enum job_state { JOB_FREE = 0, JOB_QUEUED, JOB_PENDING, JOB_INFLIGHT, JOB_DONE };
@@ -44,6 +48,7 @@ struct job {
     int status;
     unsigned long rv;
     int member;
+    int retries; /* times moved to another member after a failure there */
     enum job_state state;
     uint8_t alg, dlen;
     uint16_t sig_len;
@@ -57,9 +62,10 @@ struct hsm_cq {
 };
 
 #define LAT_BUCKETS 128
+#define PROBE_ID_BIT (1ull << 63) /* job ids of health probes (never a pool job) */
+#define PROBE_IDLE_NS 1000000000ull
 #define REAP_MAX 32
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 
 struct member {
     int idx;
@@ -86,6 +92,12 @@ struct member {
     char last_error[160];
     struct hsm_token_info info;
     bool have_info;
+    bool refused;           /* key does not match the CA certificate: stays down */
+    uint64_t last_send_ns;  /* last frame sent (jobs or probe) */
+    bool suspect;           /* failed a job that went to another member */
+    uint64_t lost_ns;       /* when an up member was lost (0: not lost since last up) */
+    double last_recovery_ms;
+    uint64_t recoveries;
 };
 
 struct hsm_pool {
@@ -122,6 +134,10 @@ struct hsm_pool {
     enum hsm_alg alg;
     bool have_alg;
     _Atomic int key_type; /* enum hsm_key_type of the first member that came up */
+    uint8_t ca_spki[HSM_PUB_MAX]; /* [ca] forward_trust_cert's key: every member must hold it */
+    int ca_spki_len;
+    _Atomic bool want_clear, want_recover;
+    int rr; /* round-robin start for pick_member */
     bool running;         /* dispatcher started: start-up errors are the caller's to report */
 };
 
@@ -290,6 +306,7 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
     j->status = 0;
     j->rv = 0;
     j->member = -1;
+    j->retries = 0;
     j->alg = (uint8_t)alg;
     j->dlen = (uint8_t)digest_len;
     j->sig_len = 0;
@@ -486,6 +503,7 @@ static int spawn_signer(struct hsm_pool *pool, struct member *m)
     m->fd = sv[0];
     m->outstanding = 0;
     m->send_blocked = false;
+    m->suspect = false;
     m->spawns++;
     if (m->spawns > 1) {
         m->respawns++;
@@ -540,6 +558,9 @@ static void member_lost(struct hsm_pool *pool, struct member *m, const char *why
     m->fd = -1;
     m->outstanding = 0;
     bool was_up = m->state == HSM_MEMBER_UP;
+    if (was_up) {
+        m->lost_ns = now;
+    }
     m->failed_starts += was_up ? 0 : 1;
     if (m->failed_starts == 0) {
         m->backoff_ms = BACKOFF_MIN_MS;
@@ -547,16 +568,20 @@ static void member_lost(struct hsm_pool *pool, struct member *m, const char *why
     pthread_mutex_lock(&pool->stats_lock);
     snprintf(m->last_error, sizeof(m->last_error), "%s", why);
     int retries = pool->cfg->recovery_retries;
-    enum hsm_member_state next = (retries > 0 && m->failed_starts > retries) ? HSM_MEMBER_DOWN
-                                                                            : HSM_MEMBER_RECOVERING;
+    enum hsm_member_state next = (m->refused || (retries > 0 && m->failed_starts > retries))
+                                     ? HSM_MEMBER_DOWN
+                                     : HSM_MEMBER_RECOVERING;
     set_state(pool, m, next);
     pthread_mutex_unlock(&pool->stats_lock);
     px_log(pool->running ? PX_LOG_ERROR : PX_LOG_DEBUG, "hsm", "member %s lost: %s; %s",
            m->cfg->name, why,
-           next == HSM_MEMBER_DOWN ? "out of recovery retries, member is down"
+           next == HSM_MEMBER_DOWN ? (m->refused ? "member refused, down until fixed"
+                                                 : "out of recovery retries, member is down "
+                                                   "until 'tlsmint ctl hsm-recover'")
                                    : "restarting its signer");
     m->next_spawn_ns = now + (uint64_t)m->backoff_ms * 1000000ull;
-    m->backoff_ms = m->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : m->backoff_ms * 2;
+    uint32_t cap = (uint32_t)pool->cfg->recovery_backoff_max_ms;
+    m->backoff_ms = m->backoff_ms * 2 > cap ? cap : m->backoff_ms * 2;
 
     bool retry = any_up(pool) > 0;
     uint64_t gone = 0;
@@ -588,9 +613,25 @@ static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t 
         member_lost(pool, m, why);
         return;
     }
+    if (pool->ca_spki_len > 0 && h->info.pub_len > 0 &&
+        (h->info.pub_len != pool->ca_spki_len ||
+         memcmp(h->info.pub_der, pool->ca_spki, (size_t)pool->ca_spki_len) != 0)) {
+        char why[300];
+        snprintf(why, sizeof(why), "key '%s' on token '%s' (serial %s) is not the key of [ca] "
+                 "forward_trust_cert %s", h->info.key_label, h->info.label, h->info.serial,
+                 pool->cfg->ca_forward_trust_cert);
+        m->refused = true;
+        member_lost(pool, m, why);
+        return;
+    }
     pthread_mutex_lock(&pool->stats_lock);
     m->info = h->info;
     m->have_info = true;
+    if (m->lost_ns != 0) {
+        m->last_recovery_ms = (double)(px_now_ns() - m->lost_ns) / 1e6;
+        m->recoveries++;
+        m->lost_ns = 0;
+    }
     if (!pool->have_alg) {
         pool->alg = h->info.key_type == HSM_KEY_RSA
                         ? (pool->cfg->rsa_pss ? HSM_ALG_RSA_PSS_SHA256 : HSM_ALG_RSA_PKCS1_SHA256)
@@ -607,6 +648,17 @@ static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t 
            m->cfg->name, h->info.label, h->info.serial, h->info.manufacturer, h->info.model,
            h->info.key_label, h->info.key_type == HSM_KEY_RSA ? "RSA" : "EC", h->info.key_bits,
            (int)m->pid);
+}
+
+static bool other_member_up(const struct hsm_pool *pool, const struct member *m)
+{
+    for (int i = 0; i < pool->nmembers; i++) {
+        if (&pool->members[i] != m && pool->members[i].state == HSM_MEMBER_UP &&
+            !pool->members[i].suspect) {
+            return true;
+        }
+    }
+    return false;
 }
 
 static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *buf, size_t n)
@@ -633,6 +685,9 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
         if (m->outstanding > 0) {
             m->outstanding--;
         }
+        if (r.id & PROBE_ID_BIT) {
+            continue; /* health probe: a failure shows as the signer exiting */
+        }
         uint32_t idx = (uint32_t)(r.id & 0xffffffffu);
         if (idx >= pool->njobs) {
             continue;
@@ -653,7 +708,15 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
             m->errors++;
             count_rv(m, (unsigned long)r.rv);
             snprintf(m->last_error, sizeof(m->last_error), "%s", hsm_ckr_name((unsigned long)r.rv));
-            complete(pool, j, r.status == PX_E_INVAL ? PX_E_INVAL : PX_E_HSM);
+            if (r.status != PX_E_INVAL && j->retries < 2 && j->deadline_ns > now &&
+                other_member_up(pool, m)) {
+                /* HA: this member failed it; another one may still sign in time */
+                j->retries++;
+                m->suspect = true; /* no new work until its signer has restarted */
+                pend_push_head(pool, j);
+            } else {
+                complete(pool, j, r.status == PX_E_INVAL ? PX_E_INVAL : PX_E_HSM);
+            }
         }
     }
     m->busy_since_ns = now;
@@ -700,21 +763,57 @@ static void member_read(struct hsm_pool *pool, struct member *m)
     }
 }
 
-/* Up member with the most room, or NULL. */
+/* Up member with the most room, or NULL; ties rotate so load spreads over the group. */
 static struct member *pick_member(struct hsm_pool *pool)
 {
     struct member *best = NULL;
     uint32_t cap = (uint32_t)(pool->cfg->hsm_workers * pool->cfg->hsm_batch * 2);
-    for (int i = 0; i < pool->nmembers; i++) {
-        struct member *m = &pool->members[i];
-        if (m->state != HSM_MEMBER_UP || m->send_blocked || m->outstanding >= cap) {
+    int n = pool->nmembers;
+    for (int k = 0; k < n; k++) {
+        struct member *m = &pool->members[(pool->rr + k) % n];
+        if (m->state != HSM_MEMBER_UP || m->send_blocked || m->outstanding >= cap ||
+            m->suspect) {
             continue;
         }
         if (best == NULL || m->outstanding < best->outstanding) {
             best = m;
         }
     }
+    pool->rr = (pool->rr + 1) % (n > 0 ? n : 1);
     return best;
+}
+
+/*
+ * An idle member is probed with a throw-away signature every second, so a network HSM that
+ * went away is noticed (its signer exits on the device error and is restarted) before live
+ * traffic depends on it. The answer carries a probe id and only counts as traffic.
+ */
+
+static void probe_idle(struct hsm_pool *pool, uint64_t now)
+{
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        if (m->state != HSM_MEMBER_UP || m->outstanding > 0 || m->fd < 0 ||
+            now - m->last_send_ns < PROBE_IDLE_NS) {
+            continue;
+        }
+        struct {
+            struct hsm_frame_hdr h;
+            struct hsm_req r;
+        } f;
+        memset(&f, 0, sizeof(f));
+        f.h = (struct hsm_frame_hdr){HSM_FRAME_MAGIC, HSM_FRAME_REQ, 1};
+        f.r.id = PROBE_ID_BIT | (uint64_t)i;
+        f.r.alg = (uint8_t)(m->info.key_type == HSM_KEY_RSA ? HSM_ALG_RSA_PKCS1_SHA256
+                            : m->info.key_bits == 384      ? HSM_ALG_ECDSA_SHA384
+                                                           : HSM_ALG_ECDSA_SHA256);
+        f.r.dlen = (uint8_t)hsm_alg_digest_len((enum hsm_alg)f.r.alg);
+        if (send(m->fd, &f, sizeof(f), MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof(f)) {
+            m->outstanding++;
+            m->busy_since_ns = now;
+        }
+        m->last_send_ns = now;
+    }
 }
 
 static void dispatch(struct hsm_pool *pool)
@@ -765,6 +864,7 @@ static void dispatch(struct hsm_pool *pool)
         if (m->outstanding == 0) {
             m->busy_since_ns = px_now_ns();
         }
+        m->last_send_ns = px_now_ns();
         m->outstanding += (uint32_t)n;
         for (int i = 0; i < n; i++) {
             inflight_add(m, taken[i]);
@@ -905,15 +1005,65 @@ static void shutdown_all(struct hsm_pool *pool)
     pool->nreap = 0;
 }
 
+static void send_ctrl_all(struct hsm_pool *pool, uint32_t op)
+{
+    struct {
+        struct hsm_frame_hdr h;
+        struct hsm_ctrl c;
+    } f = {{HSM_FRAME_MAGIC, HSM_FRAME_CTRL, 1}, {op, 0}};
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        if (m->state == HSM_MEMBER_UP && m->fd >= 0) {
+            ssize_t w = send(m->fd, &f, sizeof(f), MSG_DONTWAIT | MSG_NOSIGNAL);
+            px_log(PX_LOG_WARN, "hsm", "member %s: operator clears all HSM sessions%s",
+                   m->cfg->name, w == (ssize_t)sizeof(f) ? "" : " (could not reach the signer)");
+        }
+    }
+}
+
+void hsm_pool_clear_sessions(struct hsm_pool *pool)
+{
+    atomic_store(&pool->want_clear, true);
+    uint64_t one = 1;
+    ssize_t w = write(pool->evfd, &one, sizeof(one));
+    (void)w;
+}
+
+void hsm_pool_recover(struct hsm_pool *pool)
+{
+    atomic_store(&pool->want_recover, true);
+    uint64_t one = 1;
+    ssize_t w = write(pool->evfd, &one, sizeof(one));
+    (void)w;
+}
+
 static void *dispatcher_main(void *arg)
 {
     struct hsm_pool *pool = arg;
     struct pollfd pfd[1 + PX_HSM_MAX_MEMBERS];
     int map[1 + PX_HSM_MAX_MEMBERS];
     for (;;) {
+        if (atomic_exchange(&pool->want_clear, false)) {
+            send_ctrl_all(pool, HSM_CTRL_CLOSE_ALL_SESSIONS);
+        }
+        if (atomic_exchange(&pool->want_recover, false)) {
+            for (int i = 0; i < pool->nmembers; i++) {
+                struct member *m = &pool->members[i];
+                if (m->state == HSM_MEMBER_DOWN) {
+                    px_log(PX_LOG_INFO, "hsm", "member %s: recovery requested by the operator",
+                           m->cfg->name);
+                    m->refused = false;
+                    m->failed_starts = 0;
+                    m->backoff_ms = BACKOFF_MIN_MS;
+                    m->next_spawn_ns = 0;
+                    set_state(pool, m, HSM_MEMBER_RECOVERING);
+                }
+            }
+        }
         uint64_t now = px_now_ns();
         uint64_t next = check_timers(pool, now);
         dispatch(pool);
+        probe_idle(pool, now);
         atomic_store(&pool->queue_depth, pool->npend);
         reap_some(pool);
 
@@ -1004,6 +1154,34 @@ static void wait_first_hellos(struct hsm_pool *pool)
     }
 }
 
+/* The forward-trust CA certificate's SubjectPublicKeyInfo, or 0 when there is none to read. */
+static int load_ca_spki(const char *path, uint8_t *out)
+{
+    if (path == NULL || path[0] == '\0') {
+        return 0;
+    }
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return 0;
+    }
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    int n = 0;
+    if (x != NULL) {
+        unsigned char *p = NULL;
+        n = i2d_PUBKEY(X509_get0_pubkey(x), &p);
+        if (n > 0 && n <= HSM_PUB_MAX) {
+            memcpy(out, p, (size_t)n);
+        } else {
+            n = 0;
+        }
+        OPENSSL_free(p);
+        X509_free(x);
+    }
+    ERR_clear_error();
+    return n;
+}
+
 struct hsm_pool *hsm_pool_new(const struct px_cfg *cfg, const char *exe, char *err, size_t errlen)
 {
     if (cfg->n_members == 0) {
@@ -1036,6 +1214,7 @@ struct hsm_pool *hsm_pool_new(const struct px_cfg *cfg, const char *exe, char *e
         pool->jobs[i].next = i + 1 < pool->njobs ? &pool->jobs[i + 1] : NULL;
     }
     pool->free = &pool->jobs[0];
+    pool->ca_spki_len = load_ca_spki(cfg->ca_forward_trust_cert, pool->ca_spki);
     pool->nmembers = cfg->n_members;
     for (int i = 0; i < pool->nmembers; i++) {
         struct member *m = &pool->members[i];
@@ -1144,6 +1323,9 @@ void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_sta
     out->lat_p99_us = lat_pct(m, 0.99);
     out->lat_max_us = (double)m->lat_max_ns / 1000.0;
     snprintf(out->last_error, sizeof(out->last_error), "%s", m->last_error);
+    out->state_age_s = (double)(px_now_ns() - m->state_ns) / 1e9;
+    out->last_recovery_ms = m->last_recovery_ms;
+    out->recoveries = m->recoveries;
     out->token = m->info;
     pthread_mutex_unlock(&pool->stats_lock);
 }

@@ -221,6 +221,18 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
     if (r >= 0) {
         r = hsm_p11__key_info(&sg.tok, &sg.anchor, err, sizeof(err));
     }
+    if (r >= 0) {
+        /* canary: a member is up only once it has really signed */
+        uint8_t dg[48] = {0}, sig[HSM_SIG_MAX];
+        enum hsm_alg alg = sg.tok.info.key_type == HSM_KEY_RSA ? HSM_ALG_RSA_PKCS1_SHA256
+                           : sg.tok.info.key_bits == 384      ? HSM_ALG_ECDSA_SHA384
+                                                              : HSM_ALG_ECDSA_SHA256;
+        if (hsm_p11__sign(&sg.tok, &sg.anchor, alg, dg, hsm_alg_digest_len(alg), sig, &rv) < 0) {
+            snprintf(err, sizeof(err), "[%s] canary signature on token '%s' failed: %s", m->name,
+                     sg.tok.info.label, hsm_ckr_name(rv));
+            r = PX_E_HSM;
+        }
+    }
     int nw = cfg.hsm_workers;
     sg.workers = nw;
     static struct worker workers[64];
@@ -256,6 +268,22 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
             _exit(HSM_SIGNER_EXIT_OK); /* proxy closed the socket: no C_Finalize, it may hang */
         }
         const struct hsm_frame_hdr *h = (const struct hsm_frame_hdr *)buf;
+        if ((size_t)n == sizeof(*h) + sizeof(struct hsm_ctrl) && h->magic == HSM_FRAME_MAGIC &&
+            h->type == HSM_FRAME_CTRL) {
+            const struct hsm_ctrl *c = (const struct hsm_ctrl *)(buf + sizeof(*h));
+            if (c->op == HSM_CTRL_CLOSE_ALL_SESSIONS) {
+                /* workers find out on their next signature and reopen (session-level path) */
+                CK_RV crv = sg.mod.f->C_CloseAllSessions(sg.tok.slot);
+                sg.anchor.open = false;
+                char e2[256];
+                CK_RV orv;
+                int ar = hsm_p11__session_open(&sg.tok, &sg.anchor, &orv, e2, sizeof(e2));
+                px_log(crv == CKR_OK && ar == 0 ? PX_LOG_WARN : PX_LOG_ERROR, "signer",
+                       "operator reset: C_CloseAllSessions %s, anchor session %s",
+                       hsm_ckr_name(crv), ar == 0 ? "reopened" : e2);
+            }
+            continue;
+        }
         if ((size_t)n < sizeof(*h) || h->magic != HSM_FRAME_MAGIC || h->type != HSM_FRAME_REQ ||
             h->count > HSM_BATCH_MAX ||
             (size_t)n != sizeof(*h) + h->count * sizeof(struct hsm_req)) {
