@@ -305,12 +305,15 @@ int cli_run(int argc, char **argv)
         dp_server_stop(dp, 0);
         goto out;
     }
-    px_log(PX_LOG_INFO, "main",
-           "tlsmint running: explicit %s%s%d, transparent %s%s%d, %d/%d HSM members up, CA %s",
-           cfg.listen_explicit[0] ? "port " : "off", cfg.listen_explicit[0] ? "" : "",
-           dp_server_explicit_port(dp), cfg.listen_transparent[0] ? "port " : "off", "",
-           dp_server_transparent_port(dp), hsm_pool_members_up(pool), hsm_pool_members(pool),
-           cfg.ca_forward_trust_cert);
+    char ex[32] = "off", tr[32] = "off";
+    if (cfg.listen_explicit[0]) {
+        snprintf(ex, sizeof(ex), "port %d", dp_server_explicit_port(dp));
+    }
+    if (cfg.listen_transparent[0]) {
+        snprintf(tr, sizeof(tr), "port %d", dp_server_transparent_port(dp));
+    }
+    px_log(PX_LOG_INFO, "main", "tlsmint running: explicit %s, transparent %s, %d/%d HSM members up, CA %s",
+           ex, tr, hsm_pool_members_up(pool), hsm_pool_members(pool), cfg.ca_forward_trust_cert);
     for (;;) {
         int sig = 0;
         sigwait(&set, &sig);

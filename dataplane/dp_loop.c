@@ -333,6 +333,24 @@ static bool host_ok(const uint8_t *s, size_t len)
     return true;
 }
 
+/* Same family, address and port (the rest of a sockaddr is padding). */
+static bool same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family) {
+        return false;
+    }
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return false;
+}
+
 static bool is_ip_literal(const char *h)
 {
     unsigned char buf[16];
@@ -1384,11 +1402,13 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         } else {
             r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &c->dst, &dl);
         }
+        /* the kernel does not update the length: take it from the family */
+        dl = c->dst.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
         /* without NAT, conntrack reports the listener itself: connecting there would loop */
         struct sockaddr_storage local;
         socklen_t ll = sizeof(local);
-        if (r == 0 && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 && ll == dl &&
-            memcmp(&local, &c->dst, dl) == 0) {
+        if (r == 0 && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 &&
+            same_endpoint(&local, &c->dst)) {
             r = -1;
             errno = ENOENT;
         }
@@ -1477,7 +1497,8 @@ static void handle_send(struct dp_conn *c, int dir, int res)
         sd->err = true;
         sd->olen = sd->ooff = 0;
         (void)BIO_reset(sd->out);
-        conn_abort(c, c->outcome == O_NONE ? O_CLIENT_ERROR : c->outcome);
+        /* the peer reset or vanished mid-stream: not a clean end, whatever came before */
+        conn_abort(c, dir == D_CLIENT ? O_CLIENT_ERROR : O_UPSTREAM_FAILED);
         return;
     }
     sd->ooff += (uint32_t)res;
