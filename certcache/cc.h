@@ -57,6 +57,8 @@ struct cc_stats {
  * Borrows cfg and pool for its life. NULL and one line in err on failure.
  */
 struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err, size_t errlen);
+/* cc_new returns one reference; cc_ref adds one, cc_free drops one (the last frees). */
+void cc_ref(struct cc_ctx *cc);
 void cc_free(struct cc_ctx *cc);
 void cc_stats_get(struct cc_ctx *cc, struct cc_stats *out);
 

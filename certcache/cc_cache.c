@@ -65,6 +65,7 @@ struct shard {
 };
 
 struct cc_ctx {
+    _Atomic int refs;
     const struct px_cfg *cfg;
     struct hsm_pool *pool;
     struct cc_ca trust, untrust;
@@ -547,6 +548,7 @@ struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    atomic_init(&cc->refs, 1);
     cc->cfg = cfg;
     cc->pool = pool;
     for (int i = 0; i < NSHARDS; i++) {
@@ -590,9 +592,14 @@ struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err
     return cc;
 }
 
+void cc_ref(struct cc_ctx *cc)
+{
+    atomic_fetch_add(&cc->refs, 1);
+}
+
 void cc_free(struct cc_ctx *cc)
 {
-    if (cc == NULL) {
+    if (cc == NULL || atomic_fetch_sub(&cc->refs, 1) != 1) {
         return;
     }
     for (int i = 0; i < NSHARDS; i++) {

@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -185,7 +186,30 @@ struct reloader {
     struct dp_server *dp;
     struct px_cfg *cfgs[64];
     int ncfgs;
+    struct cc_ctx *cur_cc;  /* one reference: the cache new connections use */
+    char cur_sig[2048];     /* what cur_cc was built from */
 };
+
+/*
+ * What a certificate cache depends on: the [ca] and [cache] settings and the CA files as they
+ * are on disk now (a `ca import` replaces a file in place). Equal signatures: keep the cache.
+ */
+static void cc_signature(const struct px_cfg *c, char *out, size_t cap)
+{
+    const char *files[] = {c->ca_forward_trust_cert, c->ca_forward_trust_chain,
+                           c->ca_forward_untrust_cert, c->ca_forward_untrust_key};
+    int n = snprintf(out, cap, "%d|%d|%d|", c->ca_leaf_max_days, c->cache_size, c->cache_ttl_s);
+    for (int i = 0; i < 4 && n > 0 && (size_t)n < cap; i++) {
+        struct stat st;
+        memset(&st, 0, sizeof(st));
+        if (files[i][0] != '\0') {
+            stat(files[i], &st);
+        }
+        n += snprintf(out + n, cap - (size_t)n, "%s:%lld:%lld.%09ld:%llu|", files[i],
+                      (long long)st.st_size, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                      (unsigned long long)st.st_ino);
+    }
+}
 
 static bool same_hsm(const struct px_cfg *a, const struct px_cfg *b)
 {
@@ -215,15 +239,33 @@ static int do_reload(void *ctx, char *msg, size_t len)
                  cfg ? err : "out of memory");
         goto out;
     }
-    struct cc_ctx *cc = cc_new(cfg, r->pool, err, sizeof(err));
-    if (cc == NULL) {
-        snprintf(msg, len, "reload refused, still running the previous configuration: %s", err);
-        goto out;
+    char sig[sizeof(r->cur_sig)];
+    cc_signature(cfg, sig, sizeof(sig));
+    bool keep_cache = strcmp(sig, r->cur_sig) == 0;
+    struct cc_ctx *cc = r->cur_cc;
+    if (keep_cache) {
+        cc_ref(cc); /* the new generation's reference */
+    } else {
+        cc = cc_new(cfg, r->pool, err, sizeof(err)); /* the reloader's reference */
+        if (cc == NULL) {
+            snprintf(msg, len, "reload refused, still running the previous configuration: %s",
+                     err);
+            goto out;
+        }
+        cc_ref(cc);
     }
     if (dp_server_reload(r->dp, cfg, cc, err, sizeof(err)) != 0) {
         cc_free(cc);
+        if (!keep_cache) {
+            cc_free(cc);
+        }
         snprintf(msg, len, "reload refused, still running the previous configuration: %s", err);
         goto out;
+    }
+    if (!keep_cache) {
+        cc_free(r->cur_cc);
+        r->cur_cc = cc;
+        snprintf(r->cur_sig, sizeof(r->cur_sig), "%s", sig);
     }
     r->cfgs[r->ncfgs++] = cfg;
     px_log_set_level(cfg->log_level);
@@ -231,9 +273,11 @@ static int do_reload(void *ctx, char *msg, size_t len)
     bool listen_same = strcmp(r->first->listen_explicit, cfg->listen_explicit) == 0 &&
                        strcmp(r->first->listen_transparent, cfg->listen_transparent) == 0 &&
                        r->first->threads == cfg->threads;
-    snprintf(msg, len, "reloaded %s: CA material, cache, upstream, policy and log settings apply "
-             "to new connections%s%s",
-             r->path, hsm_same ? "" : "; [hsm] changes need a restart (ignored)",
+    snprintf(msg, len, "reloaded %s: %s; upstream, policy and log settings apply to new "
+             "connections%s%s",
+             r->path, keep_cache ? "CA material unchanged, leaf cache kept"
+                                 : "new CA material and an empty leaf cache",
+             hsm_same ? "" : "; [hsm] changes need a restart (ignored)",
              listen_same ? "" : "; [listen] changes need a restart (ignored)");
     cfg = NULL;
     ret = 0;
@@ -296,6 +340,9 @@ int cli_run(int argc, char **argv)
     }
     rl.path = conf;
     rl.first = &cfg;
+    rl.cur_cc = cc;
+    cc_ref(cc);
+    cc_signature(&cfg, rl.cur_sig, sizeof(rl.cur_sig));
     rl.pool = pool;
     rl.dp = dp;
     struct cli_admin admin = {.cfg = &cfg, .pool = pool, .cc = cc, .dp = dp,
@@ -337,6 +384,7 @@ int cli_run(int argc, char **argv)
     ret = 0;
 out:
     dp_server_free(dp); /* ends every generation, so the reloaded configs can go */
+    cc_free(rl.cur_cc);
     for (int i = 0; i < rl.ncfgs; i++) {
         free(rl.cfgs[i]);
     }

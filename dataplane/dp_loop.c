@@ -102,8 +102,7 @@ struct dp_gen {
     _Atomic int refs;
     unsigned id;
     const struct px_cfg *cfg; /* borrowed: the caller keeps every config it loaded */
-    struct cc_ctx *cc;        /* owned when own_cc */
-    bool own_cc;
+    struct cc_ctx *cc;        /* one reference */
     SSL_CTX *sctx;            /* client-facing (server role) */
     SSL_CTX *uctx;            /* upstream-facing (client role) */
     char bypass[64][128];
@@ -393,9 +392,7 @@ static void gen_unref(struct dp_gen *g)
     if (g != NULL && atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1) {
         SSL_CTX_free(g->sctx);
         SSL_CTX_free(g->uctx);
-        if (g->own_cc) {
-            cc_free(g->cc);
-        }
+        cc_free(g->cc); /* its reference */
         free(g);
     }
 }
@@ -1848,6 +1845,7 @@ static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char 
     g->uctx = SSL_CTX_new(TLS_client_method());
     if (g->sctx == NULL || g->uctx == NULL) {
         snprintf(err, errlen, "cannot create TLS contexts");
+        g->cc = NULL; /* still the caller's */
         gen_unref(g);
         return NULL;
     }
@@ -1861,6 +1859,7 @@ static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char 
     if (SSL_CTX_load_verify_locations(g->uctx, cfg->upstream_ca_file, NULL) != 1) {
         ERR_clear_error();
         snprintf(err, errlen, "[upstream] ca_file %s cannot be loaded", cfg->upstream_ca_file);
+        g->cc = NULL; /* still the caller's */
         gen_unref(g);
         return NULL;
     }
@@ -1883,9 +1882,8 @@ int dp_server_reload(struct dp_server *s, const struct px_cfg *cfg, struct cc_ct
 {
     struct dp_gen *g = gen_new(cfg, cc, err, errlen);
     if (g == NULL) {
-        return PX_E_CONFIG;
+        return PX_E_CONFIG; /* cc is still the caller's */
     }
-    g->own_cc = true;
     pthread_mutex_lock(&s->gen_lock);
     struct dp_gen *old = s->gen;
     g->id = old->id + 1;
@@ -1930,8 +1928,10 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         dp_server_free(s);
         return NULL;
     }
-    s->gen = gen_new(cfg, cc, err, errlen); /* the first cc belongs to the caller */
+    cc_ref(cc); /* the first generation's reference; the caller keeps its own */
+    s->gen = gen_new(cfg, cc, err, errlen);
     if (s->gen == NULL) {
+        cc_free(cc);
         dp_server_free(s);
         return NULL;
     }
