@@ -57,6 +57,10 @@ struct cc_stats {
  * Borrows cfg and pool for its life. NULL and one line in err on failure.
  */
 struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err, size_t errlen);
+/* The same, opening sealed key files ([ca] forward_untrust_key, [cache] leaf_pool) with mk
+ * (32 bytes, borrowed for the call only). */
+struct cc_ctx *cc_new_mk(const struct px_cfg *cfg, struct hsm_pool *pool, const uint8_t *mk,
+                         char *err, size_t errlen);
 /* cc_new returns one reference; cc_ref adds one, cc_free drops one (the last frees). */
 void cc_ref(struct cc_ctx *cc);
 void cc_free(struct cc_ctx *cc);

@@ -543,6 +543,12 @@ uint32_t cc_loop_pending(const struct cc_loop *l)
 
 struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err, size_t errlen)
 {
+    return cc_new_mk(cfg, pool, NULL, err, errlen);
+}
+
+struct cc_ctx *cc_new_mk(const struct px_cfg *cfg, struct hsm_pool *pool, const uint8_t *mk,
+                         char *err, size_t errlen)
+{
     struct cc_ctx *cc = calloc(1, sizeof(*cc));
     if (cc == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -578,14 +584,22 @@ struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err
         return NULL;
     }
     if (cfg->ca_forward_untrust_cert[0] != '\0') {
-        if (cc_ca_load_untrust(&cc->untrust, cfg, err, errlen) != 0) {
+        if (cc_ca_load_untrust(&cc->untrust, cfg, mk, err, errlen) != 0) {
             cc_free(cc);
             return NULL;
         }
         cc->have_untrust = true;
     }
-    if (cc_keys_make(cc->keys_ec, POOL_EC, CC_KEY_EC, err, errlen) != 0 ||
-        cc_keys_make(cc->keys_rsa, POOL_RSA, CC_KEY_RSA, err, errlen) != 0) {
+    int got_ec = 0, got_rsa = 0;
+    if (cfg->cache_leaf_pool[0] != '\0' &&
+        cc_keys_load(cfg->cache_leaf_pool, mk, cc->keys_ec, POOL_EC, cc->keys_rsa, POOL_RSA,
+                     &got_ec, &got_rsa, err, errlen) != 0) {
+        cc_free(cc);
+        return NULL;
+    }
+    /* keys the pool file does not have are made now (never on the minting path) */
+    if (cc_keys_make(cc->keys_ec + got_ec, POOL_EC - got_ec, CC_KEY_EC, err, errlen) != 0 ||
+        cc_keys_make(cc->keys_rsa + got_rsa, POOL_RSA - got_rsa, CC_KEY_RSA, err, errlen) != 0) {
         cc_free(cc);
         return NULL;
     }

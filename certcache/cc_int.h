@@ -42,7 +42,12 @@ int cc_fixed_ext_init(struct cc_fixed_ext *fx);
 void cc_fixed_ext_fini(struct cc_fixed_ext *fx);
 int cc_ca_load_trust(struct cc_ca *ca, const struct px_cfg *cfg, struct hsm_pool *pool, char *err,
                      size_t errlen);
-int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, char *err, size_t errlen);
+int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, const uint8_t *mk, char *err,
+                       size_t errlen);
+/* Reads the sealed leaf-key pool into up to nec EC and nrsa RSA slots. */
+int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, int nec,
+                 struct cc_leaf_key *rsa, int nrsa, int *got_ec, int *got_rsa, char *err,
+                 size_t errlen);
 void cc_ca_fini(struct cc_ca *ca);
 
 /*

@@ -223,22 +223,61 @@ int cc_ca_load_trust(struct cc_ca *ca, const struct px_cfg *cfg, struct hsm_pool
     return 0;
 }
 
-int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, char *err, size_t errlen)
+/*
+ * Reads a private key file: sealed with the master key (role says which file it is) or, for
+ * state made before sealing existed, a plain PEM. Returns a new EVP_PKEY or NULL + err.
+ */
+static EVP_PKEY *read_key_file(const char *path, const char *role, const uint8_t *mk, char *err,
+                               size_t errlen, const char *what)
+{
+    uint8_t *raw = NULL, *pt = NULL;
+    size_t rl = 0, pl = 0;
+    EVP_PKEY *k = NULL;
+    if (px_read_file(path, 1 << 20, &raw, &rl) != 0) {
+        snprintf(err, errlen, "%s: cannot read %s", what, path);
+        return NULL;
+    }
+    if (rl >= 4 && memcmp(raw, "TMS1", 4) == 0) {
+        int r = mk == NULL ? PX_E_INVAL : px_unseal(mk, role, raw, rl, &pt, &pl);
+        if (r != 0) {
+            snprintf(err, errlen, "%s: %s %s", what, path,
+                     mk == NULL ? "is sealed and no master key is available"
+                     : r == PX_E_CRYPTO ? "does not open with this master key (wrong key or damaged)"
+                                        : "is not the expected file");
+            free(raw);
+            return NULL;
+        }
+        BIO *b = BIO_new_mem_buf(pt, (int)pl);
+        k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+        px_wipe(pt, pl);
+        free(pt);
+    } else {
+        BIO *b = BIO_new_mem_buf(raw, (int)rl);
+        k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+    }
+    px_wipe(raw, rl);
+    free(raw);
+    if (k == NULL) {
+        ERR_clear_error();
+        snprintf(err, errlen, "%s: %s holds no private key", what, path);
+    }
+    return k;
+}
+
+int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, const uint8_t *mk, char *err,
+                       size_t errlen)
 {
     memset(ca, 0, sizeof(*ca));
     ca->cert = read_cert(cfg->ca_forward_untrust_cert, err, errlen, "forward_untrust_cert");
     PX_ENSURE(ca->cert != NULL, PX_E_CONFIG);
     PX_TRY(ca_common(ca, err, errlen, "forward_untrust_cert"));
     PX_TRY(load_chain(ca, NULL, err, errlen));
-    FILE *f = fopen(cfg->ca_forward_untrust_key, "r");
-    if (f == NULL) {
-        snprintf(err, errlen, "[ca] forward_untrust_key: cannot open %s",
-                 cfg->ca_forward_untrust_key);
-        return PX_E_CONFIG;
-    }
-    ca->soft_key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    if (ca->soft_key == NULL || X509_check_private_key(ca->cert, ca->soft_key) != 1) {
+    ca->soft_key = read_key_file(cfg->ca_forward_untrust_key, "forward-untrust-key", mk, err,
+                                 errlen, "[ca] forward_untrust_key");
+    PX_ENSURE(ca->soft_key != NULL, PX_E_CONFIG);
+    if (X509_check_private_key(ca->cert, ca->soft_key) != 1) {
         ERR_clear_error();
         snprintf(err, errlen, "[ca] forward_untrust_key %s is not the key of %s",
                  cfg->ca_forward_untrust_key, cfg->ca_forward_untrust_cert);
@@ -246,6 +285,66 @@ int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, char *err, si
     }
     ca->alg = EVP_PKEY_get_base_id(ca->soft_key) == EVP_PKEY_RSA ? HSM_ALG_RSA_PKCS1_SHA256
                                                                  : HSM_ALG_ECDSA_SHA256;
+    return 0;
+}
+
+/* A legacy-backed copy of k (see the top of this file for why). */
+static EVP_PKEY *legacy_copy(EVP_PKEY *k)
+{
+    EVP_PKEY *out = EVP_PKEY_new();
+    int ok = 0;
+    if (out != NULL && EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
+        EC_KEY *ec = EVP_PKEY_get1_EC_KEY(k);
+        ok = ec != NULL && EVP_PKEY_set1_EC_KEY(out, ec) == 1;
+        EC_KEY_free(ec);
+    } else if (out != NULL && EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA) {
+        RSA *rsa = EVP_PKEY_get1_RSA(k);
+        ok = rsa != NULL && EVP_PKEY_set1_RSA(out, rsa) == 1;
+        RSA_free(rsa);
+    }
+    if (!ok) {
+        EVP_PKEY_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, int nec,
+                 struct cc_leaf_key *rsa, int nrsa, int *got_ec, int *got_rsa, char *err,
+                 size_t errlen)
+{
+    uint8_t *raw = NULL, *pt = NULL;
+    size_t rl = 0, pl = 0;
+    *got_ec = *got_rsa = 0;
+    if (px_read_file(path, 4 << 20, &raw, &rl) != 0) {
+        snprintf(err, errlen, "[cache] leaf_pool: cannot read %s", path);
+        return PX_E_CONFIG;
+    }
+    int r = mk == NULL ? PX_E_INVAL : px_unseal(mk, "leaf-key-pool", raw, rl, &pt, &pl);
+    free(raw);
+    if (r != 0) {
+        snprintf(err, errlen, "[cache] leaf_pool: %s %s", path,
+                 mk == NULL ? "is sealed and no master key is available"
+                            : "does not open with this master key (wrong key or damaged)");
+        return PX_E_CONFIG;
+    }
+    BIO *b = BIO_new_mem_buf(pt, (int)pl);
+    EVP_PKEY *k;
+    while (b != NULL && (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) != NULL) {
+        bool is_ec = EVP_PKEY_get_base_id(k) == EVP_PKEY_EC;
+        struct cc_leaf_key *slot = is_ec ? (*got_ec < nec ? &ec[(*got_ec)++] : NULL)
+                                         : (*got_rsa < nrsa ? &rsa[(*got_rsa)++] : NULL);
+        if (slot != NULL) {
+            slot->pkey = legacy_copy(k);
+            slot->kind = is_ec ? CC_KEY_EC : CC_KEY_RSA;
+            slot->ski = slot->pkey ? ski_for(slot->pkey) : NULL;
+        }
+        EVP_PKEY_free(k);
+    }
+    ERR_clear_error();
+    BIO_free(b);
+    px_wipe(pt, pl);
+    free(pt);
     return 0;
 }
 

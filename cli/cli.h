@@ -21,4 +21,22 @@ const char *cli_self_exe(void);
 int cli_load_config(const char *path, struct px_cfg *cfg);
 
 
+/* ---- master key (cli_mk.c) ---- */
+int cli_master_key(int argc, char **argv);
+int cli_unwrap_child(int argc, char **argv);
+/* One JSON line appended to [log] audit (never a PIN or key byte). fmt: extra JSON members. */
+void cli_audit(const struct px_cfg *cfg, const char *event, const char *fmt, ...)
+    PX_PRINTF(3, 4);
+int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t errlen);
+/* Unwraps the master key in this process (management commands). */
+int cli_mk_unwrap(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen);
+/* Gets the master key from a short-lived child (the proxy never loads the module itself). */
+int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen);
+int cli_mk_days_left(const struct px_cfg *cfg);
+struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen);
+/* DIR/keys.1 with the wrapped master key (new HSM wrapping key) and the sealed key files. */
+int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
+                    const uint8_t *untrust_pem, size_t untrust_len, const uint8_t *pool_pem,
+                    size_t pool_len, char *err, size_t errlen);
+
 #endif

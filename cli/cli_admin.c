@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,13 @@ static void text_status(struct cli_admin *a, FILE *o)
             (unsigned long long)cs.misses, (unsigned long long)cs.mints);
     fprintf(o, "hsm           %d/%d members up, fail_mode %s\n", hsm_pool_members_up(a->pool),
             hsm_pool_members(a->pool), a->cfg->fail_mode == PX_FAIL_OPEN ? "open" : "closed");
+    int left = cli_mk_days_left(a->cfg);
+    if (left != INT_MIN) {
+        fprintf(o, "master key    %d of %d days left%s\n", left, a->cfg->mk_lifetime_days,
+                left < 0                              ? " (EXPIRED: tlsmint master-key change)"
+                : left <= a->cfg->mk_reminder_days ? " (reminder: change it soon)"
+                                                      : "");
+    }
 }
 
 static void text_hsm(struct cli_admin *a, FILE *o)
@@ -142,6 +150,11 @@ static void text_metrics(struct cli_admin *a, FILE *o)
         fprintf(o, "tlsmint_cache_events_total{event=\"%s\"} %llu\n", names[k],
                 (unsigned long long)vals[k]);
     }
+    int left = cli_mk_days_left(a->cfg);
+    if (left != INT_MIN) {
+        fprintf(o, "# TYPE tlsmint_master_key_days_left gauge\ntlsmint_master_key_days_left %d\n",
+                left);
+    }
     fprintf(o, "# TYPE tlsmint_hsm_members_up gauge\ntlsmint_hsm_members_up %d\n",
             hsm_pool_members_up(a->pool));
     fprintf(o, "# TYPE tlsmint_hsm_queue_depth gauge\ntlsmint_hsm_queue_depth %u\n",
@@ -204,6 +217,7 @@ static void serve_ctl(struct cli_admin *a, int fd)
         }
     } else if (strcmp(cmd, "clear-hsm-sessions") == 0) {
         hsm_pool_clear_sessions(a->pool);
+        cli_audit(a->cfg, "operator_session_reset", NULL);
         fprintf(o, "clearing every HSM session of %d member(s); signers reopen theirs on their "
                    "next signature (watch: tlsmint ctl hsm)\n",
                 hsm_pool_members_up(a->pool));

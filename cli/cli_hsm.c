@@ -15,7 +15,9 @@
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -246,7 +248,15 @@ static int do_reload(void *ctx, char *msg, size_t len)
     if (keep_cache) {
         cc_ref(cc); /* the new generation's reference */
     } else {
-        cc = cc_new(cfg, r->pool, err, sizeof(err)); /* the reloader's reference */
+        uint8_t mk[32];
+        bool have_mk = cfg->mk_file[0] != '\0';
+        if (have_mk && cli_mk_fetch(cfg, mk, err, sizeof(err)) != 0) {
+            snprintf(msg, len, "reload refused, still running the previous configuration: %s",
+                     err);
+            goto out;
+        }
+        cc = cc_new_mk(cfg, r->pool, have_mk ? mk : NULL, err, sizeof(err));
+        px_wipe(mk, sizeof(mk));
         if (cc == NULL) {
             snprintf(msg, len, "reload refused, still running the previous configuration: %s",
                      err);
@@ -288,6 +298,22 @@ out:
     return ret;
 }
 
+/* Logs how close the master key is to the end of its lifetime. */
+static void mk_reminder(const struct px_cfg *cfg)
+{
+    int left = cli_mk_days_left(cfg);
+    if (left == INT_MIN) {
+        return;
+    }
+    if (left < 0) {
+        px_log(PX_LOG_ERROR, "main", "master key lifetime ended %d days ago: run "
+               "'tlsmint master-key change'", -left);
+    } else if (left <= cfg->mk_reminder_days) {
+        px_log(PX_LOG_WARN, "main", "master key lifetime ends in %d days: plan "
+               "'tlsmint master-key change'", left);
+    }
+}
+
 static const char run_usage[] =
     "usage: tlsmint [-c CONFIG] run\n"
     "\n"
@@ -311,13 +337,26 @@ int cli_run(int argc, char **argv)
     struct cc_ctx *cc = NULL;
     struct dp_server *dp = NULL;
     static struct reloader rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    /* the master key, unwrapped by the HSM in a child: this process never loads the module */
+    static uint8_t mk[32];
+    bool have_mk = false;
+    if (cfg.mk_file[0] != '\0') {
+        mlock(mk, sizeof(mk));
+        if (cli_mk_fetch(&cfg, mk, err, sizeof(err)) != 0) {
+            fprintf(stderr, "tlsmint run: %s\n", err);
+            return 1;
+        }
+        have_mk = true;
+        mk_reminder(&cfg);
+    }
     /* signers are spawned before any other thread exists */
     struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
     if (pool == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);
+        px_wipe(mk, sizeof(mk));
         return 1;
     }
-    cc = cc_new(&cfg, pool, err, sizeof(err));
+    cc = cc_new_mk(&cfg, pool, have_mk ? mk : NULL, err, sizeof(err));
     if (cc == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);
         goto out;
@@ -397,6 +436,7 @@ out:
                (unsigned long long)st.errors, (unsigned long long)st.respawns);
     }
     hsm_pool_free(pool);
+    px_wipe(mk, sizeof(mk));
     if (ret == 0) {
         px_log(PX_LOG_INFO, "main", "stopped");
     }

@@ -39,14 +39,17 @@ static const char init_usage[] =
     "  DIR/hsm/pin       the token's user PIN (mode 0600); DIR/hsm/so-pin the SO PIN (0600)\n"
     "  DIR/ca/forward-trust.pem    self-signed CA; its key was generated inside the token\n"
     "  DIR/ca/forward-untrust.pem  CA for upstreams whose chain does not verify\n"
-    "  DIR/ca/forward-untrust.key  its key (mode 0600; encrypted once the master key lands)\n"
+    "  DIR/keys/         master key wrapped by an AES key made in the token; the forward-untrust\n"
+    "                    key and the leaf-key pool sealed with it (AES-256-GCM)\n"
     "  DIR/tlsmint.conf  commented configuration that 'tlsmint run' uses as is\n"
     "Refuses to run when DIR already holds any of these.\n"
     "\n"
     "options:\n"
     "  --dir DIR         state directory (default ./var)\n"
     "  --key-type T      forward-trust key: ec-p256 (default), rsa-2048, rsa-3072\n"
-    "  --module PATH     PKCS#11 module (default " SOFTHSM_MODULE ")\n";
+    "  --module PATH     PKCS#11 module (default " SOFTHSM_MODULE ")\n"
+    "  --master-key-file F  the deployment's master key (32 raw bytes or 64 hex digits);\n"
+    "                    default: a random one. Every node of a fleet needs the same one.\n";
 
 static int write_secret_file(const char *path, const char *content)
 {
@@ -185,12 +188,18 @@ static int write_cert_pem(const char *path, X509 *x)
     return r;
 }
 
-static int make_untrust_ca(const char *dir)
+/* PEM (PKCS#8) of key appended to a memory BIO: private keys never touch the disk in clear. */
+static int key_pem(BIO *mem, EVP_PKEY *key)
+{
+    return PEM_write_bio_PrivateKey(mem, key, NULL, NULL, 0, NULL, NULL) == 1 ? 0 : PX_E_CRYPTO;
+}
+
+/* The forward-untrust CA: certificate to DIR/ca, key PEM into mem (sealed later). */
+static int make_untrust_ca(const char *dir, BIO *mem)
 {
     char path[PATH_MAX];
     EVP_PKEY *key = EVP_EC_gen("P-256");
     X509 *x = NULL;
-    BIO *b = NULL;
     int ret = PX_E_CRYPTO;
     if (key == NULL) {
         goto out;
@@ -203,24 +212,23 @@ static int make_untrust_ca(const char *dir)
     if ((ret = write_cert_pem(path, x)) != 0) {
         goto out;
     }
-    snprintf(path, sizeof(path), "%s/ca/forward-untrust.key", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        ret = -errno;
-        goto out;
-    }
-    b = BIO_new_fd(fd, BIO_CLOSE);
-    ret = (b != NULL && PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL) == 1)
-              ? 0
-              : PX_E_CRYPTO;
-    if (b == NULL) {
-        close(fd);
-    }
+    ret = key_pem(mem, key);
 out:
-    BIO_free(b);
     X509_free(x);
     EVP_PKEY_free(key);
     return ret;
+}
+
+/* The leaf-key pool: EC P-256 keys for clients with ECDSA, RSA-2048 for the others. */
+static int make_leaf_pool(BIO *mem)
+{
+    for (int i = 0; i < 8 + 2; i++) {
+        EVP_PKEY *k = i < 8 ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
+        int r = k != NULL ? key_pem(mem, k) : PX_E_CRYPTO;
+        EVP_PKEY_free(k);
+        PX_TRY(r);
+    }
+    return 0;
 }
 
 static const char conf_template[] =
@@ -249,15 +257,21 @@ static const char conf_template[] =
     "; [hsm.NAME] sections add HA members holding the same key (module, token, pin_file,\n"
     "; key_label, env).\n"
     "\n"
+    "[master_key]\n"
+    "file          = %s/keys/master.wrapped ; wrapped by an AES-256 key inside the HSM\n"
+    "lifetime_days = 365              ; 1-730\n"
+    "reminder_days = 30               ; warn this long before the lifetime ends\n"
+    "\n"
     "[ca]\n"
     "forward_trust_cert   = %s/ca/forward-trust.pem\n"
     "forward_untrust_cert = %s/ca/forward-untrust.pem\n"
-    "forward_untrust_key  = %s/ca/forward-untrust.key\n"
+    "forward_untrust_key  = %s/keys/forward-untrust.key.enc ; sealed with the master key\n"
     "leaf_max_days        = 30\n"
     "\n"
     "[cache]\n"
-    "size  = 100000                   ; leaf certificates kept\n"
-    "ttl_s = 86400\n"
+    "size      = 100000               ; leaf certificates kept\n"
+    "ttl_s     = 86400\n"
+    "leaf_pool = %s/keys/leaf-pool.enc ; leaf keys, sealed with the master key\n"
     "\n"
     "[upstream]\n"
     "ca_file = /etc/ssl/certs/ca-certificates.crt\n"
@@ -270,6 +284,7 @@ static const char conf_template[] =
     "[log]\n"
     "level   = info                   ; error | warn | info | debug\n"
     "access  =                        ; JSON line per connection: file path, empty = stdout\n"
+    "audit   = %s/audit.log           ; key-management events, append only\n"
     "\n"
     "[admin]\n"
     "socket  = %s/run/tlsmint.sock\n"
@@ -288,9 +303,10 @@ int cli_init(int argc, char **argv)
     static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
                                          {"key-type", required_argument, NULL, 'k'},
                                          {"module", required_argument, NULL, 'm'},
+                                         {"master-key-file", required_argument, NULL, 'K'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *dir_arg = "./var", *ktype = "ec-p256", *module = SOFTHSM_MODULE;
+    const char *dir_arg = "./var", *ktype = "ec-p256", *module = SOFTHSM_MODULE, *mkfile = NULL;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -303,6 +319,9 @@ int cli_init(int argc, char **argv)
             break;
         case 'm':
             module = optarg;
+            break;
+        case 'K':
+            mkfile = optarg;
             break;
         case 'c':
             break; /* init writes the config; -c is accepted for uniformity */
@@ -337,7 +356,7 @@ int cli_init(int argc, char **argv)
         fprintf(stderr, "tlsmint init: %s: %s\n", dir_arg, strerror(errno));
         return 1;
     }
-    static const char *state[] = {"tlsmint.conf", "hsm", "ca"};
+    static const char *state[] = {"tlsmint.conf", "hsm", "ca", "keys", "keys.1"};
     for (size_t i = 0; i < sizeof(state) / sizeof(state[0]); i++) {
         char p[PATH_MAX + 32];
         snprintf(p, sizeof(p), "%s/%s", dir, state[i]);
@@ -357,6 +376,7 @@ int cli_init(int argc, char **argv)
     X509 *ca = NULL;
     struct hsm_direct *d = NULL;
     char *conf = NULL;
+    BIO *untrust_mem = NULL, *pool_mem = NULL;
 
     const char *subdirs[] = {"hsm", "hsm/tokens", "ca", "run"};
     for (size_t i = 0; i < 4; i++) {
@@ -434,9 +454,33 @@ int cli_init(int argc, char **argv)
         fprintf(stderr, "tlsmint init: cannot write %s\n", p);
         goto out;
     }
-    if (make_untrust_ca(dir) != 0) {
+    uint8_t mk[32];
+    if (mkfile != NULL) {
+        if (cli_mk_read_key_file(mkfile, mk, err, sizeof(err)) != 0) {
+            fprintf(stderr, "tlsmint init: %s\n", err);
+            goto out;
+        }
+    } else if (RAND_bytes(mk, sizeof(mk)) != 1) {
+        fprintf(stderr, "tlsmint init: no randomness for the master key\n");
+        goto out;
+    }
+    untrust_mem = BIO_new(BIO_s_secmem());
+    pool_mem = BIO_new(BIO_s_secmem());
+    if (untrust_mem == NULL || pool_mem == NULL || make_untrust_ca(dir, untrust_mem) != 0 ||
+        make_leaf_pool(pool_mem) != 0) {
         px_log_ossl_errors("init");
-        fprintf(stderr, "tlsmint init: could not make the forward-untrust CA\n");
+        fprintf(stderr, "tlsmint init: could not make the forward-untrust CA or the leaf keys\n");
+        px_wipe(mk, sizeof(mk));
+        goto out;
+    }
+    char *up, *ppool;
+    long ul = BIO_get_mem_data(untrust_mem, &up);
+    long pl = BIO_get_mem_data(pool_mem, &ppool);
+    int kr = cli_keys_create(dir, d, mk, (const uint8_t *)up, (size_t)ul, (const uint8_t *)ppool,
+                             (size_t)pl, err, sizeof(err));
+    px_wipe(mk, sizeof(mk));
+    if (kr != 0) {
+        fprintf(stderr, "tlsmint init: %s\n", err);
         goto out;
     }
     time_t now = time(NULL);
@@ -447,25 +491,37 @@ int cli_init(int argc, char **argv)
     if (conf == NULL) {
         goto out;
     }
-    snprintf(conf, cap, conf_template, when, module, dir, dir, dir, dir, dir, dir);
+    snprintf(conf, cap, conf_template, when, module, dir, dir, dir, dir, dir, dir, dir, dir, dir);
     snprintf(p, sizeof(p), "%s/tlsmint.conf", dir);
     if (write_file(p, conf, 0644) != 0) {
         fprintf(stderr, "tlsmint init: cannot write %s\n", p);
         goto out;
     }
     const struct hsm_token_info *info = hsm_direct_info(d);
+    struct px_cfg acfg;
+    memset(&acfg, 0, sizeof(acfg));
+    snprintf(acfg.log_audit, sizeof(acfg.log_audit), "%s/audit.log", dir);
+    cli_audit(&acfg, "init", "\"dir\":\"%s\",\"token_serial\":\"%s\",\"key\":\"%s\","
+              "\"key_type\":\"%s-%d\",\"master_key\":\"%s\"",
+              dir, hsm_direct_info(d)->serial, hsm_direct_info(d)->key_label,
+              hsm_direct_info(d)->key_type == HSM_KEY_RSA ? "RSA" : "EC",
+              hsm_direct_info(d)->key_bits, mkfile ? "from file" : "random");
     printf("tlsmint: initialised %s\n", dir);
     printf("  HSM token      'tlsmint' serial %s (%s), store %s/hsm\n", info->serial,
            info->module_desc, dir);
     printf("  forward-trust  key '%s' (%s-%d, generated in the token, not extractable)\n",
            info->key_label, info->key_type == HSM_KEY_RSA ? "RSA" : "EC", info->key_bits);
     printf("  CA certificate %s/ca/forward-trust.pem  <- clients must trust this\n", dir);
-    printf("  untrust CA     %s/ca/forward-untrust.pem (key file 0600)\n", dir);
+    printf("  untrust CA     %s/ca/forward-untrust.pem (key sealed in %s/keys)\n", dir, dir);
+    printf("  master key     wrapped by HSM key 'tlsmint-wrap-1' in %s/keys/master.wrapped\n",
+           dir);
     printf("  config         %s/tlsmint.conf\n", dir);
     ret = 0;
 out:
     px_wipe(pin, sizeof(pin));
     px_wipe(so_pin, sizeof(so_pin));
+    BIO_free(untrust_mem); /* secure heap: cleared on free */
+    BIO_free(pool_mem);
     free(conf);
     hsm_direct_close(d);
     X509_free(ca);

@@ -8,6 +8,7 @@
 #include "cli_admin.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@ static const char usage[] =
     "                 mint a leaf for that upstream certificate and print it as PEM\n"
     "  ctl status|hsm|cache|metrics\n"
     "                 ask a running proxy (admin socket)\n"
+    "  master-key status|rotate-wrapping-key|change [--master-key-file F]\n"
+    "                 master-key custody (sealed key files, HSM wrapping key)\n"
     "  hsm-status     show each HSM member: token, serial, state, key, a test signature\n"
     "  help           this text; 'tlsmint COMMAND --help' shows a command's options\n"
     "\n"
@@ -81,6 +84,10 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "__signer") == 0) {
         return signer_cmd(argc - 1, argv + 1);
     }
+    if (argc >= 2 && strcmp(argv[1], "__unwrap") == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        return cli_unwrap_child(argc - 1, argv + 1);
+    }
     ssize_t n = readlink("/proc/self/exe", g_self, sizeof(g_self) - 1);
     if (n <= 0) {
         snprintf(g_self, sizeof(g_self), "%s", argv[0]);
@@ -134,6 +141,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "hsm-status") == 0) {
         return cli_hsm_status(sc, sub);
+    }
+    if (strcmp(cmd, "master-key") == 0) {
+        return cli_master_key(sc, sub);
     }
     if (strcmp(cmd, "ctl") == 0) {
         return cli_ctl(sc, sub);

@@ -163,6 +163,17 @@ struct px_cfg {
     char log_access[256];
     char log_keylog[256];
 
+    /* [master_key] */
+    char mk_file[256];
+    int mk_lifetime_days;
+    int mk_reminder_days;
+    struct px_hsm_member_cfg mk_hsm; /* [master_key] module/env/token/pin_file: where the
+                                        wrapping key is, when not the [hsm] member */
+
+    /* [cache] leaf_pool: sealed leaf keys; [log] audit */
+    char cache_leaf_pool[256];
+    char log_audit[256];
+
     /* [admin] */
     char admin_socket[256];
     char admin_metrics[128];
@@ -189,5 +200,21 @@ PX_MUST_CHECK int px_der_wrap(uint8_t *out, size_t cap, uint8_t tag, const uint8
                               size_t len);
 /* A DER INTEGER from an unsigned big-endian number. Returns total or PX_E_SHORT. */
 PX_MUST_CHECK int px_der_uint(uint8_t *out, size_t cap, const uint8_t *be, size_t len);
+
+/* ---- files at rest ---------------------------------------------------------------------- */
+
+/* AES-256-GCM under key; role (e.g. "leaf-key-pool") and format version are authenticated. */
+PX_MUST_CHECK int px_seal(const uint8_t key[32], const char *role, const uint8_t *pt, size_t ptlen,
+                          uint8_t **out, size_t *outlen);
+/* Opens a sealed buffer; PX_E_CRYPTO for a wrong key or tampering, PX_E_PROTO for another role
+ * or a file that is not sealed. *out is new (NUL-terminated), the caller wipes and frees it. */
+PX_MUST_CHECK int px_unseal(const uint8_t key[32], const char *role, const uint8_t *in,
+                            size_t inlen, uint8_t **out, size_t *outlen);
+/* HKDF-SHA256(key, info) -> 32 bytes. */
+PX_MUST_CHECK int px_hkdf(const uint8_t key[32], const char *info, uint8_t out[32]);
+/* temp + fsync + rename + fsync(dir): a crash leaves the old file or the new one. */
+PX_MUST_CHECK int px_write_atomic(const char *path, const void *data, size_t len, int mode);
+/* Reads a regular file of at most max bytes (NUL-terminated copy). */
+PX_MUST_CHECK int px_read_file(const char *path, size_t max, uint8_t **out, size_t *outlen);
 
 #endif /* PX_H */

@@ -39,7 +39,7 @@ static int fail(struct parse_state *st, const char *section, const char *key, co
 static bool known_section(const char *name, size_t len)
 {
     static const char *known[] = {"listen", "hsm", "ca", "cache", "upstream", "policy", "log",
-                                  "admin"};
+                                  "admin", "master_key"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if (strlen(known[i]) == len && strncmp(name, known[i], len) == 0) {
             return true;
@@ -356,7 +356,26 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "leaf_max_days") == 0) {
             return set_int(st, sec, key, val, &c->ca_leaf_max_days, 1, 825);
         }
+    } else if (strcmp(sec, "master_key") == 0) {
+        if (strcmp(key, "module") == 0 || strcmp(key, "env") == 0 || strcmp(key, "token") == 0 ||
+            strcmp(key, "token_serial") == 0 || strcmp(key, "pin_file") == 0 ||
+            strcmp(key, "key_label") == 0) {
+            snprintf(c->mk_hsm.name, sizeof(c->mk_hsm.name), "master_key");
+            return hsm_member_key(st, sec, &c->mk_hsm, key, val);
+        }
+        if (strcmp(key, "file") == 0) {
+            return set_str(st, sec, key, val, c->mk_file, sizeof(c->mk_file));
+        }
+        if (strcmp(key, "lifetime_days") == 0) {
+            return set_int(st, sec, key, val, &c->mk_lifetime_days, 1, 730);
+        }
+        if (strcmp(key, "reminder_days") == 0) {
+            return set_int(st, sec, key, val, &c->mk_reminder_days, 1, 365);
+        }
     } else if (strcmp(sec, "cache") == 0) {
+        if (strcmp(key, "leaf_pool") == 0) {
+            return set_str(st, sec, key, val, c->cache_leaf_pool, sizeof(c->cache_leaf_pool));
+        }
         if (strcmp(key, "size") == 0) {
             return set_int(st, sec, key, val, &c->cache_size, 16, 10000000);
         }
@@ -394,6 +413,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "access") == 0) {
             return set_str(st, sec, key, val, c->log_access, sizeof(c->log_access));
         }
+        if (strcmp(key, "audit") == 0) {
+            return set_str(st, sec, key, val, c->log_audit, sizeof(c->log_audit));
+        }
         if (strcmp(key, "keylog") == 0) {
             return set_str(st, sec, key, val, c->log_keylog, sizeof(c->log_keylog));
         }
@@ -424,6 +446,8 @@ void px_cfg_defaults(struct px_cfg *c)
     c->fail_mode = PX_FAIL_CLOSED;
     c->recovery_retries = 0;
     c->recovery_backoff_max_ms = 1000;
+    c->mk_lifetime_days = 365;
+    c->mk_reminder_days = 30;
     c->ca_leaf_max_days = 30;
     c->cache_size = 100000;
     c->cache_ttl_s = 86400;

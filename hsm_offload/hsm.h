@@ -170,6 +170,19 @@ PX_MUST_CHECK int hsm_direct_sign(struct hsm_direct *d, enum hsm_alg alg, const 
 /* Opens one more session on the same token (for benchmarks: one per thread). */
 struct hsm_direct *hsm_direct_clone(struct hsm_direct *d, char *err, size_t errlen);
 
+/*
+ * AES-256 keys in the token for wrapping the master key (management only; p11-kit's RPC refuses
+ * AES mechanisms, so these need the module loaded directly).
+ * keygen: sensitive, never extractable, token object labelled label.
+ * gcm: CKM_AES_GCM with the key labelled label; encrypt writes ciphertext||tag (inlen+16).
+ */
+PX_MUST_CHECK int hsm_direct_aes_keygen(struct hsm_direct *d, const char *label, char *err,
+                                        size_t errlen);
+PX_MUST_CHECK int hsm_direct_aes_gcm(struct hsm_direct *d, const char *label, bool encrypt,
+                                     const uint8_t iv[12], const uint8_t *aad, size_t aadlen,
+                                     const uint8_t *in, size_t inlen, uint8_t *out,
+                                     size_t *outlen, char *err, size_t errlen);
+
 enum hsm_keygen { HSM_KEYGEN_EC_P256 = 1, HSM_KEYGEN_EC_P384, HSM_KEYGEN_RSA_2048,
                   HSM_KEYGEN_RSA_3072 };
 

@@ -104,6 +104,94 @@ int hsm_direct_sign(struct hsm_direct *d, enum hsm_alg alg, const uint8_t *diges
     return n;
 }
 
+static CK_RV find_secret_key(struct hsm_direct *d, CK_SESSION_HANDLE h, const char *label,
+                             CK_OBJECT_HANDLE *out)
+{
+    CK_FUNCTION_LIST *f = d->mod->f;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE t[2] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_ULONG n = 0;
+    CK_RV rv = f->C_FindObjectsInit(h, t, 2);
+    if (rv != CKR_OK) {
+        return rv;
+    }
+    rv = f->C_FindObjects(h, out, 1, &n);
+    f->C_FindObjectsFinal(h);
+    return rv != CKR_OK ? rv : (n == 1 ? CKR_OK : CKR_KEY_HANDLE_INVALID);
+}
+
+int hsm_direct_aes_keygen(struct hsm_direct *d, const char *label, char *err, size_t errlen)
+{
+    CK_FUNCTION_LIST *f = d->mod->f;
+    CK_SESSION_HANDLE h;
+    CK_RV rv = f->C_OpenSession(d->tok.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
+    if (rv != CKR_OK) {
+        snprintf(err, errlen, "C_OpenSession (rw): %s", hsm_ckr_name(rv));
+        return PX_E_HSM;
+    }
+    CK_OBJECT_HANDLE k;
+    if (find_secret_key(d, h, label, &k) == CKR_OK) {
+        f->C_CloseSession(h);
+        snprintf(err, errlen, "a key labelled '%s' already exists on token '%s'", label,
+                 d->tok.info.label);
+        return PX_E_EXISTS;
+    }
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG len = 32;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_TOKEN, &yes, sizeof(yes)},
+                        {CKA_PRIVATE, &yes, sizeof(yes)},
+                        {CKA_SENSITIVE, &yes, sizeof(yes)},
+                        {CKA_EXTRACTABLE, &no, sizeof(no)},
+                        {CKA_ENCRYPT, &yes, sizeof(yes)},
+                        {CKA_DECRYPT, &yes, sizeof(yes)},
+                        {CKA_VALUE_LEN, &len, sizeof(len)},
+                        {CKA_LABEL, (void *)label, strlen(label)}};
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    rv = f->C_GenerateKey(h, &m, t, sizeof(t) / sizeof(t[0]), &k);
+    f->C_CloseSession(h);
+    if (rv != CKR_OK) {
+        snprintf(err, errlen, "C_GenerateKey(AES-256 '%s') on token '%s': %s", label,
+                 d->tok.info.label, hsm_ckr_name(rv));
+        return PX_E_HSM;
+    }
+    return 0;
+}
+
+int hsm_direct_aes_gcm(struct hsm_direct *d, const char *label, bool encrypt,
+                       const uint8_t iv[12], const uint8_t *aad, size_t aadlen, const uint8_t *in,
+                       size_t inlen, uint8_t *out, size_t *outlen, char *err, size_t errlen)
+{
+    CK_FUNCTION_LIST *f = d->mod->f;
+    CK_OBJECT_HANDLE k;
+    CK_RV rv = find_secret_key(d, d->sess.h, label, &k);
+    if (rv != CKR_OK) {
+        snprintf(err, errlen, "no AES key labelled '%s' on token '%s' (%s)", label,
+                 d->tok.info.label, hsm_ckr_name(rv));
+        return PX_E_HSM;
+    }
+    CK_GCM_PARAMS p = {(CK_BYTE *)iv, 12, 96, (CK_BYTE *)aad, aadlen, 128};
+    CK_MECHANISM m = {CKM_AES_GCM, &p, sizeof(p)};
+    CK_ULONG ol = *outlen;
+    rv = encrypt ? f->C_EncryptInit(d->sess.h, &m, k) : f->C_DecryptInit(d->sess.h, &m, k);
+    if (rv == CKR_OK) {
+        rv = encrypt ? f->C_Encrypt(d->sess.h, (CK_BYTE *)in, inlen, out, &ol)
+                     : f->C_Decrypt(d->sess.h, (CK_BYTE *)in, inlen, out, &ol);
+    }
+    if (rv != CKR_OK) {
+        /* SoftHSM reports a failed GCM tag as CKR_GENERAL_ERROR: a bad blob, not a bad device */
+        snprintf(err, errlen, "AES-GCM %s with '%s': %s%s", encrypt ? "encrypt" : "decrypt", label,
+                 hsm_ckr_name(rv), encrypt ? "" : " (wrong wrapping key or damaged blob)");
+        return PX_E_HSM;
+    }
+    *outlen = ol;
+    return 0;
+}
+
 /* After C_InitToken SoftHSM moves the token to a new slot id: find it by label again. */
 static int find_slot_by_label(CK_FUNCTION_LIST *f, const char *label, bool initialized,
                               CK_SLOT_ID *out)

@@ -42,8 +42,18 @@ void fx_init(struct fx *fx, const char *kind)
         perror("mkdtemp");
         exit(1);
     }
-    char cmd[512], out[4096];
-    snprintf(cmd, sizeof(cmd), "%s init --dir %s/state --key-type %s", fx_bin(), fx->dir, kind);
+    char cmd[700], out[4096], mkpath[300];
+    snprintf(mkpath, sizeof(mkpath), "%s/mk.key", fx->dir);
+    FILE *r = fopen("/dev/urandom", "r");
+    FILE *w = fopen(mkpath, "w");
+    if (r == NULL || w == NULL || fread(fx->mk, 1, 32, r) != 32 || fwrite(fx->mk, 1, 32, w) != 32) {
+        fprintf(stderr, "fixture: cannot make a master key\n");
+        exit(1);
+    }
+    fclose(r);
+    fclose(w);
+    snprintf(cmd, sizeof(cmd), "%s init --dir %s/state --key-type %s --master-key-file %s",
+             fx_bin(), fx->dir, kind, mkpath);
     int rc = fx_run(cmd, out, sizeof(out));
     if (rc != 0) {
         fprintf(stderr, "fixture: '%s' failed (%d):\n%s\n", cmd, rc, out);

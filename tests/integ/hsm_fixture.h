@@ -7,12 +7,14 @@
 #define HSM_FIXTURE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "hsm.h"
 
 struct fx {
     char dir[256];  /* state dir made by tlsmint init */
     char conf[300]; /* dir/tlsmint.conf */
+    uint8_t mk[32]; /* the master key given to init (--master-key-file dir/mk.key) */
 };
 
 /* Runs `tlsmint init --dir <tmp> --key-type kind`; aborts the test run on failure. */

@@ -85,7 +85,7 @@ static void env_open(struct env *v, const char *extra, bool with_pool)
         v->pool = hsm_pool_new(v->cfg, fx_bin(), err, sizeof(err));
         ck_assert_msg(v->pool != NULL, "hsm_pool_new: %s", err);
     }
-    v->cc = cc_new(v->cfg, v->pool, err, sizeof(err));
+    v->cc = cc_new_mk(v->cfg, v->pool, fx_ec.mk, err, sizeof(err));
     ck_assert_msg(v->cc != NULL, "cc_new: %s", err);
     v->l = cc_loop_new(v->cc);
     ck_assert_ptr_nonnull(v->l);
@@ -1141,14 +1141,24 @@ START_TEST(cc_new_refuses_foreign_trust_cert)
     struct hsm_pool *pool = hsm_pool_new(good, fx_bin(), err, sizeof(err));
     ck_assert_msg(pool != NULL, "hsm_pool_new: %s", err);
     err[0] = '\0';
-    struct cc_ctx *cc = cc_new(bad, pool, err, sizeof(err));
+    struct cc_ctx *cc = cc_new_mk(bad, pool, fx_ec.mk, err, sizeof(err));
     ck_assert_ptr_null(cc);
     ck_assert_msg(strstr(err, "is not the key of") != NULL, "error: %s", err);
     ck_assert_ptr_null(strchr(err, '\n'));
     /* and the matching certificate is accepted by the same pool */
-    cc = cc_new(good, pool, err, sizeof(err));
+    cc = cc_new_mk(good, pool, fx_ec.mk, err, sizeof(err));
     ck_assert_msg(cc != NULL, "cc_new: %s", err);
     cc_free(cc);
+    /* the sealed key files do not open without the master key, or with another one */
+    cc = cc_new(good, pool, err, sizeof(err));
+    ck_assert_ptr_null(cc);
+    ck_assert_msg(strstr(err, "is sealed and no master key is available") != NULL, "error: %s", err);
+    uint8_t wrong[32];
+    memcpy(wrong, fx_ec.mk, 32);
+    wrong[0] ^= 1;
+    cc = cc_new_mk(good, pool, wrong, err, sizeof(err));
+    ck_assert_ptr_null(cc);
+    ck_assert_msg(strstr(err, "does not open with this master key") != NULL, "error: %s", err);
     hsm_pool_free(pool);
 }
 END_TEST

@@ -609,9 +609,17 @@ START_TEST(cli_init_files_and_modes)
     snprintf(p, sizeof(p), "%s/state/hsm/pin", fx_ec.dir);
     ck_assert_int_eq(stat(p, &st), 0);
     ck_assert_int_eq(st.st_mode & 0777, 0600);
-    snprintf(p, sizeof(p), "%s/state/ca/forward-untrust.key", fx_ec.dir);
+    snprintf(p, sizeof(p), "%s/state/keys/forward-untrust.key.enc", fx_ec.dir);
     ck_assert_int_eq(stat(p, &st), 0);
     ck_assert_int_eq(st.st_mode & 0777, 0600);
+    /* no private key in clear anywhere in the state directory, and the PIN only in its file */
+    char cmd[900], out[8192];
+    snprintf(cmd, sizeof(cmd),
+             "grep -rlE 'PRIVATE KEY|BEGIN EC|BEGIN RSA' %s/state; "
+             "grep -rlF \"$(cat %s/state/hsm/pin)\" %s/state | grep -v '/hsm/pin$'; true",
+             fx_ec.dir, fx_ec.dir, fx_ec.dir);
+    fx_run(cmd, out, sizeof(out));
+    ck_assert_msg(out[0] == '\0', "secrets found in clear: %s", out);
     /* the CA is a CA, self-signed by the HSM key, and verifies */
     snprintf(p, sizeof(p), "%s/state/ca/forward-trust.pem", fx_ec.dir);
     FILE *f = fopen(p, "r");
@@ -626,7 +634,6 @@ START_TEST(cli_init_files_and_modes)
     ck_assert_int_eq(X509_cmp_current_time(X509_get0_notAfter(x)), 1);
     X509_free(x);
     /* the private key cannot be read out of the token: sensitive, never extractable */
-    char cmd[900], out[8192];
     snprintf(cmd, sizeof(cmd),
              "SOFTHSM2_CONF=%s/state/hsm/softhsm2.conf pkcs11-tool --module "
              "/usr/lib/softhsm/libsofthsm2.so --token-label tlsmint --login --pin $(cat "

@@ -1,0 +1,609 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cli_mk.c - master-key custody: the 256-bit key that seals every private key tlsmint keeps on
+ * disk, wrapped at rest by an AES-256 key generated inside the HSM (CKM_AES_GCM), with a
+ * lifetime and a reminder; `master-key rotate-wrapping-key` and `master-key change`; the audit
+ * log; and the `__unwrap` child that gives a starting proxy its master key without the proxy
+ * ever loading the PKCS#11 module.
+ * The key state lives in DIR/keys, a symlink to DIR/keys.N: a change builds keys.N+1 completely
+ * and swaps the symlink with one rename, so a crash leaves the old state or the new one.
+ * Not here: what is sealed (certcache reads the sealed files), the backup bundle (cli_bundle.c).
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+extern char **environ;
+
+static const char mk_aad[] = "tlsmint master key v1";
+
+void cli_audit(const struct px_cfg *cfg, const char *event, const char *fmt, ...)
+{
+    if (cfg == NULL || cfg->log_audit[0] == '\0') {
+        return;
+    }
+    char detail[600] = "", line[900];
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(detail, sizeof(detail), fmt, ap);
+        va_end(ap);
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    int n = snprintf(line, sizeof(line),
+                     "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02dZ\",\"event\":\"%s\",\"pid\":%d%s%s}\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     event, (int)getpid(), detail[0] ? "," : "", detail);
+    int fd = open(cfg->log_audit, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0 && n > 0) {
+        ssize_t w = write(fd, line, (size_t)n);
+        (void)w;
+        close(fd);
+    }
+}
+
+static void hex(const uint8_t *p, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        snprintf(out + 2 * i, 3, "%02x", p[i]);
+    }
+}
+
+static int unhex(const char *s, uint8_t *out, size_t n)
+{
+    if (strlen(s) != 2 * n) {
+        return PX_E_INVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned int b;
+        if (sscanf(s + 2 * i, "%2x", &b) != 1) {
+            return PX_E_INVAL;
+        }
+        out[i] = (uint8_t)b;
+    }
+    return 0;
+}
+
+int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t errlen)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (px_read_file(path, 200, &buf, &len) != 0) {
+        snprintf(err, errlen, "cannot read master key file %s", path);
+        return PX_E_INVAL;
+    }
+    int r = PX_E_INVAL;
+    if (len == 32) {
+        memcpy(mk, buf, 32);
+        r = 0;
+    } else {
+        while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' ')) {
+            buf[--len] = 0;
+        }
+        if (len == 64 && unhex((char *)buf, mk, 32) == 0) {
+            r = 0;
+        }
+    }
+    px_wipe(buf, len);
+    free(buf);
+    if (r != 0) {
+        snprintf(err, errlen, "master key file %s must hold 32 raw bytes or 64 hex digits", path);
+    }
+    return r;
+}
+
+/* The wrapped master key file. */
+struct mk_wrapped {
+    char label[64];
+    char retired[512]; /* earlier wrapping keys, kept in the HSM */
+    long long created;
+    uint8_t iv[12];
+    uint8_t data[48];
+};
+
+static int wrapped_read(const char *path, struct mk_wrapped *w, char *err, size_t errlen)
+{
+    memset(w, 0, sizeof(*w));
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "[master_key] file %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    char line[700];
+    int have = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "\r\n")] = 0;
+        char *sp = strchr(line, ' ');
+        if (sp == NULL) {
+            continue;
+        }
+        *sp++ = 0;
+        if (strcmp(line, "tlsmint-master-key") == 0 && strcmp(sp, "1") == 0) {
+            have |= 1;
+        } else if (strcmp(line, "label") == 0) {
+            snprintf(w->label, sizeof(w->label), "%s", sp);
+            have |= 2;
+        } else if (strcmp(line, "retired") == 0) {
+            snprintf(w->retired, sizeof(w->retired), "%s", sp);
+        } else if (strcmp(line, "created") == 0) {
+            w->created = atoll(sp);
+            have |= 4;
+        } else if (strcmp(line, "iv") == 0 && unhex(sp, w->iv, 12) == 0) {
+            have |= 8;
+        } else if (strcmp(line, "data") == 0 && unhex(sp, w->data, 48) == 0) {
+            have |= 16;
+        }
+    }
+    fclose(f);
+    if (have != 31) {
+        snprintf(err, errlen, "[master_key] file %s is damaged or not a wrapped master key", path);
+        return PX_E_PROTO;
+    }
+    return 0;
+}
+
+static int wrapped_write(const char *path, const struct mk_wrapped *w)
+{
+    char iv[25], data[97], buf[1200];
+    hex(w->iv, 12, iv);
+    hex(w->data, 48, data);
+    int n = snprintf(buf, sizeof(buf),
+                     "tlsmint-master-key 1\nlabel %s\nretired %s\ncreated %lld\niv %s\ndata %s\n",
+                     w->label, w->retired, w->created, iv, data);
+    return px_write_atomic(path, buf, (size_t)n, 0600);
+}
+
+/* Wraps mk with the token's AES key `label` (made now if make_key). */
+static int mk_wrap(struct hsm_direct *d, const char *label, bool make_key, const uint8_t mk[32],
+                   struct mk_wrapped *w, char *err, size_t errlen)
+{
+    if (make_key && hsm_direct_aes_keygen(d, label, err, errlen) != 0) {
+        return PX_E_HSM;
+    }
+    snprintf(w->label, sizeof(w->label), "%s", label);
+    w->created = (long long)time(NULL);
+    if (RAND_bytes(w->iv, 12) != 1) {
+        return PX_E_CRYPTO;
+    }
+    size_t ol = sizeof(w->data);
+    return hsm_direct_aes_gcm(d, label, true, w->iv, (const uint8_t *)mk_aad, sizeof(mk_aad) - 1,
+                              mk, 32, w->data, &ol, err, errlen);
+}
+
+static int mk_unwrap_with(struct hsm_direct *d, const struct mk_wrapped *w, uint8_t mk[32],
+                          char *err, size_t errlen)
+{
+    uint8_t out[64]; /* modules want room for the whole input, tag included */
+    size_t ol = sizeof(out);
+    int r = hsm_direct_aes_gcm(d, w->label, false, w->iv, (const uint8_t *)mk_aad,
+                               sizeof(mk_aad) - 1, w->data, 48, out, &ol, err, errlen);
+    if (r == 0 && ol != 32) {
+        snprintf(err, errlen, "unwrapped master key has %zu bytes, not 32", ol);
+        r = PX_E_PROTO;
+    }
+    if (r == 0) {
+        memcpy(mk, out, 32);
+    }
+    px_wipe(out, sizeof(out));
+    return r;
+}
+
+/* Sets the member's env (SOFTHSM2_CONF ...) in this process: management loads the module here. */
+static void member_env(const struct px_hsm_member_cfg *m)
+{
+    for (int i = 0; i < m->n_env; i++) {
+        char buf[256];
+        snprintf(buf, sizeof(buf), "%s", m->env[i]);
+        char *eq = strchr(buf, '=');
+        if (eq != NULL) {
+            *eq = 0;
+            setenv(buf, eq + 1, 1);
+        }
+    }
+}
+
+struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen)
+{
+    if (cfg->n_members == 0) {
+        snprintf(err, errlen, "%s: no [hsm] section", cfg->path);
+        return NULL;
+    }
+    /* [master_key] module/env/token/pin_file name the HSM with the wrapping key when it is not
+     * the [hsm] member (p11-kit's RPC refuses AES mechanisms, for instance) */
+    struct px_hsm_member_cfg m = cfg->members[0];
+    const struct px_hsm_member_cfg *o = &cfg->mk_hsm;
+    if (o->module[0]) {
+        snprintf(m.module, sizeof(m.module), "%s", o->module);
+        m.n_env = o->n_env;
+        memcpy(m.env, o->env, sizeof(m.env));
+        snprintf(m.name, sizeof(m.name), "master_key");
+    }
+    if (o->token[0]) {
+        snprintf(m.token, sizeof(m.token), "%s", o->token);
+    }
+    if (o->pin_file[0]) {
+        snprintf(m.pin_file, sizeof(m.pin_file), "%s", o->pin_file);
+    }
+    member_env(&m);
+    return hsm_direct_open(&m, err, errlen);
+}
+
+int cli_mk_unwrap(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen)
+{
+    struct mk_wrapped w;
+    PX_TRY(wrapped_read(cfg->mk_file, &w, err, errlen));
+    struct hsm_direct *d = cli_hsm_open(cfg, err, errlen);
+    if (d == NULL) {
+        return PX_E_HSM;
+    }
+    int r = mk_unwrap_with(d, &w, mk, err, errlen);
+    hsm_direct_close(d);
+    return r;
+}
+
+int cli_unwrap_child(int argc, char **argv)
+{
+    const char *conf = NULL;
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0) {
+            conf = argv[i + 1];
+        }
+    }
+    static struct px_cfg cfg;
+    char err[600];
+    uint8_t mk[32];
+    if (conf == NULL || px_cfg_load(conf, &cfg, err, sizeof(err)) != 0 ||
+        cli_mk_unwrap(&cfg, mk, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", conf ? err : "__unwrap is internal");
+        return 1;
+    }
+    ssize_t w = write(STDOUT_FILENO, mk, 32);
+    px_wipe(mk, sizeof(mk));
+    return w == 32 ? 0 : 1;
+}
+
+int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -errno;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, p[1], STDOUT_FILENO);
+    char conf[sizeof(cfg->path)];
+    snprintf(conf, sizeof(conf), "%s", cfg->path);
+    char *argv[] = {"tlsmint", "__unwrap", "-c", conf, NULL};
+    pid_t pid;
+    int r = posix_spawn(&pid, cli_self_exe(), &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(p[1]);
+    if (r != 0) {
+        close(p[0]);
+        snprintf(err, errlen, "cannot start the unwrap helper: %s", strerror(r));
+        return -r;
+    }
+    size_t got = 0;
+    while (got < 32) {
+        ssize_t n = read(p[0], mk + got, 32 - got);
+        if (n <= 0) {
+            break;
+        }
+        got += (size_t)n;
+    }
+    close(p[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (got != 32 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        px_wipe(mk, 32);
+        snprintf(err, errlen, "the master key could not be unwrapped by the HSM (see the line "
+                 "above)");
+        return PX_E_HSM;
+    }
+    return 0;
+}
+
+/* Days until the master key's lifetime ends (negative: overdue); INT_MIN when unknown. */
+int cli_mk_days_left(const struct px_cfg *cfg)
+{
+    struct mk_wrapped w;
+    char err[300];
+    if (cfg->mk_file[0] == '\0' || wrapped_read(cfg->mk_file, &w, err, sizeof(err)) != 0) {
+        return INT_MIN;
+    }
+    long long end = w.created + (long long)cfg->mk_lifetime_days * 86400;
+    return (int)((end - (long long)time(NULL)) / 86400);
+}
+
+/* ---- key directory ---------------------------------------------------------------------- */
+
+/* DIR/keys -> keys.N: returns N, or -1. */
+static int keys_generation(const char *dir)
+{
+    char link[PATH_MAX], target[PATH_MAX];
+    snprintf(link, sizeof(link), "%s/keys", dir);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n <= 0) {
+        return -1;
+    }
+    target[n] = 0;
+    const char *dot = strrchr(target, '.');
+    return dot ? atoi(dot + 1) : -1;
+}
+
+/* Points DIR/keys at keys.N with one rename (atomic). */
+static int keys_switch(const char *dir, int gen)
+{
+    char tmp[PATH_MAX], link[PATH_MAX], target[64];
+    snprintf(target, sizeof(target), "keys.%d", gen);
+    snprintf(tmp, sizeof(tmp), "%s/keys.link.tmp", dir);
+    snprintf(link, sizeof(link), "%s/keys", dir);
+    unlink(tmp);
+    if (symlink(target, tmp) != 0 || rename(tmp, link) != 0) {
+        return -errno;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
+                    const uint8_t *untrust_pem, size_t untrust_len, const uint8_t *pool_pem,
+                    size_t pool_len, char *err, size_t errlen)
+{
+    char kd[PATH_MAX], p[PATH_MAX + 64];
+    snprintf(kd, sizeof(kd), "%s/keys.1", dir);
+    if (mkdir(kd, 0700) != 0) {
+        snprintf(err, errlen, "cannot create %s: %s", kd, strerror(errno));
+        return -errno;
+    }
+    struct mk_wrapped w = {0};
+    PX_TRY(mk_wrap(d, "tlsmint-wrap-1", true, mk, &w, err, errlen));
+    snprintf(p, sizeof(p), "%s/master.wrapped", kd);
+    PX_TRY(wrapped_write(p, &w));
+    const struct {
+        const char *name, *role;
+        const uint8_t *pt;
+        size_t len;
+    } files[] = {{"forward-untrust.key.enc", "forward-untrust-key", untrust_pem, untrust_len},
+                 {"leaf-pool.enc", "leaf-key-pool", pool_pem, pool_len}};
+    for (size_t i = 0; i < 2; i++) {
+        uint8_t *sealed = NULL;
+        size_t sl = 0;
+        PX_TRY(px_seal(mk, files[i].role, files[i].pt, files[i].len, &sealed, &sl));
+        snprintf(p, sizeof(p), "%s/%s", kd, files[i].name);
+        int r = px_write_atomic(p, sealed, sl, 0600);
+        free(sealed);
+        if (r != 0) {
+            snprintf(err, errlen, "cannot write %s", p);
+            return r;
+        }
+    }
+    return keys_switch(dir, 1);
+}
+
+/* ---- master-key commands ---------------------------------------------------------------- */
+
+static const char mk_usage[] =
+    "usage: tlsmint [-c CONFIG] master-key status|rotate-wrapping-key|change [--master-key-file F]\n"
+    "\n"
+    "  status               wrapping key, age and lifetime of the master key\n"
+    "  rotate-wrapping-key  new AES-256 wrapping key in the HSM, master key re-wrapped with it;\n"
+    "                       the old wrapping key stays in the HSM\n"
+    "  change               new master key (random, or from F: 32 bytes or 64 hex digits);\n"
+    "                       every sealed file re-encrypted, all or nothing\n";
+
+static int state_dir_of(const struct px_cfg *cfg, char *dir, size_t cap)
+{
+    /* mk_file = DIR/keys/master.wrapped */
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", cfg->mk_file);
+    char *k = dirname(tmp);
+    snprintf(dir, cap, "%s", dirname(k));
+    return 0;
+}
+
+static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char *newfile,
+                     char *err, size_t errlen)
+{
+    char dir[PATH_MAX];
+    state_dir_of(cfg, dir, sizeof(dir));
+    int gen = keys_generation(dir);
+    if (gen < 1) {
+        snprintf(err, errlen, "%s/keys is not a key directory link", dir);
+        return PX_E_INVAL;
+    }
+    struct mk_wrapped w;
+    uint8_t oldk[32], newk[32];
+    PX_TRY(wrapped_read(cfg->mk_file, &w, err, errlen));
+    PX_TRY(mk_unwrap_with(d, &w, oldk, err, errlen));
+    if (newfile != NULL) {
+        PX_TRY(cli_mk_read_key_file(newfile, newk, err, errlen));
+    } else if (RAND_bytes(newk, 32) != 1) {
+        return PX_E_CRYPTO;
+    }
+    char nd[PATH_MAX], p[PATH_MAX + 64], q[PATH_MAX + 64];
+    snprintf(nd, sizeof(nd), "%s/keys.%d", dir, gen + 1);
+    char rm[PATH_MAX + 16];
+    snprintf(rm, sizeof(rm), "rm -rf '%s'", nd); /* leftover of an interrupted change */
+    if (system(rm) != 0 || mkdir(nd, 0700) != 0) {
+        snprintf(err, errlen, "cannot create %s", nd);
+        return PX_E_INVAL;
+    }
+    const char *files[][2] = {{"forward-untrust.key.enc", "forward-untrust-key"},
+                              {"leaf-pool.enc", "leaf-key-pool"}};
+    int ret = 0;
+    for (size_t i = 0; i < 2 && ret == 0; i++) {
+        uint8_t *in = NULL, *pt = NULL, *out = NULL;
+        size_t il = 0, pl = 0, ol = 0;
+        snprintf(p, sizeof(p), "%s/keys.%d/%s", dir, gen, files[i][0]);
+        snprintf(q, sizeof(q), "%s/%s", nd, files[i][0]);
+        ret = px_read_file(p, 1 << 20, &in, &il);
+        if (ret == 0) {
+            ret = px_unseal(oldk, files[i][1], in, il, &pt, &pl);
+        }
+        if (ret == 0) {
+            ret = px_seal(newk, files[i][1], pt, pl, &out, &ol);
+        }
+        if (ret == 0) {
+            ret = px_write_atomic(q, out, ol, 0600);
+        }
+        if (pt != NULL) {
+            px_wipe(pt, pl);
+        }
+        free(in);
+        free(pt);
+        free(out);
+        if (ret != 0) {
+            snprintf(err, errlen, "re-encrypting %s failed (%s): nothing changed", p,
+                     px_strerror(ret));
+        }
+    }
+    if (ret == 0) {
+        struct mk_wrapped nw = w;
+        size_t ol = sizeof(nw.data);
+        nw.created = (long long)time(NULL);
+        ret = RAND_bytes(nw.iv, 12) == 1
+                  ? hsm_direct_aes_gcm(d, w.label, true, nw.iv, (const uint8_t *)mk_aad,
+                                       sizeof(mk_aad) - 1, newk, 32, nw.data, &ol, err, errlen)
+                  : PX_E_CRYPTO;
+        snprintf(p, sizeof(p), "%s/master.wrapped", nd);
+        if (ret == 0) {
+            ret = wrapped_write(p, &nw);
+        }
+    }
+    /* the one atomic step: before it the old state is complete, after it the new one */
+    if (ret == 0 && getenv("TLSMINT_TEST_CRASH_BEFORE_SWITCH") != NULL) {
+        _exit(9); /* tests: a kill -9 at the worst moment */
+    }
+    if (ret == 0) {
+        ret = keys_switch(dir, gen + 1);
+    }
+    px_wipe(oldk, sizeof(oldk));
+    px_wipe(newk, sizeof(newk));
+    if (ret == 0) {
+        snprintf(rm, sizeof(rm), "rm -rf '%s/keys.%d'", dir, gen);
+        if (system(rm) != 0) {
+            px_log(PX_LOG_WARN, "mk", "could not remove the old key directory keys.%d", gen);
+        }
+    }
+    return ret;
+}
+
+int cli_master_key(int argc, char **argv)
+{
+    static const struct option opts[] = {{"master-key-file", required_argument, NULL, 'm'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *conf = "./var/tlsmint.conf", *mkfile = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 'm':
+            mkfile = optarg;
+            break;
+        case 'h':
+            fputs(mk_usage, stdout);
+            return 0;
+        default:
+            fputs(mk_usage, stderr);
+            return 2;
+        }
+    }
+    if (optind + 1 != argc) {
+        fputs(mk_usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[optind];
+    static struct px_cfg cfg;
+    if (cli_load_config(conf, &cfg) != 0) {
+        return 1;
+    }
+    if (cfg.mk_file[0] == '\0') {
+        fprintf(stderr, "tlsmint master-key: %s has no [master_key] file\n", conf);
+        return 1;
+    }
+    char err[600];
+    struct mk_wrapped w;
+    if (wrapped_read(cfg.mk_file, &w, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint master-key: %s\n", err);
+        return 1;
+    }
+    if (strcmp(cmd, "status") == 0) {
+        int left = cli_mk_days_left(&cfg);
+        printf("master key    wrapped by HSM key '%s'%s%s\n", w.label,
+               w.retired[0] ? ", earlier wrapping keys kept: " : "", w.retired);
+        printf("lifetime      %d days, %d left%s\n", cfg.mk_lifetime_days, left,
+               left < 0                           ? " (EXPIRED: run master-key change)"
+               : left <= cfg.mk_reminder_days ? " (reminder: change it soon)"
+                                                  : "");
+        return 0;
+    }
+    struct hsm_direct *d = cli_hsm_open(&cfg, err, sizeof(err));
+    if (d == NULL) {
+        fprintf(stderr, "tlsmint master-key: %s\n", err);
+        cli_audit(&cfg, "hsm_login_failure", "\"command\":\"master-key %s\"", cmd);
+        return 1;
+    }
+    int ret = 1;
+    if (strcmp(cmd, "rotate-wrapping-key") == 0) {
+        uint8_t mk[32];
+        struct mk_wrapped nw;
+        int n = atoi(strrchr(w.label, '-') ? strrchr(w.label, '-') + 1 : "1");
+        char label[64];
+        snprintf(label, sizeof(label), "tlsmint-wrap-%d", n + 1);
+        if (mk_unwrap_with(d, &w, mk, err, sizeof(err)) == 0 &&
+            mk_wrap(d, label, true, mk, &nw, err, sizeof(err)) == 0) {
+            snprintf(nw.retired, sizeof(nw.retired), "%s%s%s", w.retired, w.retired[0] ? "," : "",
+                     w.label);
+            nw.created = w.created; /* the master key's age does not change */
+            if (wrapped_write(cfg.mk_file, &nw) == 0) {
+                printf("master key re-wrapped with new HSM key '%s'; '%s' is kept in the HSM\n",
+                       label, w.label);
+                cli_audit(&cfg, "wrapping_key_rotated", "\"new\":\"%s\",\"old\":\"%s\"", label,
+                          w.label);
+                ret = 0;
+            }
+        }
+        px_wipe(mk, sizeof(mk));
+    } else if (strcmp(cmd, "change") == 0) {
+        if (mk_change(&cfg, d, mkfile, err, sizeof(err)) == 0) {
+            printf("master key changed; every sealed file re-encrypted. A running proxy uses the "
+                   "new key after 'tlsmint ctl reload' or a restart.\n");
+            cli_audit(&cfg, "master_key_changed", "\"from_file\":%s", mkfile ? "true" : "false");
+            ret = 0;
+        }
+    } else {
+        snprintf(err, sizeof(err), "unknown master-key command '%s'", cmd);
+    }
+    if (ret != 0) {
+        fprintf(stderr, "tlsmint master-key: %s\n", err);
+    }
+    hsm_direct_close(d);
+    return ret;
+}
