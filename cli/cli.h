@@ -39,4 +39,17 @@ int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
                     const uint8_t *untrust_pem, size_t untrust_len, const uint8_t *pool_pem,
                     size_t pool_len, char *err, size_t errlen);
 
+/* A named byte string (bundle entries). */
+struct entry_view {
+    char name[64];
+    uint8_t *data;
+    size_t len;
+};
+/* DIR/keys.1 for a restored node: sealed files as they are, mk wrapped by a new HSM key. */
+int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
+                     const char *label, const struct entry_view *uk, const struct entry_view *lp,
+                     char *err, size_t errlen);
+int cli_backup(int argc, char **argv);
+int cli_restore(int argc, char **argv);
+
 #endif

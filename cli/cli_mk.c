@@ -403,6 +403,32 @@ int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
     return keys_switch(dir, 1);
 }
 
+int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
+                     const char *label, const struct entry_view *uk, const struct entry_view *lp,
+                     char *err, size_t errlen)
+{
+    char kd[PATH_MAX], p[PATH_MAX + 64];
+    snprintf(kd, sizeof(kd), "%s/keys.1", dir);
+    if (mkdir(kd, 0700) != 0) {
+        snprintf(err, errlen, "cannot create %s: %s", kd, strerror(errno));
+        return -errno;
+    }
+    struct mk_wrapped w = {0};
+    PX_TRY(mk_wrap(d, label, true, mk, &w, err, errlen));
+    snprintf(p, sizeof(p), "%s/master.wrapped", kd);
+    PX_TRY(wrapped_write(p, &w));
+    const struct entry_view *v[2] = {uk, lp};
+    const char *names[2] = {"forward-untrust.key.enc", "leaf-pool.enc"};
+    for (int i = 0; i < 2; i++) {
+        if (v[i] == NULL) {
+            continue;
+        }
+        snprintf(p, sizeof(p), "%s/%s", kd, names[i]);
+        PX_TRY(px_write_atomic(p, v[i]->data, v[i]->len, 0600));
+    }
+    return keys_switch(dir, 1);
+}
+
 /* ---- master-key commands ---------------------------------------------------------------- */
 
 static const char mk_usage[] =

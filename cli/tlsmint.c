@@ -30,6 +30,9 @@ static const char usage[] =
     "                 ask a running proxy (admin socket)\n"
     "  master-key status|rotate-wrapping-key|change [--master-key-file F]\n"
     "                 master-key custody (sealed key files, HSM wrapping key)\n"
+    "  backup --out FILE   the trust infrastructure in one encrypted, authenticated file\n"
+    "  restore --in FILE --dir DIR --master-key-file F [--hsm-env NAME=VALUE]\n"
+    "                 install a bundle on this node (verifies it and the HSM first)\n"
     "  hsm-status     show each HSM member: token, serial, state, key, a test signature\n"
     "  help           this text; 'tlsmint COMMAND --help' shows a command's options\n"
     "\n"
@@ -141,6 +144,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "hsm-status") == 0) {
         return cli_hsm_status(sc, sub);
+    }
+    if (strcmp(cmd, "backup") == 0) {
+        return cli_backup(sc, sub);
+    }
+    if (strcmp(cmd, "restore") == 0) {
+        return cli_restore(sc, sub);
     }
     if (strcmp(cmd, "master-key") == 0) {
         return cli_master_key(sc, sub);
