@@ -194,6 +194,12 @@ int cc_ca_load_trust(struct cc_ca *ca, const struct px_cfg *cfg, struct hsm_pool
     PX_ENSURE(ca->cert != NULL, PX_E_CONFIG);
     PX_TRY(ca_common(ca, err, errlen, "forward_trust_cert"));
     PX_TRY(load_chain(ca, cfg->ca_forward_trust_chain, err, errlen));
+    if (X509_check_issued(ca->cert, ca->cert) != X509_V_OK) {
+        /* a subordinate of the organisation's root: clients need it after each leaf */
+        X509_up_ref(ca->cert);
+        sk_X509_unshift(ca->chain, ca->cert);
+    }
+    ERR_clear_error();
     if (pool == NULL) {
         ca->alg = HSM_ALG_ECDSA_SHA256;
         return 0;

@@ -50,6 +50,7 @@ int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32]
                      const char *label, const struct entry_view *uk, const struct entry_view *lp,
                      char *err, size_t errlen);
 int cli_backup(int argc, char **argv);
+int cli_ca(int argc, char **argv);
 int cli_restore(int argc, char **argv);
 
 #endif

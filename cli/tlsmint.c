@@ -30,6 +30,8 @@ static const char usage[] =
     "                 ask a running proxy (admin socket)\n"
     "  master-key status|rotate-wrapping-key|change [--master-key-file F]\n"
     "                 master-key custody (sealed key files, HSM wrapping key)\n"
+    "  ca csr --out FILE [--subject DN] | ca import --cert C [--chain CH] | ca list\n"
+    "                 enterprise forward-trust CA (key in the HSM, issued by your root)\n"
     "  backup --out FILE   the trust infrastructure in one encrypted, authenticated file\n"
     "  restore --in FILE --dir DIR --master-key-file F [--hsm-env NAME=VALUE]\n"
     "                 install a bundle on this node (verifies it and the HSM first)\n"
@@ -144,6 +146,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "hsm-status") == 0) {
         return cli_hsm_status(sc, sub);
+    }
+    if (strcmp(cmd, "ca") == 0) {
+        return cli_ca(sc, sub);
     }
     if (strcmp(cmd, "backup") == 0) {
         return cli_backup(sc, sub);
