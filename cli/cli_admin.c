@@ -285,14 +285,40 @@ static void serve_metrics(struct cli_admin *a, int fd)
     free(body);
 }
 
+/* Audit: signatures are counted per minute, never logged one by one. */
+static void audit_minute(struct cli_admin *a)
+{
+    uint64_t ops = 0, errors = 0;
+    for (int i = 0; i < hsm_pool_members(a->pool); i++) {
+        struct hsm_member_stats st;
+        hsm_pool_member_stats(a->pool, i, &st);
+        ops += st.ops;
+        errors += st.errors + st.timeouts;
+    }
+    if (ops != a->audit_ops || errors != a->audit_errors) {
+        cli_audit(a->cfg, "signatures", "\"minute_ops\":%llu,\"minute_failures\":%llu",
+                  (unsigned long long)(ops - a->audit_ops),
+                  (unsigned long long)(errors - a->audit_errors));
+        a->audit_ops = ops;
+        a->audit_errors = errors;
+    }
+}
+
 static void *admin_main(void *arg)
 {
     struct cli_admin *a = arg;
+    uint64_t next_audit = px_now_ns() + 60000000000ull;
     for (;;) {
         struct pollfd p[3] = {{.fd = a->stopfd, .events = POLLIN},
                               {.fd = a->ufd, .events = POLLIN},
                               {.fd = a->mfd, .events = POLLIN}};
-        if (poll(p, 3, -1) < 0 && errno != EINTR) {
+        uint64_t now = px_now_ns();
+        if (now >= next_audit) {
+            audit_minute(a);
+            next_audit = now + 60000000000ull;
+        }
+        int wait_ms = (int)((next_audit - px_now_ns()) / 1000000ull) + 1;
+        if (poll(p, 3, wait_ms) < 0 && errno != EINTR) {
             return NULL;
         }
         if (p[0].revents) {
@@ -410,6 +436,7 @@ void cli_admin_stop(struct cli_admin *a)
         (void)w;
         pthread_join(a->th, NULL);
         a->running = false;
+        audit_minute(a); /* the last partial minute */
     }
     if (a->ufd >= 0) {
         close(a->ufd);

@@ -24,6 +24,7 @@ struct cli_admin {
     pthread_t th;
     bool running;
     uint64_t start_ns;
+    uint64_t audit_ops, audit_errors; /* totals at the last audit line */
 };
 
 /* Opens [admin] socket (0600) and metrics; starts the thread. -1 and a line in err on failure. */

@@ -353,9 +353,13 @@ int cli_run(int argc, char **argv)
     struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
     if (pool == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);
+        if (strstr(err, "CKR_PIN") != NULL) {
+            cli_audit(&cfg, "hsm_login_failure", "\"command\":\"run\"");
+        }
         px_wipe(mk, sizeof(mk));
         return 1;
     }
+    cli_audit(&cfg, "start", "\"members_up\":%d", hsm_pool_members_up(pool));
     cc = cc_new_mk(&cfg, pool, have_mk ? mk : NULL, err, sizeof(err));
     if (cc == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);

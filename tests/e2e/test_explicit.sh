@@ -226,6 +226,10 @@ wait "$TLSMINT_PID"
 check_eq "second instance: exit 0" "0" "$?"
 check_not_contains "second instance: no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint2.log")"
 
+audit=$(cat "$WORK/state/audit.log")
+check_contains "audit: proxy start" '"event":"start"' "$audit"
+check_contains "audit: signatures counted, not logged one by one" '"event":"signatures","pid"' "$audit"
+check_contains "audit: operator actions are not in it unless done" '"event":"init"' "$audit"
 PIN=$(cat "$WORK/state/hsm/pin")
 check_not_contains "the PIN is not in the logs" "$PIN" "$(cat "$WORK/tlsmint.log" "$WORK/tlsmint2.log" "$WORK/access.log")"
 
