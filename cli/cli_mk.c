@@ -600,9 +600,12 @@ int cli_master_key(int argc, char **argv)
     if (strcmp(cmd, "rotate-wrapping-key") == 0) {
         uint8_t mk[32];
         struct mk_wrapped nw;
-        int n = atoi(strrchr(w.label, '-') ? strrchr(w.label, '-') + 1 : "1");
+        /* a fresh label: nodes sharing a token (HA, restored nodes) each add their own keys */
+        uint8_t rnd[4];
+        RAND_bytes(rnd, sizeof(rnd));
         char label[64];
-        snprintf(label, sizeof(label), "tlsmint-wrap-%d", n + 1);
+        snprintf(label, sizeof(label), "tlsmint-wrap-%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+                 rnd[3]);
         if (mk_unwrap_with(d, &w, mk, err, sizeof(err)) == 0 &&
             mk_wrap(d, label, true, mk, &nw, err, sizeof(err)) == 0) {
             snprintf(nw.retired, sizeof(nw.retired), "%s%s%s", w.retired, w.retired[0] ? "," : "",
