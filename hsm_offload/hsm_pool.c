@@ -214,6 +214,61 @@ static void cq_push(struct hsm_cq *cq, struct job *j)
     }
 }
 
+/*
+ * A frame's completions, grouped per completion queue and published with one CAS and at most
+ * one eventfd write each, so a consumer wakes once per frame, not once per job.
+ */
+#define BATCH_CQS 8
+struct cq_batch {
+    struct hsm_cq *cq[BATCH_CQS];
+    struct job *head[BATCH_CQS], *tail[BATCH_CQS];
+    int n;
+};
+
+static void cq_push_chain(struct hsm_cq *cq, struct job *head, struct job *tail)
+{
+    struct job *old = atomic_load_explicit(&cq->head, memory_order_relaxed);
+    do {
+        tail->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&cq->head, &old, head, memory_order_release,
+                                                    memory_order_relaxed));
+    if (old == NULL) {
+        uint64_t one = 1;
+        ssize_t w = write(cq->evfd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
+static void batch_flush(struct cq_batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        cq_push_chain(b->cq[i], b->head[i], b->tail[i]);
+    }
+    b->n = 0;
+}
+
+/* Adds j (already marked done) to the batch; newest first, as the MPSC list keeps them. */
+static void batch_add(struct cq_batch *b, struct job *j)
+{
+    int i = 0;
+    while (i < b->n && b->cq[i] != j->cq) {
+        i++;
+    }
+    if (i == b->n) {
+        if (b->n == BATCH_CQS) {
+            batch_flush(b);
+            i = 0;
+        }
+        b->cq[i] = j->cq;
+        b->head[i] = b->tail[i] = j;
+        j->next = NULL;
+        b->n = i + 1;
+        return;
+    }
+    j->next = b->head[i];
+    b->head[i] = j;
+}
+
 static void jobs_release(struct hsm_pool *pool, struct job *first, struct job *last, uint32_t n)
 {
     bool destroy = false;
@@ -666,10 +721,12 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
     const struct hsm_frame_hdr *h = (const struct hsm_frame_hdr *)buf;
     size_t off = sizeof(*h);
     uint64_t now = px_now_ns();
+    struct cq_batch batch = {.n = 0};
     pthread_mutex_lock(&pool->stats_lock);
     for (uint16_t i = 0; i < h->count; i++) {
         if (off + sizeof(struct hsm_resp) > n) {
             pthread_mutex_unlock(&pool->stats_lock);
+            batch_flush(&batch);
             member_lost(pool, m, "truncated answer frame from signer");
             return;
         }
@@ -678,6 +735,7 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
         const uint8_t *sig = buf + off + sizeof(r);
         if (r.sig_len > HSM_SIG_MAX || off + sizeof(r) + r.sig_len > n) {
             pthread_mutex_unlock(&pool->stats_lock);
+            batch_flush(&batch);
             member_lost(pool, m, "bad signature length from signer");
             return;
         }
@@ -702,7 +760,9 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
             j->sig_len = r.sig_len;
             m->ops++;
             lat_record(m, now - j->submit_ns);
-            complete(pool, j, 0);
+            j->status = 0;
+            j->state = JOB_DONE;
+            batch_add(&batch, j);
         } else {
             j->rv = (unsigned long)r.rv;
             m->errors++;
@@ -721,6 +781,7 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
     }
     m->busy_since_ns = now;
     pthread_mutex_unlock(&pool->stats_lock);
+    batch_flush(&batch);
 }
 
 static void member_read(struct hsm_pool *pool, struct member *m)
