@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cc_bench.h"
 #include "hsm_bench.h"
 
 namespace
@@ -128,6 +129,100 @@ void bm_hsm_pool(benchmark::State &st)
     }
 }
 
+/* ---- certcache (CC_BENCH=1) ---- */
+
+struct cc_bench *g_cc;
+
+bool cc_ready(benchmark::State &st)
+{
+    if (g_cc == nullptr) {
+        char err[512];
+        g_cc = bench_cc_new_from_env(20000, err, sizeof(err));
+        if (g_cc == nullptr) {
+            fail(st, err);
+            return false;
+        }
+    }
+    return true;
+}
+
+void cc_setup(const benchmark::State &)
+{
+    if (g_cc == nullptr) {
+        char err[512];
+        g_cc = bench_cc_new_from_env(20000, err, sizeof(err));
+        if (g_cc == nullptr) {
+            std::fprintf(stderr, "cc_bench: %s\n", err);
+        }
+    }
+}
+
+/* Cache hit: SHA-256 of the upstream DER, shard lock, LRU bump, reference. */
+void bm_cc_hit(benchmark::State &st)
+{
+    if (g_cc == nullptr) {
+        fail(st, "no certcache bench");
+        for (auto _ : st) {
+        }
+        return;
+    }
+    const int idx = st.thread_index();
+    for (auto _ : st) {
+        if (bench_cc_hit(g_cc, idx) != 0) {
+            fail(st, "lookup was not a hit");
+            break;
+        }
+    }
+    st.counters["lookups_per_s"] =
+        benchmark::Counter(static_cast<double>(st.iterations()), benchmark::Counter::kIsRate);
+}
+
+/* The X.509 work of one mint: names, validity, extensions, pool key, TBS digest. */
+void bm_cc_build(benchmark::State &st)
+{
+    if (!cc_ready(st)) {
+        for (auto _ : st) {
+        }
+        return;
+    }
+    for (auto _ : st) {
+        if (bench_cc_build(g_cc) != 0) {
+            fail(st, "build failed");
+            break;
+        }
+    }
+}
+
+/* Full mints of never-seen upstreams through the signer pool. */
+void bm_cc_mint(benchmark::State &st)
+{
+    char err[512];
+    if (!cc_ready(st)) {
+        for (auto _ : st) {
+        }
+        return;
+    }
+    const int window = static_cast<int>(st.range(0));
+    int64_t n = 0;
+    for (auto _ : st) {
+        if (bench_cc_refill_needed(g_cc, window)) {
+            st.PauseTiming();
+            if (bench_cc_refill(g_cc, err, sizeof(err)) != 0) {
+                fail(st, err);
+            }
+            st.ResumeTiming();
+        }
+        int r = bench_cc_mint_step(g_cc, window, err, sizeof(err));
+        if (r < 0) {
+            fail(st, err);
+            break;
+        }
+        n += r;
+    }
+    st.counters["mints_per_s"] =
+        benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsRate);
+}
+
 } /* namespace */
 
 int main(int argc, char **argv)
@@ -157,13 +252,30 @@ int main(int argc, char **argv)
         ->UseRealTime()
         ->MinTime(min_time)
         ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("hsm_pool/" + tag).c_str(), bm_hsm_pool)
-        ->UseRealTime()
-        ->MinTime(min_time)
-        ->Unit(benchmark::kMicrosecond);
+    if (std::getenv("CC_BENCH") == nullptr) {
+        benchmark::RegisterBenchmark(("hsm_pool/" + tag).c_str(), bm_hsm_pool)
+            ->UseRealTime()
+            ->MinTime(min_time)
+            ->Unit(benchmark::kMicrosecond);
+    } else {
+        /* certcache: raw signatures (hsm_plain above) next to full mints, same sessions' token */
+        benchmark::RegisterBenchmark(("cc_mint/" + tag).c_str(), bm_cc_mint)
+            ->Arg(64)
+            ->UseRealTime()
+            ->MinTime(min_time)
+            ->Unit(benchmark::kMicrosecond);
+        benchmark::RegisterBenchmark("cc_build", bm_cc_build)->MinTime(1.0);
+        benchmark::RegisterBenchmark("cc_hit", bm_cc_hit)
+            ->Setup(cc_setup)
+            ->Threads(1)
+            ->Threads(2)
+            ->UseRealTime()
+            ->MinTime(1.0);
+    }
 
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
+    bench_cc_free(g_cc);
     bench_hsm_free(g_bench);
     return g_failed ? 1 : 0;
 }
