@@ -124,6 +124,7 @@ struct px_cfg {
     /* [listen] */
     char listen_explicit[128];
     char listen_transparent[128];
+    bool listen_tproxy; /* transparent listener takes TPROXY'd traffic (IP_TRANSPARENT) */
     int threads;
 
     /* [hsm] shared settings + members (members[0] is [hsm]) */

@@ -290,6 +290,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "threads") == 0) {
             return set_int(st, sec, key, val, &c->threads, 0, 256);
         }
+        if (strcmp(key, "tproxy") == 0) {
+            return set_bool(st, sec, key, val, &c->listen_tproxy);
+        }
     } else if (strcmp(sec, "hsm") == 0 || strncmp(sec, "hsm.", 4) == 0) {
         struct px_hsm_member_cfg *m = member_for(st, sec);
         if (m == NULL) {

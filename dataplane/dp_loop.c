@@ -1394,18 +1394,28 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         c->transparent = true;
         socklen_t dl = sizeof(c->dst);
         int r;
-        if (c->client_addr.ss_family == AF_INET6) {
+        bool tproxy = l->srv->cfg->listen_tproxy;
+        if (tproxy) {
+            /* TPROXY: the socket's own local address is where the client was going */
+            r = getsockname(fd, (struct sockaddr *)&c->dst, &dl);
+        } else if (c->client_addr.ss_family == AF_INET6) {
             r = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &c->dst, &dl);
         } else {
             r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &c->dst, &dl);
         }
         /* the kernel does not update the length: take it from the family */
         dl = c->dst.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-        /* without NAT, conntrack reports the listener itself: connecting there would loop */
+        uint16_t dport = ntohs(c->dst.ss_family == AF_INET6
+                                   ? ((struct sockaddr_in6 *)&c->dst)->sin6_port
+                                   : ((struct sockaddr_in *)&c->dst)->sin_port);
         struct sockaddr_storage local;
         socklen_t ll = sizeof(local);
-        if (r == 0 && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 &&
-            same_endpoint(&local, &c->dst)) {
+        if (r == 0 && tproxy && dport == l->srv->port_transparent) {
+            r = -1; /* straight to the listener's port: nothing was intercepted */
+            errno = ENOENT;
+        } else if (r == 0 && !tproxy && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 &&
+                   same_endpoint(&local, &c->dst)) {
+            /* without NAT, conntrack reports the listener itself: connecting there would loop */
             r = -1;
             errno = ENOENT;
         }
@@ -1813,7 +1823,15 @@ static int listen_on(const char *hostport, bool transparent, int *bound_port, ch
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    (void)transparent;
+    if (transparent &&
+        setsockopt(fd, ss.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP,
+                   ss.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
+                   sizeof(one)) != 0) {
+        snprintf(err, errlen, "[listen] tproxy: IP_TRANSPARENT on %s: %s (needs CAP_NET_ADMIN)",
+                 hostport, strerror(errno));
+        close(fd);
+        return -1;
+    }
     if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 1024) != 0) {
         snprintf(err, errlen, "[listen] cannot listen on %s: %s", hostport, strerror(errno));
         close(fd);
@@ -1963,8 +1981,8 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
             }
         }
         if (cfg->listen_transparent[0]) {
-            l->lfd[1] = listen_on(cfg->listen_transparent, true, &s->port_transparent, err,
-                                  errlen);
+            l->lfd[1] = listen_on(cfg->listen_transparent, cfg->listen_tproxy,
+                                  &s->port_transparent, err, errlen);
             if (l->lfd[1] < 0) {
                 dp_server_free(s);
                 return NULL;

@@ -196,5 +196,39 @@ check_eq "exit status 0" "0" "$?"
 check_contains "log says stopped" "main: stopped" "$(cat "$WORK/tlsmint.out")"
 check_not_contains "no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint.out")"
 check_not_contains "no UBSan report" "runtime error" "$(cat "$WORK/tlsmint.out")"
+echo "== TPROXY instead of REDIRECT ([listen] tproxy = yes)"
+G iptables -t nat -F PREROUTING
+TPORT2=15444
+CONF2="$WORK/tproxy.conf"
+cp "$CONF" "$CONF2"
+set_conf "$CONF2" listen transparent "0.0.0.0:$TPORT2"
+set_conf "$CONF2" listen tproxy yes
+set_conf "$CONF2" log access "$WORK/access2.log"
+set_conf "$CONF2" admin socket "$WORK/admin2.sock"
+if G iptables -t mangle -A PREROUTING -i lan0 -p tcp --dport 443 -j TPROXY --on-port "$TPORT2" \
+        --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1 2>/dev/null &&
+    G ip rule add fwmark 0x1/0x1 lookup 100 && G ip route add local 0.0.0.0/0 dev lo table 100; then
+    ns_start G tlsmint2 "$TLSMINT" -c "$CONF2" run
+    W2=$LAST_WAITER
+    P2=$(cat "$WORK/tlsmint2.pid")
+    for _ in $(seq 1 200); do
+        grep -q "tlsmint running" "$WORK/tlsmint2.out" && break
+        sleep 0.05
+    done
+    out=$(C curl -sS --max-time 10 --cacert "$CA" "${RES[@]}" https://origin.test/ 2>&1)
+    check_eq "TPROXY: the client reaches the origin through tlsmint" "hello-from-origin" "$out"
+    sleep 0.3
+    line=$(tail -n 1 "$WORK/access2.log" 2>/dev/null)
+    check_eq "TPROXY: original destination from the socket" "10.200.2.2:443" "$(jf dst "${line:-x}")"
+    check_eq "TPROXY: intercepted with a forward-trust leaf" "ok" "$(jf upstream_verify "${line:-x}")"
+    out=$(C curl -sS --max-time 5 --cacert "$CA" "https://10.200.1.1:$TPORT2/" 2>&1)
+    check_contains "TPROXY: a direct connection to the listener is refused" "curl: (" "$out"
+    kill -TERM "$P2"
+    wait "$W2"
+    check_eq "TPROXY: exit status 0" "0" "$?"
+    check_not_contains "TPROXY: no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint2.out")"
+else
+    echo "  (TPROXY target or policy routing not available here: TPROXY checks skipped)"
+fi
 echo "runtime: $(($(date +%s) - T_START)) s"
 finish
