@@ -4,6 +4,7 @@
 DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev liburing-dev \
         libp11-dev libp11-kit-dev p11-kit softhsm2 check libbenchmark-dev opensc ca-certificates \
         procps libhttp-parser-dev nginx-light curl iptables iproute2 python3 util-linux psmisc
+BENCH_DEPS := sslsplit gnuplot-nox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DIR := build/test
 REL_DIR := build/release
@@ -47,8 +48,16 @@ run: build
 	@echo ""
 	exec $(REL_DIR)/cli/tlsmint -c $(VAR)/tlsmint.conf run
 
+# make bench [BENCH_ARGS=--quick]: tlsmint vs direct vs sslsplit (bench/results/REPORT.md),
+# the HSM signing path (hsm.md) and certcache (certcache.md). Needs root (namespaces, iptables).
 bench: build
+	@missing=""; for p in $(BENCH_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; fi
+	meson configure $(REL_DIR) -Dbench=true && ninja -C $(REL_DIR)
+	bench/run-bench.sh $(BENCH_ARGS) $(REL_DIR)
 	bench/run-hsm-bench.sh $(REL_DIR)
+	bench/run-cc-bench.sh $(REL_DIR)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc')

@@ -403,7 +403,7 @@ static struct dp_conn *conn_new(struct dp_loop *l, int fd)
     if (c == NULL) {
         return NULL;
     }
-    uint8_t *mem = malloc(2 * DP_RBUF + 2 * DP_OBUF);
+    uint8_t *mem = malloc(2 * DP_RBUF); /* send buffers come and go with sends */
     if (mem == NULL) {
         return NULL;
     }
@@ -420,8 +420,6 @@ static struct dp_conn *conn_new(struct dp_loop *l, int fd)
     c->s[D_UP].fd = -1;
     c->s[D_CLIENT].rbuf = mem;
     c->s[D_UP].rbuf = mem + DP_RBUF;
-    c->s[D_CLIENT].obuf = mem + 2 * DP_RBUF;
-    c->s[D_UP].obuf = mem + 2 * DP_RBUF + DP_OBUF;
     c->s[D_CLIENT].out = BIO_new(BIO_s_mem());
     c->s[D_UP].out = BIO_new(BIO_s_mem());
     c->start_ns = c->last_ns = px_now_ns();
@@ -516,6 +514,8 @@ static void conn_release(struct dp_conn *c)
     cc_entry_unref(c->leaf);
     c->leaf = NULL;
     free(c->s[D_CLIENT].rbuf);
+    free(c->s[D_CLIENT].obuf);
+    free(c->s[D_UP].obuf);
     free(c->hello);
     c->state = S_FREE;
     c->next_free = l->free_list;
@@ -578,6 +578,9 @@ static void arm_recv(struct dp_conn *c, int dir)
 static void arm_send(struct dp_conn *c, int dir)
 {
     struct side *sd = &c->s[dir];
+    if (sd->obuf == NULL && (sd->obuf = malloc(DP_OBUF)) == NULL) {
+        return; /* out of memory is backpressure: tried again on the next event */
+    }
     if (sd->olen == sd->ooff) {
         sd->olen = sd->ooff = 0;
         int n = BIO_read(sd->out, sd->obuf, DP_OBUF);
@@ -1497,6 +1500,8 @@ static void handle_send(struct dp_conn *c, int dir, int res)
     sd->send_armed = false;
     if (c->state == S_REOPEN && dir == D_UP) {
         sd->olen = sd->ooff = 0;
+        free(sd->obuf);
+        sd->obuf = NULL;
         pump(c);
         return;
     }
@@ -1511,6 +1516,10 @@ static void handle_send(struct dp_conn *c, int dir, int res)
     sd->ooff += (uint32_t)res;
     if (sd->ooff >= sd->olen) {
         sd->olen = sd->ooff = 0;
+        if (BIO_ctrl_pending(sd->out) == 0) {
+            free(sd->obuf); /* an idle connection holds no send buffer */
+            sd->obuf = NULL;
+        }
     }
     pump(c);
 }

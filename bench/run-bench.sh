@@ -1,0 +1,540 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+#
+# run-bench.sh - tlsmint against the origin directly and against sslsplit, same origin, same
+# load, same pinning, transparent interception on one machine. Writes bench/results/REPORT.md
+# (medians, ratios tlsmint/direct and tlsmint/sslsplit from the same run, machine, commands)
+# and bench/results/bench-raw.jsonl (one tlsmint-bench JSON object per measurement).
+#
+# usage: bench/run-bench.sh [--quick] [--runs N] [--hosts M] [--idle C] [--no-sslsplit]
+#                           [--no-perf] [--out DIR] [BUILD_DIR]
+#   default (full): 3 runs, handshake/latency 10 s, bulk 5 s, mint 1000 fresh hosts per run
+#                   and target, idle 2000 connections held 5 s; about 10 minutes
+#   --quick:        1 run, 3 s, 300 hosts, 1000 idle connections; about 2 minutes
+#
+# Topology (needs root, iptables, network namespaces, nginx, sslsplit, taskset, setpriv):
+#   - a network namespace made here (lo up, plus an unused veth with 192.0.2.1/24: sslsplit
+#     resolves its listen address with AI_ADDRCONFIG and will not start when the only IPv4
+#     address is on loopback)
+#   - origin: nginx from bench/make-origin.sh on 127.0.0.1:9443, CPU 1
+#   - tlsmint (transparent 127.0.0.1:18080, 1 loop thread, 1 signer worker, SoftHSM) on CPU 0
+#   - sslsplit 0.5.5 (`ssl 127.0.0.1 18081`, netfilter NAT engine, software CA) on CPU 0
+#   - tlsmint-bench (1 thread) on CPU 1, dialling 127.0.0.1:9443 as uid 4240 (direct),
+#     4241 (nat OUTPUT REDIRECT to tlsmint) or 4242 (REDIRECT to sslsplit). The proxies run as
+#     root / nobody, so their own upstream connections are not redirected.
+# Runs are interleaved (each scenario: run 1 direct, tlsmint, sslsplit; run 2 ...), so drift
+# of the machine hits all three alike. Proxy CPU and memory come from tlsmint-bench --pid
+# (process + all descendants: tlsmint's signer child, sslsplit's privsep parent/child).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+quick=0
+runs=""
+mint_hosts=""
+idle_conns=""
+with_sslsplit=1
+with_perf=1
+out="$here/results"
+build_arg=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) quick=1 ;;
+    --runs) runs=$2; shift ;;
+    --hosts) mint_hosts=$2; shift ;;
+    --idle) idle_conns=$2; shift ;;
+    --no-sslsplit) with_sslsplit=0 ;;
+    --no-perf) with_perf=0 ;;
+    --out) out=$2; shift ;;
+    -h | --help) sed -n '3,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "run-bench: unknown option $1" >&2; exit 2 ;;
+    *) build_arg=$1 ;;
+    esac
+    shift
+done
+build_arg="${build_arg:-$repo/build/release}"
+if [ $quick = 1 ]; then
+    runs=${runs:-1}; mint_hosts=${mint_hosts:-300}; idle_conns=${idle_conns:-1000}
+    hs_dur=3; bulk_dur=3; lat_dur=5; hold=3
+else
+    runs=${runs:-3}; mint_hosts=${mint_hosts:-1000}; idle_conns=${idle_conns:-2000}
+    hs_dur=10; bulk_dur=5; lat_dur=10; hold=5
+fi
+for v in "$runs" "$mint_hosts" "$idle_conns"; do
+    case "$v" in '' | *[!0-9]* | 0) echo "run-bench: bad number '$v'" >&2; exit 2 ;; esac
+done
+
+die() { echo "run-bench: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root (network namespace, iptables)"
+[ -d "$build_arg" ] || die "no build directory $build_arg"
+build="$(cd "$build_arg" && pwd)"
+TLSMINT="$build/cli/tlsmint"
+LG="$build/bench/loadgen/tlsmint-bench"
+for f in "$TLSMINT" "$LG"; do [ -x "$f" ] || die "$f missing (ninja -C $build_arg)"; done
+for c in nginx iptables ip taskset setpriv openssl python3 ss; do
+    command -v $c >/dev/null || die "$c not found"
+done
+if [ $with_sslsplit = 1 ] && ! command -v sslsplit >/dev/null; then
+    die "sslsplit not found: apt-get install -y sslsplit (or --no-sslsplit)"
+fi
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (proxy on CPU 0, origin and load on CPU 1)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((idle_conns * 2 + 200)) ] ||
+    die "open files limit $(ulimit -n) too low for $idle_conns idle connections"
+
+OPORT=9443
+TM_PORT=18080
+SS_PORT=18081
+declare -A UID_OF=([direct]=4240 [tlsmint]=4241 [sslsplit]=4242)
+targets=(direct tlsmint)
+[ $with_sslsplit = 1 ] && targets+=(sslsplit)
+total_hosts=$((1 + runs * mint_hosts + mint_hosts))   # h1 + fresh ranges per run + perf
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/tlsmint-bench.XXXXXX")"
+chmod 755 "$work"
+origin="$build/bench-origin"   # kept between runs: certificates are reused
+NS="tlsmint-bench-$$"
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    ip netns del "$NS" 2>/dev/null || true
+    if [ $rc != 0 ]; then
+        echo "run-bench: failed (rc $rc); logs kept in $work" >&2
+    else
+        rm -rf "$work"
+    fi
+    exit $rc
+}
+trap cleanup EXIT INT TERM
+
+log() { echo "== $*" >&2; }
+IN() { ip netns exec "$NS" "$@"; }
+# start_bg NAME CPU CMD...: in the namespace, pinned; the real pid lands in $work/NAME.pid
+start_bg() {
+    local name=$1 cpu=$2
+    shift 2
+    rm -f "$work/$name.pid"
+    IN bash -c 'echo $$ >"$0"; exec taskset -c "$1" "${@:2}"' "$work/$name.pid" "$cpu" "$@" \
+        >"$work/$name.log" 2>&1 &
+    for _ in $(seq 1 100); do [ -s "$work/$name.pid" ] && break; sleep 0.05; done
+    [ -s "$work/$name.pid" ] || die "$name did not start"
+    PIDS+=("$(cat "$work/$name.pid")")
+}
+# wait for a listener without connecting to it (a connection to sslsplit's port that was not
+# redirected would make it connect to itself)
+wait_listen() {
+    for _ in $(seq 1 200); do
+        [ -n "$(IN ss -Hltn "sport = :$1")" ] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+# rss_tree PID: summed VmRSS (kB) of PID and its descendants
+rss_tree() {
+    python3 - "$1" <<'EOF'
+import os, sys
+root = int(sys.argv[1]); kids = {}
+for d in os.listdir('/proc'):
+    if d.isdigit():
+        try:
+            f = open(f'/proc/{d}/stat').read(); ppid = int(f[f.rindex(')') + 2:].split()[1])
+            kids.setdefault(ppid, []).append(int(d))
+        except Exception: pass
+tot, todo = 0, [root]
+while todo:
+    p = todo.pop(); todo += kids.get(p, [])
+    try:
+        for l in open(f'/proc/{p}/status'):
+            if l.startswith('VmRSS:'): tot += int(l.split()[1])
+    except Exception: pass
+print(tot)
+EOF
+}
+hwm_tree() { python3 -c "
+import sys,os
+p=sys.argv[1]; s=0
+import subprocess
+out=subprocess.run(['ps','-o','pid=','--ppid',p],capture_output=True,text=True).stdout.split()
+for q in [p]+out:
+    try:
+        for l in open('/proc/%s/status'%q):
+            if l.startswith('VmHWM:'): s+=int(l.split()[1])
+    except Exception: pass
+print(s)" "$1"; }
+
+# ---------------------------------------------------------------- setup
+log "origin: $total_hosts hosts in $origin"
+"$here/make-origin.sh" "$origin" "$total_hosts" "$OPORT" 1 >"$work/make-origin.log"
+chmod -R a+rX "$origin"
+
+log "namespace $NS"
+ip netns add "$NS"
+IN ip link set lo up
+IN ip link add bvnull0 type veth peer name bvnull1
+IN ip addr add 192.0.2.1/24 dev bvnull0
+IN ip link set bvnull0 up
+IN ip link set bvnull1 up
+
+mkdir -p "$work/trust" "$out"
+start_bg nginx 1 nginx -c "$origin/nginx.conf" -e "$origin/logs/error.log"
+NGINX_PID=$(cat "$work/nginx.pid")
+wait_listen $OPORT || die "origin did not start"
+cp "$origin/root.pem" "$work/trust/origin-root.pem"
+
+log "tlsmint state"
+"$TLSMINT" init --dir "$work/tm" >"$work/tlsmint-init.log"
+CONF="$work/tm/tlsmint.conf"
+cat >>"$CONF" <<EOF
+
+; --- run-bench.sh overrides
+[listen]
+explicit    =
+transparent = 127.0.0.1:$TM_PORT
+threads     = 1
+[hsm]
+workers     = 1
+[upstream]
+ca_file     = $origin/root.pem
+[log]
+level       = warn
+access      = /dev/null
+[admin]
+metrics     =
+socket      = $work/tm/run/admin.sock
+EOF
+cp "$work/tm/ca/forward-trust.pem" "$work/trust/tlsmint-ca.pem"
+
+if [ $with_sslsplit = 1 ]; then
+    log "sslsplit CA (software key file, EC P-256) and leaf key (EC P-256)"
+    mkdir -p "$work/ss"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$work/ss/ca.key" -out "$work/ss/ca.pem" -subj "/O=bench/CN=sslsplit bench CA" \
+        -days 30 -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/ss/leaf.key" \
+        2>/dev/null
+    chmod 600 "$work/ss/ca.key" "$work/ss/leaf.key"
+    cp "$work/ss/ca.pem" "$work/trust/sslsplit-ca.pem"
+fi
+chmod -R a+rX "$work/trust"
+
+TM_CMD=("$TLSMINT" -c "$CONF" run)
+SS_CMD=(sslsplit -k "$work/ss/ca.key" -c "$work/ss/ca.pem" -K "$work/ss/leaf.key"
+    ssl 127.0.0.1 "$SS_PORT")
+start_bg tlsmint 0 "${TM_CMD[@]}"
+TM_PID=$(cat "$work/tlsmint.pid")
+wait_listen $TM_PORT || { cat "$work/tlsmint.log" >&2; die "tlsmint did not start"; }
+IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
+    -m owner --uid-owner "${UID_OF[tlsmint]}" -j REDIRECT --to-ports $TM_PORT
+SS_PID=""
+if [ $with_sslsplit = 1 ]; then
+    start_bg sslsplit 0 "${SS_CMD[@]}"
+    SS_PID=$(cat "$work/sslsplit.pid")
+    wait_listen $SS_PORT || { cat "$work/sslsplit.log" >&2; die "sslsplit did not start"; }
+    IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
+        -m owner --uid-owner "${UID_OF[sslsplit]}" -j REDIRECT --to-ports $SS_PORT
+fi
+declare -A PID_OF=([direct]="" [tlsmint]="$TM_PID" [sslsplit]="$SS_PID")
+declare -A CA_OF=([direct]="$work/trust/origin-root.pem" [tlsmint]="$work/trust/tlsmint-ca.pem"
+    [sslsplit]="$work/trust/sslsplit-ca.pem")
+
+raw="$work/raw.jsonl"
+cmds="$work/commands.txt"
+: >"$raw"
+: >"$cmds"
+# lg TARGET SCENARIO_TAG RUN EXTRA_JSON ARGS...: one tlsmint-bench run, one raw line
+lg() {
+    local target=$1 tag=$2 run=$3 extra=$4
+    shift 4
+    local uid=${UID_OF[$target]} pidopt=()
+    [ -n "${PID_OF[$target]}" ] && pidopt=(--pid "${PID_OF[$target]}")
+    local cmd=(taskset -c 1 setpriv --reuid="$uid" --regid="$uid" --clear-groups
+        "$LG" "$@" --connect 127.0.0.1:$OPORT --threads 1 --cafile "${CA_OF[$target]}"
+        "${pidopt[@]}" --json -q)
+    [ "$run" = 1 ] && echo "$target $tag: ip netns exec \$NS ${cmd[*]}" >>"$cmds"
+    local res
+    res=$(IN "${cmd[@]}" 2>>"$work/lg.err") || die "tlsmint-bench failed: ${cmd[*]}"
+    printf '{"target":"%s","tag":"%s","run":%s,"extra":%s,"r":%s}\n' \
+        "$target" "$tag" "$run" "$extra" "$res" >>"$raw"
+    python3 -c '
+import json,sys
+r=json.loads(sys.argv[1]); p=r.get("pids",{})
+print("   %-9s %-10s run %s: ok %d failed %d  %.1f conn/s  %.1f MB/s  cpu %.3f ms/conn  %.2f s/GB  p99 req %.2f ms" % (
+  sys.argv[2], sys.argv[3], sys.argv[4], r["ok"], r["failed"], r["conn_per_s"], r["mb_per_s"],
+  p.get("cpu_ms_per_conn",0), p.get("cpu_s_per_gb",0), r["latency_ms"]["request"]["p99"]))' \
+        "$res" "$target" "$tag" "$run" >&2
+}
+median_direct_cps() {
+    python3 - "$raw" <<'EOF'
+import json, sys, statistics
+v = [json.loads(l)['r']['conn_per_s'] for l in open(sys.argv[1])
+     if json.loads(l)['target'] == 'direct' and json.loads(l)['tag'] == 'handshake']
+print(int(statistics.median(v)))
+EOF
+}
+
+# ---------------------------------------------------------------- warm-up
+log "warm-up (caches, upstream sessions, page cache)"
+for t in "${targets[@]}"; do
+    IN setpriv --reuid="${UID_OF[$t]}" --regid="${UID_OF[$t]}" --clear-groups "$LG" handshake \
+        --connect 127.0.0.1:$OPORT --host h1.bench.test --path /index.html --requests 200 \
+        --cafile "${CA_OF[$t]}" -q >/dev/null 2>>"$work/lg.err"
+    IN setpriv --reuid="${UID_OF[$t]}" --regid="${UID_OF[$t]}" --clear-groups "$LG" bulk \
+        --connect 127.0.0.1:$OPORT --host h1.bench.test --cafile "${CA_OF[$t]}" -q \
+        >/dev/null 2>>"$work/lg.err"
+done
+
+# ---------------------------------------------------------------- scenarios
+log "handshake: new connection per request, one host (cache hits), ${hs_dur}s x $runs"
+for r in $(seq 1 "$runs"); do
+    for t in "${targets[@]}"; do
+        lg "$t" handshake "$r" '{}' handshake --host h1.bench.test --path /index.html \
+            --concurrency 32 --duration "$hs_dur"
+    done
+done
+
+log "mint: $mint_hosts distinct hosts each visited once (cache misses) x $runs"
+for r in $(seq 1 "$runs"); do
+    first=$((2 + (r - 1) * mint_hosts))
+    for t in "${targets[@]}"; do
+        lg "$t" mint "$r" "{\"first\":$first}" mint --host-pattern 'h%d.bench.test' \
+            --first "$first" --count "$mint_hosts" --path /index.html --concurrency 32 \
+            --timeout-ms 20000
+    done
+done
+
+for c in 1 8; do
+    log "bulk: $c connection(s) downloading /big.bin (64 MiB) for ${bulk_dur}s x $runs"
+    for r in $(seq 1 "$runs"); do
+        for t in "${targets[@]}"; do
+            lg "$t" "bulk$c" "$r" '{}' bulk --host h1.bench.test --path /big.bin --conns "$c" \
+                --duration "$bulk_dur" --timeout-ms 20000
+        done
+    done
+done
+
+rate=$(( $(median_direct_cps) / 2 ))
+[ "$rate" -ge 10 ] || rate=10
+log "latency: open loop at $rate conn/s (half the direct max) for ${lat_dur}s x $runs"
+for r in $(seq 1 "$runs"); do
+    for t in "${targets[@]}"; do
+        lg "$t" latency "$r" "{\"rate\":$rate}" handshake --host h1.bench.test \
+            --path /index.html --rate "$rate" --duration "$lat_dur"
+    done
+done
+
+log "idle: $idle_conns established connections held ${hold}s x $runs"
+for r in $(seq 1 "$runs"); do
+    for t in "${targets[@]}"; do
+        base=0
+        [ -n "${PID_OF[$t]}" ] && base=$(rss_tree "${PID_OF[$t]}")
+        [ "$t" = direct ] && base=$(rss_tree "$NGINX_PID")
+        lg "$t" idle "$r" "{\"rss_base_kb\":$base,\"nginx_rss_kb_end\":0}" idle \
+            --host h1.bench.test --conns "$idle_conns" --hold "$hold" --timeout-ms 30000
+        sleep 1   # let the proxies close the upstream sides
+    done
+done
+
+declare -A HWM
+for t in tlsmint sslsplit; do
+    [ -n "${PID_OF[$t]}" ] && HWM[$t]=$(hwm_tree "${PID_OF[$t]}")
+done
+
+# ---------------------------------------------------------------- perf profile of tlsmint
+perf_file="$work/perf-handshake.txt"
+: >"$perf_file"
+if [ $with_perf = 1 ] && command -v perf >/dev/null; then
+    for kind in handshake mint; do
+        log "perf: tlsmint under the $kind load (5 s)"
+        if [ $kind = handshake ]; then
+            args=(handshake --host h1.bench.test --duration 8)
+        else
+            args=(mint --host-pattern 'h%d.bench.test' --first $((2 + runs * mint_hosts))
+                --count "$mint_hosts")
+        fi
+        IN taskset -c 1 setpriv --reuid="${UID_OF[tlsmint]}" --regid="${UID_OF[tlsmint]}" \
+            --clear-groups "$LG" "${args[@]}" --connect 127.0.0.1:$OPORT --path /index.html \
+            --concurrency 32 --threads 1 --timeout-ms 20000 --cafile "${CA_OF[tlsmint]}" -q \
+            >/dev/null 2>>"$work/lg.err" &
+        lgp=$!
+        sleep 0.3
+        signer=$(ps -o pid= --ppid "$TM_PID" | tr -d ' ' | paste -sd, -)
+        perf record -q -F 1999 -o "$work/perf-$kind.data" \
+            -p "$TM_PID${signer:+,$signer}" -- sleep 3 >/dev/null 2>&1 || true
+        wait $lgp || true
+        perf report -i "$work/perf-$kind.data" --stdio --no-children --sort dso \
+            >"$work/perf-$kind.dso" 2>/dev/null || true
+        perf report -i "$work/perf-$kind.data" --stdio --no-children --sort dso,symbol \
+            >"$work/perf-$kind.sym" 2>/dev/null || true
+        {
+            echo "### tlsmint (pid $TM_PID + signer $signer) under the $kind load, 3 s"
+            echo ''
+            echo '```'
+            echo "by library:"
+            grep -E '^ +[0-9]' "$work/perf-$kind.dso" | head -8 || true
+            echo "top symbols (self):"
+            grep -E '^ +[0-9]' "$work/perf-$kind.sym" | head -25 || true
+            echo '```'
+            echo ''
+        } >>"$perf_file"
+    done
+fi
+
+# ---------------------------------------------------------------- report
+log "report"
+cp "$raw" "$out/bench-raw.jsonl"
+machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM; $(uname -sr); $(openssl version | cut -d' ' -f1-2); nginx $(nginx -v 2>&1 | sed 's/.*\///'); $(sslsplit -V 2>&1 | head -1 || true)"
+mode_flag=""
+[ $quick = 1 ] && mode_flag=" --quick"
+rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
+python3 - "$raw" "$out/REPORT.md" "$cmds" "$perf_file" <<EOF
+import json, sys, statistics as st
+raw, dst, cmdf, perff = sys.argv[1:5]
+rows = [json.loads(l) for l in open(raw)]
+targets = "${targets[*]}".split()
+hwm = {"tlsmint": "${HWM[tlsmint]:-0}", "sslsplit": "${HWM[sslsplit]:-0}"}
+def vals(t, tag, f):
+    return [f(r) for r in rows if r["target"] == t and r["tag"] == tag]
+def med(t, tag, f):
+    v = [x for x in vals(t, tag, f) if x is not None]
+    return st.median(v) if v else None
+def fails(t, tag):
+    v = vals(t, tag, lambda r: (r["r"]["failed"], r["r"]["attempted"]))
+    return sum(a for a, _ in v), sum(b for _, b in v)
+cps = lambda r: r["r"]["conn_per_s"]
+mbs = lambda r: r["r"]["mb_per_s"]
+cpu_conn = lambda r: r["r"]["pids"]["cpu_ms_per_conn"] if "pids" in r["r"] else None
+cpu_gb = lambda r: r["r"]["pids"]["cpu_s_per_gb"] if "pids" in r["r"] else None
+hwm_mb = lambda r: r["r"]["pids"]["rss_peak_sampled_kb"] / 1024 if "pids" in r["r"] else None
+p99 = lambda r: r["r"]["latency_ms"]["request"]["p99"]
+p50 = lambda r: r["r"]["latency_ms"]["request"]["p50"]
+hs99 = lambda r: r["r"]["latency_ms"]["handshake"]["p99"]
+def idle_kb(r):
+    up = r["r"].get("idle", {}).get("held_at_end", 0)
+    if "pids" not in r["r"] or up == 0: return None
+    return (r["r"]["pids"]["vmrss_kb"] - r["extra"]["rss_base_kb"]) / up
+def fmt(v, d=1):
+    return "—" if v is None else f"{v:,.{d}f}"
+def ratio(a, b):
+    return "—" if a is None or b in (None, 0) else f"{a / b:.2f}"
+def runs_of(t, tag, f, d=1):
+    return " / ".join(fmt(x, d) for x in vals(t, tag, f))
+has_ss = "sslsplit" in targets
+nruns = max(r["run"] for r in rows)
+rate = next((r["extra"]["rate"] for r in rows if r["tag"] == "latency"), None)
+L = []
+L.append("# tlsmint benchmark: tlsmint vs direct vs sslsplit")
+L.append("")
+L.append("Generated by \`bench/run-bench.sh$mode_flag\` on $(date -u +%Y-%m-%dT%H:%MZ); tlsmint $rev.")
+L.append(f"Medians of {nruns} run(s) per cell; runs interleaved (direct, tlsmint, sslsplit) so that")
+L.append("machine drift hits all three alike. **Machine:** $machine.")
+L.append("")
+L.append("## Main table")
+L.append("")
+hdr = "| metric | direct | tlsmint | sslsplit | tlsmint/direct | tlsmint/sslsplit |"
+L.append(hdr); L.append("|---|---:|---:|---:|---:|---:|")
+def line(name, f, tag, d=1, direct=True):
+    dv = med("direct", tag, f) if direct else None
+    tv = med("tlsmint", tag, f)
+    sv = med("sslsplit", tag, f) if has_ss else None
+    L.append(f"| {name} | {fmt(dv, d)} | {fmt(tv, d)} | {fmt(sv, d)} | {ratio(tv, dv)} | {ratio(tv, sv)} |")
+line("handshake, cache hit: conn/s", cps, "handshake", 0)
+line("handshake, cache hit: proxy CPU ms/conn", cpu_conn, "handshake", 3, False)
+line("mint, cache miss: conn/s", cps, "mint", 0)
+line("mint, cache miss: proxy CPU ms/conn", cpu_conn, "mint", 3, False)
+line("bulk, 1 conn: MB/s", mbs, "bulk1", 0)
+line("bulk, 1 conn: proxy CPU s/GB", cpu_gb, "bulk1", 2, False)
+line("bulk, 8 conns: MB/s", mbs, "bulk8", 0)
+line("bulk, 8 conns: proxy CPU s/GB", cpu_gb, "bulk8", 2, False)
+line("idle: proxy RSS per established connection, KiB", idle_kb, "idle", 1, False)
+L.append(f"| latency @ {rate} conn/s: request p50, ms | {fmt(med('direct','latency',p50),2)} | {fmt(med('tlsmint','latency',p50),2)} | {fmt(med('sslsplit','latency',p50),2) if has_ss else '—'} | {ratio(med('tlsmint','latency',p50), med('direct','latency',p50))} | {ratio(med('tlsmint','latency',p50), med('sslsplit','latency',p50)) if has_ss else '—'} |")
+L.append(f"| latency @ {rate} conn/s: request p99, ms | {fmt(med('direct','latency',p99),2)} | {fmt(med('tlsmint','latency',p99),2)} | {fmt(med('sslsplit','latency',p99),2) if has_ss else '—'} | {ratio(med('tlsmint','latency',p99), med('direct','latency',p99))} | {ratio(med('tlsmint','latency',p99), med('sslsplit','latency',p99)) if has_ss else '—'} |")
+d99 = med("direct", "latency", p99)
+add = lambda t: None if med(t, "latency", p99) is None or d99 is None else med(t, "latency", p99) - d99
+L.append(f"| latency @ {rate} conn/s: p99 **added** over direct, ms | 0 | {fmt(add('tlsmint'),2)} | {fmt(add('sslsplit'),2) if has_ss else '—'} | | {ratio(add('tlsmint'), add('sslsplit')) if has_ss else '—'} |")
+L.append(f"| peak RSS (VmHWM summed, whole run incl. idle), MiB | — | {fmt(int(hwm['tlsmint'])/1024)} | {fmt(int(hwm['sslsplit'])/1024) if has_ss else '—'} | | {ratio(int(hwm['tlsmint']), int(hwm['sslsplit'])) if has_ss and int(hwm['sslsplit']) else '—'} |")
+line("peak RSS sampled during handshake scenario, MiB", hwm_mb, "handshake", 1, False)
+L.append("")
+L.append("Ratios: > 1 is better for conn/s and MB/s; < 1 is better for CPU, RSS and latency.")
+L.append("Proxy CPU = utime+stime of the proxy process and all its descendants over the run")
+L.append("(tlsmint: proxy + SoftHSM signer child; sslsplit: both privsep processes). Direct has no")
+L.append("proxy, so its CPU cells are empty; its conn/s and MB/s are limited by nginx and the load")
+L.append("generator sharing CPU 1 - the proxy has CPU 0 to itself.")
+L.append("")
+L.append("## Failures (failed / attempted, all runs)")
+L.append("")
+L.append("| scenario | " + " | ".join(targets) + " |")
+L.append("|---|" + "---:|" * len(targets))
+for tag in ["handshake", "mint", "bulk1", "bulk8", "latency", "idle"]:
+    L.append(f"| {tag} | " + " | ".join("%d / %d" % fails(t, tag) for t in targets) + " |")
+L.append("")
+L.append("## Per-run values")
+L.append("")
+L.append("| scenario, metric | " + " | ".join(targets) + " |")
+L.append("|---|" + "---|" * len(targets))
+for tag, name, f, d in [("handshake", "conn/s", cps, 0), ("handshake", "CPU ms/conn", cpu_conn, 3),
+                        ("mint", "conn/s", cps, 0), ("mint", "CPU ms/conn", cpu_conn, 3),
+                        ("bulk1", "MB/s", mbs, 0), ("bulk1", "CPU s/GB", cpu_gb, 2),
+                        ("bulk8", "MB/s", mbs, 0), ("bulk8", "CPU s/GB", cpu_gb, 2),
+                        ("latency", "req p99 ms", p99, 2), ("latency", "hs p99 ms", hs99, 2),
+                        ("idle", "KiB/conn", idle_kb, 1)]:
+    L.append(f"| {tag}, {name} | " + " | ".join(runs_of(t, tag, f, d) for t in targets) + " |")
+L.append("")
+L.append("## Setup")
+L.append("")
+L.append("""- One machine, transparent interception. A network namespace made by the script: \`lo\`
+  up, and an unused veth pair with 192.0.2.1/24 (sslsplit resolves its listen address with
+  AI_ADDRCONFIG and refuses to start if the only IPv4 address is on loopback).
+- Origin: nginx 1 worker (\`bench/make-origin.sh DIR N 9443 1\`: one EC P-256 certificate per
+  host h1..hN.bench.test, TLS 1.2/1.3, session tickets on), pinned to CPU 1.
+- Load: \`tlsmint-bench\`, 1 thread, pinned to CPU 1, dialling 127.0.0.1:9443 as uid 4240
+  (direct), 4241 or 4242. iptables \`nat OUTPUT -d 127.0.0.1 --dport 9443 -m owner --uid-owner
+  4241 -j REDIRECT --to-ports 18080\` (tlsmint) and 4242 -> 18081 (sslsplit); the proxies'
+  own upstream connections (root / nobody) are not redirected.
+- tlsmint: \`tlsmint init\` state + overrides \`[listen] explicit = (off), transparent =
+  127.0.0.1:18080, threads = 1\`, \`[hsm] workers = 1\` (SoftHSM, EC P-256 forward-trust key
+  in the token), \`[upstream] ca_file = origin root\` (upstream chains **verified**),
+  \`[log] level = warn, access = /dev/null\`, metrics off. Pinned to CPU 0 (signer child inherits).
+- sslsplit 0.5.5: \`sslsplit -k ca.key -c ca.pem -K leaf.key ssl 127.0.0.1 18081\` (netfilter
+  NAT engine, no logging, drops to nobody), pinned to CPU 0. Its CA is a software EC P-256 key
+  **in a PEM file** (sslsplit needs the CA private key in a file; tlsmint's never leaves the
+  HSM - one of the points of comparison); leaf key EC P-256 given with \`-K\` so both proxies
+  serve P-256 leaves. sslsplit 0.5.5 does **not verify upstream certificates** (it forges
+  whatever it gets), so it does less work per miss than tlsmint. Plain \`ssl\` proxyspec (no
+  HTTP rewriting), like tlsmint.
+- Clients trust the CA of what they talk to (\`--cafile\`: origin root, tlsmint
+  forward-trust CA, sslsplit CA) and verify chain and name.
+- Scenarios: **handshake** = closed loop, concurrency 32, new TCP+TLS connection per request
+  (GET /index.html, Connection: close) to h1 (leaf cache hits); **mint** = the same over
+  ${mint_hosts} hosts each visited once, a fresh host range per run, so every connection is a
+  leaf cache miss (and no upstream session to resume) for both proxies; **bulk** = 1 and 8
+  connections downloading a 64 MiB body again and again; **latency** = open loop at half the
+  direct median conn/s; **idle** = ${idle_conns} connections established through TLS and held
+  (RSS per connection = (summed VmRSS at the end of the hold - before) / connections held).
+""")
+L.append("## Exact commands (run 1; \$NS = the namespace)")
+L.append("")
+L.append("\`\`\`")
+L.append("bench/make-origin.sh \$ORIGIN $total_hosts 9443 1")
+L.append("ip netns exec \$NS taskset -c 1 nginx -c \$ORIGIN/nginx.conf -e \$ORIGIN/logs/error.log")
+L.append("ip netns exec \$NS taskset -c 0 $(printf "%s " "${TM_CMD[@]}")")
+L.append("ip netns exec \$NS taskset -c 0 $(printf "%s " "${SS_CMD[@]}")")
+for l in open(cmdf):
+    L.append(l.rstrip())
+L.append("\`\`\`")
+L.append("")
+perf = open(perff).read().strip()
+if perf:
+    L.append("## Where tlsmint spends CPU (perf record -F 1999, self time)")
+    L.append("")
+    L.append(perf)
+    L.append("")
+open(dst, "w").write("\n".join(L) + "\n")
+print("\n".join(L[:40]))
+EOF
+cp "$perf_file" "$out/perf-tlsmint.txt" 2>/dev/null || true
+log "done: $out/REPORT.md"
