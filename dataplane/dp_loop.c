@@ -1880,6 +1880,13 @@ static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char 
     SSL_CTX_set_min_proto_version(g->uctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(g->sctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_mode(g->uctx, SSL_MODE_RELEASE_BUFFERS);
+    /* both halves re-encrypt every byte: prefer AES-128-GCM (~10-15 % cheaper than AES-256 here,
+     * OPENSSL-NOTES.md); clients and upstreams without it still get what they offer */
+    static const char suites[] =
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+    SSL_CTX_set_ciphersuites(g->sctx, suites);
+    SSL_CTX_set_ciphersuites(g->uctx, suites);
+    SSL_CTX_set_options(g->sctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_client_hello_cb(g->sctx, client_hello_cb, NULL);
     SSL_CTX_set_alpn_select_cb(g->sctx, alpn_select_cb, NULL);
     SSL_CTX_set_verify(g->uctx, SSL_VERIFY_NONE, NULL); /* verified, recorded, decided by us */
