@@ -95,6 +95,7 @@ struct member {
     bool refused;           /* key does not match the CA certificate: stays down */
     uint64_t last_send_ns;  /* last frame sent (jobs or probe) */
     bool suspect;           /* failed a job that went to another member */
+    bool stalled;           /* let a whole deadline pass without any answer */
     uint64_t lost_ns;       /* when an up member was lost (0: not lost since last up) */
     double last_recovery_ms;
     uint64_t recoveries;
@@ -506,12 +507,40 @@ static void count_rv(struct member *m, unsigned long rv)
     }
 }
 
+/* Members that can take work now: up, and not stalled past a deadline. */
+static void recount_up(struct hsm_pool *pool)
+{
+    int n = 0;
+    for (int i = 0; i < pool->nmembers; i++) {
+        n += pool->members[i].state == HSM_MEMBER_UP && !pool->members[i].stalled;
+    }
+    atomic_store(&pool->members_up, n);
+}
+
+/*
+ * A member that let a whole deadline pass without answering anything is not given new work
+ * (and, with no other member, lookups are answered at once by the fail policy) until it answers
+ * again or its signer is replaced: a hung HSM must not make every miss wait the full deadline
+ * for hang_timeout_ms.
+ */
+static void set_stalled(struct hsm_pool *pool, struct member *m, bool stalled)
+{
+    if (m->stalled == stalled) {
+        return;
+    }
+    m->stalled = stalled;
+    recount_up(pool);
+    if (pool->running) {
+        px_log(stalled ? PX_LOG_WARN : PX_LOG_INFO, "hsm", "member %s %s", m->cfg->name,
+               stalled ? "missed a whole signing deadline: no new work until it answers"
+                       : "answers again: back in use");
+    }
+}
+
 static void set_state(struct hsm_pool *pool, struct member *m, enum hsm_member_state s)
 {
-    if (m->state == HSM_MEMBER_UP && s != HSM_MEMBER_UP) {
-        atomic_fetch_sub(&pool->members_up, 1);
-    } else if (m->state != HSM_MEMBER_UP && s == HSM_MEMBER_UP) {
-        atomic_fetch_add(&pool->members_up, 1);
+    if (s != HSM_MEMBER_UP) {
+        m->stalled = false;
     }
     if (m->state != s && pool->running) {
         px_log(s == HSM_MEMBER_UP ? PX_LOG_INFO : PX_LOG_WARN, "hsm", "member %s: %s -> %s",
@@ -519,6 +548,7 @@ static void set_state(struct hsm_pool *pool, struct member *m, enum hsm_member_s
     }
     m->state = s;
     m->state_ns = px_now_ns();
+    recount_up(pool);
 }
 
 /* Starts a signer for m. Safe in a threaded process: posix_spawn, every other fd is CLOEXEC. */
@@ -709,7 +739,7 @@ static bool other_member_up(const struct hsm_pool *pool, const struct member *m)
 {
     for (int i = 0; i < pool->nmembers; i++) {
         if (&pool->members[i] != m && pool->members[i].state == HSM_MEMBER_UP &&
-            !pool->members[i].suspect) {
+            !pool->members[i].suspect && !pool->members[i].stalled) {
             return true;
         }
     }
@@ -782,6 +812,7 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
     m->busy_since_ns = now;
     pthread_mutex_unlock(&pool->stats_lock);
     batch_flush(&batch);
+    set_stalled(pool, m, false);
 }
 
 static void member_read(struct hsm_pool *pool, struct member *m)
@@ -833,7 +864,7 @@ static struct member *pick_member(struct hsm_pool *pool)
     for (int k = 0; k < n; k++) {
         struct member *m = &pool->members[(pool->rr + k) % n];
         if (m->state != HSM_MEMBER_UP || m->send_blocked || m->outstanding >= cap ||
-            m->suspect) {
+            m->suspect || m->stalled) {
             continue;
         }
         if (best == NULL || m->outstanding < best->outstanding) {
@@ -977,6 +1008,11 @@ static uint64_t check_timers(struct hsm_pool *pool, uint64_t now)
             pthread_mutex_lock(&pool->stats_lock);
             m->timeouts += to;
             pthread_mutex_unlock(&pool->stats_lock);
+            uint64_t deadline = (uint64_t)pool->cfg->hsm_sign_timeout_ms * 1000000ull;
+            if (m->state == HSM_MEMBER_UP && m->outstanding > 0 &&
+                now - m->busy_since_ns >= deadline) {
+                set_stalled(pool, m, true);
+            }
         }
         if (m->state == HSM_MEMBER_UP && m->outstanding > 0) {
             uint64_t due = m->busy_since_ns + hang;
@@ -1055,10 +1091,9 @@ static void shutdown_all(struct hsm_pool *pool)
             waitpid(m->pid, NULL, 0);
             m->pid = 0;
         }
-        if (m->state == HSM_MEMBER_UP) {
-            atomic_fetch_sub(&pool->members_up, 1);
-        }
         m->state = HSM_MEMBER_DOWN; /* stopping on purpose: not worth a warning */
+        m->stalled = false;
+        recount_up(pool);
     }
     for (int i = 0; i < pool->nreap; i++) {
         waitpid(pool->reap[i], NULL, 0);
