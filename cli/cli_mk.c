@@ -329,8 +329,9 @@ int cli_mk_days_left(const struct px_cfg *cfg)
     if (cfg->mk_file[0] == '\0' || wrapped_read(cfg->mk_file, &w, err, sizeof(err)) != 0) {
         return INT_MIN;
     }
-    long long end = w.created + (long long)cfg->mk_lifetime_days * 86400;
-    return (int)((end - (long long)time(NULL)) / 86400);
+    long long left = w.created + (long long)cfg->mk_lifetime_days * 86400 - (long long)time(NULL);
+    /* whole days, started days counting: a fresh key has its full lifetime left */
+    return (int)(left >= 0 ? (left + 86399) / 86400 : -((-left + 86399) / 86400));
 }
 
 /* ---- key directory ---------------------------------------------------------------------- */

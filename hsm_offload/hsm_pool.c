@@ -96,6 +96,7 @@ struct member {
     uint64_t last_send_ns;  /* last frame sent (jobs or probe) */
     bool suspect;           /* failed a job that went to another member */
     bool stalled;           /* let a whole deadline pass without any answer */
+    uint64_t last_answer_ns; /* last answer frame from the signer */
     uint64_t lost_ns;       /* when an up member was lost (0: not lost since last up) */
     double last_recovery_ms;
     uint64_t recoveries;
@@ -810,6 +811,7 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
         }
     }
     m->busy_since_ns = now;
+    m->last_answer_ns = now;
     pthread_mutex_unlock(&pool->stats_lock);
     batch_flush(&batch);
     set_stalled(pool, m, false);
@@ -994,9 +996,12 @@ static uint64_t check_timers(struct hsm_pool *pool, uint64_t now)
     for (int i = 0; i < pool->nmembers; i++) {
         struct member *m = &pool->members[i];
         uint64_t to = 0;
+        bool silent = false;
         for (struct job *j = m->inflight, *n; j != NULL; j = n) {
             n = j->inext;
             if (j->deadline_ns <= now) {
+                /* no answer at all since this job was sent: the member is not keeping up */
+                silent |= m->last_answer_ns < j->submit_ns;
                 inflight_del(m, j);
                 complete(pool, j, PX_E_TIMEOUT);
                 to++;
@@ -1008,9 +1013,7 @@ static uint64_t check_timers(struct hsm_pool *pool, uint64_t now)
             pthread_mutex_lock(&pool->stats_lock);
             m->timeouts += to;
             pthread_mutex_unlock(&pool->stats_lock);
-            uint64_t deadline = (uint64_t)pool->cfg->hsm_sign_timeout_ms * 1000000ull;
-            if (m->state == HSM_MEMBER_UP && m->outstanding > 0 &&
-                now - m->busy_since_ns >= deadline) {
+            if (m->state == HSM_MEMBER_UP && m->outstanding > 0 && silent) {
                 set_stalled(pool, m, true);
             }
         }
