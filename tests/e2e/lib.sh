@@ -14,6 +14,9 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     sleep 0.2
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    # servers started in subshells ($(...)) are not in PIDS: everything that runs from $WORK goes
+    pkill -TERM -f -- "$WORK/" 2>/dev/null && sleep 0.3 # nginx masters stop their workers
+    pkill -9 -f -- "$WORK/" 2>/dev/null
     [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
