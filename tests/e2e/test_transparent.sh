@@ -53,6 +53,7 @@ http {
   scgi_temp_path $WORK/origin/tmp;
   server {
     listen 127.0.0.1:$OPORT ssl http2;
+    listen [::1]:$OPORT ssl http2;
     ssl_certificate $WORK/pki/origin.pem;
     ssl_certificate_key $WORK/pki/origin.key;
     root $WORK/origin/www;
@@ -103,6 +104,36 @@ check_contains "and logged as having no original destination" "no original desti
 check "proxy still alive" kill -0 "$TLSMINT_PID"
 out=$(AS_NOBODY curl -sS --max-time 10 --cacert "$CA" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "and still serving" "hello-from-origin" "$out"
+
+echo "== IPv6: ip6tables REDIRECT to a listener on [::1] (IP6T_SO_ORIGINAL_DST)"
+TPORT6=18081
+CONF6="$WORK/v6.conf"
+cp "$CONF" "$CONF6"
+set_conf "$CONF6" listen transparent "[::1]:$TPORT6"
+set_conf "$CONF6" log access "$WORK/access6.log"
+set_conf "$CONF6" admin socket "$WORK/admin6.sock"
+set_conf "$CONF6" admin metrics ""
+if IN ip6tables -t nat -A OUTPUT -p tcp -d ::1 --dport "$OPORT" -m owner --uid-owner 65534 \
+        -j REDIRECT --to-ports "$TPORT6" 2>/dev/null; then
+    IN bash -c "echo \$\$ >$WORK/tlsmint6.pid; exec $TLSMINT -c $CONF6 run" >"$WORK/tlsmint6.log" 2>&1 &
+    W6=$!
+    sleep 0.3
+    P6=$(cat "$WORK/tlsmint6.pid")
+    PIDS+=($P6)
+    for _ in $(seq 1 100); do grep -q "tlsmint running" "$WORK/tlsmint6.log" && break; sleep 0.05; done
+    out=$(AS_NOBODY curl -6 -sS --max-time 10 --cacert "$CA" "https://localhost:$OPORT/index.html" 2>&1)
+    check_eq "IPv6: redirected curl gets the origin's body" "hello-from-origin" "$out"
+    sleep 0.3
+    line=$(tail -n 1 "$WORK/access6.log" 2>/dev/null)
+    check_contains "IPv6: original destination [::1]:$OPORT" "\"dst\":\"[::1]:$OPORT\"" "$line"
+    check_contains "IPv6: intercepted and verified" '"upstream_verify":"ok"' "$line"
+    kill -TERM "$P6"
+    wait "$W6"
+    check_eq "IPv6: exit 0" "0" "$?"
+    check_not_contains "IPv6: no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint6.log")"
+else
+    echo "  (ip6tables nat not available here: IPv6 checks skipped)"
+fi
 
 kill -TERM "$TLSMINT_PID"
 wait "$WAITER"
