@@ -307,14 +307,27 @@ static void fail_entry(struct cc_ctx *cc, struct cc_entry *e, int status)
 
 static int cache_key(X509 *up, enum cc_ca_kind ca, enum cc_key_kind kk, uint8_t *key)
 {
-    unsigned char *der = NULL;
-    int len = i2d_X509(up, &der);
+    /* most certificates fit on the stack: no allocation on the hit path */
+    unsigned char stackbuf[8192], *der = stackbuf, *heap = NULL;
+    int len = i2d_X509(up, NULL);
     if (len <= 0) {
         return PX_E_INVAL;
     }
+    if ((size_t)len > sizeof(stackbuf)) {
+        heap = OPENSSL_malloc((size_t)len);
+        if (heap == NULL) {
+            return -ENOMEM;
+        }
+        der = heap;
+    }
+    unsigned char *p = der;
+    if (i2d_X509(up, &p) != len) {
+        OPENSSL_free(heap);
+        return PX_E_INVAL;
+    }
     unsigned int n = 0;
-    int ok = EVP_Digest(der, (size_t)len, key, &n, EVP_sha256(), NULL);
-    OPENSSL_free(der);
+    int ok = EVP_Digest(der, (size_t)len, key, &n, cc_md_sha256(), NULL);
+    OPENSSL_free(heap);
     if (ok != 1) {
         return PX_E_CRYPTO;
     }

@@ -36,6 +36,9 @@ struct cc_fixed_ext {
     X509_EXTENSION *eku;     /* extendedKeyUsage serverAuth */
 };
 
+/* SHA-256, fetched once (OpenSSL 3.0 fetches EVP_sha256() by name on every use). */
+const EVP_MD *cc_md_sha256(void);
+
 int cc_keys_make(struct cc_leaf_key *keys, int n, enum cc_key_kind kind, char *err, size_t errlen);
 void cc_keys_free(struct cc_leaf_key *keys, int n);
 int cc_fixed_ext_init(struct cc_fixed_ext *fx);

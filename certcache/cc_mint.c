@@ -12,6 +12,7 @@
 #include "cc_int.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
@@ -61,6 +62,31 @@ int cc_x509_set_signature(X509 *x, const uint8_t *sig, size_t len)
     return 0;
 }
 
+/*
+ * OpenSSL 3.0 fetches the implementation of EVP_sha256() by name on every EVP_Digest (name
+ * compares, a global rwlock, allocations): fetch SHA-256 and SHA-384 once for the process.
+ */
+static pthread_once_t g_md_once = PTHREAD_ONCE_INIT;
+static EVP_MD *g_sha256, *g_sha384;
+
+static void md_fetch(void)
+{
+    g_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    g_sha384 = EVP_MD_fetch(NULL, "SHA2-384", NULL);
+}
+
+const EVP_MD *cc_md_sha256(void)
+{
+    pthread_once(&g_md_once, md_fetch);
+    return g_sha256 != NULL ? g_sha256 : EVP_sha256();
+}
+
+static const EVP_MD *md_sha384(void)
+{
+    pthread_once(&g_md_once, md_fetch);
+    return g_sha384 != NULL ? g_sha384 : EVP_sha384();
+}
+
 int cc_x509_tbs_digest(X509 *x, enum hsm_alg alg, uint8_t *out)
 {
     unsigned char *tbs = NULL;
@@ -69,7 +95,7 @@ int cc_x509_tbs_digest(X509 *x, enum hsm_alg alg, uint8_t *out)
         return PX_E_CRYPTO;
     }
     unsigned int dlen = 0;
-    const EVP_MD *md = alg == HSM_ALG_ECDSA_SHA384 ? EVP_sha384() : EVP_sha256();
+    const EVP_MD *md = alg == HSM_ALG_ECDSA_SHA384 ? md_sha384() : cc_md_sha256();
     int ok = EVP_Digest(tbs, (size_t)tlen, out, &dlen, md, NULL);
     OPENSSL_free(tbs);
     return ok == 1 ? (int)dlen : PX_E_CRYPTO;
