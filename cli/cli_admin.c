@@ -160,7 +160,8 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     fprintf(o, "# TYPE tlsmint_hsm_queue_depth gauge\ntlsmint_hsm_queue_depth %u\n",
             hsm_pool_queue_depth(a->pool));
     fprintf(o, "# TYPE tlsmint_hsm_signatures_total counter\n"
-               "# TYPE tlsmint_hsm_sign_latency_seconds summary\n");
+               "# TYPE tlsmint_hsm_sign_latency_seconds summary\n"
+               "# TYPE tlsmint_hsm_sign_duration_seconds histogram\n");
     for (int i = 0; i < hsm_pool_members(a->pool); i++) {
         struct hsm_member_stats st;
         hsm_pool_member_stats(a->pool, i, &st);
@@ -176,6 +177,16 @@ static void text_metrics(struct cli_admin *a, FILE *o)
                 st.name, st.lat_p90_us / 1e6);
         fprintf(o, "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.99\"} %.6f\n",
                 st.name, st.lat_p99_us / 1e6);
+        for (int k = 0; k < HSM_LAT_BOUNDS; k++) {
+            fprintf(o, "tlsmint_hsm_sign_duration_seconds_bucket{member=\"%s\",le=\"%g\"} %llu\n",
+                    st.name, hsm_lat_bounds_us[k] / 1e6, (unsigned long long)st.lat_le[k]);
+        }
+        fprintf(o, "tlsmint_hsm_sign_duration_seconds_bucket{member=\"%s\",le=\"+Inf\"} %llu\n",
+                st.name, (unsigned long long)st.lat_count);
+        fprintf(o, "tlsmint_hsm_sign_duration_seconds_sum{member=\"%s\"} %.6f\n", st.name,
+                st.lat_sum_us / 1e6);
+        fprintf(o, "tlsmint_hsm_sign_duration_seconds_count{member=\"%s\"} %llu\n", st.name,
+                (unsigned long long)st.lat_count);
         fprintf(o, "tlsmint_hsm_member_up{member=\"%s\"} %d\n", st.name,
                 st.state == HSM_MEMBER_UP ? 1 : 0);
         fprintf(o, "tlsmint_hsm_restarts_total{member=\"%s\"} %llu\n", st.name,

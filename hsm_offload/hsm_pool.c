@@ -89,6 +89,8 @@ struct member {
     int n_rv;
     uint64_t lat[LAT_BUCKETS];
     uint64_t lat_max_ns;
+    uint64_t lat_le[HSM_LAT_BOUNDS]; /* cumulative histogram for metrics */
+    uint64_t lat_sum_ns;
     char last_error[160];
     struct hsm_token_info info;
     bool have_info;
@@ -460,8 +462,17 @@ static struct job *pend_pop(struct hsm_pool *pool)
     return j;
 }
 
+const double hsm_lat_bounds_us[HSM_LAT_BOUNDS] = {100,    250,    500,    1000,   2500,   5000,
+                                                   10000,  25000,  50000,  100000, 250000, 1000000};
+
 static void lat_record(struct member *m, uint64_t ns)
 {
+    m->lat_sum_ns += ns;
+    for (int i = 0; i < HSM_LAT_BOUNDS; i++) {
+        if ((double)ns / 1000.0 <= hsm_lat_bounds_us[i]) {
+            m->lat_le[i]++;
+        }
+    }
     double us = (double)ns / 1000.0;
     int b = us <= 1.0 ? 0 : (int)(log2(us) * 4.0);
     if (b >= LAT_BUCKETS) {
@@ -1421,6 +1432,9 @@ void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_sta
     out->lat_p90_us = lat_pct(m, 0.90);
     out->lat_p99_us = lat_pct(m, 0.99);
     out->lat_max_us = (double)m->lat_max_ns / 1000.0;
+    memcpy(out->lat_le, m->lat_le, sizeof(out->lat_le));
+    out->lat_count = m->ops;
+    out->lat_sum_us = (double)m->lat_sum_ns / 1000.0;
     snprintf(out->last_error, sizeof(out->last_error), "%s", m->last_error);
     out->state_age_s = (double)(px_now_ns() - m->state_ns) / 1e9;
     out->last_recovery_ms = m->last_recovery_ms;

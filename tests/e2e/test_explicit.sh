@@ -137,6 +137,12 @@ check_contains "metrics: Prometheus text" "# TYPE tlsmint_connections_total coun
 ok_count=$(echo "$m" | sed -n 's/^tlsmint_connections_total{outcome="ok"} //p')
 check "metrics: ok connections counted ($ok_count)" test "${ok_count:-0}" -ge 5
 check_contains "metrics: HSM latency" 'tlsmint_hsm_sign_latency_seconds{member="hsm",quantile="0.99"}' "$m"
+hcount=$(echo "$m" | sed -n 's/^tlsmint_hsm_sign_duration_seconds_count{member="hsm"} //p')
+hinf=$(echo "$m" | sed -n 's/^tlsmint_hsm_sign_duration_seconds_bucket{member="hsm",le="+Inf"} //p')
+h1s=$(echo "$m" | sed -n 's/^tlsmint_hsm_sign_duration_seconds_bucket{member="hsm",le="1"} //p')
+check "metrics: HSM latency histogram counts every signature (${hcount:-?})" test "${hcount:-0}" -ge 1
+check_eq "metrics: histogram +Inf bucket = count" "$hcount" "$hinf"
+check "metrics: histogram buckets are cumulative (1 s bucket <= +Inf)" test "${h1s:-x}" -le "${hinf:-0}"
 
 echo "== reload (ctl reload and SIGHUP) without dropping connections"
 curl -sS --max-time 30 --limit-rate 600K --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/big.bin" -o "$WORK/slow.bin" &
