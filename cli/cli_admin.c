@@ -4,7 +4,7 @@
  * Prometheus text endpoint ([admin] socket, metrics), served by one thread of their own.
  * Owns the two listening sockets and the thread. Reads statistics snapshots only; never touches
  * a loop's connections. Blocking is fine here: no loop waits on this thread.
- * Not here: reload (not implemented yet), HSM session reset (the outage issue).
+ * Not here: what reload and the HSM commands do (cli_hsm.c do_reload, hsm_offload/).
  */
 #include "cli_admin.h"
 #include "cli.h"
