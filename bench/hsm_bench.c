@@ -93,19 +93,6 @@ static int env_int(const char *name, int *out)
 }
 
 /* The signer sets these before loading the module; the root session needs the same. */
-static int apply_member_env(const struct px_hsm_member_cfg *m)
-{
-    for (int i = 0; i < m->n_env; i++) {
-        char buf[256];
-        snprintf(buf, sizeof(buf), "%s", m->env[i]);
-        char *eq = strchr(buf, '=');
-        PX_ENSURE(eq != NULL, PX_E_CONFIG);
-        *eq = '\0';
-        PX_ENSURE(setenv(buf, eq + 1, 1) == 0, -errno);
-    }
-    return 0;
-}
-
 /* Verifies sig over b->digest with the token's public key, the way an X.509 verifier would. */
 static int verify_sig(const struct hsm_bench *b, const uint8_t *sig, size_t len, char *err,
                       size_t errlen)
@@ -201,7 +188,7 @@ struct hsm_bench *bench_hsm_new_from_env(char *err, size_t errlen)
     /* the pool logs every member start at info: noise between benchmark lines */
     px_log_set_level(PX_LOG_WARN);
     const struct px_hsm_member_cfg *m = &b->cfg->members[0];
-    if (apply_member_env(m) != 0) {
+    if (hsm_member_setenv(m) != 0) {
         snprintf(err, errlen, "[%s] env: cannot apply", m->name);
         goto out;
     }

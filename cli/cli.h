@@ -32,6 +32,10 @@ int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t err
 int cli_mk_unwrap(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen);
 /* Gets the master key from a short-lived child (the proxy never loads the module itself). */
 int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen);
+/* cc_new_mk with the master key fetched for the call (if [master_key] file is set) and wiped
+ * right after; the one way the CLI builds a certificate cache. */
+struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err,
+                          size_t errlen);
 int cli_mk_days_left(const struct px_cfg *cfg);
 struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen);
 /* DIR/keys.1 with the wrapped master key (new HSM wrapping key) and the sealed key files. */

@@ -15,7 +15,6 @@
 struct cli_admin {
     const struct px_cfg *cfg; /* borrowed */
     struct hsm_pool *pool;    /* borrowed */
-    struct cc_ctx *cc;        /* borrowed */
     struct dp_server *dp;     /* borrowed */
     /* reload hook (main thread's function); writes one line into msg; 0 on success */
     int (*reload)(void *ctx, char *msg, size_t len);

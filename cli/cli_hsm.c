@@ -248,15 +248,7 @@ static int do_reload(void *ctx, char *msg, size_t len)
     if (keep_cache) {
         cc_ref(cc); /* the new generation's reference */
     } else {
-        uint8_t mk[32];
-        bool have_mk = cfg->mk_file[0] != '\0';
-        if (have_mk && cli_mk_fetch(cfg, mk, err, sizeof(err)) != 0) {
-            snprintf(msg, len, "reload refused, still running the previous configuration: %s",
-                     err);
-            goto out;
-        }
-        cc = cc_new_mk(cfg, r->pool, have_mk ? mk : NULL, err, sizeof(err));
-        px_wipe(mk, sizeof(mk));
+        cc = cli_cc_new(cfg, r->pool, err, sizeof(err)); /* the reloader's reference */
         if (cc == NULL) {
             snprintf(msg, len, "reload refused, still running the previous configuration: %s",
                      err);
@@ -337,18 +329,7 @@ int cli_run(int argc, char **argv)
     struct cc_ctx *cc = NULL;
     struct dp_server *dp = NULL;
     static struct reloader rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    /* the master key, unwrapped by the HSM in a child: this process never loads the module */
-    static uint8_t mk[32];
-    bool have_mk = false;
-    if (cfg.mk_file[0] != '\0') {
-        mlock(mk, sizeof(mk));
-        if (cli_mk_fetch(&cfg, mk, err, sizeof(err)) != 0) {
-            fprintf(stderr, "tlsmint run: %s\n", err);
-            return 1;
-        }
-        have_mk = true;
-        mk_reminder(&cfg);
-    }
+    mk_reminder(&cfg);
     /* signers are spawned before any other thread exists */
     struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
     if (pool == NULL) {
@@ -356,11 +337,11 @@ int cli_run(int argc, char **argv)
         if (strstr(err, "CKR_PIN") != NULL) {
             cli_audit(&cfg, "hsm_login_failure", "\"command\":\"run\"");
         }
-        px_wipe(mk, sizeof(mk));
         return 1;
     }
     cli_audit(&cfg, "start", "\"members_up\":%d", hsm_pool_members_up(pool));
-    cc = cc_new_mk(&cfg, pool, have_mk ? mk : NULL, err, sizeof(err));
+    /* the master key is unwrapped by the HSM in a child: this process never loads the module */
+    cc = cli_cc_new(&cfg, pool, err, sizeof(err));
     if (cc == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);
         goto out;
@@ -388,7 +369,7 @@ int cli_run(int argc, char **argv)
     cc_signature(&cfg, rl.cur_sig, sizeof(rl.cur_sig));
     rl.pool = pool;
     rl.dp = dp;
-    struct cli_admin admin = {.cfg = &cfg, .pool = pool, .cc = cc, .dp = dp,
+    struct cli_admin admin = {.cfg = &cfg, .pool = pool, .dp = dp,
                               .reload = do_reload, .reload_ctx = &rl};
     if (cli_admin_start(&admin, err, sizeof(err)) != 0) {
         fprintf(stderr, "tlsmint run: %s\n", err);
@@ -440,7 +421,6 @@ out:
                (unsigned long long)st.errors, (unsigned long long)st.respawns);
     }
     hsm_pool_free(pool);
-    px_wipe(mk, sizeof(mk));
     if (ret == 0) {
         px_log(PX_LOG_INFO, "main", "stopped");
     }

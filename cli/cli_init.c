@@ -64,22 +64,10 @@ static int write_secret_file(const char *path, const char *content)
     return r;
 }
 
+/* Text files (config, certificates): the common atomic write. */
 static int write_file(const char *path, const char *content, mode_t mode)
 {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) {
-        return -errno;
-    }
-    size_t len = strlen(content);
-    ssize_t w = write(fd, content, len);
-    int r = (w == (ssize_t)len && fsync(fd) == 0) ? 0 : -EIO;
-    close(fd);
-    if (r == 0 && rename(tmp, path) != 0) {
-        r = -errno;
-    }
-    return r;
+    return px_write_atomic(path, content, strlen(content), (int)mode);
 }
 
 static int random_pin(char *out, size_t hexlen)

@@ -102,14 +102,7 @@ int cli_mint(int argc, char **argv)
             goto out;
         }
     }
-    uint8_t mk[32];
-    bool have_mk = cfg.mk_file[0] != '\0';
-    if (have_mk && cli_mk_fetch(&cfg, mk, err, sizeof(err)) != 0) {
-        fprintf(stderr, "tlsmint mint: %s\n", err);
-        goto out;
-    }
-    cc = cc_new_mk(&cfg, pool, have_mk ? mk : NULL, err, sizeof(err));
-    px_wipe(mk, sizeof(mk));
+    cc = cli_cc_new(&cfg, pool, err, sizeof(err));
     if (cc == NULL) {
         fprintf(stderr, "tlsmint mint: %s\n", err);
         goto out;

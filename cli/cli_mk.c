@@ -9,6 +9,7 @@
  * and swaps the symlink with one rename, so a crash leaves the old state or the new one.
  * Not here: what is sealed (certcache reads the sealed files), the backup bundle (cli_bundle.c).
  */
+#include "cc.h"
 #include "cli.h"
 
 #include <errno.h>
@@ -205,20 +206,6 @@ static int mk_unwrap_with(struct hsm_direct *d, const struct mk_wrapped *w, uint
     return r;
 }
 
-/* Sets the member's env (SOFTHSM2_CONF ...) in this process: management loads the module here. */
-static void member_env(const struct px_hsm_member_cfg *m)
-{
-    for (int i = 0; i < m->n_env; i++) {
-        char buf[256];
-        snprintf(buf, sizeof(buf), "%s", m->env[i]);
-        char *eq = strchr(buf, '=');
-        if (eq != NULL) {
-            *eq = 0;
-            setenv(buf, eq + 1, 1);
-        }
-    }
-}
-
 struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen)
 {
     if (cfg->n_members == 0) {
@@ -241,7 +228,10 @@ struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errl
     if (o->pin_file[0]) {
         snprintf(m.pin_file, sizeof(m.pin_file), "%s", o->pin_file);
     }
-    member_env(&m);
+    if (hsm_member_setenv(&m) != 0) {
+        snprintf(err, errlen, "[%s] env: cannot set", m.name);
+        return NULL;
+    }
     return hsm_direct_open(&m, err, errlen);
 }
 
@@ -319,6 +309,22 @@ int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t err
         return PX_E_HSM;
     }
     return 0;
+}
+
+struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err,
+                          size_t errlen)
+{
+    uint8_t mk[32] = {0};
+    bool have_mk = cfg->mk_file[0] != '\0';
+    if (have_mk) {
+        mlock(mk, sizeof(mk));
+        if (cli_mk_fetch(cfg, mk, err, errlen) != 0) {
+            return NULL;
+        }
+    }
+    struct cc_ctx *cc = cc_new_mk(cfg, pool, have_mk ? mk : NULL, err, errlen);
+    px_wipe(mk, sizeof(mk)); /* the cache has opened what it needs */
+    return cc;
 }
 
 /* Days until the master key's lifetime ends (negative: overdue); INT_MIN when unknown. */

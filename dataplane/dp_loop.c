@@ -152,7 +152,7 @@ struct dp_conn {
 struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
-        cache_coalesced, fail_open, up_resumed, up_full;
+        fail_open, up_resumed, up_full;
     _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 

@@ -162,6 +162,12 @@ void hsm_pool_recover(struct hsm_pool *pool);
 /* Total jobs waiting in the dispatcher (not yet sent to a signer). */
 uint32_t hsm_pool_queue_depth(struct hsm_pool *pool);
 
+/*
+ * Sets the member's `env` lines (NAME=VALUE, e.g. SOFTHSM2_CONF) in this process, before its
+ * module is loaded here. Returns 0 or PX_E_CONFIG.
+ */
+PX_MUST_CHECK int hsm_member_setenv(const struct px_hsm_member_cfg *m);
+
 /* Signer entry point ("tlsmint __signer"): runs until the proxy closes fd; returns exit code. */
 int hsm_signer_main(int fd, const char *config_path, int member_idx);
 

@@ -98,6 +98,23 @@ void hsm_p11__str(char *dst, size_t cap, const CK_UTF8CHAR *src, size_t srclen)
     dst[n] = '\0';
 }
 
+int hsm_member_setenv(const struct px_hsm_member_cfg *m)
+{
+    for (int i = 0; i < m->n_env; i++) {
+        char buf[256];
+        snprintf(buf, sizeof(buf), "%s", m->env[i]);
+        char *eq = strchr(buf, '=');
+        if (eq == NULL) {
+            continue; /* blanked by the caller (restore --hsm-env), or rejected at parse time */
+        }
+        *eq = '\0';
+        if (setenv(buf, eq + 1, 1) != 0) {
+            return PX_E_CONFIG;
+        }
+    }
+    return 0;
+}
+
 int hsm_p11__load(struct hsm_mod *mod, const char *path, char *err, size_t errlen)
 {
     memset(mod, 0, sizeof(*mod));

@@ -156,23 +156,6 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static int set_member_env(const struct px_hsm_member_cfg *m)
-{
-    for (int i = 0; i < m->n_env; i++) {
-        char buf[256];
-        snprintf(buf, sizeof(buf), "%s", m->env[i]);
-        char *eq = strchr(buf, '=');
-        if (eq == NULL) {
-            return PX_E_CONFIG;
-        }
-        *eq = '\0';
-        if (setenv(buf, eq + 1, 1) != 0) {
-            return PX_E_CONFIG;
-        }
-    }
-    return 0;
-}
-
 int hsm_signer_main(int fd, const char *config_path, int member_idx)
 {
     static struct signer sg; /* large queue: not on the stack */
@@ -205,7 +188,7 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
     sg.tok.m = m;
     sg.tok.mod = &sg.mod;
 
-    int r = set_member_env(m);
+    int r = hsm_member_setenv(m);
     if (r == 0) {
         r = px_read_secret_file(m->pin_file, sg.tok.pin, sizeof(sg.tok.pin), err, sizeof(err));
     }
