@@ -9,6 +9,8 @@
 
 #include <openssl/x509v3.h>
 
+#include <time.h>
+
 #define CC_KEY_LEN 34 /* SHA-256(upstream DER) | ca kind | key kind */
 
 /* One leaf key of the pool, with what minting needs pre-computed. */
@@ -26,6 +28,8 @@ struct cc_ca {
     EVP_PKEY *soft_key;       /* forward-untrust: software key; NULL for the HSM CA */
     enum hsm_alg alg;         /* signature algorithm of leaves it signs */
     STACK_OF(X509) *chain;    /* sent after the leaf */
+    time_t not_after;         /* earliest notAfter of the CA and every certificate of its chain
+                                 file (roots included): no leaf outlives its issuers */
 };
 
 /* Pre-built extensions that never change. */
@@ -55,7 +59,7 @@ void cc_ca_fini(struct cc_ca *ca);
 
 /*
  * Builds an unsigned leaf for upstream: names copied from the upstream leaf only, validity
- * clamped to the upstream's and max_days, random serial, fixed extensions. Writes the TBS
+ * clamped to the upstream's, max_days and the signing CA's not_after, random serial, fixed extensions. Writes the TBS
  * digest into digest and returns a new X509 (NULL + reason in *why on failure).
  */
 X509 *cc_mint_build(const struct cc_ca *ca, const struct cc_fixed_ext *fx,

@@ -158,6 +158,19 @@ static int ca_common(struct cc_ca *ca, char *err, size_t errlen, const char *wha
     return 0;
 }
 
+/* Lowers ca->not_after to x's notAfter (0 = not set yet). */
+static void ca_cap_not_after(struct cc_ca *ca, const X509 *x)
+{
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1) {
+        return;
+    }
+    time_t na = timegm(&tm);
+    if (ca->not_after == 0 || na < ca->not_after) {
+        ca->not_after = na;
+    }
+}
+
 static int load_chain(struct cc_ca *ca, const char *path, char *err, size_t errlen)
 {
     ca->chain = sk_X509_new_null();
@@ -174,6 +187,7 @@ static int load_chain(struct cc_ca *ca, const char *path, char *err, size_t errl
     }
     X509 *x;
     while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+        ca_cap_not_after(ca, x); /* the root too: once it ends, so do the leaves under it */
         /* never send a self-signed root: clients parse every certificate they get */
         if (X509_check_issued(x, x) == X509_V_OK) {
             X509_free(x);
@@ -192,6 +206,7 @@ int cc_ca_load_trust(struct cc_ca *ca, const struct px_cfg *cfg, struct hsm_pool
     memset(ca, 0, sizeof(*ca));
     ca->cert = read_cert(cfg->ca_forward_trust_cert, err, errlen, "forward_trust_cert");
     PX_ENSURE(ca->cert != NULL, PX_E_CONFIG);
+    ca_cap_not_after(ca, ca->cert);
     PX_TRY(ca_common(ca, err, errlen, "forward_trust_cert"));
     PX_TRY(load_chain(ca, cfg->ca_forward_trust_chain, err, errlen));
     if (X509_check_issued(ca->cert, ca->cert) != X509_V_OK) {
@@ -278,6 +293,7 @@ int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, const uint8_t
     memset(ca, 0, sizeof(*ca));
     ca->cert = read_cert(cfg->ca_forward_untrust_cert, err, errlen, "forward_untrust_cert");
     PX_ENSURE(ca->cert != NULL, PX_E_CONFIG);
+    ca_cap_not_after(ca, ca->cert);
     PX_TRY(ca_common(ca, err, errlen, "forward_untrust_cert"));
     PX_TRY(load_chain(ca, NULL, err, errlen));
     ca->soft_key = read_key_file(cfg->ca_forward_untrust_key, "forward-untrust-key", mk, err,

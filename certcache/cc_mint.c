@@ -3,7 +3,8 @@
  * cc_mint.c - building a leaf certificate for an upstream certificate.
  * Owns nothing beyond the X509 it returns. Called on loop threads, outside any cache lock.
  * Invariants: every name in a leaf comes from the upstream leaf certificate (CN and SAN DNS/IP
- * entries), never from bytes a client sent; notAfter <= upstream notAfter and <= now + max_days;
+ * entries), never from bytes a client sent; notAfter <= upstream notAfter, <= now + max_days
+ * and <= the notAfter of the signing CA and of every certificate in its chain;
  * serials are 128 random bits, positive.
  * Cost: about 35-40 us per leaf with the legacy-backed pool keys (OPENSSL-NOTES.md); the one
  * signature is made elsewhere (HSM) or in cc_cache.c (software CA).
@@ -241,6 +242,9 @@ X509 *cc_mint_build(const struct cc_ca *ca, const struct cc_fixed_ext *fx,
     time_t na = now + (time_t)max_days * 86400;
     if (up_na < na) {
         na = up_na;
+    }
+    if (ca->not_after != 0 && ca->not_after < na) {
+        na = ca->not_after; /* a leaf never outlives the CA that signs it, nor its chain */
     }
     time_t nb = now - 3600;
     if (up_nb > now) {

@@ -6,6 +6,10 @@
 #ifndef CLI_H
 #define CLI_H
 
+#include <stdbool.h>
+#include <stdio.h>
+#include <time.h>
+
 #include <openssl/x509.h>
 
 #include "hsm.h"
@@ -42,6 +46,27 @@ struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errl
 int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
                     const uint8_t *untrust_pem, size_t untrust_len, const uint8_t *pool_pem,
                     size_t pool_len, char *err, size_t errlen);
+
+/* ---- certificate lifetimes (cli_expiry.c) ---- */
+#define CLI_CERT_EXP_MAX 16
+struct cli_cert_exp {
+    char role[24];     /* forward-trust | forward-trust-chain | forward-untrust */
+    char subject[256]; /* one-line DN */
+    char file[256];
+    time_t not_after;
+    int days_left;     /* started days; negative once expired */
+    bool expired;
+};
+/* The certificates tlsmint serves, read from their files now; returns how many (<= max). */
+int cli_cert_expiry(const struct px_cfg *cfg, struct cli_cert_exp *out, int max);
+/* PX_E_CONFIG and a line in err when the forward-trust CA has expired (start, reload). */
+int cli_cert_expiry_check(const struct px_cfg *cfg, char *err, size_t errlen);
+/* Logs a warning for each one within [ca] reminder_days, an error for each expired one. */
+void cli_cert_expiry_warn(const struct px_cfg *cfg);
+/* `ctl status` lines and the metrics (tlsmint_certificate_expiry_timestamp_seconds{role,subject},
+ * reminder gauges) for the admin thread. */
+void cli_cert_expiry_status(const struct px_cfg *cfg, FILE *o);
+void cli_cert_expiry_metrics(const struct px_cfg *cfg, FILE *o);
 
 /* A named byte string (bundle entries). */
 struct entry_view {

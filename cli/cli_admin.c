@@ -59,6 +59,7 @@ static void text_status(struct cli_admin *a, FILE *o)
                 : left <= a->cfg->mk_reminder_days ? " (reminder: change it soon)"
                                                       : "");
     }
+    cli_cert_expiry_status(a->cfg, o);
 }
 
 static void text_hsm(struct cli_admin *a, FILE *o)
@@ -155,6 +156,7 @@ static void text_metrics(struct cli_admin *a, FILE *o)
         fprintf(o, "# TYPE tlsmint_master_key_days_left gauge\ntlsmint_master_key_days_left %d\n",
                 left);
     }
+    cli_cert_expiry_metrics(a->cfg, o);
     fprintf(o, "# TYPE tlsmint_hsm_members_up gauge\ntlsmint_hsm_members_up %d\n",
             hsm_pool_members_up(a->pool));
     fprintf(o, "# TYPE tlsmint_hsm_queue_depth gauge\ntlsmint_hsm_queue_depth %u\n",
@@ -319,6 +321,7 @@ static void *admin_main(void *arg)
 {
     struct cli_admin *a = arg;
     uint64_t next_audit = px_now_ns() + 60000000000ull;
+    uint64_t next_expiry = px_now_ns() + 86400000000000ull; /* start and reload warn too */
     for (;;) {
         struct pollfd p[3] = {{.fd = a->stopfd, .events = POLLIN},
                               {.fd = a->ufd, .events = POLLIN},
@@ -327,6 +330,10 @@ static void *admin_main(void *arg)
         if (now >= next_audit) {
             audit_minute(a);
             next_audit = now + 60000000000ull;
+        }
+        if (now >= next_expiry) {
+            cli_cert_expiry_warn(a->cfg);
+            next_expiry = now + 86400000000000ull;
         }
         int wait_ms = (int)((next_audit - px_now_ns()) / 1000000ull) + 1;
         if (poll(p, 3, wait_ms) < 0 && errno != EINTR) {

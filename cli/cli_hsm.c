@@ -241,6 +241,11 @@ static int do_reload(void *ctx, char *msg, size_t len)
                  cfg ? err : "out of memory");
         goto out;
     }
+    if (cli_cert_expiry_check(cfg, err, sizeof(err)) != 0) {
+        snprintf(msg, len, "reload refused, still running the previous configuration: %s", err);
+        goto out;
+    }
+    cli_cert_expiry_warn(cfg);
     char sig[sizeof(r->cur_sig)];
     cc_signature(cfg, sig, sizeof(sig));
     bool keep_cache = strcmp(sig, r->cur_sig) == 0;
@@ -330,6 +335,11 @@ int cli_run(int argc, char **argv)
     struct dp_server *dp = NULL;
     static struct reloader rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
     mk_reminder(&cfg);
+    if (cli_cert_expiry_check(&cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint run: %s\n", err);
+        return 1;
+    }
+    cli_cert_expiry_warn(&cfg);
     /* signers are spawned before any other thread exists */
     struct hsm_pool *pool = hsm_pool_new(&cfg, cli_self_exe(), err, sizeof(err));
     if (pool == NULL) {

@@ -146,6 +146,7 @@ struct px_cfg {
     char ca_forward_untrust_cert[256];
     char ca_forward_untrust_key[256];
     int ca_leaf_max_days;
+    int ca_reminder_days; /* warn when a CA or served certificate ends within this many days */
 
     /* [cache] */
     int cache_size;

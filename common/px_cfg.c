@@ -359,6 +359,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "leaf_max_days") == 0) {
             return set_int(st, sec, key, val, &c->ca_leaf_max_days, 1, 825);
         }
+        if (strcmp(key, "reminder_days") == 0) {
+            return set_int(st, sec, key, val, &c->ca_reminder_days, 1, 3650);
+        }
     } else if (strcmp(sec, "master_key") == 0) {
         if (strcmp(key, "module") == 0 || strcmp(key, "env") == 0 || strcmp(key, "token") == 0 ||
             strcmp(key, "token_serial") == 0 || strcmp(key, "pin_file") == 0 ||
@@ -452,6 +455,7 @@ void px_cfg_defaults(struct px_cfg *c)
     c->mk_lifetime_days = 365;
     c->mk_reminder_days = 30;
     c->ca_leaf_max_days = 30;
+    c->ca_reminder_days = 30;
     c->cache_size = 100000;
     c->cache_ttl_s = 86400;
     snprintf(c->upstream_ca_file, sizeof(c->upstream_ca_file),

@@ -268,6 +268,7 @@ START_TEST(test_cfg_defaults)
     ck_assert(g_cfg.rsa_pss == d->rsa_pss);
     ck_assert_str_eq(g_cfg.ca_forward_trust_cert, d->ca_forward_trust_cert);
     ck_assert_int_eq(g_cfg.ca_leaf_max_days, d->ca_leaf_max_days);
+    ck_assert_int_eq(g_cfg.ca_reminder_days, 30);
     ck_assert_int_eq(g_cfg.cache_size, d->cache_size);
     ck_assert_int_eq(g_cfg.cache_ttl_s, d->cache_ttl_s);
     ck_assert_str_eq(g_cfg.upstream_ca_file, d->upstream_ca_file);
@@ -400,6 +401,9 @@ static const struct int_case int_cases[] = {
     {"ca", "leaf_max_days", "0", 0, 0, 0},
     {"ca", "leaf_max_days", "825", 1, offsetof(struct px_cfg, ca_leaf_max_days), 825},
     {"ca", "leaf_max_days", "826", 0, 0, 0},
+    {"ca", "reminder_days", "0", 0, 0, 0},
+    {"ca", "reminder_days", "3650", 1, offsetof(struct px_cfg, ca_reminder_days), 3650},
+    {"ca", "reminder_days", "3651", 0, 0, 0},
     {"cache", "size", "15", 0, 0, 0},
     {"cache", "size", "16", 1, offsetof(struct px_cfg, cache_size), 16},
     {"cache", "ttl_s", "0", 0, 0, 0},
