@@ -68,6 +68,19 @@ void cli_cert_expiry_warn(const struct px_cfg *cfg);
 void cli_cert_expiry_status(const struct px_cfg *cfg, FILE *o);
 void cli_cert_expiry_metrics(const struct px_cfg *cfg, FILE *o);
 
+/* ---- privileges (cli_priv.c) ---- */
+/* [listen] tproxy or [upstream] mark: the loops keep CAP_NET_ADMIN. */
+bool cli_priv_needs_net_admin(const struct px_cfg *cfg);
+/* The proxy, on the main thread, after binding and before the loop threads start: becomes
+ * [run] user (when root) keeping only the capabilities cfg needs. 0, or negative + err. */
+int cli_priv_drop(const struct px_cfg *cfg, char *err, size_t errlen);
+/* [run] user names an existing, unprivileged user (checked when the config is loaded). */
+int cli_priv_check(const struct px_cfg *cfg, char *err, size_t errlen);
+/* Signer and unwrap children: become [run] user (when root), keep no capability. */
+int cli_priv_drop_child(const struct px_cfg *cfg, char *err, size_t errlen);
+/* init as root on a directory owned by another user: become that user. 1 switched, 0 not. */
+int cli_priv_become_owner(const char *dir, char *err, size_t errlen);
+
 /* A named byte string (bundle entries). */
 struct entry_view {
     char name[64];

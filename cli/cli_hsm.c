@@ -361,6 +361,10 @@ int cli_run(int argc, char **argv)
         fprintf(stderr, "tlsmint run: %s\n", err);
         goto out;
     }
+    if (cli_priv_drop(&cfg, err, sizeof(err)) != 0) { /* listeners bound, loops not started */
+        fprintf(stderr, "tlsmint run: %s\n", err);
+        goto out;
+    }
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);

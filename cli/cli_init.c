@@ -356,6 +356,11 @@ int cli_init(int argc, char **argv)
             return 1;
         }
     }
+    char perr[300];
+    if (cli_priv_become_owner(dir, perr, sizeof(perr)) < 0) {
+        fprintf(stderr, "tlsmint init: %s\n", perr);
+        return 1;
+    }
     char p[PATH_MAX + 64], pin[33] = "", so_pin[33] = "";
     int ret = 1;
     uint8_t pub[HSM_PUB_MAX];

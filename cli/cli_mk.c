@@ -212,6 +212,10 @@ struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errl
         snprintf(err, errlen, "%s: no [hsm] section", cfg->path);
         return NULL;
     }
+    /* as the proxy's signers do: files the token writes must stay readable by [run] user */
+    if (cli_priv_drop_child(cfg, err, errlen) != 0) {
+        return NULL;
+    }
     /* [master_key] module/env/token/pin_file name the HSM with the wrapping key when it is not
      * the [hsm] member (p11-kit's RPC refuses AES mechanisms, for instance) */
     struct px_hsm_member_cfg m = cfg->members[0];
@@ -260,6 +264,7 @@ int cli_unwrap_child(int argc, char **argv)
     char err[600];
     uint8_t mk[32];
     if (conf == NULL || px_cfg_load(conf, &cfg, err, sizeof(err)) != 0 ||
+        cli_priv_drop_child(&cfg, err, sizeof(err)) != 0 ||
         cli_mk_unwrap(&cfg, mk, err, sizeof(err)) != 0) {
         fprintf(stderr, "%s\n", conf ? err : "__unwrap is internal");
         return 1;

@@ -60,6 +60,10 @@ int cli_load_config(const char *path, struct px_cfg *cfg)
         }
         return 1;
     }
+    if (cli_priv_check(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint: %s: %s\n", path, err);
+        return 1;
+    }
     px_log_set_level(cfg->log_level);
     return 0;
 }
@@ -80,6 +84,13 @@ static int signer_cmd(int argc, char **argv)
     if (fd < 0 || member < 0 || conf == NULL) {
         fprintf(stderr, "tlsmint: __signer is internal: started by the proxy, not by hand\n");
         return 2;
+    }
+    static struct px_cfg cfg; /* only for [run] user: hsm_signer_main loads its own */
+    char err[600];
+    if (px_cfg_load(conf, &cfg, err, sizeof(err)) == 0 &&
+        cli_priv_drop_child(&cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint __signer: %s\n", err);
+        return 1;
     }
     return hsm_signer_main(fd, conf, member);
 }

@@ -176,6 +176,9 @@ struct px_cfg {
     char cache_leaf_pool[256];
     char log_audit[256];
 
+    /* [run] */
+    char run_user[64]; /* drop to this user after binding; empty = stay as started */
+
     /* [admin] */
     char admin_socket[256];
     char admin_metrics[128];

@@ -39,7 +39,7 @@ static int fail(struct parse_state *st, const char *section, const char *key, co
 static bool known_section(const char *name, size_t len)
 {
     static const char *known[] = {"listen", "hsm", "ca", "cache", "upstream", "policy", "log",
-                                  "admin", "master_key"};
+                                  "admin", "master_key", "run"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if (strlen(known[i]) == len && strncmp(name, known[i], len) == 0) {
             return true;
@@ -424,6 +424,10 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         }
         if (strcmp(key, "keylog") == 0) {
             return set_str(st, sec, key, val, c->log_keylog, sizeof(c->log_keylog));
+        }
+    } else if (strcmp(sec, "run") == 0) {
+        if (strcmp(key, "user") == 0) {
+            return set_str(st, sec, key, val, c->run_user, sizeof(c->run_user));
         }
     } else if (strcmp(sec, "admin") == 0) {
         if (strcmp(key, "socket") == 0) {
