@@ -179,6 +179,18 @@ struct px_cfg {
     /* [run] */
     char run_user[64]; /* drop to this user after binding; empty = stay as started */
 
+    /* [cache] shared tier (Redis) and warm-restart snapshot; cache_shared empty = off */
+    char cache_shared[256];            /* as written: redis://HOST:PORT/DB or unix:/path */
+    char cache_shared_host[128];       /* parsed: TCP host, or empty for a unix socket */
+    char cache_shared_unix[200];       /* parsed: unix socket path */
+    int cache_shared_port;
+    int cache_shared_db;
+    char cache_shared_password_file[256];
+    int cache_shared_timeout_ms;
+    int cache_shared_lock_ms;
+    char cache_snapshot[256];          /* sealed snapshot file; empty = off */
+    int cache_snapshot_interval_s;
+
     /* [admin] */
     char admin_socket[256];
     char admin_metrics[128];

@@ -191,6 +191,63 @@ static int set_addr(struct parse_state *st, const char *sec, const char *key, co
     return set_str(st, sec, key, val, dst, cap);
 }
 
+/* [cache] shared: redis://HOST:PORT[/DB] or unix:/PATH[?db=N]; empty turns the tier off. */
+static int set_shared_url(struct parse_state *st, const char *sec, const char *key,
+                          const char *val, struct px_cfg *c)
+{
+    c->cache_shared_host[0] = c->cache_shared_unix[0] = '\0';
+    c->cache_shared_port = 0;
+    c->cache_shared_db = 0;
+    if (*val == '\0') {
+        return set_str(st, sec, key, val, c->cache_shared, sizeof(c->cache_shared));
+    }
+    static const char want[] = "is not redis://HOST:PORT/DB or unix:/PATH (or empty for off)";
+    if (strncmp(val, "unix:", 5) == 0) {
+        const char *path = val + 5;
+        size_t n = strcspn(path, "?");
+        if (path[0] != '/' || n >= sizeof(c->cache_shared_unix)) {
+            return fail(st, sec, key, "'%s' %s", val, want);
+        }
+        if (path[n] == '?') {
+            char *end = NULL;
+            long db = strncmp(path + n, "?db=", 4) == 0 ? strtol(path + n + 4, &end, 10) : -1;
+            if (end == NULL || end == path + n + 4 || *end != '\0' || db < 0 || db > 15) {
+                return fail(st, sec, key, "'%s' %s", val, want);
+            }
+            c->cache_shared_db = (int)db;
+        }
+        memcpy(c->cache_shared_unix, path, n);
+        c->cache_shared_unix[n] = '\0';
+        return set_str(st, sec, key, val, c->cache_shared, sizeof(c->cache_shared));
+    }
+    if (strncmp(val, "redis://", 8) != 0) {
+        return fail(st, sec, key, "'%s' %s", val, want);
+    }
+    const char *h = val + 8, *colon = strrchr(h, ':');
+    const char *slash = colon != NULL ? strchr(colon, '/') : NULL;
+    char *end = NULL;
+    long port = colon != NULL ? strtol(colon + 1, &end, 10) : -1;
+    if (colon == NULL || colon == h || (size_t)(colon - h) >= sizeof(c->cache_shared_host) ||
+        memchr(h, '@', (size_t)(colon - h)) != NULL || end == colon + 1 ||
+        (*end != '\0' && end != slash) || port < 1 || port > 65535) {
+        return fail(st, sec, key, "'%s' %s", val, want);
+    }
+    long db = 0;
+    if (slash != NULL && slash[1] != '\0') {
+        db = strtol(slash + 1, &end, 10);
+        if (end == slash + 1 || *end != '\0' || db < 0 || db > 15) {
+            return fail(st, sec, key, "'%s': database must be 0-15", val);
+        }
+    }
+    const char *hs = h[0] == '[' ? h + 1 : h; /* [::1]:6379 */
+    size_t hl = (size_t)(colon - hs) - (h[0] == '[' ? 1 : 0);
+    memcpy(c->cache_shared_host, hs, hl);
+    c->cache_shared_host[hl] = '\0';
+    c->cache_shared_port = (int)port;
+    c->cache_shared_db = (int)db;
+    return set_str(st, sec, key, val, c->cache_shared, sizeof(c->cache_shared));
+}
+
 static int hsm_member_key(struct parse_state *st, const char *sec, struct px_hsm_member_cfg *m,
                           const char *key, const char *val)
 {
@@ -388,6 +445,37 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "ttl_s") == 0) {
             return set_int(st, sec, key, val, &c->cache_ttl_s, 1, 86400 * 365);
         }
+        if (strcmp(key, "shared") == 0) {
+            return set_shared_url(st, sec, key, val, c);
+        }
+        if (strcmp(key, "shared_password_file") == 0) {
+            if (*val != '\0') {
+                char pw[512], why[300];
+                int r = px_read_secret_file(val, pw, sizeof(pw), why, sizeof(why));
+                px_wipe(pw, sizeof(pw));
+                if (r < 0) {
+                    char *pin = strstr(why, "PIN file"); /* the reader was written for PINs */
+                    if (pin != NULL) {
+                        memmove(pin, pin + 4, strlen(pin + 4) + 1);
+                    }
+                    return fail(st, sec, key, "%s", why);
+                }
+            }
+            return set_str(st, sec, key, val, c->cache_shared_password_file,
+                           sizeof(c->cache_shared_password_file));
+        }
+        if (strcmp(key, "shared_timeout_ms") == 0) {
+            return set_int(st, sec, key, val, &c->cache_shared_timeout_ms, 1, 10000);
+        }
+        if (strcmp(key, "shared_lock_ms") == 0) {
+            return set_int(st, sec, key, val, &c->cache_shared_lock_ms, 10, 60000);
+        }
+        if (strcmp(key, "snapshot") == 0) {
+            return set_str(st, sec, key, val, c->cache_snapshot, sizeof(c->cache_snapshot));
+        }
+        if (strcmp(key, "snapshot_interval_s") == 0) {
+            return set_int(st, sec, key, val, &c->cache_snapshot_interval_s, 1, 86400);
+        }
     } else if (strcmp(sec, "upstream") == 0) {
         if (strcmp(key, "ca_file") == 0) {
             return set_str(st, sec, key, val, c->upstream_ca_file, sizeof(c->upstream_ca_file));
@@ -462,6 +550,9 @@ void px_cfg_defaults(struct px_cfg *c)
     c->ca_reminder_days = 30;
     c->cache_size = 100000;
     c->cache_ttl_s = 86400;
+    c->cache_shared_timeout_ms = 5;
+    c->cache_shared_lock_ms = 300;
+    c->cache_snapshot_interval_s = 300;
     snprintf(c->upstream_ca_file, sizeof(c->upstream_ca_file),
              "/etc/ssl/certs/ca-certificates.crt");
     c->upstream_verify = true;

@@ -505,6 +505,46 @@ START_TEST(test_cfg_address)
 }
 END_TEST
 
+/* [cache] shared: the URL forms, what they parse into, and the FILE:LINE errors. */
+START_TEST(test_cfg_shared)
+{
+    expect_ok("[cache]\nshared = redis://10.0.0.5:6380/3\n");
+    ck_assert_str_eq(g_cfg.cache_shared_host, "10.0.0.5");
+    ck_assert_int_eq(g_cfg.cache_shared_port, 6380);
+    ck_assert_int_eq(g_cfg.cache_shared_db, 3);
+    ck_assert_int_eq(g_cfg.cache_shared_timeout_ms, 5);
+    ck_assert_int_eq(g_cfg.cache_shared_lock_ms, 300);
+    ck_assert_int_eq(g_cfg.cache_snapshot_interval_s, 300);
+    expect_ok("[cache]\nshared = redis://redis.example:6379\n");
+    ck_assert_str_eq(g_cfg.cache_shared_host, "redis.example");
+    ck_assert_int_eq(g_cfg.cache_shared_db, 0);
+    expect_ok("[cache]\nshared = redis://[::1]:6379/0\n");
+    ck_assert_str_eq(g_cfg.cache_shared_host, "::1");
+    expect_ok("[cache]\nshared = unix:/run/redis/redis.sock\n");
+    ck_assert_str_eq(g_cfg.cache_shared_unix, "/run/redis/redis.sock");
+    ck_assert_str_eq(g_cfg.cache_shared_host, "");
+    expect_ok("[cache]\nshared = unix:/run/r.sock?db=2\nsnapshot = /var/lib/t/c.snap\n"
+              "snapshot_interval_s = 60\nshared_timeout_ms = 20\nshared_lock_ms = 1000\n");
+    ck_assert_int_eq(g_cfg.cache_shared_db, 2);
+    ck_assert_str_eq(g_cfg.cache_snapshot, "/var/lib/t/c.snap");
+    expect_ok("[cache]\nshared =\n");
+    ck_assert_str_eq(g_cfg.cache_shared, "");
+    static const char *bad[] = {"redis://127.0.0.1/0", "redis://:6379", "redis://h:0",
+                                "redis://h:65536", "redis://h:6379x", "http://h:6379",
+                                "unix:relative.sock", "unix:/r.sock?db=x", "redis://u:p@h:6379"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[128];
+        snprintf(text, sizeof(text), "[cache]\n\nshared = %s\n", bad[i]);
+        expect_err(text, "t.conf:3: [cache] shared: ", "is not redis://HOST:PORT/DB");
+    }
+    expect_err("[cache]\nshared = redis://h:6379/16\n", "t.conf:2: [cache] shared: ", "0-15");
+    expect_err("[cache]\nshared_timeout_ms = 0\n", "t.conf:2: [cache] shared_timeout_ms: ",
+               "out of range");
+    expect_err("[cache]\nshared_password_file = /nonexistent/pw\n",
+               "t.conf:2: [cache] shared_password_file: ", "cannot open");
+}
+END_TEST
+
 /* An empty listener address turns it off, also with a trailing comment. */
 START_TEST(test_cfg_explicit_off)
 {
@@ -862,6 +902,7 @@ Suite *cfg_suite(void)
                         (int)(sizeof(missing_cases) / sizeof(missing_cases[0])));
     tcase_add_test(tc, test_cfg_max_members);
     tcase_add_test(tc, test_cfg_control_char);
+    tcase_add_test(tc, test_cfg_shared);
     tcase_add_test(tc, test_cfg_syntax_error);
     tcase_add_test(tc, test_cfg_first_error_wins);
     tcase_add_test(tc, test_cfg_small_errbuf);
