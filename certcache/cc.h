@@ -44,9 +44,23 @@ void cc_entry_unref(struct cc_entry *e);
 struct cc_ctx;
 struct cc_loop;
 
+/* Shared-tier events, in the order of cc_shared_event_name(). */
+#define CC_SHARED_EVENTS 7
+/* "hit", "miss", "publish", "lock_won", "lock_waited", "rejected", "timeout" */
+const char *cc_shared_event_name(int ev);
+/* Why entries were refused ("malformed", "bad HMAC", "another CA", ...), CC_SHARED_REJECTS. */
+#define CC_SHARED_REJECTS 6
+const char *cc_shared_reject_name(int why);
+
 struct cc_stats {
     uint64_t hits, misses, mints, coalesced, evictions, expired, failures, entries;
     uint64_t hsm_wait_ns_total; /* summed submit-to-signature time of successful mints */
+    int shared_state;           /* [cache] shared: -1 off, 0 down, 1 up */
+    uint64_t shared_events[CC_SHARED_EVENTS];
+    uint64_t shared_rejected[CC_SHARED_REJECTS];
+    uint64_t shared_skipped;    /* lookups not sent (down, or too many in flight) */
+    uint64_t shared_hit_wait_ns; /* summed lookup-to-leaf time of shared hits */
+    uint64_t snapshot_loaded, snapshot_saved; /* entries, at start and at the last write */
 };
 
 /*
@@ -65,6 +79,17 @@ struct cc_ctx *cc_new_mk(const struct px_cfg *cfg, struct hsm_pool *pool, const 
 void cc_ref(struct cc_ctx *cc);
 void cc_free(struct cc_ctx *cc);
 void cc_stats_get(struct cc_ctx *cc, struct cc_stats *out);
+
+/*
+ * Warm restart ([cache] snapshot). Save writes every entry still valid for more than a minute
+ * into path, sealed (AES-256-GCM, key derived from the master key) and atomically replaced;
+ * returns the entry count or a negative code with one line in err. Load, into a cache that
+ * serves nothing yet, takes every entry whose CA is still ours and whose pool key matches; a
+ * missing file is a silent cold start, a truncated, tampered or foreign one is one warning and a
+ * cold start. Returns the entries loaded (never fails). Both need a master key (cc_new_mk).
+ */
+PX_MUST_CHECK int cc_snapshot_save(struct cc_ctx *cc, const char *path, char *err, size_t errlen);
+int cc_snapshot_load(struct cc_ctx *cc, const char *path);
 
 /* A consumer thread's handle. The fd becomes readable when cc_loop_poll has work to do. */
 struct cc_loop *cc_loop_new(struct cc_ctx *cc);

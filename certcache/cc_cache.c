@@ -10,7 +10,11 @@
  * Invariants: at most one mint per cache key is in flight; a minting entry is in the hash but not
  * in the LRU (it cannot be evicted); a failed mint is removed and wakes every waiter with the
  * error; count <= cap per shard after every insert (minting entries excepted).
- * Not here: building the certificate (cc_mint.c), the CAs and key pool (cc_keys.c).
+ * With [cache] shared, a forward-trust miss first asks the shared tier (cc_shared.c): its answer
+ * comes back to the asking loop like an HSM completion, and either is the leaf (no signature) or
+ * tells the loop to mint; a fresh forward-trust leaf is published there.
+ * Not here: building the certificate (cc_mint.c), the CAs and key pool (cc_keys.c), Redis
+ * (cc_shared.c), the snapshot file (cc_snap.c).
  */
 #include "cc_int.h"
 
@@ -21,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/rand.h>
 
 #define NSHARDS 64
 #define POOL_EC 8
@@ -66,6 +72,12 @@ struct shard {
 
 struct cc_ctx {
     _Atomic int refs;
+    struct cc_shared *shared;      /* [cache] shared, or NULL */
+    struct cc_wire_ctx wc[2];      /* checking entries from outside, per CA kind */
+    uint8_t *spki[POOL_EC + POOL_RSA];
+    uint8_t snap_key[32];          /* HKDF(master key, snapshot label) */
+    bool have_mk;
+    _Atomic uint64_t shared_hit_wait_ns, snap_loaded, snap_saved;
     const struct px_cfg *cfg;
     struct hsm_pool *pool;
     struct cc_ca trust, untrust;
@@ -83,11 +95,24 @@ struct cc_loop {
     _Atomic(struct waiter *) done;
     uint32_t waits; /* waiters of this loop not yet called back */
     uint32_t jobs;  /* HSM jobs submitted through this loop's cq, not yet completed */
+    _Atomic(struct cc_pend *) sh_done; /* answered shared lookups (MPSC) */
+    uint32_t sh_pending;               /* shared lookups of this loop not yet answered */
 };
 
 struct mint_job {
     struct cc_entry *e;
     X509 *x;
+};
+
+/* A forward-trust miss waiting for the shared tier. */
+struct cc_pend {
+    struct cc_pend *next;
+    struct cc_loop *l;
+    struct cc_entry *e; /* the minting entry (the cache's reference keeps it alive) */
+    X509 *up;           /* own reference to the upstream leaf, for minting after a miss */
+    X509 *hit;          /* the answer: a checked leaf, or NULL */
+    int idx;
+    uint64_t t0_ns;
 };
 
 /* ---- entries ---------------------------------------------------------------------------- */
@@ -246,8 +271,9 @@ static uint64_t expiry_ns(const struct cc_ctx *cc, X509 *x)
     return px_now_ns() + (uint64_t)life * 1000000000ull;
 }
 
-/* The mint of e succeeded with certificate x: publish it and wake every waiter. */
-static void finish_entry(struct cc_ctx *cc, struct cc_entry *e, X509 *x)
+/* The mint of e succeeded with certificate x (or x came from outside: minted false): publish it
+ * and wake every waiter. */
+static void finish_entry_as(struct cc_ctx *cc, struct cc_entry *e, X509 *x, bool minted)
 {
     struct shard *s = shard_of(cc, e->key);
     e->cert = x;
@@ -269,13 +295,20 @@ static void finish_entry(struct cc_ctx *cc, struct cc_entry *e, X509 *x)
         w->status = 0;
     }
     pthread_mutex_unlock(&s->lock);
-    atomic_fetch_add(&cc->mints, 1);
+    if (minted) {
+        atomic_fetch_add(&cc->mints, 1);
+    }
     unref_list(victims);
     while (ws != NULL) {
         struct waiter *n = ws->next;
         deliver(ws);
         ws = n;
     }
+}
+
+static void finish_entry(struct cc_ctx *cc, struct cc_entry *e, X509 *x)
+{
+    finish_entry_as(cc, e, x, true);
 }
 
 /* The mint of e failed: take it out (it is not cached) and wake every waiter with status. */
@@ -348,6 +381,47 @@ static struct waiter *waiter_new(struct cc_loop *l, cc_done_fn fn, void *user)
     return w;
 }
 
+/*
+ * Builds the forward-trust leaf of the minting entry e for upstream (borrowed) and submits its
+ * signature through l's completion queue. On failure e has been failed (its waiters woken with
+ * the error) and the code is returned. Completions run only in cc_loop_poll on this thread, so
+ * the caller may attach its waiter after a successful return.
+ */
+static int submit_mint(struct cc_loop *l, struct cc_entry *e, X509 *up)
+{
+    struct cc_ctx *cc = l->cc;
+    const struct cc_ca *ca = &cc->trust;
+    uint8_t digest[64];
+    int dlen = 0;
+    const char *why = NULL;
+    X509 *x = cc_mint_build(ca, &cc->fx, e->leaf_key, up, cc->cfg->ca_leaf_max_days, digest, &dlen,
+                            &why);
+    if (x == NULL) {
+        px_log(PX_LOG_WARN, "cc", "cannot mint a leaf: %s", why);
+        px_log_ossl_errors("cc_mint_build");
+        fail_entry(cc, e, PX_E_INVAL);
+        return PX_E_INVAL;
+    }
+    struct mint_job *job = malloc(sizeof(*job));
+    int r = job == NULL ? -ENOMEM
+                        : hsm_sign_submit(cc->pool, l->cq, ca->alg, digest, (size_t)dlen, 0, job);
+    if (r != 0) {
+        free(job);
+        X509_free(x);
+        fail_entry(cc, e, r);
+        return r;
+    }
+    job->e = e;
+    job->x = x;
+    l->jobs++;
+    return 0;
+}
+
+static int pool_index(const struct cc_ctx *cc, const struct cc_leaf_key *k)
+{
+    return k->kind == CC_KEY_RSA ? (int)(k - cc->keys_rsa) : (int)(k - cc->keys_ec);
+}
+
 int cc_get(struct cc_loop *l, X509 *up, bool verified, enum cc_key_kind kk, cc_done_fn done,
            void *user, struct cc_entry **out)
 {
@@ -392,6 +466,10 @@ int cc_get(struct cc_loop *l, X509 *up, bool verified, enum cc_key_kind kk, cc_d
         return CC_PENDING;
     }
     e = calloc(1, sizeof(*e));
+    struct cc_pend *pend = NULL;
+    if (e != NULL && cak == CC_CA_TRUST && cc_shared_up(cc->shared)) {
+        pend = calloc(1, sizeof(*pend));
+    }
     if (e == NULL) {
         pthread_mutex_unlock(&s->lock);
         cc_entry_unref(stale);
@@ -420,6 +498,38 @@ int cc_get(struct cc_loop *l, X509 *up, bool verified, enum cc_key_kind kk, cc_d
     e->leaf_key = kk == CC_KEY_RSA ? &cc->keys_rsa[h % POOL_RSA] : &cc->keys_ec[h % POOL_EC];
     const struct cc_ca *ca = cak == CC_CA_TRUST ? &cc->trust : &cc->untrust;
     e->chain = X509_chain_up_ref(ca->chain);
+    if (pend != NULL) {
+        /* ask the fleet first; the answer comes back through cc_loop_poll on this thread */
+        X509_up_ref(up);
+        pend->up = up;
+        pend->l = l;
+        pend->e = e;
+        pend->t0_ns = px_now_ns();
+        if (cc_shared_lookup(cc->shared, key, pend) == 0) {
+            l->sh_pending++;
+            pthread_mutex_lock(&s->lock);
+            w->next = e->waiters;
+            e->waiters = w;
+            pthread_mutex_unlock(&s->lock);
+            l->waits++;
+            return CC_PENDING;
+        }
+        X509_free(up);
+        free(pend); /* down meanwhile, or too busy: mint here */
+    }
+    int r = cak == CC_CA_TRUST ? submit_mint(l, e, up) : 0;
+    if (r != 0) {
+        free(w);
+        return r;
+    }
+    if (cak == CC_CA_TRUST) {
+        pthread_mutex_lock(&s->lock);
+        w->next = e->waiters;
+        e->waiters = w;
+        pthread_mutex_unlock(&s->lock);
+        l->waits++;
+        return CC_PENDING;
+    }
     uint8_t digest[64];
     int dlen = 0;
     const char *why = NULL;
@@ -447,26 +557,7 @@ int cc_get(struct cc_loop *l, X509 *up, bool verified, enum cc_key_kind kk, cc_d
         *out = e;
         return CC_MINTED;
     }
-    struct mint_job *job = malloc(sizeof(*job));
-    int r = job == NULL ? -ENOMEM
-                        : hsm_sign_submit(cc->pool, l->cq, ca->alg, digest, (size_t)dlen, 0, job);
-    if (r != 0) {
-        free(job);
-        X509_free(x);
-        free(w);
-        fail_entry(cc, e, r);
-        return r;
-    }
-    job->e = e;
-    job->x = x;
-    l->jobs++;
-    /* completions run only in cc_loop_poll on this thread, so attaching now cannot race it */
-    pthread_mutex_lock(&s->lock);
-    w->next = e->waiters;
-    e->waiters = w;
-    pthread_mutex_unlock(&s->lock);
-    l->waits++;
-    return CC_PENDING;
+    PX_BUG("forward-trust leaves are minted by submit_mint");
 }
 
 static void on_hsm_done(void *ctx, const struct hsm_result *r)
@@ -490,11 +581,58 @@ static void on_hsm_done(void *ctx, const struct hsm_result *r)
     }
     atomic_fetch_add(&l->cc->hsm_wait_ns, r->latency_ns);
     finish_entry(l->cc, e, x);
+    if (l->cc->shared != NULL) {
+        /* the fleet gets it too (losers of the lock are polling for it) */
+        uint64_t now = px_now_ns();
+        int64_t ttl = e->expires_ns > now ? (int64_t)((e->expires_ns - now) / 1000000000ull) : 0;
+        cc_shared_publish(l->cc->shared, e->key, x, (uint8_t)pool_index(l->cc, e->leaf_key), ttl);
+    }
+}
+
+void cc_cache__shared_done(struct cc_pend *p, X509 *hit, int idx)
+{
+    struct cc_loop *l = p->l;
+    p->hit = hit;
+    p->idx = idx;
+    struct cc_pend *old = atomic_load_explicit(&l->sh_done, memory_order_relaxed);
+    do {
+        p->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&l->sh_done, &old, p, memory_order_release,
+                                                    memory_order_relaxed));
+    if (old == NULL) {
+        hsm_cq_wake(l->cq);
+    }
+}
+
+/* Shared lookups answered: take the fleet's leaf, or mint it here. */
+static int drain_shared(struct cc_loop *l)
+{
+    struct cc_pend *p = atomic_exchange_explicit(&l->sh_done, NULL, memory_order_acquire);
+    int n = 0;
+    while (p != NULL) {
+        struct cc_pend *nx = p->next;
+        struct cc_entry *e = p->e;
+        l->sh_pending--;
+        if (p->hit != NULL) {
+            e->leaf_key = e->key[33] == CC_KEY_RSA ? &l->cc->keys_rsa[p->idx]
+                                                   : &l->cc->keys_ec[p->idx];
+            atomic_fetch_add(&l->cc->shared_hit_wait_ns, px_now_ns() - p->t0_ns);
+            finish_entry_as(l->cc, e, p->hit, false);
+        } else {
+            (void)submit_mint(l, e, p->up); /* a failure has woken the waiters already */
+        }
+        X509_free(p->up);
+        free(p);
+        p = nx;
+        n++;
+    }
+    return n;
 }
 
 int cc_loop_poll(struct cc_loop *l)
 {
-    int n = hsm_cq_drain(l->cq, on_hsm_done, l);
+    int n = drain_shared(l);
+    n += hsm_cq_drain(l->cq, on_hsm_done, l);
     struct waiter *list = atomic_exchange_explicit(&l->done, NULL, memory_order_acquire);
     struct waiter *rev = NULL;
     while (list != NULL) {
@@ -530,6 +668,7 @@ struct cc_loop *cc_loop_new(struct cc_ctx *cc)
         return NULL;
     }
     atomic_init(&l->done, NULL);
+    atomic_init(&l->sh_done, NULL);
     return l;
 }
 
@@ -538,7 +677,7 @@ int cc_loop_free(struct cc_loop *l)
     if (l == NULL) {
         return 0;
     }
-    PX_ENSURE(l->waits == 0 && l->jobs == 0, PX_E_INVAL);
+    PX_ENSURE(l->waits == 0 && l->jobs == 0 && l->sh_pending == 0, PX_E_INVAL);
     hsm_cq_free(l->cq);
     free(l);
     return 0;
@@ -551,7 +690,80 @@ int cc_loop_fd(const struct cc_loop *l)
 
 uint32_t cc_loop_pending(const struct cc_loop *l)
 {
-    return l->waits + l->jobs;
+    return l->waits + l->jobs + l->sh_pending;
+}
+
+/* SHA-256 of a certificate's DER: how entries outside the process name their CA. */
+static int cert_id(X509 *x, uint8_t out[32])
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    unsigned int ml = 0;
+    int ok = n > 0 && EVP_Digest(der, (size_t)n, out, &ml, cc_md_sha256(), NULL) == 1;
+    OPENSSL_free(der);
+    return ok ? 0 : PX_E_CRYPTO;
+}
+
+static int wire_ctx_init(struct cc_ctx *cc, struct cc_wire_ctx *wc, struct cc_ca *ca,
+                         enum cc_ca_kind kind)
+{
+    memset(wc, 0, sizeof(*wc));
+    wc->ca_kind = kind;
+    PX_TRY(cert_id(ca->cert, ca->id));
+    memcpy(wc->ca_id, ca->id, 32);
+    wc->ca_name = X509_get_subject_name(ca->cert);
+    /* a private copy of the CA public key for verifying on other threads */
+    unsigned char *der = NULL;
+    int n = i2d_PUBKEY(X509_get0_pubkey(ca->cert), &der);
+    const unsigned char *p = der;
+    wc->ca_pub = n > 0 ? d2i_PUBKEY(NULL, &p, n) : NULL;
+    OPENSSL_free(der);
+    PX_ENSURE(wc->ca_pub != NULL, PX_E_CRYPTO);
+    wc->nec = POOL_EC;
+    wc->nrsa = POOL_RSA;
+    for (int i = 0; i < POOL_EC + POOL_RSA; i++) {
+        const uint8_t *k = cc->spki[i];
+        int len = 0;
+        memcpy(&len, k, sizeof(len));
+        if (i < POOL_EC) {
+            wc->ec_spki[i] = k + sizeof(int);
+            wc->ec_spki_len[i] = len;
+        } else {
+            wc->rsa_spki[i - POOL_EC] = k + sizeof(int);
+            wc->rsa_spki_len[i - POOL_EC] = len;
+        }
+    }
+    return 0;
+}
+
+/* What entries from outside the process are checked with, and the keys derived from mk. */
+static int wire_setup(struct cc_ctx *cc, const uint8_t *mk, char *err, size_t errlen)
+{
+    for (int i = 0; i < POOL_EC + POOL_RSA; i++) {
+        EVP_PKEY *k = i < POOL_EC ? cc->keys_ec[i].pkey : cc->keys_rsa[i - POOL_EC].pkey;
+        int n = i2d_PUBKEY(k, NULL);
+        cc->spki[i] = n > 0 ? malloc(sizeof(int) + (size_t)n) : NULL;
+        unsigned char *q = cc->spki[i] + sizeof(int);
+        if (cc->spki[i] == NULL || i2d_PUBKEY(k, &q) != n) {
+            snprintf(err, errlen, "cannot encode the leaf-key pool");
+            return PX_E_CRYPTO;
+        }
+        memcpy(cc->spki[i], &n, sizeof(n));
+    }
+    if (wire_ctx_init(cc, &cc->wc[CC_CA_TRUST], &cc->trust, CC_CA_TRUST) != 0 ||
+        (cc->have_untrust &&
+         wire_ctx_init(cc, &cc->wc[CC_CA_UNTRUST], &cc->untrust, CC_CA_UNTRUST) != 0)) {
+        snprintf(err, errlen, "cannot encode the CA certificates");
+        return PX_E_CRYPTO;
+    }
+    if (mk != NULL) {
+        if (px_hkdf(mk, "tlsmint cache-snapshot v1", cc->snap_key) != 0) {
+            snprintf(err, errlen, "cannot derive the snapshot key");
+            return PX_E_CRYPTO;
+        }
+        cc->have_mk = true;
+    }
+    return 0;
 }
 
 struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err, size_t errlen)
@@ -616,6 +828,30 @@ struct cc_ctx *cc_new_mk(const struct px_cfg *cfg, struct hsm_pool *pool, const 
         cc_free(cc);
         return NULL;
     }
+    if (wire_setup(cc, mk, err, errlen) != 0) {
+        cc_free(cc);
+        return NULL;
+    }
+    if (cfg->cache_shared[0] != '\0') {
+        uint8_t mac[32];
+        if (!cc->have_mk || pool == NULL) {
+            snprintf(err, errlen, "[cache] shared needs the master key ([master_key] file) and "
+                     "the HSM: entries are authenticated with a key derived from it");
+            cc_free(cc);
+            return NULL;
+        }
+        if (px_hkdf(mk, "tlsmint shared-cache hmac v1", mac) != 0) {
+            snprintf(err, errlen, "cannot derive the shared cache key");
+            cc_free(cc);
+            return NULL;
+        }
+        cc->shared = cc_shared_new(cfg, &cc->wc[CC_CA_TRUST], mac, err, errlen);
+        px_wipe(mac, sizeof(mac));
+        if (cc->shared == NULL) {
+            cc_free(cc);
+            return NULL;
+        }
+    }
     return cc;
 }
 
@@ -629,6 +865,14 @@ void cc_free(struct cc_ctx *cc)
     if (cc == NULL || atomic_fetch_sub(&cc->refs, 1) != 1) {
         return;
     }
+    cc_shared_free(cc->shared); /* its thread reads the CA and pool freed below */
+    for (int i = 0; i < 2; i++) {
+        EVP_PKEY_free(cc->wc[i].ca_pub);
+    }
+    for (int i = 0; i < POOL_EC + POOL_RSA; i++) {
+        free(cc->spki[i]);
+    }
+    px_wipe(cc->snap_key, sizeof(cc->snap_key));
     for (int i = 0; i < NSHARDS; i++) {
         struct shard *s = &cc->shards[i];
         if (s->buckets != NULL) {
@@ -671,4 +915,108 @@ void cc_stats_get(struct cc_ctx *cc, struct cc_stats *out)
     }
     out->mints = atomic_load(&cc->mints);
     out->hsm_wait_ns_total = atomic_load(&cc->hsm_wait_ns);
+    cc_shared_stats(cc->shared, out);
+    out->shared_hit_wait_ns = atomic_load(&cc->shared_hit_wait_ns);
+    out->snapshot_loaded = atomic_load(&cc->snap_loaded);
+    out->snapshot_saved = atomic_load(&cc->snap_saved);
+}
+
+const char *cc_shared_event_name(int ev)
+{
+    static const char *names[CC_SHARED_EVENTS] = {"hit",      "miss",        "publish", "lock_won",
+                                                  "lock_waited", "rejected", "timeout"};
+    return ev >= 0 && ev < CC_SHARED_EVENTS ? names[ev] : "?";
+}
+
+const char *cc_shared_reject_name(int why)
+{
+    return cc_reject_name((enum cc_reject)why);
+}
+
+/* ---- snapshot support ------------------------------------------------------------------- */
+
+int cc_cache__each(struct cc_ctx *cc, int64_t min_life_s, cc_each_fn fn, void *user)
+{
+    int n = 0;
+    uint64_t now = px_now_ns();
+    int64_t wall = (int64_t)time(NULL);
+    for (int i = 0; i < NSHARDS; i++) {
+        struct shard *s = &cc->shards[i];
+        pthread_mutex_lock(&s->lock);
+        for (struct cc_entry *e = s->lru.lnext; e != &s->lru; e = e->lnext) {
+            if (e->state != E_READY || e->expires_ns <= now + (uint64_t)min_life_s * 1000000000ull) {
+                continue;
+            }
+            int64_t exp = wall + (int64_t)((e->expires_ns - now) / 1000000000ull);
+            if (fn(user, e->key, e->cert, e->leaf_key, pool_index(cc, e->leaf_key), exp) == 0) {
+                n++;
+            }
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return n;
+}
+
+int cc_cache__insert(struct cc_ctx *cc, const uint8_t key[CC_KEY_LEN], X509 *x, int pool_idx,
+                     int64_t expires_unix)
+{
+    enum cc_ca_kind cak = key[32] == CC_CA_UNTRUST ? CC_CA_UNTRUST : CC_CA_TRUST;
+    int64_t life = expires_unix - (int64_t)time(NULL);
+    PX_ENSURE(life > 0 && (cak == CC_CA_TRUST || cc->have_untrust), PX_E_INVAL);
+    struct cc_entry *e = calloc(1, sizeof(*e));
+    PX_ENSURE(e != NULL, -ENOMEM);
+    memcpy(e->key, key, CC_KEY_LEN);
+    atomic_init(&e->refs, 1);
+    e->cc = cc;
+    e->ca = cak;
+    e->state = E_READY;
+    e->leaf_key = key[33] == CC_KEY_RSA ? &cc->keys_rsa[pool_idx] : &cc->keys_ec[pool_idx];
+    EVP_PKEY_up_ref(e->leaf_key->pkey);
+    e->pkey = e->leaf_key->pkey;
+    e->chain = X509_chain_up_ref(cak == CC_CA_TRUST ? cc->trust.chain : cc->untrust.chain);
+    uint64_t exp_ns = expiry_ns(cc, x); /* never longer than this run's ttl and the notAfter */
+    uint64_t snap_ns = px_now_ns() + (uint64_t)life * 1000000000ull;
+    e->expires_ns = snap_ns < exp_ns ? snap_ns : exp_ns;
+    e->cert = x;
+    struct shard *s = shard_of(cc, key);
+    pthread_mutex_lock(&s->lock);
+    if (find_locked(s, key) != NULL) {
+        pthread_mutex_unlock(&s->lock);
+        e->cert = NULL;
+        cc_entry_unref(e);
+        return 1;
+    }
+    uint32_t b = bucket_of(s, key);
+    e->hnext = s->buckets[b];
+    s->buckets[b] = e;
+    e->in_cache = true;
+    s->count++;
+    lru_push_front(s, e);
+    struct cc_entry *victims = evict_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    unref_list(victims);
+    return 0;
+}
+
+const struct cc_wire_ctx *cc_cache__wire_ctx(struct cc_ctx *cc, enum cc_ca_kind kind)
+{
+    if (kind == CC_CA_UNTRUST && !cc->have_untrust) {
+        return NULL;
+    }
+    return &cc->wc[kind == CC_CA_UNTRUST ? CC_CA_UNTRUST : CC_CA_TRUST];
+}
+
+const uint8_t *cc_cache__snap_key(struct cc_ctx *cc)
+{
+    return cc->have_mk ? cc->snap_key : NULL;
+}
+
+void cc_cache__snap_counts(struct cc_ctx *cc, uint64_t loaded, uint64_t saved)
+{
+    if (loaded != UINT64_MAX) {
+        atomic_store(&cc->snap_loaded, loaded);
+    }
+    if (saved != UINT64_MAX) {
+        atomic_store(&cc->snap_saved, saved);
+    }
 }

@@ -115,6 +115,33 @@ static void text_cache(struct cli_admin *a, FILE *o)
         fprintf(o, "hsm wait      %.3f ms per mint (average)\n",
                 (double)cs.hsm_wait_ns_total / (double)cs.mints / 1e6);
     }
+    if (cs.shared_state >= 0) {
+        fprintf(o, "shared        %s %s\n", a->cfg->cache_shared, cs.shared_state ? "up" : "down");
+        fprintf(o, "  events     ");
+        for (int k = 0; k < CC_SHARED_EVENTS; k++) {
+            fprintf(o, " %s=%llu", cc_shared_event_name(k),
+                    (unsigned long long)cs.shared_events[k]);
+        }
+        fprintf(o, "\n  rejected   ");
+        for (int k = 0; k < CC_SHARED_REJECTS; k++) {
+            fprintf(o, " %s=%llu", cc_shared_reject_name(k),
+                    (unsigned long long)cs.shared_rejected[k]);
+        }
+        fprintf(o, "\n  not asked   %llu (down, or too many lookups in flight)\n",
+                (unsigned long long)cs.shared_skipped);
+        if (cs.shared_events[0] > 0) {
+            fprintf(o, "  hit wait    %.3f ms per shared hit (average)\n",
+                    (double)cs.shared_hit_wait_ns / (double)cs.shared_events[0] / 1e6);
+        }
+    } else {
+        fprintf(o, "shared        off\n");
+    }
+    if (a->cfg->cache_snapshot[0]) {
+        fprintf(o, "snapshot      %s: %llu leaves loaded at start, %llu in the last write "
+                   "(every %d s and on SIGTERM)\n",
+                a->cfg->cache_snapshot, (unsigned long long)cs.snapshot_loaded,
+                (unsigned long long)cs.snapshot_saved, a->cfg->cache_snapshot_interval_s);
+    }
 }
 
 static void text_metrics(struct cli_admin *a, FILE *o)
@@ -150,6 +177,15 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     for (int k = 0; k < 7; k++) {
         fprintf(o, "tlsmint_cache_events_total{event=\"%s\"} %llu\n", names[k],
                 (unsigned long long)vals[k]);
+    }
+    if (cs.shared_state >= 0) {
+        fprintf(o, "# TYPE tlsmint_shared_cache_events_total counter\n");
+        for (int k = 0; k < CC_SHARED_EVENTS; k++) {
+            fprintf(o, "tlsmint_shared_cache_events_total{event=\"%s\"} %llu\n",
+                    cc_shared_event_name(k), (unsigned long long)cs.shared_events[k]);
+        }
+        fprintf(o, "# TYPE tlsmint_shared_cache_up gauge\ntlsmint_shared_cache_up %d\n",
+                cs.shared_state);
     }
     int left = cli_mk_days_left(a->cfg);
     if (left != INT_MIN) {
@@ -322,6 +358,8 @@ static void *admin_main(void *arg)
     struct cli_admin *a = arg;
     uint64_t next_audit = px_now_ns() + 60000000000ull;
     uint64_t next_expiry = px_now_ns() + 86400000000000ull; /* start and reload warn too */
+    uint64_t snap_every = (uint64_t)a->cfg->cache_snapshot_interval_s * 1000000000ull;
+    uint64_t next_snap = a->snapshot != NULL ? px_now_ns() + snap_every : UINT64_MAX;
     for (;;) {
         struct pollfd p[3] = {{.fd = a->stopfd, .events = POLLIN},
                               {.fd = a->ufd, .events = POLLIN},
@@ -335,7 +373,14 @@ static void *admin_main(void *arg)
             cli_cert_expiry_warn(a->cfg);
             next_expiry = now + 86400000000000ull;
         }
-        int wait_ms = (int)((next_audit - px_now_ns()) / 1000000ull) + 1;
+        if (now >= next_snap) {
+            char msg[600];
+            (void)a->snapshot(a->snapshot_ctx, msg, sizeof(msg)); /* logs its outcome */
+            next_snap = px_now_ns() + snap_every;
+        }
+        uint64_t next = next_audit < next_snap ? next_audit : next_snap;
+        now = px_now_ns();
+        int wait_ms = next > now ? (int)((next - now) / 1000000ull) + 1 : 0;
         if (poll(p, 3, wait_ms) < 0 && errno != EINTR) {
             return NULL;
         }

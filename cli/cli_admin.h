@@ -19,6 +19,9 @@ struct cli_admin {
     /* reload hook (main thread's function); writes one line into msg; 0 on success */
     int (*reload)(void *ctx, char *msg, size_t len);
     void *reload_ctx;
+    /* [cache] snapshot hook, run every snapshot_interval_s on the admin thread (NULL = off) */
+    int (*snapshot)(void *ctx, char *msg, size_t len);
+    void *snapshot_ctx;
     int ufd, mfd, stopfd;
     pthread_t th;
     bool running;

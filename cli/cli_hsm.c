@@ -190,7 +190,26 @@ struct reloader {
     int ncfgs;
     struct cc_ctx *cur_cc;  /* one reference: the cache new connections use */
     char cur_sig[2048];     /* what cur_cc was built from */
+    const struct px_cfg *cur_cfg; /* the configuration loaded last */
 };
+
+/* [cache] snapshot: the current cache into its sealed file (admin timer, and after the drain). */
+static int do_snapshot(void *ctx, char *msg, size_t len)
+{
+    struct reloader *r = ctx;
+    pthread_mutex_lock(&r->lock);
+    const struct px_cfg *cfg = r->cur_cfg;
+    struct cc_ctx *cc = r->cur_cc;
+    cc_ref(cc);
+    pthread_mutex_unlock(&r->lock);
+    int n = cfg->cache_snapshot[0] ? cc_snapshot_save(cc, cfg->cache_snapshot, msg, len) : 0;
+    cc_free(cc);
+    if (n >= 0) {
+        snprintf(msg, len, "cache snapshot %s: %d leaves written", cfg->cache_snapshot, n);
+    }
+    px_log(n >= 0 ? PX_LOG_INFO : PX_LOG_WARN, "main", "%s", msg);
+    return n < 0 ? -1 : 0;
+}
 
 /*
  * What a certificate cache depends on: the [ca] and [cache] settings and the CA files as they
@@ -275,6 +294,7 @@ static int do_reload(void *ctx, char *msg, size_t len)
         snprintf(r->cur_sig, sizeof(r->cur_sig), "%s", sig);
     }
     r->cfgs[r->ncfgs++] = cfg;
+    r->cur_cfg = cfg;
     px_log_set_level(cfg->log_level);
     bool hsm_same = same_hsm(r->first, cfg);
     bool listen_same = strcmp(r->first->listen_explicit, cfg->listen_explicit) == 0 &&
@@ -356,6 +376,9 @@ int cli_run(int argc, char **argv)
         fprintf(stderr, "tlsmint run: %s\n", err);
         goto out;
     }
+    if (cfg.cache_snapshot[0]) {
+        (void)cc_snapshot_load(cc, cfg.cache_snapshot); /* before any listener opens */
+    }
     dp = dp_server_new(&cfg, pool, cc, err, sizeof(err));
     if (dp == NULL) {
         fprintf(stderr, "tlsmint run: %s\n", err);
@@ -378,13 +401,16 @@ int cli_run(int argc, char **argv)
     }
     rl.path = conf;
     rl.first = &cfg;
+    rl.cur_cfg = &cfg;
     rl.cur_cc = cc;
     cc_ref(cc);
     cc_signature(&cfg, rl.cur_sig, sizeof(rl.cur_sig));
     rl.pool = pool;
     rl.dp = dp;
     struct cli_admin admin = {.cfg = &cfg, .pool = pool, .dp = dp,
-                              .reload = do_reload, .reload_ctx = &rl};
+                              .reload = do_reload, .reload_ctx = &rl,
+                              .snapshot = cfg.cache_snapshot[0] ? do_snapshot : NULL,
+                              .snapshot_ctx = &rl};
     if (cli_admin_start(&admin, err, sizeof(err)) != 0) {
         fprintf(stderr, "tlsmint run: %s\n", err);
         dp_server_stop(dp, 0);
@@ -412,6 +438,10 @@ int cli_run(int argc, char **argv)
     }
     cli_admin_stop(&admin);
     dp_server_stop(dp, 5000);
+    if (cfg.cache_snapshot[0]) {
+        char msg[600];
+        (void)do_snapshot(&rl, msg, sizeof(msg)); /* the drained cache, for a warm start */
+    }
     struct dp_stats ds;
     dp_server_stats(dp, &ds);
     px_log(PX_LOG_INFO, "main", "connections: %llu accepted, %llu handshakes ok, %llu failed, "
