@@ -18,6 +18,7 @@ int cli_init(int argc, char **argv);
 int cli_hsm_status(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_mint(int argc, char **argv);
+int cli_transparent(int argc, char **argv); /* cli_nft.c */
 
 /* Path of the running tlsmint binary (for spawning signers). */
 const char *cli_self_exe(void);

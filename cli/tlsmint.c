@@ -36,6 +36,9 @@ static const char usage[] =
     "  restore --in FILE --dir DIR --master-key-file F [--hsm-env NAME=VALUE]\n"
     "                 install a bundle on this node (verifies it and the HSM first)\n"
     "  hsm-status     show each HSM member: token, serial, state, key, a test signature\n"
+    "  transparent setup|status|teardown [--mode redirect|tproxy] [--in-interface IF]\n"
+    "                 [--ports 443,8443] [--exclude-uid U | --exclude-mark M]\n"
+    "                 nftables rules for transparent mode, in their own table inet tlsmint\n"
     "  help           this text; 'tlsmint COMMAND --help' shows a command's options\n"
     "\n"
     "options:\n"
@@ -175,6 +178,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "mint") == 0) {
         return cli_mint(sc, sub);
+    }
+    if (strcmp(cmd, "transparent") == 0) {
+        return cli_transparent(sc, sub);
     }
     if (strcmp(cmd, "run") == 0) {
         return cli_run(sc, sub);

@@ -3,14 +3,15 @@
 # test_gateway.sh - tlsmint as a transparent proxy on a router: three network namespaces made
 # here (client, gateway, server), veth pairs client<->gateway (10.200.1.0/24) and
 # gateway<->server (10.200.2.0/24), IP forwarding in the gateway, the client's default route via
-# the gateway, and in the gateway 'iptables -t nat -A PREROUTING -i lan0 -p tcp --dport 443
-# -j REDIRECT' to tlsmint's transparent listener on 0.0.0.0. The client has no proxy setting.
+# the gateway, and in the gateway 'tlsmint transparent setup --in-interface lan0' (nftables
+# prerouting REDIRECT of TCP 443 to tlsmint's transparent listener on 0.0.0.0; then TPROXY with
+# its policy route, and teardown). The client has no proxy setting.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 T_START=$(date +%s)
 
-if [ "$(id -u)" != 0 ] || ! command -v iptables >/dev/null || ! ip netns list >/dev/null 2>&1; then
-    echo "SKIP: needs root, iptables and network namespaces"
+if [ "$(id -u)" != 0 ] || ! command -v nft >/dev/null || ! ip netns list >/dev/null 2>&1; then
+    echo "SKIP: needs root, nft and network namespaces"
     exit 77
 fi
 NC="tme2e-cl-$$"
@@ -109,8 +110,11 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 grep -q "tlsmint running" "$WORK/tlsmint.out" || { echo "tlsmint did not start:"; cat "$WORK/tlsmint.out"; exit 1; }
-G iptables -t nat -A PREROUTING -i lan0 -p tcp --dport 443 -j REDIRECT --to-ports "$TPORT" ||
-    { echo "iptables REDIRECT failed"; exit 1; }
+RS0=$(G nft -s list ruleset)
+RULES0=$(G ip rule show; G ip -6 rule show)
+out=$(G "$TLSMINT" -c "$CONF" transparent setup --in-interface lan0 --ports 443 2>&1) ||
+    { echo "transparent setup failed: $out"; exit 1; }
+check_contains "transparent setup: REDIRECT from lan0" "TCP port(s) 443 arriving on lan0 redirected to port $TPORT" "$out"
 alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
 RES=(--resolve origin.test:443:10.200.2.2 --resolve origin.test:8443:10.200.2.2)
 
@@ -197,7 +201,9 @@ check_contains "log says stopped" "main: stopped" "$(cat "$WORK/tlsmint.out")"
 check_not_contains "no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint.out")"
 check_not_contains "no UBSan report" "runtime error" "$(cat "$WORK/tlsmint.out")"
 echo "== TPROXY instead of REDIRECT ([listen] tproxy = yes)"
-G iptables -t nat -F PREROUTING
+out=$(G "$TLSMINT" transparent teardown 2>&1)
+check_contains "transparent teardown" "table inet tlsmint removed" "$out"
+check_eq "the ruleset is as before" "$RS0" "$(G nft -s list ruleset)"
 TPORT2=15444
 CONF2="$WORK/tproxy.conf"
 cp "$CONF" "$CONF2"
@@ -205,9 +211,12 @@ set_conf "$CONF2" listen transparent "0.0.0.0:$TPORT2"
 set_conf "$CONF2" listen tproxy yes
 set_conf "$CONF2" log access "$WORK/access2.log"
 set_conf "$CONF2" admin socket "$WORK/admin2.sock"
-if G iptables -t mangle -A PREROUTING -i lan0 -p tcp --dport 443 -j TPROXY --on-port "$TPORT2" \
-        --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1 2>/dev/null &&
-    G ip rule add fwmark 0x1/0x1 lookup 100 && G ip route add local 0.0.0.0/0 dev lo table 100; then
+if out=$(G "$TLSMINT" -c "$CONF2" transparent setup --in-interface lan0 --ports 443 2>&1); then
+    check_contains "TPROXY setup: mode from [listen] tproxy" "arriving on lan0 diverted with TPROXY to port $TPORT2" "$out"
+    check_contains "TPROXY setup: adds the policy route and says so" "policy routing: 'ip rule add fwmark 0x1/0x1 lookup 100' and 'ip route add local 0.0.0.0/0 dev lo table 100' added" "$out"
+    out=$(G "$TLSMINT" -c "$CONF2" transparent setup --in-interface lan0 --ports 443 2>&1)
+    check_contains "TPROXY setup twice: the route is already there" "already present" "$out"
+    check_eq "TPROXY setup twice: one ip rule" "1" "$(G ip rule show | grep -c 'fwmark 0x1/0x1 lookup 100')"
     ns_start G tlsmint2 "$TLSMINT" -c "$CONF2" run
     W2=$LAST_WAITER
     P2=$(cat "$WORK/tlsmint2.pid")
@@ -227,6 +236,14 @@ if G iptables -t mangle -A PREROUTING -i lan0 -p tcp --dport 443 -j TPROXY --on-
     wait "$W2"
     check_eq "TPROXY: exit status 0" "0" "$?"
     check_not_contains "TPROXY: no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint2.out")"
+    st=$(G "$TLSMINT" transparent status 2>&1)
+    check_contains "TPROXY status: the rule with its counter" "tproxy to :$TPORT2 meta mark set 0x00000001 accept" "$st"
+    check_contains "TPROXY status: the policy route" "local default dev lo" "$st"
+    out=$(G "$TLSMINT" transparent teardown 2>&1)
+    check_contains "TPROXY teardown: the route goes too" "removed (IPv4)" "$out"
+    check_eq "TPROXY teardown: ruleset as before" "$RS0" "$(G nft -s list ruleset)"
+    check_eq "TPROXY teardown: ip rules as before" "$RULES0" "$(G ip rule show; G ip -6 rule show)"
+    check_eq "TPROXY teardown: table 100 empty" "" "$(G ip route show table 100 2>/dev/null)"
 else
     echo "  (TPROXY target or policy routing not available here: TPROXY checks skipped)"
 fi

@@ -1,12 +1,14 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# test_transparent.sh - tlsmint as a transparent proxy: a network namespace made here, an
-# iptables nat OUTPUT REDIRECT that matches only the client's uid (so the proxy's own upstream
-# connections are not redirected), a real nginx origin and curl running as 'nobody'.
+# test_transparent.sh - tlsmint as a transparent proxy: a network namespace made here, the
+# nftables rules of 'tlsmint transparent setup --exclude-uid 0' (nat output REDIRECT of
+# everything but root's connections, so the proxy's own upstream connections are not
+# redirected; setup twice changes nothing, teardown leaves the ruleset as it was), a real nginx
+# origin and curl running as 'nobody'.
 . "$(dirname "$0")/lib.sh"
 
-if [ "$(id -u)" != 0 ] || ! command -v iptables >/dev/null || ! ip netns list >/dev/null 2>&1; then
-    echo "SKIP: needs root, iptables and network namespaces"
+if [ "$(id -u)" != 0 ] || ! command -v nft >/dev/null || ! ip netns list >/dev/null 2>&1; then
+    echo "SKIP: needs root, nft and network namespaces"
     exit 77
 fi
 NS="tlsmint-e2e-$$"
@@ -72,8 +74,18 @@ sleep 0.2
 TLSMINT_PID=$(cat "$WORK/tlsmint.pid")
 PIDS+=($TLSMINT_PID)
 wait_port "$TPORT" || { echo "tlsmint did not start"; cat "$WORK/tlsmint.log"; exit 1; }
-IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport "$OPORT" -m owner --uid-owner 65534 \
-    -j REDIRECT --to-ports "$TPORT"
+echo "== tlsmint transparent setup"
+RS0=$(IN nft -s list ruleset)
+out=$(IN "$TLSMINT" -c "$CONF" transparent setup --ports "$OPORT" --exclude-uid 0 2>&1)
+check_eq "setup: exit 0" "0" "$?"
+check_contains "setup says what it did" "nftables: table inet tlsmint: TCP port(s) $OPORT arriving on any interface, this host's own except uid 0 redirected to port $TPORT (IPv4 and IPv6)" "$out"
+RS1=$(IN nft -s list ruleset)
+IN "$TLSMINT" -c "$CONF" transparent setup --ports "$OPORT" --exclude-uid 0 >/dev/null 2>&1
+check_eq "setup twice changes nothing" "$RS1" "$(IN nft -s list ruleset)"
+check_eq "nothing outside table inet tlsmint" "table inet tlsmint" "$(IN nft list tables | grep -v -F -x -f <(echo "$RS0" | grep '^table') )"
+out=$(IN "$TLSMINT" transparent setup --ports 0,443 --to-port 1 2>&1)
+check "bad --ports refused" test $? -eq 2
+check_contains "with a reason" "--ports '0,443': comma-separated TCP ports" "$out"
 CA="$WORK/state/ca/forward-trust.pem"
 AS_NOBODY() { IN setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
 alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
@@ -105,7 +117,13 @@ check "proxy still alive" kill -0 "$TLSMINT_PID"
 out=$(AS_NOBODY curl -sS --max-time 10 --cacert "$CA" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "and still serving" "hello-from-origin" "$out"
 
-echo "== IPv6: ip6tables REDIRECT to a listener on [::1] (IP6T_SO_ORIGINAL_DST)"
+echo "== transparent status: rules and counters"
+st=$(IN "$TLSMINT" transparent status 2>&1)
+check_contains "status lists the table" "table inet tlsmint" "$st"
+check_contains "status shows the uid exclusion" "meta skuid 0 counter packets" "$st"
+check "status: the redirect rule counted packets" test -n "$(echo "$st" | grep "redirect to :$TPORT" | grep -v 'packets 0 ')"
+
+echo "== IPv6: the same rules (inet) to a listener on [::1] (IP6T_SO_ORIGINAL_DST)"
 TPORT6=18081
 CONF6="$WORK/v6.conf"
 cp "$CONF" "$CONF6"
@@ -113,8 +131,8 @@ set_conf "$CONF6" listen transparent "[::1]:$TPORT6"
 set_conf "$CONF6" log access "$WORK/access6.log"
 set_conf "$CONF6" admin socket "$WORK/admin6.sock"
 set_conf "$CONF6" admin metrics ""
-if IN ip6tables -t nat -A OUTPUT -p tcp -d ::1 --dport "$OPORT" -m owner --uid-owner 65534 \
-        -j REDIRECT --to-ports "$TPORT6" 2>/dev/null; then
+if IN ip -6 addr show dev lo 2>/dev/null | grep -q '::1' &&
+    IN "$TLSMINT" -c "$CONF6" transparent setup --ports "$OPORT" --exclude-uid 0 >/dev/null; then
     IN bash -c "echo \$\$ >$WORK/tlsmint6.pid; exec $TLSMINT -c $CONF6 run" >"$WORK/tlsmint6.log" 2>&1 &
     W6=$!
     sleep 0.3
@@ -132,8 +150,17 @@ if IN ip6tables -t nat -A OUTPUT -p tcp -d ::1 --dport "$OPORT" -m owner --uid-o
     check_eq "IPv6: exit 0" "0" "$?"
     check_not_contains "IPv6: no sanitizer report" "Sanitizer" "$(cat "$WORK/tlsmint6.log")"
 else
-    echo "  (ip6tables nat not available here: IPv6 checks skipped)"
+    echo "  (no IPv6 loopback here: IPv6 checks skipped)"
 fi
+
+echo "== transparent teardown"
+out=$(IN "$TLSMINT" transparent teardown 2>&1)
+check_contains "teardown removes the table" "nftables: table inet tlsmint removed" "$out"
+check_eq "the ruleset is as it was before setup" "$RS0" "$(IN nft -s list ruleset)"
+out=$(IN "$TLSMINT" transparent status 2>&1)
+check "status after teardown: exit 1" test $? -eq 1
+check_contains "and says so" "no table inet tlsmint" "$out"
+check_contains "teardown twice: nothing to remove" "nothing to remove" "$(IN "$TLSMINT" transparent teardown 2>&1)"
 
 kill -TERM "$TLSMINT_PID"
 wait "$WAITER"
