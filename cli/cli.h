@@ -82,6 +82,10 @@ int cli_priv_drop_child(const struct px_cfg *cfg, char *err, size_t errlen);
 /* init as root on a directory owned by another user: become that user. 1 switched, 0 not. */
 int cli_priv_become_owner(const char *dir, char *err, size_t errlen);
 
+/* ---- systemd (cli_svc.c) ---- */
+/* READY=1 (once >= 1 HSM member is up), STATUS= and the watchdog; after the listeners accept. */
+void cli_svc_running(struct hsm_pool *pool, const char *explicit_l, const char *transparent_l);
+
 /* A named byte string (bundle entries). */
 struct entry_view {
     char name[64];

@@ -248,6 +248,7 @@ static int do_reload(void *ctx, char *msg, size_t len)
     struct reloader *r = ctx;
     char err[600];
     int ret = -1;
+    px_notify("RELOADING=1");
     pthread_mutex_lock(&r->lock);
     struct px_cfg *cfg = NULL;
     if (r->ncfgs >= 64) {
@@ -311,6 +312,7 @@ static int do_reload(void *ctx, char *msg, size_t len)
 out:
     free(cfg);
     pthread_mutex_unlock(&r->lock);
+    px_notify("READY=1"); /* done, applied or refused: the old configuration keeps running */
     px_log(ret == 0 ? PX_LOG_INFO : PX_LOG_ERROR, "main", "%s", msg);
     return ret;
 }
@@ -425,6 +427,7 @@ int cli_run(int argc, char **argv)
     }
     px_log(PX_LOG_INFO, "main", "tlsmint running: explicit %s, transparent %s, %d/%d HSM members up, CA %s",
            ex, tr, hsm_pool_members_up(pool), hsm_pool_members(pool), cfg.ca_forward_trust_cert);
+    cli_svc_running(pool, ex, tr);
     for (;;) {
         int sig = 0;
         sigwait(&set, &sig);
@@ -434,8 +437,10 @@ int cli_run(int argc, char **argv)
             continue;
         }
         px_log(PX_LOG_INFO, "main", "%s: draining connections", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        px_notify("STOPPING=1");
         break;
     }
+    px_notify_watchdog_stop();
     cli_admin_stop(&admin);
     dp_server_stop(dp, 5000);
     if (cfg.cache_snapshot[0]) {

@@ -79,6 +79,16 @@ void px_log_set_tag(const char *tag);
 void px_log(enum px_log_level level, const char *mod, const char *fmt, ...) PX_PRINTF(3, 4);
 void px_log_ossl_errors(const char *where);
 
+/* ---- systemd (px_notify.c; no-ops when not started by systemd) ------------------------- */
+
+/* sd_notify(state), e.g. "READY=1", "RELOADING=1", "STOPPING=1". */
+void px_notify(const char *state);
+void px_notify_status(const char *fmt, ...) PX_PRINTF(1, 2);
+/* Starts the WATCHDOG=1 thread when systemd asks for it (WatchdogSec=); it pings every half
+ * period while alive(ctx) (NULL: always) is true. Returns 1 started, 0 not asked. */
+PX_MUST_CHECK int px_notify_watchdog_start(bool (*alive)(void *ctx), void *ctx);
+void px_notify_watchdog_stop(void);
+
 /* ---- time ------------------------------------------------------------------------------- */
 
 /* CLOCK_MONOTONIC in nanoseconds. */

@@ -4,12 +4,14 @@
  * Owns the global level and process tag (set before threads start, read-only after).
  * Called from every thread: each line is formatted on the stack and written with one write(2),
  * so lines from different threads and processes never interleave.
+ * Under systemd (stderr is the journal) lines carry a <N> priority and no timestamp.
  * Not here: the access log (dataplane) and metrics.
  */
 #include "px.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,23 @@
 
 static enum px_log_level g_level = PX_LOG_INFO;
 static const char *g_tag = "tlsmint";
+static pthread_once_t g_journal_once = PTHREAD_ONCE_INIT;
+static bool g_journal;
+
+/*
+ * systemd sets JOURNAL_STREAM=DEV:INODE for the stream it connected stdout/stderr to. When
+ * stderr is that stream, the journal adds the time itself and reads a "<N>" syslog priority
+ * prefix, so `journalctl -p warning` works; a redirected stderr keeps the plain format.
+ */
+static void journal_detect(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    struct stat st;
+    unsigned long long dev = 0, ino = 0;
+    g_journal = js != NULL && sscanf(js, "%llu:%llu", &dev, &ino) == 2 &&
+                fstat(STDERR_FILENO, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+                (unsigned long long)st.st_ino == ino;
+}
 
 void px_log_set_level(enum px_log_level level)
 {
@@ -55,14 +74,22 @@ void px_log(enum px_log_level level, const char *mod, const char *fmt, ...)
     if (level > g_level) {
         return;
     }
+    static const int prio[] = {3, 4, 6, 7}; /* LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG */
     char line[1024];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s[%d] %s: ",
+    int n;
+    pthread_once(&g_journal_once, journal_detect);
+    if (g_journal) {
+        n = snprintf(line, sizeof(line), "<%d>%s[%d] %s: ", prio[level], g_tag, (int)getpid(),
+                     mod);
+    } else {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s[%d] %s: ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, lv[level], g_tag, (int)getpid(), mod);
+    }
     if (n < 0) {
         return;
     }
