@@ -62,4 +62,181 @@ void dp_alog_free(struct dp_alog *a);
 /* Queues one line (copied). Never blocks: drops and counts when the queue is full. */
 void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 
+/* ---- connections, loops, server (dp_loop.c) ---------------------------------------------- */
+
+#define DP_MAX_CONNS 4096       /* per loop */
+#define DP_RBUF 16384           /* recv buffer per side */
+#define DP_OBUF 16384           /* send buffer per side */
+#define DP_PENDING_MAX 65536    /* bytes waiting for a side before its peer is not read */
+#define DP_HELLO_MAX 16384      /* raw ClientHello bytes kept for replay */
+#define DP_HANDSHAKE_MS 10000
+#define DP_IDLE_MS 300000
+#define DP_CONNECT_MS 5000
+#define DP_TICK_MS 200
+
+enum dp_op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES };
+enum dp_dir { D_CLIENT = 0, D_UP = 1 };
+
+enum dp_state {
+    S_FREE = 0,
+    S_CONNECT_REQ,   /* explicit: reading the CONNECT request */
+    S_RESOLVING,     /* explicit: waiting for the resolver */
+    S_CLIENT_HELLO,  /* reading the ClientHello */
+    S_UP_CONNECTING, /* TCP connect to the upstream */
+    S_UP_HANDSHAKE,  /* TLS with the upstream */
+    S_MINTING,       /* waiting for certcache */
+    S_CLIENT_HANDSHAKE,
+    S_RELAY,
+    S_SPLICE,        /* bypass: raw bytes both ways */
+    S_REOPEN,        /* fail open: waiting for the first upstream's operations to end */
+    S_CLOSING        /* flushing what is queued, then close */
+};
+
+enum dp_outcome {
+    O_NONE = 0, O_OK, O_BYPASS, O_REFUSED_HSM, O_UPSTREAM_FAILED, O_CLIENT_ERROR, O_BAD_REQUEST,
+    O_TIMEOUT, O_SHUTDOWN, O_FAIL_OPEN
+};
+
+union dp_ud {
+    uint64_t u;
+    struct {
+        uint8_t op;
+        uint8_t dir;
+        uint16_t gen;
+        uint32_t slot;
+    } f;
+};
+
+struct side {
+    int fd;
+    uint8_t *rbuf;
+    uint32_t rlen;   /* raw bytes held (CONNECT head) */
+    uint8_t *obuf;
+    uint32_t olen, ooff;
+    BIO *out;        /* bytes to send: the SSL's wbio, or raw bytes in splice mode */
+    BIO *in;         /* the SSL's rbio */
+    SSL *ssl;
+    bool recv_armed, send_armed, eof, err;
+};
+
+struct dp_loop;
+
+/*
+ * What a reload replaces: the configuration, the certificate cache (CA material, key pool)
+ * and the TLS contexts (trust store). Refcounted: the server holds the current one, each loop
+ * and each connection holds the one it started with, so a reload never disturbs a connection.
+ */
+struct dp_gen {
+    _Atomic int refs;
+    unsigned id;
+    const struct px_cfg *cfg; /* borrowed: the caller keeps every config it loaded */
+    struct cc_ctx *cc;        /* one reference */
+    SSL_CTX *sctx;            /* client-facing (server role) */
+    SSL_CTX *uctx;            /* upstream-facing (client role) */
+    char bypass[64][128];
+    int nbypass;
+};
+
+struct dp_conn {
+    uint32_t slot;
+    uint16_t gen;
+    enum dp_state state;
+    enum dp_outcome outcome;
+    struct dp_loop *loop;
+    struct dp_gen *g;      /* reference taken at accept */
+    int inflight;
+    bool transparent;
+    bool sent_200;
+    bool up_connected;
+    bool hello_seen;
+    bool leaf_ready;
+    bool fail_hello;       /* make the ClientHello callback abort with handshake_failure */
+    bool up_shut_sent, cl_shut_sent;
+    bool up_resumed;
+    bool fail_open;        /* replay the ClientHello on a new upstream connection and splice */
+    enum cc_key_kind keykind;
+    struct side s[2];
+    struct sockaddr_storage client_addr, dst;
+    socklen_t dstlen;
+    char host[256];        /* CONNECT host, or the SNI, or the destination IP */
+    uint16_t port;
+    char sni[256];
+    uint8_t alpn[256];
+    uint32_t alpn_len;
+    uint8_t alpn_sel[256];
+    uint32_t alpn_sel_len;
+    uint8_t *hello;        /* raw ClientHello bytes, kept until the handshake is decided */
+    uint32_t hello_len;
+    bool hello_overflow;
+    struct cc_entry *leaf;
+    const char *cache_result;
+    long verify_result;
+    bool verified;
+    uint64_t start_ns, last_ns, deadline_ns, hsm_wait_ns;
+    uint64_t bytes_c2u, bytes_u2c;
+    struct dp_conn *next_free;
+};
+
+struct dp_counters {
+    _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
+        refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
+        fail_open, up_resumed, up_full;
+    _Atomic uint64_t outcome[DP_OUTCOMES];
+};
+
+#define DP_SESS_SLOTS 1024
+
+/* Upstream TLS sessions, per loop, keyed by name + address: a resumed upstream handshake costs
+ * a third of a full one (OPENSSL-NOTES.md). Direct-mapped: a collision replaces. */
+struct sess_slot {
+    char key[300];
+    SSL_SESSION *sess;
+};
+
+struct dp_loop {
+    int idx;
+    struct sess_slot *sess;
+    uint64_t sess_resumed, sess_full;
+    struct dp_server *srv;
+    struct io_uring ring;
+    bool ring_ok;
+    int lfd[2];              /* explicit, transparent listeners (-1 = off) */
+    bool accept_armed[2];
+    struct dp_conn *conns;
+    struct dp_conn *free_list;
+    uint32_t nactive;
+    struct cc_loop *ccl;      /* for the current generation's cache */
+    struct dp_gen *g;         /* the generation new connections use */
+    struct cc_loop *old_ccl;  /* previous cache's handle, polled until its mints are done */
+    struct dp_gen *old_g;
+    uint8_t cc_epoch;         /* tags the eventfd read of the current ccl */
+    uint64_t cc_val, res_val; /* eventfd read targets */
+    struct dp_res_done res_done;
+    struct __kernel_timespec tick;
+    pthread_t th;
+    int start_err;
+    struct dp_counters ctr;
+    bool stopping;
+    uint64_t drain_deadline_ns;
+};
+
+struct dp_server {
+    const struct px_cfg *cfg; /* the first configuration: listeners, threads */
+    struct hsm_pool *pool;
+    pthread_mutex_t gen_lock;
+    struct dp_gen *gen;       /* current generation, under gen_lock */
+    _Atomic unsigned gen_id;
+    struct dp_resolver *res;
+    struct dp_alog *alog;
+    struct dp_alog *keylog;
+    int nloops;
+    struct dp_loop *loops;
+    int port_explicit, port_transparent;
+    _Atomic bool stop;
+    _Atomic int drain_ms;
+    pthread_mutex_t start_lock;
+    pthread_cond_t start_cond;
+    int started;
+};
+
 #endif
