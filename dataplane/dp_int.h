@@ -239,4 +239,123 @@ struct dp_server {
     int started;
 };
 
+/* ---- shared by the dataplane's files ------------------------------------------------------ */
+
+/* dp_addr.c: socket addresses */
+/* "IP:PORT" or "[IPv6]:PORT" (no names) into ss; PX_E_INVAL otherwise. */
+int dp_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, int *port);
+/* "ip:port", "[ip6]:port" or "-". */
+void dp_addr_str(const struct sockaddr_storage *ss, char *out, size_t cap);
+/* Same family, address and port. */
+bool dp_addr_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+/* dp_server.c: reload generations */
+void dp_gen_ref(struct dp_gen *g);
+/* Drops one reference; the last one frees the TLS contexts and the cache reference. NULL ok. */
+void dp_gen_unref(struct dp_gen *g);
+/* On loop l: takes the server's current generation for new connections. */
+void dp_gen_switch(struct dp_loop *l);
+
+/* dp_loop.c: one loop */
+extern __thread struct dp_loop *dp_loop_cur; /* the loop of this thread */
+int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc);
+void dp_loop_fini(struct dp_loop *l);
+/* The loop thread (arg: its struct dp_loop). */
+void *dp_loop_main(void *arg);
+void dp_loop_arm_accept(struct dp_loop *l, int which);
+/* Re-arms the eventfd read of the cache handle (which 0) or of the resolver (which 1). */
+void dp_loop_arm_events(struct dp_loop *l, int which);
+/* The live connection a token names, or NULL when it has ended (or the slot was reused). */
+struct dp_conn *dp_conn_by_token(struct dp_loop *l, uint64_t tok);
+
+/* dp_conn.c: a connection from accept to close */
+void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags);
+/* Runs the state machine until it waits for something, then arms the I/O it waits for. */
+void dp_conn_run(struct dp_conn *c);
+void dp_conn_on_connect(struct dp_conn *c, int res);
+void dp_conn_on_resolved(struct dp_loop *l);
+/* Opens the upstream socket and submits connect + link timeout (state S_UP_CONNECTING). */
+void dp_conn_connect(struct dp_conn *c);
+/* Frees everything once no operation is in flight (else a later CQE does). */
+void dp_conn_release(struct dp_conn *c);
+/* Ends the connection now: pending operations are woken by shutdown and drained. */
+void dp_conn_abort(struct dp_conn *c, enum dp_outcome why);
+/* Ends after flushing what is queued (an HTTP answer or a TLS alert). */
+void dp_conn_finish(struct dp_conn *c, enum dp_outcome why);
+
+/* dp_tls.c: both TLS halves */
+int dp_tls_ctx_init(struct dp_gen *g, const struct px_cfg *cfg, char *err, size_t errlen);
+/* Where SSLKEYLOGFILE lines go (borrowed; NULL = off). Set before the first generation. */
+void dp_tls_keylog_set(struct dp_alog *a);
+/* Client-side SSL over memory BIOs, accept state, ClientHello buffer (S_CLIENT_HELLO). */
+int dp_tls_client_start(struct dp_conn *c);
+/* Upstream SSL: SNI, host check, client's ALPN, cached session (S_UP_HANDSHAKE). */
+int dp_tls_upstream_start(struct dp_conn *c);
+/* Client bytes into the TLS side; kept raw while the ClientHello is read (for a replay). */
+void dp_tls_client_bytes(struct dp_conn *c, const uint8_t *p, size_t n);
+/* Makes the client handshake fail with handshake_failure, outcome why (S_CLIENT_HANDSHAKE). */
+void dp_tls_refuse(struct dp_conn *c, enum dp_outcome why);
+/* Keeps the upstream session of a cleanly finished connection for the next one. */
+void dp_tls_sess_store(struct dp_conn *c);
+
+/* dp_leaf.c: the leaf for the client */
+/* Upstream handshake done: records verification and ALPN, asks certcache for the leaf. */
+void dp_leaf_get(struct dp_conn *c);
+/* S_REOPEN: once nothing of the old upstream is in flight, connects a new one. */
+void dp_leaf_reopen(struct dp_conn *c);
+
+/* dp_relay.c: moving bytes */
+void dp_relay_queue(struct dp_conn *c, int dir, const void *p, size_t n);
+/* Submits the sends and recvs the connection's state and backpressure allow. */
+void dp_relay_arm(struct dp_conn *c);
+/* Decrypts what side from holds and re-encrypts it towards the other side. */
+void dp_relay_tls(struct dp_conn *c, int from);
+/* Drops the client's TLS objects and passes bytes untouched (S_SPLICE); replays the hello. */
+void dp_relay_splice(struct dp_conn *c);
+void dp_relay_on_recv(struct dp_conn *c, int dir, int res);
+void dp_relay_on_send(struct dp_conn *c, int dir, int res);
+
+/* dp_policy.c: the decision for a new connection */
+void dp_policy_load(struct dp_gen *g, const struct px_cfg *cfg);
+/* [policy] bypass: exact names, or "*.suffix" / ".suffix" for a domain and its subdomains. */
+bool dp_policy_bypassed(const struct dp_gen *g, const char *host);
+
+/* dp_alog.c: the access-log line of a connection that ends */
+void dp_alog_conn(struct dp_conn *c);
+
+/* ---- small helpers on the hot path ---------------------------------------------------------- */
+
+/* user_data of an operation: never a pointer (a late CQE of a reused slot is recognised). */
+static inline uint64_t dp_ud_make(enum dp_op op, int dir, const struct dp_conn *c)
+{
+    union dp_ud u = {.f = {.op = (uint8_t)op,
+                           .dir = (uint8_t)dir,
+                           .gen = c ? c->gen : 0,
+                           .slot = c ? c->slot : 0}};
+    return u.u;
+}
+
+/* An SQE; flushes the SQ once when it is full. NULL only if that submit failed. */
+static inline struct io_uring_sqe *dp_sqe(struct dp_loop *l)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+    if (sqe == NULL) {
+        io_uring_submit(&l->ring);
+        sqe = io_uring_get_sqe(&l->ring);
+    }
+    return sqe;
+}
+
+/* Bytes waiting to be sent to side dir: in its output BIO plus the unsent part of obuf. */
+static inline size_t dp_pending_out(const struct dp_conn *c, int dir)
+{
+    return BIO_ctrl_pending(c->s[dir].out) + (c->s[dir].olen - c->s[dir].ooff);
+}
+
+/* {gen, slot} of a connection, for completions that come back from other threads. */
+static inline uint64_t dp_conn_token(const struct dp_conn *c)
+{
+    return ((uint64_t)c->gen << 32) | c->slot;
+}
+
 #endif

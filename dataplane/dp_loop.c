@@ -51,26 +51,7 @@ static void keylog_cb(const SSL *ssl, const char *line)
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static uint64_t mk_ud(enum dp_op op, int dir, const struct dp_conn *c)
-{
-    union dp_ud u = {.f = {.op = (uint8_t)op,
-                           .dir = (uint8_t)dir,
-                           .gen = c ? c->gen : 0,
-                           .slot = c ? c->slot : 0}};
-    return u.u;
-}
-
-static struct io_uring_sqe *get_sqe(struct dp_loop *l)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
-    if (sqe == NULL) {
-        io_uring_submit(&l->ring);
-        sqe = io_uring_get_sqe(&l->ring);
-    }
-    return sqe;
-}
-
-static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len, int *port)
+int dp_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, int *port)
 {
     char host[128];
     const char *colon = strrchr(s, ':');
@@ -103,7 +84,7 @@ static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t 
     return PX_E_INVAL;
 }
 
-static void addr_str(const struct sockaddr_storage *ss, char *out, size_t cap)
+void dp_addr_str(const struct sockaddr_storage *ss, char *out, size_t cap)
 {
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
@@ -158,7 +139,7 @@ static bool host_ok(const uint8_t *s, size_t len)
 }
 
 /* Same family, address and port (the rest of a sockaddr is padding). */
-static bool same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+bool dp_addr_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
     if (a->ss_family != b->ss_family) {
         return false;
@@ -182,7 +163,7 @@ static bool is_ip_literal(const char *h)
 }
 
 /* [policy] bypass: exact names, or "*.suffix" / ".suffix" for a domain and its subdomains. */
-static bool bypassed(const struct dp_gen *g, const char *host)
+bool dp_policy_bypassed(const struct dp_gen *g, const char *host)
 {
     size_t hl = strlen(host);
     for (int i = 0; i < g->nbypass; i++) {
@@ -204,15 +185,15 @@ static bool bypassed(const struct dp_gen *g, const char *host)
 
 /* ---- connection lifecycle --------------------------------------------------------------- */
 
-static void pump(struct dp_conn *c);
-static void sess_store(struct dp_conn *c);
+void dp_conn_run(struct dp_conn *c);
+void dp_tls_sess_store(struct dp_conn *c);
 
-static void gen_ref(struct dp_gen *g)
+void dp_gen_ref(struct dp_gen *g)
 {
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
 }
 
-static void gen_unref(struct dp_gen *g)
+void dp_gen_unref(struct dp_gen *g)
 {
     if (g != NULL && atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1) {
         SSL_CTX_free(g->sctx);
@@ -240,7 +221,7 @@ static struct dp_conn *conn_new(struct dp_loop *l, int fd)
     c->gen = gen;
     c->loop = l;
     c->g = l->g;
-    gen_ref(c->g);
+    dp_gen_ref(c->g);
     c->s[D_CLIENT].fd = fd;
     c->s[D_UP].fd = -1;
     c->s[D_CLIENT].rbuf = mem;
@@ -257,16 +238,16 @@ static struct dp_conn *conn_new(struct dp_loop *l, int fd)
     return c;
 }
 
-static void access_log(struct dp_conn *c)
+void dp_alog_conn(struct dp_conn *c)
 {
     struct dp_server *srv = c->loop->srv;
     if (srv->alog == NULL) {
         return;
     }
     char client[64], dst[64], host[300], sni[300], alpn[80], ver[128], line[1400];
-    addr_str(&c->client_addr, client, sizeof(client));
+    dp_addr_str(&c->client_addr, client, sizeof(client));
     if (c->dstlen > 0) {
-        addr_str(&c->dst, dst, sizeof(dst));
+        dp_addr_str(&c->dst, dst, sizeof(dst));
     } else {
         snprintf(dst, sizeof(dst), "-");
     }
@@ -302,20 +283,20 @@ static void access_log(struct dp_conn *c)
                      c->up_resumed ? "true" : "false", c->cache_result,
                      (double)c->hsm_wait_ns / 1e6, (unsigned long long)c->bytes_c2u,
                      (unsigned long long)c->bytes_u2c,
-                     (double)(px_now_ns() - c->start_ns) / 1e6, outcome_name[c->outcome]);
+                     (double)(px_now_ns() - c->start_ns) / 1e6, dp_outcome_name(c->outcome));
     if (n > 0) {
         dp_alog_write(srv->alog, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
 }
 
 /* Frees everything once no operation is in flight. */
-static void conn_release(struct dp_conn *c)
+void dp_conn_release(struct dp_conn *c)
 {
     struct dp_loop *l = c->loop;
     if (c->inflight > 0 || c->state == S_FREE) {
         return;
     }
-    sess_store(c);
+    dp_tls_sess_store(c);
     for (int d = 0; d < 2; d++) {
         struct side *sd = &c->s[d];
         if (sd->fd >= 0) {
@@ -330,8 +311,8 @@ static void conn_release(struct dp_conn *c)
         sd->ssl = NULL;
         sd->out = sd->in = NULL;
     }
-    access_log(c);
-    gen_unref(c->g);
+    dp_alog_conn(c);
+    dp_gen_unref(c->g);
     c->g = NULL;
     atomic_fetch_add_explicit(&l->ctr.outcome[c->outcome], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&l->ctr.bytes_c2u, c->bytes_c2u, memory_order_relaxed);
@@ -351,7 +332,7 @@ static void conn_release(struct dp_conn *c)
 }
 
 /* Ends the connection now: pending operations are woken by shutdown and drained. */
-static void conn_abort(struct dp_conn *c, enum dp_outcome why)
+void dp_conn_abort(struct dp_conn *c, enum dp_outcome why)
 {
     if (c->outcome == O_NONE || c->outcome == O_OK || c->outcome == O_BYPASS) {
         if (why != O_OK || c->outcome == O_NONE) {
@@ -366,20 +347,20 @@ static void conn_abort(struct dp_conn *c, enum dp_outcome why)
         c->s[d].eof = true;
         c->s[d].err = true;
     }
-    conn_release(c);
+    dp_conn_release(c);
 }
 
 /* Ends after flushing what is queued towards the client (an HTTP answer or a TLS alert). */
-static void conn_finish(struct dp_conn *c, enum dp_outcome why)
+void dp_conn_finish(struct dp_conn *c, enum dp_outcome why)
 {
     if (c->outcome == O_NONE) {
         c->outcome = why;
     }
     c->state = S_CLOSING;
-    pump(c);
+    dp_conn_run(c);
 }
 
-static void queue_raw(struct dp_conn *c, int dir, const void *p, size_t n)
+void dp_relay_queue(struct dp_conn *c, int dir, const void *p, size_t n)
 {
     BIO_write(c->s[dir].out, p, (int)n);
 }
@@ -389,13 +370,13 @@ static void queue_raw(struct dp_conn *c, int dir, const void *p, size_t n)
 static void arm_recv(struct dp_conn *c, int dir)
 {
     struct side *sd = &c->s[dir];
-    struct io_uring_sqe *sqe = get_sqe(c->loop);
+    struct io_uring_sqe *sqe = dp_sqe(c->loop);
     if (sqe == NULL) {
         return;
     }
     uint32_t off = sd->rlen;
     io_uring_prep_recv(sqe, sd->fd, sd->rbuf + off, DP_RBUF - off, 0);
-    io_uring_sqe_set_data64(sqe, mk_ud(OP_RECV, dir, c));
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_RECV, dir, c));
     sd->recv_armed = true;
     c->inflight++;
 }
@@ -414,19 +395,14 @@ static void arm_send(struct dp_conn *c, int dir)
         }
         sd->olen = (uint32_t)n;
     }
-    struct io_uring_sqe *sqe = get_sqe(c->loop);
+    struct io_uring_sqe *sqe = dp_sqe(c->loop);
     if (sqe == NULL) {
         return;
     }
     io_uring_prep_send(sqe, sd->fd, sd->obuf + sd->ooff, sd->olen - sd->ooff, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, mk_ud(OP_SEND, dir, c));
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_SEND, dir, c));
     sd->send_armed = true;
     c->inflight++;
-}
-
-static size_t pending_out(const struct dp_conn *c, int dir)
-{
-    return BIO_ctrl_pending(c->s[dir].out) + (c->s[dir].olen - c->s[dir].ooff);
 }
 
 static bool wants_read(const struct dp_conn *c, int dir)
@@ -449,17 +425,17 @@ static bool wants_read(const struct dp_conn *c, int dir)
         return dir == D_UP;
     case S_RELAY:
     case S_SPLICE:
-        return pending_out(c, other) < DP_PENDING_MAX;
+        return dp_pending_out(c, other) < DP_PENDING_MAX;
     default:
         return false;
     }
 }
 
-static void arm_io(struct dp_conn *c)
+void dp_relay_arm(struct dp_conn *c)
 {
     for (int d = 0; d < 2; d++) {
         struct side *sd = &c->s[d];
-        if (sd->fd >= 0 && !sd->send_armed && !sd->err && pending_out(c, d) > 0) {
+        if (sd->fd >= 0 && !sd->send_armed && !sd->err && dp_pending_out(c, d) > 0) {
             arm_send(c, d);
         }
         if (wants_read(c, d)) {
@@ -470,12 +446,12 @@ static void arm_io(struct dp_conn *c)
 
 /* ---- upstream connection ---------------------------------------------------------------- */
 
-static void start_connect(struct dp_conn *c)
+void dp_conn_connect(struct dp_conn *c)
 {
     const struct px_cfg *cfg = c->g->cfg;
     int fd = socket(c->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        conn_finish(c, O_UPSTREAM_FAILED);
+        dp_conn_finish(c, O_UPSTREAM_FAILED);
         return;
     }
     int one = 1;
@@ -489,22 +465,22 @@ static void start_connect(struct dp_conn *c)
     }
     c->s[D_UP].fd = fd;
     c->state = S_UP_CONNECTING;
-    struct io_uring_sqe *sqe = get_sqe(c->loop);
+    struct io_uring_sqe *sqe = dp_sqe(c->loop);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->dst, c->dstlen);
-    io_uring_sqe_set_data64(sqe, mk_ud(OP_CONNECT, D_UP, c));
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_CONNECT, D_UP, c));
     sqe->flags |= IOSQE_IO_LINK;
     c->inflight++;
     static const struct __kernel_timespec cto = {.tv_sec = DP_CONNECT_MS / 1000, .tv_nsec = 0};
-    sqe = get_sqe(c->loop);
+    sqe = dp_sqe(c->loop);
     io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)&cto, 0);
-    io_uring_sqe_set_data64(sqe, mk_ud(OP_LTIMEOUT, D_UP, c));
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_LTIMEOUT, D_UP, c));
     c->inflight++;
 }
 
 static void sess_key(const struct dp_conn *c, char *key, size_t cap)
 {
     char a[64];
-    addr_str(&c->dst, a, sizeof(a));
+    dp_addr_str(&c->dst, a, sizeof(a));
     snprintf(key, cap, "%s|%s", c->sni[0] ? c->sni : c->host, a);
 }
 
@@ -518,7 +494,7 @@ static struct sess_slot *sess_slot_for(struct dp_loop *l, const char *key)
 }
 
 /* Keeps the upstream session of a cleanly finished connection for the next one. */
-static void sess_store(struct dp_conn *c)
+void dp_tls_sess_store(struct dp_conn *c)
 {
     struct side *u = &c->s[D_UP];
     if (u->ssl == NULL || c->outcome != O_OK || !SSL_is_init_finished(u->ssl) ||
@@ -540,7 +516,7 @@ static void sess_store(struct dp_conn *c)
     SSL_set_shutdown(u->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
 }
 
-static int start_upstream_tls(struct dp_conn *c)
+int dp_tls_upstream_start(struct dp_conn *c)
 {
     struct side *u = &c->s[D_UP];
     BIO_free(u->out);
@@ -587,11 +563,6 @@ static int start_upstream_tls(struct dp_conn *c)
 
 /* ---- minting ---------------------------------------------------------------------------- */
 
-static uint64_t token_of(const struct dp_conn *c)
-{
-    return ((uint64_t)c->gen << 32) | c->slot;
-}
-
 static void on_leaf(void *user, int status, struct cc_entry *e, uint64_t wait_ns);
 
 static void resume_client(struct dp_conn *c)
@@ -606,7 +577,7 @@ static void resume_client(struct dp_conn *c)
     c->state = S_CLIENT_HANDSHAKE;
 }
 
-static void refuse_hello(struct dp_conn *c, enum dp_outcome why)
+void dp_tls_refuse(struct dp_conn *c, enum dp_outcome why)
 {
     /* the ClientHello callback aborts with handshake_failure; then flush the alert and close */
     c->fail_hello = true;
@@ -627,7 +598,7 @@ static void no_leaf(struct dp_conn *c, int status)
            px_strerror(status), open ? "open: passing through" : "closed");
     if (!open) {
         atomic_fetch_add_explicit(&l->ctr.refused_hsm, 1, memory_order_relaxed);
-        refuse_hello(c, O_REFUSED_HSM);
+        dp_tls_refuse(c, O_REFUSED_HSM);
         return;
     }
     atomic_fetch_add_explicit(&l->ctr.fail_open, 1, memory_order_relaxed);
@@ -640,7 +611,7 @@ static void no_leaf(struct dp_conn *c, int status)
 }
 
 /* S_REOPEN: once nothing of the old upstream is in flight, connect a new one. */
-static void reopen_upstream(struct dp_conn *c)
+void dp_leaf_reopen(struct dp_conn *c)
 {
     struct side *u = &c->s[D_UP];
     if (u->recv_armed || u->send_armed) {
@@ -659,10 +630,10 @@ static void reopen_upstream(struct dp_conn *c)
     u->olen = u->ooff = 0;
     u->eof = u->err = false;
     c->up_connected = false;
-    start_connect(c);
+    dp_conn_connect(c);
 }
 
-static void get_leaf(struct dp_conn *c)
+void dp_leaf_get(struct dp_conn *c)
 {
     struct dp_loop *l = c->loop;
     struct side *u = &c->s[D_UP];
@@ -680,11 +651,11 @@ static void get_leaf(struct dp_conn *c)
         c->alpn_sel_len = sl;
     }
     if (peer == NULL) {
-        refuse_hello(c, O_UPSTREAM_FAILED);
+        dp_tls_refuse(c, O_UPSTREAM_FAILED);
         return;
     }
     struct cc_entry *e = NULL;
-    int r = cc_get(l->ccl, peer, c->verified, c->keykind, on_leaf, (void *)(uintptr_t)token_of(c),
+    int r = cc_get(l->ccl, peer, c->verified, c->keykind, on_leaf, (void *)(uintptr_t)dp_conn_token(c),
                    &e);
     if (r == CC_HIT || r == CC_MINTED) {
         c->cache_result = r == CC_HIT ? "hit" : "minted";
@@ -698,13 +669,13 @@ static void get_leaf(struct dp_conn *c)
         c->state = S_MINTING;
     } else if (r == PX_E_INVAL) {
         /* the upstream certificate itself cannot be mirrored: never pass it through */
-        refuse_hello(c, O_UPSTREAM_FAILED);
+        dp_tls_refuse(c, O_UPSTREAM_FAILED);
     } else {
         no_leaf(c, r);
     }
 }
 
-static struct dp_conn *conn_by_token(struct dp_loop *l, uint64_t tok)
+struct dp_conn *dp_conn_by_token(struct dp_loop *l, uint64_t tok)
 {
     uint32_t slot = (uint32_t)tok;
     uint16_t gen = (uint16_t)(tok >> 32);
@@ -715,26 +686,26 @@ static struct dp_conn *conn_by_token(struct dp_loop *l, uint64_t tok)
     return (c->state != S_FREE && c->gen == gen) ? c : NULL;
 }
 
-static __thread struct dp_loop *t_loop;
+__thread struct dp_loop *dp_loop_cur;
 
 static void on_leaf(void *user, int status, struct cc_entry *e, uint64_t wait_ns)
 {
-    struct dp_loop *l = t_loop;
-    struct dp_conn *c = conn_by_token(l, (uint64_t)(uintptr_t)user);
+    struct dp_loop *l = dp_loop_cur;
+    struct dp_conn *c = dp_conn_by_token(l, (uint64_t)(uintptr_t)user);
     if (c == NULL || c->state != S_MINTING) {
         cc_entry_unref(e); /* the connection went away meanwhile */
         return;
     }
     c->hsm_wait_ns = wait_ns;
     if (status == PX_E_INVAL || status == PX_E_CRYPTO) {
-        refuse_hello(c, O_UPSTREAM_FAILED);
+        dp_tls_refuse(c, O_UPSTREAM_FAILED);
     } else if (status != 0) {
         no_leaf(c, status);
     } else {
         c->leaf = e;
         resume_client(c);
     }
-    pump(c);
+    dp_conn_run(c);
 }
 
 /* ---- TLS callbacks ---------------------------------------------------------------------- */
@@ -820,7 +791,7 @@ static int alpn_select_cb(SSL *s, const unsigned char **out, unsigned char *outl
     return SSL_TLSEXT_ERR_NOACK;
 }
 
-static int start_client_tls(struct dp_conn *c)
+int dp_tls_client_start(struct dp_conn *c)
 {
     struct side *cl = &c->s[D_CLIENT];
     BIO *keep_out = cl->out; /* may already hold "200 Connection established" */
@@ -844,7 +815,7 @@ static int start_client_tls(struct dp_conn *c)
 }
 
 /* Client bytes that arrive before the handshake is decided are kept for a replay (bypass). */
-static void client_bytes(struct dp_conn *c, const uint8_t *p, size_t n)
+void dp_tls_client_bytes(struct dp_conn *c, const uint8_t *p, size_t n)
 {
     if (c->state == S_CLIENT_HELLO && c->hello != NULL) {
         if (c->hello_len + n <= DP_HELLO_MAX) {
@@ -859,7 +830,7 @@ static void client_bytes(struct dp_conn *c, const uint8_t *p, size_t n)
 
 /* ---- the state machine ------------------------------------------------------------------ */
 
-static void go_splice(struct dp_conn *c)
+void dp_relay_splice(struct dp_conn *c)
 {
     /* drop the TLS objects: from now on bytes pass untouched */
     struct side *cl = &c->s[D_CLIENT];
@@ -874,7 +845,7 @@ static void go_splice(struct dp_conn *c)
         atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
     }
     if (c->hello_len > 0) {
-        queue_raw(c, D_UP, c->hello, c->hello_len);
+        dp_relay_queue(c, D_UP, c->hello, c->hello_len);
     }
 }
 
@@ -885,7 +856,7 @@ static void after_hello(struct dp_conn *c)
             snprintf(c->host, sizeof(c->host), "%s", c->sni);
         } else if (c->host[0] == '\0') {
             char a[64];
-            addr_str(&c->dst, a, sizeof(a));
+            dp_addr_str(&c->dst, a, sizeof(a));
             char *colon = strrchr(a, ':');
             if (colon) {
                 *colon = '\0';
@@ -898,25 +869,25 @@ static void after_hello(struct dp_conn *c)
         }
     }
     const char *name = c->sni[0] ? c->sni : c->host;
-    if (c->g->nbypass > 0 && bypassed(c->g, name)) {
+    if (c->g->nbypass > 0 && dp_policy_bypassed(c->g, name)) {
         if (c->hello_overflow) {
-            conn_abort(c, O_CLIENT_ERROR);
+            dp_conn_abort(c, O_CLIENT_ERROR);
             return;
         }
         if (!c->up_connected) {
             c->outcome = O_BYPASS;
-            start_connect(c); /* go_splice happens when connected */
+            dp_conn_connect(c); /* dp_relay_splice happens when connected */
             return;
         }
-        go_splice(c);
+        dp_relay_splice(c);
         return;
     }
     if (!c->up_connected) {
-        start_connect(c);
+        dp_conn_connect(c);
         return;
     }
-    if (start_upstream_tls(c) != 0) {
-        conn_abort(c, O_UPSTREAM_FAILED);
+    if (dp_tls_upstream_start(c) != 0) {
+        dp_conn_abort(c, O_UPSTREAM_FAILED);
     }
 }
 
@@ -927,16 +898,16 @@ static void start_dns_or_connect(struct dp_conn *c)
     snprintf(hp, sizeof(hp), "%s%s%s:%u", strchr(c->host, ':') ? "[" : "", c->host,
              strchr(c->host, ':') ? "]" : "", c->port);
     int port;
-    if (parse_hostport(hp, &c->dst, &c->dstlen, &port) == 0) {
-        start_connect(c);
+    if (dp_addr_parse(hp, &c->dst, &c->dstlen, &port) == 0) {
+        dp_conn_connect(c);
         return;
     }
     struct dp_res_job *j = calloc(1, sizeof(*j));
     if (j == NULL) {
-        conn_abort(c, O_CLIENT_ERROR);
+        dp_conn_abort(c, O_CLIENT_ERROR);
         return;
     }
-    j->token = token_of(c);
+    j->token = dp_conn_token(c);
     snprintf(j->host, sizeof(j->host), "%s", c->host);
     j->port = c->port;
     j->done = &l->res_done;
@@ -944,8 +915,8 @@ static void start_dns_or_connect(struct dp_conn *c)
         free(j);
         static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                                    "Connection: close\r\n\r\n";
-        queue_raw(c, D_CLIENT, busy, sizeof(busy) - 1);
-        conn_finish(c, O_UPSTREAM_FAILED);
+        dp_relay_queue(c, D_CLIENT, busy, sizeof(busy) - 1);
+        dp_conn_finish(c, O_UPSTREAM_FAILED);
         return;
     }
     c->state = S_RESOLVING;
@@ -958,8 +929,8 @@ static void answer_http(struct dp_conn *c, int code, const char *reason, enum dp
                      "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n"
                      "Proxy-Agent: tlsmint\r\n\r\n",
                      code, reason);
-    queue_raw(c, D_CLIENT, buf, (size_t)n);
-    conn_finish(c, why);
+    dp_relay_queue(c, D_CLIENT, buf, (size_t)n);
+    dp_conn_finish(c, why);
 }
 
 static void step_connect_req(struct dp_conn *c)
@@ -971,7 +942,7 @@ static void step_connect_req(struct dp_conn *c)
         if (cl->rlen >= DP_RBUF) {
             answer_http(c, 431, "Request Header Fields Too Large", O_BAD_REQUEST);
         } else if (cl->eof) {
-            conn_abort(c, O_BAD_REQUEST);
+            dp_conn_abort(c, O_BAD_REQUEST);
         }
         return;
     }
@@ -990,8 +961,8 @@ static void step_connect_req(struct dp_conn *c)
     uint8_t tail[DP_RBUF];
     memcpy(tail, cl->rbuf + used, rest);
     cl->rlen = 0;
-    if (start_client_tls(c) != 0) {
-        conn_abort(c, O_CLIENT_ERROR);
+    if (dp_tls_client_start(c) != 0) {
+        dp_conn_abort(c, O_CLIENT_ERROR);
         return;
     }
     c->state = S_CONNECT_REQ; /* still: TLS starts after the 200 */
@@ -1003,16 +974,16 @@ static void step_connect_req(struct dp_conn *c)
     start_dns_or_connect(c);
 }
 
-static void step_tls_relay(struct dp_conn *c, int from)
+void dp_relay_tls(struct dp_conn *c, int from)
 {
     int to = from ^ 1;
     struct side *a = &c->s[from], *b = &c->s[to];
     uint8_t buf[16384];
-    while (pending_out(c, to) < DP_PENDING_MAX && a->ssl != NULL && b->ssl != NULL) {
+    while (dp_pending_out(c, to) < DP_PENDING_MAX && a->ssl != NULL && b->ssl != NULL) {
         int n = SSL_read(a->ssl, buf, sizeof(buf));
         if (n > 0) {
             if (SSL_write(b->ssl, buf, n) != n) {
-                conn_abort(c, O_CLIENT_ERROR);
+                dp_conn_abort(c, O_CLIENT_ERROR);
                 return;
             }
             if (from == D_CLIENT) {
@@ -1028,7 +999,7 @@ static void step_tls_relay(struct dp_conn *c, int from)
             if (a->eof) {
                 /* TCP closed without close_notify: end the other side too */
                 a->err = true;
-                conn_finish(c, c->outcome == O_NONE ? O_OK : c->outcome);
+                dp_conn_finish(c, c->outcome == O_NONE ? O_OK : c->outcome);
             }
             return;
         }
@@ -1043,7 +1014,7 @@ static void step_tls_relay(struct dp_conn *c, int from)
             }
             a->eof = true;
             if (c->up_shut_sent && c->cl_shut_sent) {
-                conn_finish(c, O_OK);
+                dp_conn_finish(c, O_OK);
             }
             return;
         }
@@ -1052,12 +1023,12 @@ static void step_tls_relay(struct dp_conn *c, int from)
         if (!(from == D_CLIENT ? c->up_shut_sent : c->cl_shut_sent)) {
             SSL_shutdown(b->ssl);
         }
-        conn_finish(c, from == D_UP ? O_UPSTREAM_FAILED : O_CLIENT_ERROR);
+        dp_conn_finish(c, from == D_UP ? O_UPSTREAM_FAILED : O_CLIENT_ERROR);
         return;
     }
 }
 
-static void pump(struct dp_conn *c)
+void dp_conn_run(struct dp_conn *c)
 {
     for (int guard = 0; guard < 16; guard++) {
         enum dp_state before = c->state;
@@ -1075,12 +1046,12 @@ static void pump(struct dp_conn *c)
                 after_hello(c);
             } else if (e == SSL_ERROR_WANT_READ) {
                 if (c->s[D_CLIENT].eof) {
-                    conn_abort(c, O_CLIENT_ERROR);
+                    dp_conn_abort(c, O_CLIENT_ERROR);
                 }
             } else {
                 ERR_clear_error();
                 px_log(PX_LOG_DEBUG, "dp", "conn=%u:%u malformed ClientHello", c->slot, c->gen);
-                conn_finish(c, O_CLIENT_ERROR);
+                dp_conn_finish(c, O_CLIENT_ERROR);
             }
             break;
         }
@@ -1088,7 +1059,7 @@ static void pump(struct dp_conn *c)
             SSL *s = c->s[D_UP].ssl;
             int r = SSL_do_handshake(s);
             if (r == 1) {
-                get_leaf(c);
+                dp_leaf_get(c);
                 break;
             }
             int e = SSL_get_error(s, r);
@@ -1104,7 +1075,7 @@ static void pump(struct dp_conn *c)
             px_log(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
                    c->host, c->port, eb);
             atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
-            refuse_hello(c, O_UPSTREAM_FAILED);
+            dp_tls_refuse(c, O_UPSTREAM_FAILED);
             break;
         }
         case S_CLIENT_HANDSHAKE: {
@@ -1127,34 +1098,34 @@ static void pump(struct dp_conn *c)
             }
             ERR_clear_error();
             atomic_fetch_add_explicit(&c->loop->ctr.handshakes_failed, 1, memory_order_relaxed);
-            conn_finish(c, c->fail_hello && c->outcome != O_NONE ? c->outcome : O_CLIENT_ERROR);
+            dp_conn_finish(c, c->fail_hello && c->outcome != O_NONE ? c->outcome : O_CLIENT_ERROR);
             break;
         }
         case S_RELAY:
-            step_tls_relay(c, D_CLIENT);
+            dp_relay_tls(c, D_CLIENT);
             if (c->state == S_RELAY) {
-                step_tls_relay(c, D_UP);
+                dp_relay_tls(c, D_UP);
             }
             break;
         case S_REOPEN:
-            reopen_upstream(c);
+            dp_leaf_reopen(c);
             break;
         case S_SPLICE:
-            if ((c->s[D_CLIENT].eof || c->s[D_UP].eof) && pending_out(c, D_CLIENT) == 0 &&
-                pending_out(c, D_UP) == 0) {
-                conn_finish(c, c->fail_open ? O_FAIL_OPEN : O_BYPASS);
+            if ((c->s[D_CLIENT].eof || c->s[D_UP].eof) && dp_pending_out(c, D_CLIENT) == 0 &&
+                dp_pending_out(c, D_UP) == 0) {
+                dp_conn_finish(c, c->fail_open ? O_FAIL_OPEN : O_BYPASS);
             }
             break;
         case S_CLOSING:
-            if ((pending_out(c, D_CLIENT) == 0 || c->s[D_CLIENT].err || c->s[D_CLIENT].fd < 0) &&
-                (pending_out(c, D_UP) == 0 || c->s[D_UP].err || c->s[D_UP].fd < 0)) {
+            if ((dp_pending_out(c, D_CLIENT) == 0 || c->s[D_CLIENT].err || c->s[D_CLIENT].fd < 0) &&
+                (dp_pending_out(c, D_UP) == 0 || c->s[D_UP].err || c->s[D_UP].fd < 0)) {
                 for (int d = 0; d < 2; d++) {
                     if (c->s[d].fd >= 0) {
                         shutdown(c->s[d].fd, SHUT_RDWR);
                     }
                     c->s[d].eof = true;
                 }
-                conn_release(c);
+                dp_conn_release(c);
                 return;
             }
             break;
@@ -1169,25 +1140,25 @@ static void pump(struct dp_conn *c)
         }
     }
     if (c->state != S_FREE) {
-        arm_io(c);
+        dp_relay_arm(c);
     }
 }
 
 /* ---- CQE handlers ----------------------------------------------------------------------- */
 
-static void arm_accept(struct dp_loop *l, int which)
+void dp_loop_arm_accept(struct dp_loop *l, int which)
 {
     if (l->lfd[which] < 0 || l->accept_armed[which] || l->stopping) {
         return;
     }
-    struct io_uring_sqe *sqe = get_sqe(l);
+    struct io_uring_sqe *sqe = dp_sqe(l);
     io_uring_prep_multishot_accept(sqe, l->lfd[which], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     union dp_ud u = {.f = {.op = OP_ACCEPT, .dir = (uint8_t)which}};
     io_uring_sqe_set_data64(sqe, u.u);
     l->accept_armed[which] = true;
 }
 
-static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
+void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
 {
     if (!(flags & IORING_CQE_F_MORE)) {
         l->accept_armed[which] = false;
@@ -1196,7 +1167,7 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         if (res != -ECANCELED && res != -EINVAL) {
             px_log(PX_LOG_WARN, "dp", "accept: %s", strerror(-res));
         }
-        arm_accept(l, which);
+        dp_loop_arm_accept(l, which);
         return;
     }
     int fd = res;
@@ -1209,7 +1180,7 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         px_log(PX_LOG_WARN, "dp", "loop %d: connection table full (%d): refusing", l->idx,
                DP_MAX_CONNS);
         close(fd);
-        arm_accept(l, which);
+        dp_loop_arm_accept(l, which);
         return;
     }
     int one = 1;
@@ -1242,7 +1213,7 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
             r = -1; /* straight to the listener's port: nothing was intercepted */
             errno = ENOENT;
         } else if (r == 0 && !tproxy && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 &&
-                   same_endpoint(&local, &c->dst)) {
+                   dp_addr_same(&local, &c->dst)) {
             /* without NAT, conntrack reports the listener itself: connecting there would loop */
             r = -1;
             errno = ENOENT;
@@ -1250,36 +1221,36 @@ static void handle_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         if (r != 0) {
             px_log(PX_LOG_WARN, "dp", "conn=%u:%u transparent: no original destination (%s): "
                    "not a REDIRECTed connection", c->slot, c->gen, strerror(errno));
-            conn_abort(c, O_BAD_REQUEST);
-            arm_accept(l, which);
+            dp_conn_abort(c, O_BAD_REQUEST);
+            dp_loop_arm_accept(l, which);
             return;
         }
         c->dstlen = dl;
         c->port = ntohs(c->dst.ss_family == AF_INET ? ((struct sockaddr_in *)&c->dst)->sin_port
                                                     : ((struct sockaddr_in6 *)&c->dst)->sin6_port);
-        if (start_client_tls(c) != 0) {
-            conn_abort(c, O_CLIENT_ERROR);
-            arm_accept(l, which);
+        if (dp_tls_client_start(c) != 0) {
+            dp_conn_abort(c, O_CLIENT_ERROR);
+            dp_loop_arm_accept(l, which);
             return;
         }
     }
-    pump(c);
-    arm_accept(l, which);
+    dp_conn_run(c);
+    dp_loop_arm_accept(l, which);
 }
 
-static void handle_recv(struct dp_conn *c, int dir, int res)
+void dp_relay_on_recv(struct dp_conn *c, int dir, int res)
 {
     struct side *sd = &c->s[dir];
     sd->recv_armed = false;
     if (c->state == S_CLOSING) {
-        conn_release(c);
+        dp_conn_release(c);
         if (c->state != S_FREE) {
-            pump(c);
+            dp_conn_run(c);
         }
         return;
     }
     if (c->state == S_REOPEN) {
-        pump(c); /* the old upstream's last bytes are dropped */
+        dp_conn_run(c); /* the old upstream's last bytes are dropped */
         return;
     }
     if (res <= 0) {
@@ -1290,11 +1261,11 @@ static void handle_recv(struct dp_conn *c, int dir, int res)
         if (c->state == S_SPLICE) {
             /* half-close: pass the FIN on once what is queued is out */
             int other = dir ^ 1;
-            if (c->s[other].fd >= 0 && pending_out(c, other) == 0) {
+            if (c->s[other].fd >= 0 && dp_pending_out(c, other) == 0) {
                 shutdown(c->s[other].fd, SHUT_WR);
             }
         }
-        pump(c);
+        dp_conn_run(c);
         return;
     }
     c->last_ns = px_now_ns();
@@ -1303,7 +1274,7 @@ static void handle_recv(struct dp_conn *c, int dir, int res)
     if (c->state == S_CONNECT_REQ && dir == D_CLIENT && sd->ssl == NULL) {
         sd->rlen += (uint32_t)n;
     } else if (c->state == S_SPLICE) {
-        queue_raw(c, dir ^ 1, p, n);
+        dp_relay_queue(c, dir ^ 1, p, n);
         if (dir == D_CLIENT) {
             c->bytes_c2u += n;
         } else {
@@ -1311,15 +1282,15 @@ static void handle_recv(struct dp_conn *c, int dir, int res)
         }
     } else if (sd->in != NULL) {
         if (dir == D_CLIENT) {
-            client_bytes(c, p, n);
+            dp_tls_client_bytes(c, p, n);
         } else {
             BIO_write(sd->in, p, (int)n);
         }
     }
-    pump(c);
+    dp_conn_run(c);
 }
 
-static void handle_send(struct dp_conn *c, int dir, int res)
+void dp_relay_on_send(struct dp_conn *c, int dir, int res)
 {
     struct side *sd = &c->s[dir];
     sd->send_armed = false;
@@ -1327,7 +1298,7 @@ static void handle_send(struct dp_conn *c, int dir, int res)
         sd->olen = sd->ooff = 0;
         free(sd->obuf);
         sd->obuf = NULL;
-        pump(c);
+        dp_conn_run(c);
         return;
     }
     if (res < 0) {
@@ -1335,7 +1306,7 @@ static void handle_send(struct dp_conn *c, int dir, int res)
         sd->olen = sd->ooff = 0;
         (void)BIO_reset(sd->out);
         /* the peer reset or vanished mid-stream: not a clean end, whatever came before */
-        conn_abort(c, dir == D_CLIENT ? O_CLIENT_ERROR : O_UPSTREAM_FAILED);
+        dp_conn_abort(c, dir == D_CLIENT ? O_CLIENT_ERROR : O_UPSTREAM_FAILED);
         return;
     }
     sd->ooff += (uint32_t)res;
@@ -1346,28 +1317,28 @@ static void handle_send(struct dp_conn *c, int dir, int res)
             sd->obuf = NULL;
         }
     }
-    pump(c);
+    dp_conn_run(c);
 }
 
-static void handle_connect(struct dp_conn *c, int res)
+void dp_conn_on_connect(struct dp_conn *c, int res)
 {
     if (c->state == S_CLOSING) {
-        conn_release(c);
+        dp_conn_release(c);
         return;
     }
     if (res < 0) {
         char d[64];
-        addr_str(&c->dst, d, sizeof(d));
+        dp_addr_str(&c->dst, d, sizeof(d));
         px_log(PX_LOG_INFO, "dp", "conn=%u:%u connect %s (%s): %s", c->slot, c->gen, d, c->host,
                res == -ECANCELED ? "timed out" : strerror(-res));
         atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
         if (!c->transparent && !c->sent_200) {
             answer_http(c, 502, "Bad Gateway", O_UPSTREAM_FAILED);
         } else if (c->hello_seen) {
-            refuse_hello(c, O_UPSTREAM_FAILED);
-            pump(c);
+            dp_tls_refuse(c, O_UPSTREAM_FAILED);
+            dp_conn_run(c);
         } else {
-            conn_abort(c, O_UPSTREAM_FAILED);
+            dp_conn_abort(c, O_UPSTREAM_FAILED);
         }
         return;
     }
@@ -1375,30 +1346,30 @@ static void handle_connect(struct dp_conn *c, int res)
     if (!c->transparent && !c->sent_200) {
         static const char ok[] = "HTTP/1.1 200 Connection established\r\nProxy-Agent: tlsmint\r\n\r\n";
         /* the 200 must precede any TLS byte: it goes first into the client's output BIO */
-        queue_raw(c, D_CLIENT, ok, sizeof(ok) - 1);
+        dp_relay_queue(c, D_CLIENT, ok, sizeof(ok) - 1);
         c->sent_200 = true;
         c->state = S_CLIENT_HELLO;
-        pump(c);
+        dp_conn_run(c);
         return;
     }
     if (c->fail_open) {
-        go_splice(c);
+        dp_relay_splice(c);
         c->outcome = O_FAIL_OPEN;
     } else if (c->outcome == O_BYPASS) {
-        go_splice(c);
-    } else if (start_upstream_tls(c) != 0) {
-        conn_abort(c, O_UPSTREAM_FAILED);
+        dp_relay_splice(c);
+    } else if (dp_tls_upstream_start(c) != 0) {
+        dp_conn_abort(c, O_UPSTREAM_FAILED);
         return;
     }
-    pump(c);
+    dp_conn_run(c);
 }
 
-static void handle_resolved(struct dp_loop *l)
+void dp_conn_on_resolved(struct dp_loop *l)
 {
     struct dp_res_job *j = dp_res_done_take(&l->res_done);
     while (j != NULL) {
         struct dp_res_job *n = j->next;
-        struct dp_conn *c = conn_by_token(l, j->token);
+        struct dp_conn *c = dp_conn_by_token(l, j->token);
         if (c != NULL && c->state == S_RESOLVING) {
             if (j->status != 0) {
                 px_log(PX_LOG_INFO, "dp", "conn=%u:%u cannot resolve %s: %s", c->slot, c->gen,
@@ -1408,8 +1379,8 @@ static void handle_resolved(struct dp_loop *l)
             } else {
                 memcpy(&c->dst, &j->addr, j->addrlen);
                 c->dstlen = j->addrlen;
-                start_connect(c);
-                pump(c);
+                dp_conn_connect(c);
+                dp_conn_run(c);
             }
         }
         free(j);
@@ -1417,9 +1388,9 @@ static void handle_resolved(struct dp_loop *l)
     }
 }
 
-static void arm_event_reads(struct dp_loop *l, int which)
+void dp_loop_arm_events(struct dp_loop *l, int which)
 {
-    struct io_uring_sqe *sqe = get_sqe(l);
+    struct io_uring_sqe *sqe = dp_sqe(l);
     union dp_ud u = {.f = {.op = (uint8_t)(which == 0 ? OP_CC : OP_RES), .dir = l->cc_epoch}};
     if (which == 0) {
         io_uring_prep_read(sqe, cc_loop_fd(l->ccl), &l->cc_val, sizeof(l->cc_val), 0);
@@ -1431,7 +1402,7 @@ static void arm_event_reads(struct dp_loop *l, int which)
 
 static void arm_tick(struct dp_loop *l)
 {
-    struct io_uring_sqe *sqe = get_sqe(l);
+    struct io_uring_sqe *sqe = dp_sqe(l);
     l->tick.tv_sec = 0;
     l->tick.tv_nsec = DP_TICK_MS * 1000000ll;
     io_uring_prep_timeout(sqe, &l->tick, 0, 0);
@@ -1452,7 +1423,7 @@ static void handle_tick(struct dp_loop *l)
                     now - c->last_ns > (uint64_t)DP_IDLE_MS * 1000000ull;
         bool drain = l->stopping && now > l->drain_deadline_ns;
         if (hs_late || idle || drain) {
-            conn_abort(c, drain ? O_SHUTDOWN : O_TIMEOUT);
+            dp_conn_abort(c, drain ? O_SHUTDOWN : O_TIMEOUT);
         }
     }
     arm_tick(l);
@@ -1463,7 +1434,7 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
     union dp_ud u = {.u = io_uring_cqe_get_data64(cqe)};
     switch (u.f.op) {
     case OP_ACCEPT:
-        handle_accept(l, u.f.dir, cqe->res, cqe->flags);
+        dp_conn_accept(l, u.f.dir, cqe->res, cqe->flags);
         return;
     case OP_TIMER:
         handle_tick(l);
@@ -1473,11 +1444,11 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
             return; /* the read of a previous generation's handle: not re-armed */
         }
         cc_loop_poll(l->ccl);
-        arm_event_reads(l, 0);
+        dp_loop_arm_events(l, 0);
         return;
     case OP_RES:
-        handle_resolved(l);
-        arm_event_reads(l, 1);
+        dp_conn_on_resolved(l);
+        dp_loop_arm_events(l, 1);
         return;
     case OP_RECV:
     case OP_SEND:
@@ -1498,17 +1469,17 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
     c->inflight--;
     switch (u.f.op) {
     case OP_RECV:
-        handle_recv(c, u.f.dir, cqe->res);
+        dp_relay_on_recv(c, u.f.dir, cqe->res);
         break;
     case OP_SEND:
-        handle_send(c, u.f.dir, cqe->res);
+        dp_relay_on_send(c, u.f.dir, cqe->res);
         break;
     case OP_CONNECT:
-        handle_connect(c, cqe->res);
+        dp_conn_on_connect(c, cqe->res);
         break;
     case OP_LTIMEOUT:
         if (c->state == S_CLOSING) {
-            conn_release(c);
+            dp_conn_release(c);
         }
         break;
     default:
@@ -1521,16 +1492,16 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
  * kept (and polled) until the mints it started are done; at most one previous one is kept, an
  * older one still busy is finished by polling here.
  */
-static void switch_generation(struct dp_loop *l)
+void dp_gen_switch(struct dp_loop *l)
 {
     struct dp_server *srv = l->srv;
     pthread_mutex_lock(&srv->gen_lock);
     struct dp_gen *g = srv->gen;
-    gen_ref(g);
+    dp_gen_ref(g);
     pthread_mutex_unlock(&srv->gen_lock);
     struct cc_loop *nccl = cc_loop_new(g->cc);
     if (nccl == NULL) {
-        gen_unref(g);
+        dp_gen_unref(g);
         return; /* keep the old one; try again next iteration */
     }
     while (l->old_ccl != NULL && cc_loop_pending(l->old_ccl) > 0) {
@@ -1539,7 +1510,7 @@ static void switch_generation(struct dp_loop *l)
     }
     if (l->old_ccl != NULL) {
         (void)cc_loop_free(l->old_ccl);
-        gen_unref(l->old_g);
+        dp_gen_unref(l->old_g);
     }
     l->old_ccl = l->ccl;
     l->old_g = l->g;
@@ -1549,7 +1520,7 @@ static void switch_generation(struct dp_loop *l)
     l->ccl = nccl;
     l->g = g;
     l->cc_epoch++;
-    arm_event_reads(l, 0);
+    dp_loop_arm_events(l, 0);
 }
 
 /*
@@ -1571,11 +1542,11 @@ static int ring_init(struct dp_loop *l)
     return r;
 }
 
-static void *loop_main(void *arg)
+void *dp_loop_main(void *arg)
 {
     struct dp_loop *l = arg;
     struct dp_server *srv = l->srv;
-    t_loop = l;
+    dp_loop_cur = l;
     int r0 = ring_init(l);
     pthread_mutex_lock(&srv->start_lock);
     l->ring_ok = r0 == 0;
@@ -1586,10 +1557,10 @@ static void *loop_main(void *arg)
     if (r0 != 0) {
         return NULL;
     }
-    arm_accept(l, 0);
-    arm_accept(l, 1);
-    arm_event_reads(l, 0);
-    arm_event_reads(l, 1);
+    dp_loop_arm_accept(l, 0);
+    dp_loop_arm_accept(l, 1);
+    dp_loop_arm_events(l, 0);
+    dp_loop_arm_events(l, 1);
     arm_tick(l);
     bool stop_seen = false;
     for (;;) {
@@ -1601,7 +1572,7 @@ static void *loop_main(void *arg)
         }
         /* a reload applies before this batch: a connection accepted now gets the new one */
         if (atomic_load_explicit(&srv->gen_id, memory_order_acquire) != l->g->id) {
-            switch_generation(l);
+            dp_gen_switch(l);
         }
         unsigned head, n = 0;
         io_uring_for_each_cqe(&l->ring, head, cqe)
@@ -1615,7 +1586,7 @@ static void *loop_main(void *arg)
             if (cc_loop_pending(l->old_ccl) == 0) {
                 (void)cc_loop_free(l->old_ccl);
                 l->old_ccl = NULL;
-                gen_unref(l->old_g);
+                dp_gen_unref(l->old_g);
                 l->old_g = NULL;
             }
         }
@@ -1637,6 +1608,71 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/*
+ * The loop's own state, before its thread starts: connection table, upstream session cache,
+ * cache handle of g (a reference of g is taken), resolver completion eventfd. -ENOMEM; what
+ * was made is freed by dp_loop_fini.
+ */
+int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc)
+{
+    l->conns = calloc(DP_MAX_CONNS, sizeof(*l->conns));
+    l->sess = calloc(DP_SESS_SLOTS, sizeof(*l->sess));
+    l->g = g;
+    dp_gen_ref(l->g);
+    l->ccl = cc_loop_new(cc);
+    l->res_done.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (l->conns == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
+        return -ENOMEM;
+    }
+    atomic_init(&l->res_done.head, NULL);
+    for (uint32_t k = DP_MAX_CONNS; k-- > 0;) {
+        l->conns[k].slot = k;
+        l->conns[k].next_free = l->free_list;
+        l->free_list = &l->conns[k];
+    }
+    return 0;
+}
+
+/* Frees what dp_loop_init made and every connection still open; the thread has ended. */
+void dp_loop_fini(struct dp_loop *l)
+{
+    if (l->ring_ok) {
+        io_uring_queue_exit(&l->ring);
+    }
+    if (l->conns != NULL) {
+        for (uint32_t k = 0; k < DP_MAX_CONNS; k++) {
+            struct dp_conn *c = &l->conns[k];
+            if (c->state != S_FREE) {
+                c->inflight = 0;
+                dp_conn_release(c);
+            }
+        }
+    }
+    free(l->conns);
+    for (int k = 0; l->sess != NULL && k < DP_SESS_SLOTS; k++) {
+        SSL_SESSION_free(l->sess[k].sess);
+    }
+    free(l->sess);
+    if (l->ccl != NULL && cc_loop_free(l->ccl) != 0) {
+        px_log(PX_LOG_WARN, "dp", "loop %d: mints still pending at exit", l->idx);
+    }
+    if (l->old_ccl != NULL && cc_loop_free(l->old_ccl) != 0) {
+        px_log(PX_LOG_WARN, "dp", "loop %d: mints of a previous generation pending at exit",
+               l->idx);
+    }
+    dp_gen_unref(l->old_g);
+    dp_gen_unref(l->g);
+    if (l->res_done.evfd >= 0) {
+        struct dp_res_job *j = dp_res_done_take(&l->res_done);
+        while (j != NULL) {
+            struct dp_res_job *n = j->next;
+            free(j);
+            j = n;
+        }
+        close(l->res_done.evfd);
+    }
+}
+
 /* ---- server ----------------------------------------------------------------------------- */
 
 static int listen_on(const char *hostport, bool transparent, int *bound_port, char *err,
@@ -1645,7 +1681,7 @@ static int listen_on(const char *hostport, bool transparent, int *bound_port, ch
     struct sockaddr_storage ss;
     socklen_t len;
     int port;
-    if (parse_hostport(hostport, &ss, &len, &port) != 0) {
+    if (dp_addr_parse(hostport, &ss, &len, &port) != 0) {
         snprintf(err, errlen, "[listen] '%s' is not IP:PORT", hostport);
         return -1;
     }
@@ -1679,27 +1715,20 @@ static int listen_on(const char *hostport, bool transparent, int *bound_port, ch
     return fd;
 }
 
-/* A generation for cfg and cc: TLS contexts with the trust store loaded once, bypass list. */
-static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char *err, size_t errlen)
+/*
+ * The TLS half of a generation: both SSL_CTXs, the trust store loaded once. Fills g->sctx and
+ * g->uctx (freed with the generation, also on failure); a negative value and one line in err.
+ */
+int dp_tls_ctx_init(struct dp_gen *g, const struct px_cfg *cfg, char *err, size_t errlen)
 {
     if (g_conn_idx < 0) {
         g_conn_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     }
-    struct dp_gen *g = calloc(1, sizeof(*g));
-    if (g == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    atomic_init(&g->refs, 1);
-    g->cfg = cfg;
-    g->cc = cc;
     g->sctx = SSL_CTX_new(TLS_server_method());
     g->uctx = SSL_CTX_new(TLS_client_method());
     if (g->sctx == NULL || g->uctx == NULL) {
         snprintf(err, errlen, "cannot create TLS contexts");
-        g->cc = NULL; /* still the caller's */
-        gen_unref(g);
-        return NULL;
+        return PX_E_CRYPTO;
     }
     SSL_CTX_set_min_proto_version(g->sctx, TLS1_2_VERSION);
     SSL_CTX_set_min_proto_version(g->uctx, TLS1_2_VERSION);
@@ -1718,21 +1747,48 @@ static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char 
     if (SSL_CTX_load_verify_locations(g->uctx, cfg->upstream_ca_file, NULL) != 1) {
         ERR_clear_error();
         snprintf(err, errlen, "[upstream] ca_file %s cannot be loaded", cfg->upstream_ca_file);
-        g->cc = NULL; /* still the caller's */
-        gen_unref(g);
-        return NULL;
+        return PX_E_CONFIG;
     }
     if (g_keylog != NULL) {
         SSL_CTX_set_keylog_callback(g->sctx, keylog_cb);
         SSL_CTX_set_keylog_callback(g->uctx, keylog_cb);
     }
-    /* bypass list: comma or space separated */
+    return 0;
+}
+
+void dp_tls_keylog_set(struct dp_alog *a)
+{
+    g_keylog = a;
+}
+
+/* [policy] bypass of cfg into g: comma or space separated, at most 64 entries. */
+void dp_policy_load(struct dp_gen *g, const struct px_cfg *cfg)
+{
     char tmp[sizeof(cfg->policy_bypass)];
     snprintf(tmp, sizeof(tmp), "%s", cfg->policy_bypass);
     for (char *sp = NULL, *t = strtok_r(tmp, ", \t", &sp); t && g->nbypass < 64;
          t = strtok_r(NULL, ", \t", &sp)) {
         snprintf(g->bypass[g->nbypass++], sizeof(g->bypass[0]), "%s", t);
     }
+}
+
+/* A generation for cfg and cc: TLS contexts with the trust store loaded once, bypass list. */
+static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char *err, size_t errlen)
+{
+    struct dp_gen *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&g->refs, 1);
+    g->cfg = cfg;
+    g->cc = cc;
+    if (dp_tls_ctx_init(g, cfg, err, errlen) != 0) {
+        g->cc = NULL; /* still the caller's */
+        dp_gen_unref(g);
+        return NULL;
+    }
+    dp_policy_load(g, cfg);
     return g;
 }
 
@@ -1749,7 +1805,7 @@ int dp_server_reload(struct dp_server *s, const struct px_cfg *cfg, struct cc_ct
     s->gen = g;
     atomic_store(&s->gen_id, g->id);
     pthread_mutex_unlock(&s->gen_lock);
-    gen_unref(old); /* loops and connections still holding it keep it alive */
+    dp_gen_unref(old); /* loops and connections still holding it keep it alive */
     px_log(PX_LOG_INFO, "dp", "reload: generation %u in use for new connections", g->id);
     return 0;
 }
@@ -1776,7 +1832,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
             dp_server_free(s);
             return NULL;
         }
-        g_keylog = s->keylog;
+        dp_tls_keylog_set(s->keylog);
         px_log(PX_LOG_WARN, "dp", "SSLKEYLOGFILE output to %s: session secrets of both sides "
                "are being written", cfg->log_keylog);
     }
@@ -1829,22 +1885,10 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
                 return NULL;
             }
         }
-        l->conns = calloc(DP_MAX_CONNS, sizeof(*l->conns));
-        l->sess = calloc(DP_SESS_SLOTS, sizeof(*l->sess));
-        l->g = s->gen;
-        gen_ref(l->g);
-        l->ccl = cc_loop_new(cc);
-        l->res_done.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (l->conns == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
+        if (dp_loop_init(l, s->gen, cc) != 0) {
             snprintf(err, errlen, "out of memory");
             dp_server_free(s);
             return NULL;
-        }
-        atomic_init(&l->res_done.head, NULL);
-        for (uint32_t k = DP_MAX_CONNS; k-- > 0;) {
-            l->conns[k].slot = k;
-            l->conns[k].next_free = l->free_list;
-            l->free_list = &l->conns[k];
         }
     }
     return s;
@@ -1854,7 +1898,7 @@ int dp_server_start(struct dp_server *s)
 {
     int created = 0;
     for (int i = 0; i < s->nloops; i++) {
-        if (pthread_create(&s->loops[i].th, NULL, loop_main, &s->loops[i]) != 0) {
+        if (pthread_create(&s->loops[i].th, NULL, dp_loop_main, &s->loops[i]) != 0) {
             break;
         }
         created++;
@@ -1899,49 +1943,16 @@ void dp_server_free(struct dp_server *s)
                 close(l->lfd[w]);
             }
         }
-        if (l->ring_ok) {
-            io_uring_queue_exit(&l->ring);
-        }
-        if (l->conns != NULL) {
-            for (uint32_t k = 0; k < DP_MAX_CONNS; k++) {
-                struct dp_conn *c = &l->conns[k];
-                if (c->state != S_FREE) {
-                    c->inflight = 0;
-                    conn_release(c);
-                }
-            }
-        }
-        free(l->conns);
-        for (int k = 0; l->sess != NULL && k < DP_SESS_SLOTS; k++) {
-            SSL_SESSION_free(l->sess[k].sess);
-        }
-        free(l->sess);
-        if (l->ccl != NULL && cc_loop_free(l->ccl) != 0) {
-            px_log(PX_LOG_WARN, "dp", "loop %d: mints still pending at exit", i);
-        }
-        if (l->old_ccl != NULL && cc_loop_free(l->old_ccl) != 0) {
-            px_log(PX_LOG_WARN, "dp", "loop %d: mints of a previous generation pending at exit", i);
-        }
-        gen_unref(l->old_g);
-        gen_unref(l->g);
-        if (l->res_done.evfd >= 0) {
-            struct dp_res_job *j = dp_res_done_take(&l->res_done);
-            while (j != NULL) {
-                struct dp_res_job *n = j->next;
-                free(j);
-                j = n;
-            }
-            close(l->res_done.evfd);
-        }
+        dp_loop_fini(l);
     }
     dp_resolver_free(s->res);
     dp_alog_free(s->alog);
     if (s->keylog != NULL) {
-        g_keylog = NULL;
+        dp_tls_keylog_set(NULL);
         dp_alog_free(s->keylog);
     }
     free(s->loops);
-    gen_unref(s->gen);
+    dp_gen_unref(s->gen);
     free(s);
 }
 
@@ -1981,10 +1992,10 @@ void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out)
 {
     pthread_mutex_lock(&s->gen_lock);
     struct dp_gen *g = s->gen;
-    gen_ref(g);
+    dp_gen_ref(g);
     pthread_mutex_unlock(&s->gen_lock);
     cc_stats_get(g->cc, out);
-    gen_unref(g);
+    dp_gen_unref(g);
 }
 
 unsigned dp_server_generation(struct dp_server *s)
