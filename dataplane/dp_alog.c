@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <openssl/x509.h>
 
 #define ALOG_MAX 65536
 
@@ -145,4 +148,74 @@ void dp_alog_write(struct dp_alog *a, const char *text, size_t len)
     a->queued++;
     pthread_cond_signal(&a->cond);
     pthread_mutex_unlock(&a->lock);
+}
+
+/* JSON string body: escapes quotes, backslashes and control bytes. */
+static size_t json_esc(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; *s && n + 7 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)ch;
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
+        } else {
+            out[n++] = (char)ch;
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+void dp_alog_conn(struct dp_conn *c)
+{
+    struct dp_server *srv = c->loop->srv;
+    if (srv->alog == NULL) {
+        return;
+    }
+    char client[64], dst[64], host[300], sni[300], alpn[80], ver[128], line[1400];
+    dp_addr_str(&c->client_addr, client, sizeof(client));
+    if (c->dstlen > 0) {
+        dp_addr_str(&c->dst, dst, sizeof(dst));
+    } else {
+        snprintf(dst, sizeof(dst), "-");
+    }
+    json_esc(host, sizeof(host), c->host);
+    json_esc(sni, sizeof(sni), c->sni);
+    char a[64] = "";
+    if (c->alpn_sel_len > 0 && c->alpn_sel_len < sizeof(a)) {
+        memcpy(a, c->alpn_sel, c->alpn_sel_len);
+        a[c->alpn_sel_len] = '\0';
+    }
+    json_esc(alpn, sizeof(alpn), a);
+    if (c->verify_result < 0) {
+        snprintf(ver, sizeof(ver), "none");
+    } else if (c->verify_result == X509_V_OK) {
+        snprintf(ver, sizeof(ver), "ok");
+    } else {
+        json_esc(ver, sizeof(ver), X509_verify_cert_error_string(c->verify_result));
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line),
+                     "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"client\":\"%s\","
+                     "\"dst\":\"%s\",\"host\":\"%s\",\"port\":%u,\"sni\":\"%s\",\"alpn\":\"%s\","
+                     "\"mode\":\"%s\",\"upstream_verify\":\"%s\",\"upstream_resumed\":%s,"
+                     "\"cache\":\"%s\","
+                     "\"hsm_wait_ms\":%.3f,\"bytes_up\":%llu,\"bytes_down\":%llu,"
+                     "\"duration_ms\":%.3f,\"outcome\":\"%s\"}\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, client, dst, host, c->port, sni, alpn,
+                     c->transparent ? "transparent" : "explicit", ver,
+                     c->up_resumed ? "true" : "false", c->cache_result,
+                     (double)c->hsm_wait_ns / 1e6, (unsigned long long)c->bytes_c2u,
+                     (unsigned long long)c->bytes_u2c,
+                     (double)(px_now_ns() - c->start_ns) / 1e6, dp_outcome_name(c->outcome));
+    if (n > 0) {
+        dp_alog_write(srv->alog, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    }
 }

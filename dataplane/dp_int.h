@@ -1,6 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * dp_int.h - dataplane internals shared by its files. Private to dataplane/.
+ * The rooms, in the order a connection meets them:
+ *   dp_server.c  listeners, loop threads, reload generations (struct dp_gen), start/stop, stats
+ *   dp_loop.c    one loop: the ring, CQE dispatch by user_data, the connection table, the tick
+ *   dp_conn.c    the connection's state machine, accept to close; CONNECT, destination, connect
+ *   dp_connect.c the CONNECT request head (http-parser)     dp_resolve.c  names, off the loops
+ *   dp_policy.c  the decision for a new connection (bypass list)
+ *   dp_tls.c     both SSL_CTXs, ClientHello callback, ALPN, upstream SSL, session cache, keylog
+ *   dp_leaf.c    certcache lookup, the wait for a mint, the HSM failure policy (closed / open)
+ *   dp_relay.c   the pump: recv/send, backpressure, TLS relay, splice, half-close
+ *   dp_alog.c    the access-log line and its writer thread     dp_addr.c  IP:PORT helpers
  */
 #ifndef DP_INT_H
 #define DP_INT_H

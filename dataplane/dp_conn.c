@@ -1,0 +1,560 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dp_conn.c - a connection from accept to close: its state machine, and the stages that are
+ * neither TLS nor relaying (CONNECT request, destination, name lookup, upstream connect).
+ * Owns struct dp_conn from conn_new to dp_conn_release: its sockets, buffers, SSL objects and
+ * references (generation, leaf) are released there and nowhere else.
+ * Threads: the loop thread that accepted the connection, only.
+ * Invariants: a connection is freed only when none of its operations is in flight; every
+ * connection that was accepted ends with one outcome, counted and logged once.
+ * Not here: TLS (dp_tls.c), the leaf and the HSM failure policy (dp_leaf.c), moving bytes
+ * (dp_relay.c), the bypass decision (dp_policy.c), the log line (dp_alog.c).
+ */
+#include "dp_int.h"
+
+#include <errno.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+static const char *outcome_name[] = {"none", "ok", "bypass", "refused_hsm", "upstream_failed",
+                                     "client_error", "bad_request", "timeout", "shutdown",
+                                     "fail_open"};
+
+static struct dp_conn *conn_new(struct dp_loop *l, int fd)
+{
+    struct dp_conn *c = l->free_list;
+    if (c == NULL) {
+        return NULL;
+    }
+    uint8_t *mem = malloc(2 * DP_RBUF); /* send buffers come and go with sends */
+    if (mem == NULL) {
+        return NULL;
+    }
+    l->free_list = c->next_free;
+    uint32_t slot = c->slot;
+    uint16_t gen = (uint16_t)(c->gen + 1);
+    memset(c, 0, sizeof(*c));
+    c->slot = slot;
+    c->gen = gen;
+    c->loop = l;
+    c->g = l->g;
+    dp_gen_ref(c->g);
+    c->s[D_CLIENT].fd = fd;
+    c->s[D_UP].fd = -1;
+    c->s[D_CLIENT].rbuf = mem;
+    c->s[D_UP].rbuf = mem + DP_RBUF;
+    c->s[D_CLIENT].out = BIO_new(BIO_s_mem());
+    c->s[D_UP].out = BIO_new(BIO_s_mem());
+    c->start_ns = c->last_ns = px_now_ns();
+    c->deadline_ns = c->start_ns + (uint64_t)DP_HANDSHAKE_MS * 1000000ull;
+    c->cache_result = "none";
+    c->verify_result = -1;
+    l->nactive++;
+    atomic_fetch_add_explicit(&l->ctr.accepted, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->ctr.active, 1, memory_order_relaxed);
+    return c;
+}
+
+/* Frees everything once no operation is in flight. */
+void dp_conn_release(struct dp_conn *c)
+{
+    struct dp_loop *l = c->loop;
+    if (c->inflight > 0 || c->state == S_FREE) {
+        return;
+    }
+    dp_tls_sess_store(c);
+    for (int d = 0; d < 2; d++) {
+        struct side *sd = &c->s[d];
+        if (sd->fd >= 0) {
+            close(sd->fd);
+            sd->fd = -1;
+        }
+        if (sd->ssl != NULL) {
+            SSL_free(sd->ssl); /* frees its BIOs */
+        } else {
+            BIO_free(sd->out);
+        }
+        sd->ssl = NULL;
+        sd->out = sd->in = NULL;
+    }
+    dp_alog_conn(c);
+    dp_gen_unref(c->g);
+    c->g = NULL;
+    atomic_fetch_add_explicit(&l->ctr.outcome[c->outcome], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->ctr.bytes_c2u, c->bytes_c2u, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->ctr.bytes_u2c, c->bytes_u2c, memory_order_relaxed);
+    cc_entry_unref(c->leaf);
+    c->leaf = NULL;
+    free(c->s[D_CLIENT].rbuf);
+    free(c->s[D_CLIENT].obuf);
+    free(c->s[D_UP].obuf);
+    free(c->hello);
+    c->state = S_FREE;
+    c->next_free = l->free_list;
+    l->free_list = c;
+    l->nactive--;
+    atomic_fetch_sub_explicit(&l->ctr.active, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->ctr.closed, 1, memory_order_relaxed);
+}
+
+/* Ends the connection now: pending operations are woken by shutdown and drained. */
+void dp_conn_abort(struct dp_conn *c, enum dp_outcome why)
+{
+    if (c->outcome == O_NONE || c->outcome == O_OK || c->outcome == O_BYPASS) {
+        if (why != O_OK || c->outcome == O_NONE) {
+            c->outcome = why;
+        }
+    }
+    c->state = S_CLOSING;
+    for (int d = 0; d < 2; d++) {
+        if (c->s[d].fd >= 0) {
+            shutdown(c->s[d].fd, SHUT_RDWR);
+        }
+        c->s[d].eof = true;
+        c->s[d].err = true;
+    }
+    dp_conn_release(c);
+}
+
+/* Ends after flushing what is queued towards the client (an HTTP answer or a TLS alert). */
+void dp_conn_finish(struct dp_conn *c, enum dp_outcome why)
+{
+    if (c->outcome == O_NONE) {
+        c->outcome = why;
+    }
+    c->state = S_CLOSING;
+    dp_conn_run(c);
+}
+
+void dp_conn_connect(struct dp_conn *c)
+{
+    const struct px_cfg *cfg = c->g->cfg;
+    int fd = socket(c->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        dp_conn_finish(c, O_UPSTREAM_FAILED);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (cfg->upstream_mark != 0) {
+        uint32_t mark = cfg->upstream_mark;
+        if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+            px_log(PX_LOG_WARN, "dp", "conn=%u:%u SO_MARK %u: %s", c->slot, c->gen, mark,
+                   strerror(errno));
+        }
+    }
+    c->s[D_UP].fd = fd;
+    c->state = S_UP_CONNECTING;
+    struct io_uring_sqe *sqe = dp_sqe(c->loop);
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->dst, c->dstlen);
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_CONNECT, D_UP, c));
+    sqe->flags |= IOSQE_IO_LINK;
+    c->inflight++;
+    static const struct __kernel_timespec cto = {.tv_sec = DP_CONNECT_MS / 1000, .tv_nsec = 0};
+    sqe = dp_sqe(c->loop);
+    io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)&cto, 0);
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_LTIMEOUT, D_UP, c));
+    c->inflight++;
+}
+
+static void after_hello(struct dp_conn *c)
+{
+    if (c->host[0] == '\0' || c->transparent) {
+        if (c->sni[0]) {
+            snprintf(c->host, sizeof(c->host), "%s", c->sni);
+        } else if (c->host[0] == '\0') {
+            char a[64];
+            dp_addr_str(&c->dst, a, sizeof(a));
+            char *colon = strrchr(a, ':');
+            if (colon) {
+                *colon = '\0';
+            }
+            snprintf(c->host, sizeof(c->host), "%s", a[0] == '[' ? a + 1 : a);
+            size_t hl = strlen(c->host);
+            if (hl > 0 && c->host[hl - 1] == ']') {
+                c->host[hl - 1] = '\0';
+            }
+        }
+    }
+    const char *name = c->sni[0] ? c->sni : c->host;
+    if (c->g->nbypass > 0 && dp_policy_bypassed(c->g, name)) {
+        if (c->hello_overflow) {
+            dp_conn_abort(c, O_CLIENT_ERROR);
+            return;
+        }
+        if (!c->up_connected) {
+            c->outcome = O_BYPASS;
+            dp_conn_connect(c); /* dp_relay_splice happens when connected */
+            return;
+        }
+        dp_relay_splice(c);
+        return;
+    }
+    if (!c->up_connected) {
+        dp_conn_connect(c);
+        return;
+    }
+    if (dp_tls_upstream_start(c) != 0) {
+        dp_conn_abort(c, O_UPSTREAM_FAILED);
+    }
+}
+
+static void start_dns_or_connect(struct dp_conn *c)
+{
+    struct dp_loop *l = c->loop;
+    char hp[300];
+    snprintf(hp, sizeof(hp), "%s%s%s:%u", strchr(c->host, ':') ? "[" : "", c->host,
+             strchr(c->host, ':') ? "]" : "", c->port);
+    int port;
+    if (dp_addr_parse(hp, &c->dst, &c->dstlen, &port) == 0) {
+        dp_conn_connect(c);
+        return;
+    }
+    struct dp_res_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        dp_conn_abort(c, O_CLIENT_ERROR);
+        return;
+    }
+    j->token = dp_conn_token(c);
+    snprintf(j->host, sizeof(j->host), "%s", c->host);
+    j->port = c->port;
+    j->done = &l->res_done;
+    if (dp_resolver_submit(l->srv->res, j) != 0) {
+        free(j);
+        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                   "Connection: close\r\n\r\n";
+        dp_relay_queue(c, D_CLIENT, busy, sizeof(busy) - 1);
+        dp_conn_finish(c, O_UPSTREAM_FAILED);
+        return;
+    }
+    c->state = S_RESOLVING;
+}
+
+static void answer_http(struct dp_conn *c, int code, const char *reason, enum dp_outcome why)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n"
+                     "Proxy-Agent: tlsmint\r\n\r\n",
+                     code, reason);
+    dp_relay_queue(c, D_CLIENT, buf, (size_t)n);
+    dp_conn_finish(c, why);
+}
+
+static void step_connect_req(struct dp_conn *c)
+{
+    struct side *cl = &c->s[D_CLIENT];
+    size_t used = 0;
+    int r = dp_connect_parse(cl->rbuf, cl->rlen, c->host, sizeof(c->host), &c->port, &used);
+    if (r == DP_CONNECT_MORE) {
+        if (cl->rlen >= DP_RBUF) {
+            answer_http(c, 431, "Request Header Fields Too Large", O_BAD_REQUEST);
+        } else if (cl->eof) {
+            dp_conn_abort(c, O_BAD_REQUEST);
+        }
+        return;
+    }
+    if (r == DP_CONNECT_METHOD) {
+        atomic_fetch_add_explicit(&c->loop->ctr.bad_request, 1, memory_order_relaxed);
+        answer_http(c, 405, "Method Not Allowed", O_BAD_REQUEST);
+        return;
+    }
+    if (r != DP_CONNECT_OK) {
+        atomic_fetch_add_explicit(&c->loop->ctr.bad_request, 1, memory_order_relaxed);
+        answer_http(c, 400, "Bad Request", O_BAD_REQUEST);
+        return;
+    }
+    /* bytes after the head (an eager client's ClientHello) stay for the TLS side */
+    size_t rest = cl->rlen - used;
+    uint8_t tail[DP_RBUF];
+    memcpy(tail, cl->rbuf + used, rest);
+    cl->rlen = 0;
+    if (dp_tls_client_start(c) != 0) {
+        dp_conn_abort(c, O_CLIENT_ERROR);
+        return;
+    }
+    c->state = S_CONNECT_REQ; /* still: TLS starts after the 200 */
+    if (rest > 0) {
+        BIO_write(cl->in, tail, (int)rest);
+        memcpy(c->hello, tail, rest);
+        c->hello_len = (uint32_t)rest;
+    }
+    start_dns_or_connect(c);
+}
+
+void dp_conn_run(struct dp_conn *c)
+{
+    for (int guard = 0; guard < 16; guard++) {
+        enum dp_state before = c->state;
+        switch (c->state) {
+        case S_CONNECT_REQ:
+            if (c->s[D_CLIENT].ssl == NULL) {
+                step_connect_req(c);
+            }
+            break;
+        case S_CLIENT_HELLO: {
+            SSL *s = c->s[D_CLIENT].ssl;
+            int r = SSL_do_handshake(s);
+            int e = SSL_get_error(s, r);
+            if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+                after_hello(c);
+            } else if (e == SSL_ERROR_WANT_READ) {
+                if (c->s[D_CLIENT].eof) {
+                    dp_conn_abort(c, O_CLIENT_ERROR);
+                }
+            } else {
+                ERR_clear_error();
+                px_log(PX_LOG_DEBUG, "dp", "conn=%u:%u malformed ClientHello", c->slot, c->gen);
+                dp_conn_finish(c, O_CLIENT_ERROR);
+            }
+            break;
+        }
+        case S_UP_HANDSHAKE: {
+            SSL *s = c->s[D_UP].ssl;
+            int r = SSL_do_handshake(s);
+            if (r == 1) {
+                dp_leaf_get(c);
+                break;
+            }
+            int e = SSL_get_error(s, r);
+            if (e == SSL_ERROR_WANT_READ && !c->s[D_UP].eof) {
+                break;
+            }
+            unsigned long oe = ERR_peek_error();
+            char eb[160] = "closed";
+            if (oe) {
+                ERR_error_string_n(oe, eb, sizeof(eb));
+            }
+            ERR_clear_error();
+            px_log(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
+                   c->host, c->port, eb);
+            atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
+            dp_tls_refuse(c, O_UPSTREAM_FAILED);
+            break;
+        }
+        case S_CLIENT_HANDSHAKE: {
+            SSL *s = c->s[D_CLIENT].ssl;
+            int r = SSL_do_handshake(s);
+            if (r == 1) {
+                c->state = S_RELAY;
+                c->deadline_ns = 0;
+                if (c->outcome == O_NONE) {
+                    c->outcome = O_OK;
+                }
+                free(c->hello);
+                c->hello = NULL;
+                atomic_fetch_add_explicit(&c->loop->ctr.handshakes_ok, 1, memory_order_relaxed);
+                break;
+            }
+            int e = SSL_get_error(s, r);
+            if (e == SSL_ERROR_WANT_READ && !c->s[D_CLIENT].eof) {
+                break;
+            }
+            ERR_clear_error();
+            atomic_fetch_add_explicit(&c->loop->ctr.handshakes_failed, 1, memory_order_relaxed);
+            dp_conn_finish(c, c->fail_hello && c->outcome != O_NONE ? c->outcome : O_CLIENT_ERROR);
+            break;
+        }
+        case S_RELAY:
+            dp_relay_tls(c, D_CLIENT);
+            if (c->state == S_RELAY) {
+                dp_relay_tls(c, D_UP);
+            }
+            break;
+        case S_REOPEN:
+            dp_leaf_reopen(c);
+            break;
+        case S_SPLICE:
+            if ((c->s[D_CLIENT].eof || c->s[D_UP].eof) && dp_pending_out(c, D_CLIENT) == 0 &&
+                dp_pending_out(c, D_UP) == 0) {
+                dp_conn_finish(c, c->fail_open ? O_FAIL_OPEN : O_BYPASS);
+            }
+            break;
+        case S_CLOSING:
+            if ((dp_pending_out(c, D_CLIENT) == 0 || c->s[D_CLIENT].err || c->s[D_CLIENT].fd < 0) &&
+                (dp_pending_out(c, D_UP) == 0 || c->s[D_UP].err || c->s[D_UP].fd < 0)) {
+                for (int d = 0; d < 2; d++) {
+                    if (c->s[d].fd >= 0) {
+                        shutdown(c->s[d].fd, SHUT_RDWR);
+                    }
+                    c->s[d].eof = true;
+                }
+                dp_conn_release(c);
+                return;
+            }
+            break;
+        default:
+            break;
+        }
+        if (c->state == S_FREE) {
+            return;
+        }
+        if (c->state == before) {
+            break;
+        }
+    }
+    if (c->state != S_FREE) {
+        dp_relay_arm(c);
+    }
+}
+
+void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
+{
+    if (!(flags & IORING_CQE_F_MORE)) {
+        l->accept_armed[which] = false;
+    }
+    if (res < 0) {
+        if (res != -ECANCELED && res != -EINVAL) {
+            px_log(PX_LOG_WARN, "dp", "accept: %s", strerror(-res));
+        }
+        dp_loop_arm_accept(l, which);
+        return;
+    }
+    int fd = res;
+    if (l->stopping) {
+        close(fd);
+        return;
+    }
+    struct dp_conn *c = conn_new(l, fd);
+    if (c == NULL) {
+        px_log(PX_LOG_WARN, "dp", "loop %d: connection table full (%d): refusing", l->idx,
+               DP_MAX_CONNS);
+        close(fd);
+        dp_loop_arm_accept(l, which);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    socklen_t al = sizeof(c->client_addr);
+    getpeername(fd, (struct sockaddr *)&c->client_addr, &al);
+    if (which == 0) {
+        c->state = S_CONNECT_REQ;
+    } else {
+        c->transparent = true;
+        socklen_t dl = sizeof(c->dst);
+        int r;
+        bool tproxy = l->srv->cfg->listen_tproxy;
+        if (tproxy) {
+            /* TPROXY: the socket's own local address is where the client was going */
+            r = getsockname(fd, (struct sockaddr *)&c->dst, &dl);
+        } else if (c->client_addr.ss_family == AF_INET6) {
+            r = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &c->dst, &dl);
+        } else {
+            r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &c->dst, &dl);
+        }
+        /* the kernel does not update the length: take it from the family */
+        dl = c->dst.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        uint16_t dport = ntohs(c->dst.ss_family == AF_INET6
+                                   ? ((struct sockaddr_in6 *)&c->dst)->sin6_port
+                                   : ((struct sockaddr_in *)&c->dst)->sin_port);
+        struct sockaddr_storage local;
+        socklen_t ll = sizeof(local);
+        if (r == 0 && tproxy && dport == l->srv->port_transparent) {
+            r = -1; /* straight to the listener's port: nothing was intercepted */
+            errno = ENOENT;
+        } else if (r == 0 && !tproxy && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 &&
+                   dp_addr_same(&local, &c->dst)) {
+            /* without NAT, conntrack reports the listener itself: connecting there would loop */
+            r = -1;
+            errno = ENOENT;
+        }
+        if (r != 0) {
+            px_log(PX_LOG_WARN, "dp", "conn=%u:%u transparent: no original destination (%s): "
+                   "not a REDIRECTed connection", c->slot, c->gen, strerror(errno));
+            dp_conn_abort(c, O_BAD_REQUEST);
+            dp_loop_arm_accept(l, which);
+            return;
+        }
+        c->dstlen = dl;
+        c->port = ntohs(c->dst.ss_family == AF_INET ? ((struct sockaddr_in *)&c->dst)->sin_port
+                                                    : ((struct sockaddr_in6 *)&c->dst)->sin6_port);
+        if (dp_tls_client_start(c) != 0) {
+            dp_conn_abort(c, O_CLIENT_ERROR);
+            dp_loop_arm_accept(l, which);
+            return;
+        }
+    }
+    dp_conn_run(c);
+    dp_loop_arm_accept(l, which);
+}
+
+void dp_conn_on_connect(struct dp_conn *c, int res)
+{
+    if (c->state == S_CLOSING) {
+        dp_conn_release(c);
+        return;
+    }
+    if (res < 0) {
+        char d[64];
+        dp_addr_str(&c->dst, d, sizeof(d));
+        px_log(PX_LOG_INFO, "dp", "conn=%u:%u connect %s (%s): %s", c->slot, c->gen, d, c->host,
+               res == -ECANCELED ? "timed out" : strerror(-res));
+        atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
+        if (!c->transparent && !c->sent_200) {
+            answer_http(c, 502, "Bad Gateway", O_UPSTREAM_FAILED);
+        } else if (c->hello_seen) {
+            dp_tls_refuse(c, O_UPSTREAM_FAILED);
+            dp_conn_run(c);
+        } else {
+            dp_conn_abort(c, O_UPSTREAM_FAILED);
+        }
+        return;
+    }
+    c->up_connected = true;
+    if (!c->transparent && !c->sent_200) {
+        static const char ok[] = "HTTP/1.1 200 Connection established\r\nProxy-Agent: tlsmint\r\n\r\n";
+        /* the 200 must precede any TLS byte: it goes first into the client's output BIO */
+        dp_relay_queue(c, D_CLIENT, ok, sizeof(ok) - 1);
+        c->sent_200 = true;
+        c->state = S_CLIENT_HELLO;
+        dp_conn_run(c);
+        return;
+    }
+    if (c->fail_open) {
+        dp_relay_splice(c);
+        c->outcome = O_FAIL_OPEN;
+    } else if (c->outcome == O_BYPASS) {
+        dp_relay_splice(c);
+    } else if (dp_tls_upstream_start(c) != 0) {
+        dp_conn_abort(c, O_UPSTREAM_FAILED);
+        return;
+    }
+    dp_conn_run(c);
+}
+
+void dp_conn_on_resolved(struct dp_loop *l)
+{
+    struct dp_res_job *j = dp_res_done_take(&l->res_done);
+    while (j != NULL) {
+        struct dp_res_job *n = j->next;
+        struct dp_conn *c = dp_conn_by_token(l, j->token);
+        if (c != NULL && c->state == S_RESOLVING) {
+            if (j->status != 0) {
+                px_log(PX_LOG_INFO, "dp", "conn=%u:%u cannot resolve %s: %s", c->slot, c->gen,
+                       c->host, gai_strerror(j->status));
+                atomic_fetch_add_explicit(&l->ctr.upstream_failed, 1, memory_order_relaxed);
+                answer_http(c, 502, "Bad Gateway", O_UPSTREAM_FAILED);
+            } else {
+                memcpy(&c->dst, &j->addr, j->addrlen);
+                c->dstlen = j->addrlen;
+                dp_conn_connect(c);
+                dp_conn_run(c);
+            }
+        }
+        free(j);
+        j = n;
+    }
+}
+
+const char *dp_outcome_name(int outcome)
+{
+    return outcome >= 0 && outcome < DP_OUTCOMES ? outcome_name[outcome] : "?";
+}
