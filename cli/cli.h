@@ -22,6 +22,8 @@ int cli_transparent(int argc, char **argv); /* cli_nft.c */
 
 /* Path of the running tlsmint binary (for spawning signers). */
 const char *cli_self_exe(void);
+/* Finds it (/proc/self/exe, else argv0); main calls it once, before any command. */
+void cli_self_exe_init(const char *argv0);
 /* Loads -c CONFIG (default ./var/tlsmint.conf); prints the error and returns non-zero on failure. */
 int cli_load_config(const char *path, struct px_cfg *cfg);
 
@@ -42,6 +44,19 @@ int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t err
 struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err,
                           size_t errlen);
 int cli_mk_days_left(const struct px_cfg *cfg);
+/* The wrapped master key file ([master_key] file, DIR/keys/master.wrapped). */
+struct cli_mk_wrapped;
+int cli_mk_wrapped_read(const char *path, struct cli_mk_wrapped *w, char *err, size_t errlen);
+int cli_mk_wrapped_write(const char *path, const struct cli_mk_wrapped *w);
+/* Wraps mk with the token's AES key `label` (made now if make_key): fresh IV, created = now. */
+int cli_mk_wrap(struct hsm_direct *d, const char *label, bool make_key, const uint8_t mk[32],
+                struct cli_mk_wrapped *w, char *err, size_t errlen);
+int cli_mk_unwrap_with(struct hsm_direct *d, const struct cli_mk_wrapped *w, uint8_t mk[32],
+                       char *err, size_t errlen);
+/* DIR/keys -> keys.N: returns N, or -1. */
+int cli_keys_generation(const char *dir);
+/* Points DIR/keys at keys.N with one rename (atomic). */
+int cli_keys_switch(const char *dir, int gen);
 struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen);
 /* DIR/keys.1 with the wrapped master key (new HSM wrapping key) and the sealed key files. */
 int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],

@@ -111,7 +111,7 @@ int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t err
 }
 
 /* The wrapped master key file. */
-struct mk_wrapped {
+struct cli_mk_wrapped {
     char label[64];
     char retired[512]; /* earlier wrapping keys, kept in the HSM */
     long long created;
@@ -119,7 +119,7 @@ struct mk_wrapped {
     uint8_t data[48];
 };
 
-static int wrapped_read(const char *path, struct mk_wrapped *w, char *err, size_t errlen)
+int cli_mk_wrapped_read(const char *path, struct cli_mk_wrapped *w, char *err, size_t errlen)
 {
     memset(w, 0, sizeof(*w));
     FILE *f = fopen(path, "r");
@@ -160,7 +160,7 @@ static int wrapped_read(const char *path, struct mk_wrapped *w, char *err, size_
     return 0;
 }
 
-static int wrapped_write(const char *path, const struct mk_wrapped *w)
+int cli_mk_wrapped_write(const char *path, const struct cli_mk_wrapped *w)
 {
     char iv[25], data[97], buf[1200];
     hex(w->iv, 12, iv);
@@ -172,8 +172,8 @@ static int wrapped_write(const char *path, const struct mk_wrapped *w)
 }
 
 /* Wraps mk with the token's AES key `label` (made now if make_key). */
-static int mk_wrap(struct hsm_direct *d, const char *label, bool make_key, const uint8_t mk[32],
-                   struct mk_wrapped *w, char *err, size_t errlen)
+int cli_mk_wrap(struct hsm_direct *d, const char *label, bool make_key, const uint8_t mk[32],
+                   struct cli_mk_wrapped *w, char *err, size_t errlen)
 {
     if (make_key && hsm_direct_aes_keygen(d, label, err, errlen) != 0) {
         return PX_E_HSM;
@@ -188,7 +188,7 @@ static int mk_wrap(struct hsm_direct *d, const char *label, bool make_key, const
                               mk, 32, w->data, &ol, err, errlen);
 }
 
-static int mk_unwrap_with(struct hsm_direct *d, const struct mk_wrapped *w, uint8_t mk[32],
+int cli_mk_unwrap_with(struct hsm_direct *d, const struct cli_mk_wrapped *w, uint8_t mk[32],
                           char *err, size_t errlen)
 {
     uint8_t out[64]; /* modules want room for the whole input, tag included */
@@ -241,13 +241,13 @@ struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errl
 
 int cli_mk_unwrap(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen)
 {
-    struct mk_wrapped w;
-    PX_TRY(wrapped_read(cfg->mk_file, &w, err, errlen));
+    struct cli_mk_wrapped w;
+    PX_TRY(cli_mk_wrapped_read(cfg->mk_file, &w, err, errlen));
     struct hsm_direct *d = cli_hsm_open(cfg, err, errlen);
     if (d == NULL) {
         return PX_E_HSM;
     }
-    int r = mk_unwrap_with(d, &w, mk, err, errlen);
+    int r = cli_mk_unwrap_with(d, &w, mk, err, errlen);
     hsm_direct_close(d);
     return r;
 }
@@ -335,9 +335,9 @@ struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char 
 /* Days until the master key's lifetime ends (negative: overdue); INT_MIN when unknown. */
 int cli_mk_days_left(const struct px_cfg *cfg)
 {
-    struct mk_wrapped w;
+    struct cli_mk_wrapped w;
     char err[300];
-    if (cfg->mk_file[0] == '\0' || wrapped_read(cfg->mk_file, &w, err, sizeof(err)) != 0) {
+    if (cfg->mk_file[0] == '\0' || cli_mk_wrapped_read(cfg->mk_file, &w, err, sizeof(err)) != 0) {
         return INT_MIN;
     }
     long long left = w.created + (long long)cfg->mk_lifetime_days * 86400 - (long long)time(NULL);
@@ -348,7 +348,7 @@ int cli_mk_days_left(const struct px_cfg *cfg)
 /* ---- key directory ---------------------------------------------------------------------- */
 
 /* DIR/keys -> keys.N: returns N, or -1. */
-static int keys_generation(const char *dir)
+int cli_keys_generation(const char *dir)
 {
     char link[PATH_MAX], target[PATH_MAX];
     snprintf(link, sizeof(link), "%s/keys", dir);
@@ -362,7 +362,7 @@ static int keys_generation(const char *dir)
 }
 
 /* Points DIR/keys at keys.N with one rename (atomic). */
-static int keys_switch(const char *dir, int gen)
+int cli_keys_switch(const char *dir, int gen)
 {
     char tmp[PATH_MAX], link[PATH_MAX], target[64];
     snprintf(target, sizeof(target), "keys.%d", gen);
@@ -390,10 +390,10 @@ int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
         snprintf(err, errlen, "cannot create %s: %s", kd, strerror(errno));
         return -errno;
     }
-    struct mk_wrapped w = {0};
-    PX_TRY(mk_wrap(d, "tlsmint-wrap-1", true, mk, &w, err, errlen));
+    struct cli_mk_wrapped w = {0};
+    PX_TRY(cli_mk_wrap(d, "tlsmint-wrap-1", true, mk, &w, err, errlen));
     snprintf(p, sizeof(p), "%s/master.wrapped", kd);
-    PX_TRY(wrapped_write(p, &w));
+    PX_TRY(cli_mk_wrapped_write(p, &w));
     const struct {
         const char *name, *role;
         const uint8_t *pt;
@@ -412,7 +412,7 @@ int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
             return r;
         }
     }
-    return keys_switch(dir, 1);
+    return cli_keys_switch(dir, 1);
 }
 
 int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
@@ -425,10 +425,10 @@ int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32]
         snprintf(err, errlen, "cannot create %s: %s", kd, strerror(errno));
         return -errno;
     }
-    struct mk_wrapped w = {0};
-    PX_TRY(mk_wrap(d, label, true, mk, &w, err, errlen));
+    struct cli_mk_wrapped w = {0};
+    PX_TRY(cli_mk_wrap(d, label, true, mk, &w, err, errlen));
     snprintf(p, sizeof(p), "%s/master.wrapped", kd);
-    PX_TRY(wrapped_write(p, &w));
+    PX_TRY(cli_mk_wrapped_write(p, &w));
     const struct entry_view *v[2] = {uk, lp};
     const char *names[2] = {"forward-untrust.key.enc", "leaf-pool.enc"};
     for (int i = 0; i < 2; i++) {
@@ -438,7 +438,7 @@ int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32]
         snprintf(p, sizeof(p), "%s/%s", kd, names[i]);
         PX_TRY(px_write_atomic(p, v[i]->data, v[i]->len, 0600));
     }
-    return keys_switch(dir, 1);
+    return cli_keys_switch(dir, 1);
 }
 
 /* ---- master-key commands ---------------------------------------------------------------- */
@@ -467,15 +467,15 @@ static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char 
 {
     char dir[PATH_MAX];
     state_dir_of(cfg, dir, sizeof(dir));
-    int gen = keys_generation(dir);
+    int gen = cli_keys_generation(dir);
     if (gen < 1) {
         snprintf(err, errlen, "%s/keys is not a key directory link", dir);
         return PX_E_INVAL;
     }
-    struct mk_wrapped w;
+    struct cli_mk_wrapped w;
     uint8_t oldk[32], newk[32];
-    PX_TRY(wrapped_read(cfg->mk_file, &w, err, errlen));
-    PX_TRY(mk_unwrap_with(d, &w, oldk, err, errlen));
+    PX_TRY(cli_mk_wrapped_read(cfg->mk_file, &w, err, errlen));
+    PX_TRY(cli_mk_unwrap_with(d, &w, oldk, err, errlen));
     if (newfile != NULL) {
         PX_TRY(cli_mk_read_key_file(newfile, newk, err, errlen));
     } else if (RAND_bytes(newk, 32) != 1) {
@@ -519,16 +519,11 @@ static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char 
         }
     }
     if (ret == 0) {
-        struct mk_wrapped nw = w;
-        size_t ol = sizeof(nw.data);
-        nw.created = (long long)time(NULL);
-        ret = RAND_bytes(nw.iv, 12) == 1
-                  ? hsm_direct_aes_gcm(d, w.label, true, nw.iv, (const uint8_t *)mk_aad,
-                                       sizeof(mk_aad) - 1, newk, 32, nw.data, &ol, err, errlen)
-                  : PX_E_CRYPTO;
+        struct cli_mk_wrapped nw = w; /* same wrapping key, same retired list */
+        ret = cli_mk_wrap(d, w.label, false, newk, &nw, err, errlen);
         snprintf(p, sizeof(p), "%s/master.wrapped", nd);
         if (ret == 0) {
-            ret = wrapped_write(p, &nw);
+            ret = cli_mk_wrapped_write(p, &nw);
         }
     }
     /* the one atomic step: before it the old state is complete, after it the new one */
@@ -536,7 +531,7 @@ static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char 
         _exit(9); /* tests: a kill -9 at the worst moment */
     }
     if (ret == 0) {
-        ret = keys_switch(dir, gen + 1);
+        ret = cli_keys_switch(dir, gen + 1);
     }
     px_wipe(oldk, sizeof(oldk));
     px_wipe(newk, sizeof(newk));
@@ -587,8 +582,8 @@ int cli_master_key(int argc, char **argv)
         return 1;
     }
     char err[600];
-    struct mk_wrapped w;
-    if (wrapped_read(cfg.mk_file, &w, err, sizeof(err)) != 0) {
+    struct cli_mk_wrapped w;
+    if (cli_mk_wrapped_read(cfg.mk_file, &w, err, sizeof(err)) != 0) {
         fprintf(stderr, "tlsmint master-key: %s\n", err);
         return 1;
     }
@@ -611,19 +606,19 @@ int cli_master_key(int argc, char **argv)
     int ret = 1;
     if (strcmp(cmd, "rotate-wrapping-key") == 0) {
         uint8_t mk[32];
-        struct mk_wrapped nw;
+        struct cli_mk_wrapped nw;
         /* a fresh label: nodes sharing a token (HA, restored nodes) each add their own keys */
         uint8_t rnd[4];
         RAND_bytes(rnd, sizeof(rnd));
         char label[64];
         snprintf(label, sizeof(label), "tlsmint-wrap-%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
                  rnd[3]);
-        if (mk_unwrap_with(d, &w, mk, err, sizeof(err)) == 0 &&
-            mk_wrap(d, label, true, mk, &nw, err, sizeof(err)) == 0) {
+        if (cli_mk_unwrap_with(d, &w, mk, err, sizeof(err)) == 0 &&
+            cli_mk_wrap(d, label, true, mk, &nw, err, sizeof(err)) == 0) {
             snprintf(nw.retired, sizeof(nw.retired), "%s%s%s", w.retired, w.retired[0] ? "," : "",
                      w.label);
             nw.created = w.created; /* the master key's age does not change */
-            if (wrapped_write(cfg.mk_file, &nw) == 0) {
+            if (cli_mk_wrapped_write(cfg.mk_file, &nw) == 0) {
                 printf("master key re-wrapped with new HSM key '%s'; '%s' is kept in the HSM\n",
                        label, w.label);
                 cli_audit(&cfg, "wrapping_key_rotated", "\"new\":\"%s\",\"old\":\"%s\"", label,

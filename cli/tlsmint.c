@@ -53,6 +53,16 @@ const char *cli_self_exe(void)
     return g_self;
 }
 
+void cli_self_exe_init(const char *argv0)
+{
+    ssize_t n = readlink("/proc/self/exe", g_self, sizeof(g_self) - 1);
+    if (n <= 0) {
+        snprintf(g_self, sizeof(g_self), "%s", argv0);
+    } else {
+        g_self[n] = '\0';
+    }
+}
+
 int cli_load_config(const char *path, struct px_cfg *cfg)
 {
     char err[600];
@@ -107,12 +117,7 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
         return cli_unwrap_child(argc - 1, argv + 1);
     }
-    ssize_t n = readlink("/proc/self/exe", g_self, sizeof(g_self) - 1);
-    if (n <= 0) {
-        snprintf(g_self, sizeof(g_self), "%s", argv[0]);
-    } else {
-        g_self[n] = '\0';
-    }
+    cli_self_exe_init(argv[0]);
 
     /* global options before the command; -c is passed through to the command */
     const char *conf = NULL;
