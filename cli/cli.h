@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * cli.h - the tlsmint program's subcommands (private to cli/).
- * Each returns the process exit status and prints one clear line on stderr on failure.
+ * cli.h - the tlsmint program's subcommands and the helpers they share (private to cli/).
+ * Each command returns the process exit status and prints one clear line on stderr on failure.
+ * Dependencies point one way: tlsmint.c -> the commands (one file each) -> the shared helpers
+ * (cli_common.c, cli_keys.c, cli_expiry.c, cli_priv.c, cli_svc.c); a command never calls
+ * another command's file, and the helpers call no command. cli_admin.c is the running proxy's
+ * admin side, used by run (cli_hsm.c) and by the ctl command.
  */
 #ifndef CLI_H
 #define CLI_H
@@ -14,26 +18,30 @@
 
 #include "hsm.h"
 
-int cli_init(int argc, char **argv);
-int cli_hsm_status(int argc, char **argv);
-int cli_run(int argc, char **argv);
-int cli_mint(int argc, char **argv);
+/* ---- commands ---- */
+int cli_init(int argc, char **argv);        /* cli_init.c */
+int cli_hsm_status(int argc, char **argv);  /* cli_hsm.c */
+int cli_run(int argc, char **argv);         /* cli_hsm.c */
+int cli_mint(int argc, char **argv);        /* cli_mint.c */
+int cli_master_key(int argc, char **argv);  /* cli_mk.c */
+int cli_backup(int argc, char **argv);      /* cli_bundle.c */
+int cli_restore(int argc, char **argv);     /* cli_bundle.c */
+int cli_ca(int argc, char **argv);          /* cli_ca.c */
 int cli_transparent(int argc, char **argv); /* cli_nft.c */
+int cli_unwrap_child(int argc, char **argv); /* cli_keys.c: the internal __unwrap */
 
+/* ---- shared helpers: the program (cli_common.c) ---- */
 /* Path of the running tlsmint binary (for spawning signers). */
 const char *cli_self_exe(void);
 /* Finds it (/proc/self/exe, else argv0); main calls it once, before any command. */
 void cli_self_exe_init(const char *argv0);
 /* Loads -c CONFIG (default ./var/tlsmint.conf); prints the error and returns non-zero on failure. */
 int cli_load_config(const char *path, struct px_cfg *cfg);
-
-
-/* ---- master key (cli_mk.c) ---- */
-int cli_master_key(int argc, char **argv);
-int cli_unwrap_child(int argc, char **argv);
 /* One JSON line appended to [log] audit (never a PIN or key byte). fmt: extra JSON members. */
 void cli_audit(const struct px_cfg *cfg, const char *event, const char *fmt, ...)
     PX_PRINTF(3, 4);
+
+/* ---- shared helpers: the key state (cli_keys.c) ---- */
 int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t errlen);
 /* Unwraps the master key in this process (management commands). */
 int cli_mk_unwrap(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t errlen);
@@ -44,8 +52,15 @@ int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t err
 struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err,
                           size_t errlen);
 int cli_mk_days_left(const struct px_cfg *cfg);
-/* The wrapped master key file ([master_key] file, DIR/keys/master.wrapped). */
-struct cli_mk_wrapped;
+struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen);
+/* The wrapped master key file. */
+struct cli_mk_wrapped {
+    char label[64];
+    char retired[512]; /* earlier wrapping keys, kept in the HSM */
+    long long created;
+    uint8_t iv[12];
+    uint8_t data[48];
+};
 int cli_mk_wrapped_read(const char *path, struct cli_mk_wrapped *w, char *err, size_t errlen);
 int cli_mk_wrapped_write(const char *path, const struct cli_mk_wrapped *w);
 /* Wraps mk with the token's AES key `label` (made now if make_key): fresh IV, created = now. */
@@ -57,13 +72,23 @@ int cli_mk_unwrap_with(struct hsm_direct *d, const struct cli_mk_wrapped *w, uin
 int cli_keys_generation(const char *dir);
 /* Points DIR/keys at keys.N with one rename (atomic). */
 int cli_keys_switch(const char *dir, int gen);
-struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen);
 /* DIR/keys.1 with the wrapped master key (new HSM wrapping key) and the sealed key files. */
 int cli_keys_create(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
                     const uint8_t *untrust_pem, size_t untrust_len, const uint8_t *pool_pem,
                     size_t pool_len, char *err, size_t errlen);
 
-/* ---- certificate lifetimes (cli_expiry.c) ---- */
+/* A named byte string (bundle entries). */
+struct entry_view {
+    char name[64];
+    uint8_t *data;
+    size_t len;
+};
+/* DIR/keys.1 for a restored node: sealed files as they are, mk wrapped by a new HSM key. */
+int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
+                     const char *label, const struct entry_view *uk, const struct entry_view *lp,
+                     char *err, size_t errlen);
+
+/* ---- shared helpers: certificate lifetimes (cli_expiry.c) ---- */
 #define CLI_CERT_EXP_MAX 16
 struct cli_cert_exp {
     char role[24];     /* forward-trust | forward-trust-chain | forward-untrust */
@@ -84,7 +109,7 @@ void cli_cert_expiry_warn(const struct px_cfg *cfg);
 void cli_cert_expiry_status(const struct px_cfg *cfg, FILE *o);
 void cli_cert_expiry_metrics(const struct px_cfg *cfg, FILE *o);
 
-/* ---- privileges (cli_priv.c) ---- */
+/* ---- shared helpers: privileges (cli_priv.c) ---- */
 /* [listen] tproxy or [upstream] mark: the loops keep CAP_NET_ADMIN. */
 bool cli_priv_needs_net_admin(const struct px_cfg *cfg);
 /* The proxy, on the main thread, after binding and before the loop threads start: becomes
@@ -97,22 +122,8 @@ int cli_priv_drop_child(const struct px_cfg *cfg, char *err, size_t errlen);
 /* init as root on a directory owned by another user: become that user. 1 switched, 0 not. */
 int cli_priv_become_owner(const char *dir, char *err, size_t errlen);
 
-/* ---- systemd (cli_svc.c) ---- */
+/* ---- shared helpers: systemd (cli_svc.c) ---- */
 /* READY=1 (once >= 1 HSM member is up), STATUS= and the watchdog; after the listeners accept. */
 void cli_svc_running(struct hsm_pool *pool, const char *explicit_l, const char *transparent_l);
-
-/* A named byte string (bundle entries). */
-struct entry_view {
-    char name[64];
-    uint8_t *data;
-    size_t len;
-};
-/* DIR/keys.1 for a restored node: sealed files as they are, mk wrapped by a new HSM key. */
-int cli_keys_restore(const char *dir, struct hsm_direct *d, const uint8_t mk[32],
-                     const char *label, const struct entry_view *uk, const struct entry_view *lp,
-                     char *err, size_t errlen);
-int cli_backup(int argc, char **argv);
-int cli_ca(int argc, char **argv);
-int cli_restore(int argc, char **argv);
 
 #endif

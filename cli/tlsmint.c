@@ -46,41 +46,6 @@ static const char usage[] =
     "  -h, --help     this text\n"
     "  -V, --version  print the version\n";
 
-static char g_self[PATH_MAX];
-
-const char *cli_self_exe(void)
-{
-    return g_self;
-}
-
-void cli_self_exe_init(const char *argv0)
-{
-    ssize_t n = readlink("/proc/self/exe", g_self, sizeof(g_self) - 1);
-    if (n <= 0) {
-        snprintf(g_self, sizeof(g_self), "%s", argv0);
-    } else {
-        g_self[n] = '\0';
-    }
-}
-
-int cli_load_config(const char *path, struct px_cfg *cfg)
-{
-    char err[600];
-    if (px_cfg_load(path, cfg, err, sizeof(err)) != 0) {
-        fprintf(stderr, "tlsmint: %s\n", err);
-        if (access(path, F_OK) != 0) {
-            fprintf(stderr, "tlsmint: run 'tlsmint init' first, or pass -c CONFIG\n");
-        }
-        return 1;
-    }
-    if (cli_priv_check(cfg, err, sizeof(err)) != 0) {
-        fprintf(stderr, "tlsmint: %s: %s\n", path, err);
-        return 1;
-    }
-    px_log_set_level(cfg->log_level);
-    return 0;
-}
-
 static int signer_cmd(int argc, char **argv)
 {
     int fd = -1, member = -1;
