@@ -1,14 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dp_conn.c - a connection from accept to close: its state machine, and the stages that are
- * neither TLS nor relaying (CONNECT request, destination, name lookup, upstream connect).
+ * dp_conn.c - a connection from accept to close: its state machine (the stage table
+ * dp_stages, dp_conn_enter, dp_conn_run), and the stages that are neither TLS nor relaying
+ * (CONNECT request, destination, name lookup, upstream connect, the handshake steps' order).
  * Owns struct dp_conn from conn_new to dp_conn_release: its sockets, buffers, SSL objects and
  * references (generation, leaf) are released there and nowhere else.
  * Threads: the loop thread that accepted the connection, only.
- * Invariants: a connection is freed only when none of its operations is in flight; every
- * connection that was accepted ends with one outcome, counted and logged once.
- * Not here: TLS (dp_tls.c), the leaf and the HSM failure policy (dp_leaf.c), moving bytes
- * (dp_relay.c), the bypass decision (dp_policy.c), the log line (dp_alog.c).
+ * Invariants: c->state changes only in dp_conn_enter, along the table; a connection is freed
+ * only when none of its operations is in flight; every accepted connection ends with one
+ * outcome, counted and logged once.
+ * Not here: TLS objects and callbacks (dp_tls.c), the leaf and the HSM failure policy
+ * (dp_leaf.c), moving bytes (dp_relay.c), the bypass decision (dp_policy.c), the log line
+ * (dp_alog.c).
  */
 #include "dp_int.h"
 
@@ -97,7 +100,7 @@ void dp_conn_release(struct dp_conn *c)
     free(c->s[D_CLIENT].obuf);
     free(c->s[D_UP].obuf);
     free(c->hello);
-    c->state = S_FREE;
+    dp_conn_enter(c, S_FREE);
     c->next_free = l->free_list;
     l->free_list = c;
     l->nactive--;
@@ -113,7 +116,7 @@ void dp_conn_abort(struct dp_conn *c, enum dp_outcome why)
             c->outcome = why;
         }
     }
-    c->state = S_CLOSING;
+    dp_conn_enter(c, S_CLOSING);
     for (int d = 0; d < 2; d++) {
         if (c->s[d].fd >= 0) {
             shutdown(c->s[d].fd, SHUT_RDWR);
@@ -130,7 +133,7 @@ void dp_conn_finish(struct dp_conn *c, enum dp_outcome why)
     if (c->outcome == O_NONE) {
         c->outcome = why;
     }
-    c->state = S_CLOSING;
+    dp_conn_enter(c, S_CLOSING);
     dp_conn_run(c);
 }
 
@@ -152,7 +155,7 @@ void dp_conn_connect(struct dp_conn *c)
         }
     }
     c->s[D_UP].fd = fd;
-    c->state = S_UP_CONNECTING;
+    dp_conn_enter(c, S_UP_CONNECTING);
     struct io_uring_sqe *sqe = dp_sqe(c->loop);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->dst, c->dstlen);
     io_uring_sqe_set_data64(sqe, dp_ud_make(OP_CONNECT, D_UP, c));
@@ -163,48 +166,6 @@ void dp_conn_connect(struct dp_conn *c)
     io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)&cto, 0);
     io_uring_sqe_set_data64(sqe, dp_ud_make(OP_LTIMEOUT, D_UP, c));
     c->inflight++;
-}
-
-static void after_hello(struct dp_conn *c)
-{
-    if (c->host[0] == '\0' || c->transparent) {
-        if (c->sni[0]) {
-            snprintf(c->host, sizeof(c->host), "%s", c->sni);
-        } else if (c->host[0] == '\0') {
-            char a[64];
-            dp_addr_str(&c->dst, a, sizeof(a));
-            char *colon = strrchr(a, ':');
-            if (colon) {
-                *colon = '\0';
-            }
-            snprintf(c->host, sizeof(c->host), "%s", a[0] == '[' ? a + 1 : a);
-            size_t hl = strlen(c->host);
-            if (hl > 0 && c->host[hl - 1] == ']') {
-                c->host[hl - 1] = '\0';
-            }
-        }
-    }
-    const char *name = c->sni[0] ? c->sni : c->host;
-    if (c->g->nbypass > 0 && dp_policy_bypassed(c->g, name)) {
-        if (c->hello_overflow) {
-            dp_conn_abort(c, O_CLIENT_ERROR);
-            return;
-        }
-        if (!c->up_connected) {
-            c->outcome = O_BYPASS;
-            dp_conn_connect(c); /* dp_relay_splice happens when connected */
-            return;
-        }
-        dp_relay_splice(c);
-        return;
-    }
-    if (!c->up_connected) {
-        dp_conn_connect(c);
-        return;
-    }
-    if (dp_tls_upstream_start(c) != 0) {
-        dp_conn_abort(c, O_UPSTREAM_FAILED);
-    }
 }
 
 static void start_dns_or_connect(struct dp_conn *c)
@@ -235,7 +196,7 @@ static void start_dns_or_connect(struct dp_conn *c)
         dp_conn_finish(c, O_UPSTREAM_FAILED);
         return;
     }
-    c->state = S_RESOLVING;
+    dp_conn_enter(c, S_RESOLVING);
 }
 
 static void answer_http(struct dp_conn *c, int code, const char *reason, enum dp_outcome why)
@@ -249,9 +210,13 @@ static void answer_http(struct dp_conn *c, int code, const char *reason, enum dp
     dp_conn_finish(c, why);
 }
 
+/* S_CONNECT_REQ: the request head, then the destination (a name is resolved first). */
 static void step_connect_req(struct dp_conn *c)
 {
     struct side *cl = &c->s[D_CLIENT];
+    if (cl->ssl != NULL) {
+        return; /* head read: waiting for the upstream */
+    }
     size_t used = 0;
     int r = dp_connect_parse(cl->rbuf, cl->rlen, c->host, sizeof(c->host), &c->port, &used);
     if (r == DP_CONNECT_MORE) {
@@ -281,7 +246,7 @@ static void step_connect_req(struct dp_conn *c)
         dp_conn_abort(c, O_CLIENT_ERROR);
         return;
     }
-    c->state = S_CONNECT_REQ; /* still: TLS starts after the 200 */
+    /* still S_CONNECT_REQ: TLS starts after the 200 */
     if (rest > 0) {
         BIO_write(cl->in, tail, (int)rest);
         memcpy(c->hello, tail, rest);
@@ -290,109 +255,174 @@ static void step_connect_req(struct dp_conn *c)
     start_dns_or_connect(c);
 }
 
+/* S_CLIENT_HELLO: OpenSSL parses what has arrived; the callback stops it once SNI and ALPN are
+ * known (dp_tls.c), and the policy decides. */
+static void step_client_hello(struct dp_conn *c)
+{
+    SSL *s = c->s[D_CLIENT].ssl;
+    int r = SSL_do_handshake(s);
+    int e = SSL_get_error(s, r);
+    if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+        dp_conn_enter(c, S_POLICY);
+    } else if (e == SSL_ERROR_WANT_READ) {
+        if (c->s[D_CLIENT].eof) {
+            dp_conn_abort(c, O_CLIENT_ERROR);
+        }
+    } else {
+        ERR_clear_error();
+        px_log(PX_LOG_DEBUG, "dp", "conn=%u:%u malformed ClientHello", c->slot, c->gen);
+        dp_conn_finish(c, O_CLIENT_ERROR);
+    }
+}
+
+/* S_UP_HANDSHAKE: once the upstream's chain is in, the leaf stage takes over (dp_leaf.c). */
+static void step_up_handshake(struct dp_conn *c)
+{
+    SSL *s = c->s[D_UP].ssl;
+    int r = SSL_do_handshake(s);
+    if (r == 1) {
+        dp_leaf_get(c);
+        return;
+    }
+    int e = SSL_get_error(s, r);
+    if (e == SSL_ERROR_WANT_READ && !c->s[D_UP].eof) {
+        return;
+    }
+    unsigned long oe = ERR_peek_error();
+    char eb[160] = "closed";
+    if (oe) {
+        ERR_error_string_n(oe, eb, sizeof(eb));
+    }
+    ERR_clear_error();
+    px_log(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
+           c->host, c->port, eb);
+    atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
+    dp_tls_refuse(c, O_UPSTREAM_FAILED);
+}
+
+/* S_CLIENT_HANDSHAKE: the paused handshake goes on with the leaf (or fails as refused). */
+static void step_client_handshake(struct dp_conn *c)
+{
+    SSL *s = c->s[D_CLIENT].ssl;
+    int r = SSL_do_handshake(s);
+    if (r == 1) {
+        dp_conn_enter(c, S_RELAY);
+        c->deadline_ns = 0;
+        if (c->outcome == O_NONE) {
+            c->outcome = O_OK;
+        }
+        free(c->hello);
+        c->hello = NULL;
+        atomic_fetch_add_explicit(&c->loop->ctr.handshakes_ok, 1, memory_order_relaxed);
+        return;
+    }
+    int e = SSL_get_error(s, r);
+    if (e == SSL_ERROR_WANT_READ && !c->s[D_CLIENT].eof) {
+        return;
+    }
+    ERR_clear_error();
+    atomic_fetch_add_explicit(&c->loop->ctr.handshakes_failed, 1, memory_order_relaxed);
+    dp_conn_finish(c, c->fail_hello && c->outcome != O_NONE ? c->outcome : O_CLIENT_ERROR);
+}
+
+/* S_CLOSING: once what is queued is out (or cannot be), the sockets are shut and released. */
+static void step_closing(struct dp_conn *c)
+{
+    if ((dp_pending_out(c, D_CLIENT) == 0 || c->s[D_CLIENT].err || c->s[D_CLIENT].fd < 0) &&
+        (dp_pending_out(c, D_UP) == 0 || c->s[D_UP].err || c->s[D_UP].fd < 0)) {
+        for (int d = 0; d < 2; d++) {
+            if (c->s[d].fd >= 0) {
+                shutdown(c->s[d].fd, SHUT_RDWR);
+            }
+            c->s[d].eof = true;
+        }
+        dp_conn_release(c); /* waits for the operations still in flight, if any */
+    }
+}
+
+#define TO(st) (1u << (st))
+/*
+ * The stages of a connection and the ways between them (DESIGN.md "Data path"). A connection
+ * is FREE before accept and after close; dp_conn_enter is the only way from one stage to the
+ * next, and it checks the move against the row's `next`.
+ *
+ *   explicit listener                                    transparent listener
+ *         |                                                      |
+ *         v                                                      |
+ *   CONNECT_REQ --a name--> RESOLVING                            |
+ *         | an IP literal       |                                |
+ *         v                     v                                |
+ *   UP_CONNECTING <-------------+                                |
+ *         | connected: "200 Connection established"              |
+ *         v                                                      v
+ *   CLIENT_HELLO <-----------------------------------------------+
+ *         | SNI and ALPN known (the ClientHello callback pauses the handshake)
+ *         v
+ *      POLICY --bypass--> (transparent: UP_CONNECTING) --> SPLICE
+ *         | inspect
+ *         v
+ *   (transparent: UP_CONNECTING) --> UP_HANDSHAKE --cache miss--> MINTING
+ *                                         | hit                       | leaf
+ *                                         v                           v
+ *                                    CLIENT_HANDSHAKE <---------------+
+ *                                         |
+ *                                         v
+ *                                       RELAY
+ *
+ *   no leaf (UP_HANDSHAKE, MINTING) or no upstream (UP_CONNECTING after the ClientHello):
+ *     refused (fail closed, a bad upstream): CLIENT_HANDSHAKE, which ends with an alert;
+ *     fail open: REOPEN --> UP_CONNECTING --> SPLICE, the kept ClientHello replayed
+ *   any stage --> CLOSING (an error, a timeout, the end) --> FREE
+ *
+ * step: what runs after each event in the stage (dp_conn_run); NULL when a completion handler
+ * moves the connection on (connect, resolver, mint). reads: the sides armed for reading.
+ * timer: the clock that ends a connection that stays too long (the handshake deadline set at
+ * accept, or the idle time since the last byte). A new stage is a value in enum dp_state, a row
+ * here (its step in the file of its room) and a bit in the rows that lead to it.
+ */
+const struct dp_stage dp_stages[DP_STATES] = {
+    [S_FREE] = {"free", NULL, R_NONE, T_NONE,
+                TO(S_CONNECT_REQ) | TO(S_CLIENT_HELLO) | TO(S_CLOSING)},
+    [S_CONNECT_REQ] = {"connect_req", step_connect_req, R_CLIENT, T_HANDSHAKE,
+                       TO(S_RESOLVING) | TO(S_UP_CONNECTING) | TO(S_CLOSING)},
+    [S_RESOLVING] = {"resolving", NULL, R_NONE, T_HANDSHAKE, TO(S_UP_CONNECTING) | TO(S_CLOSING)},
+    [S_CLIENT_HELLO] = {"client_hello", step_client_hello, R_CLIENT, T_HANDSHAKE,
+                        TO(S_POLICY) | TO(S_CLOSING)},
+    [S_POLICY] = {"policy", dp_policy_step, R_NONE, T_HANDSHAKE,
+                  TO(S_UP_CONNECTING) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) | TO(S_CLOSING)},
+    [S_UP_CONNECTING] = {"up_connecting", NULL, R_NONE, T_HANDSHAKE,
+                         TO(S_CLIENT_HELLO) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) |
+                             TO(S_CLIENT_HANDSHAKE) | TO(S_CLOSING)},
+    [S_UP_HANDSHAKE] = {"up_handshake", step_up_handshake, R_UP, T_HANDSHAKE,
+                        TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
+    [S_MINTING] = {"minting", NULL, R_NONE, T_HANDSHAKE,
+                   TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
+    [S_CLIENT_HANDSHAKE] = {"client_handshake", step_client_handshake, R_CLIENT, T_HANDSHAKE,
+                            TO(S_RELAY) | TO(S_CLOSING)},
+    [S_RELAY] = {"relay", dp_relay_step, R_BOTH, T_IDLE, TO(S_CLOSING)},
+    [S_SPLICE] = {"splice", dp_relay_splice_step, R_BOTH, T_IDLE, TO(S_CLOSING)},
+    [S_REOPEN] = {"reopen", dp_leaf_reopen, R_NONE, T_HANDSHAKE,
+                  TO(S_UP_CONNECTING) | TO(S_CLOSING)},
+    [S_CLOSING] = {"closing", step_closing, R_NONE, T_NONE, TO(S_CLOSING) | TO(S_FREE)},
+};
+#undef TO
+
+static void bad_transition(const struct dp_conn *c, enum dp_state next);
+
+void dp_conn_enter(struct dp_conn *c, enum dp_state next)
+{
+    if (!(dp_stages[c->state].next & (1u << next))) {
+        bad_transition(c, next);
+    }
+    c->state = next;
+}
+
 void dp_conn_run(struct dp_conn *c)
 {
     for (int guard = 0; guard < 16; guard++) {
         enum dp_state before = c->state;
-        switch (c->state) {
-        case S_CONNECT_REQ:
-            if (c->s[D_CLIENT].ssl == NULL) {
-                step_connect_req(c);
-            }
-            break;
-        case S_CLIENT_HELLO: {
-            SSL *s = c->s[D_CLIENT].ssl;
-            int r = SSL_do_handshake(s);
-            int e = SSL_get_error(s, r);
-            if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
-                after_hello(c);
-            } else if (e == SSL_ERROR_WANT_READ) {
-                if (c->s[D_CLIENT].eof) {
-                    dp_conn_abort(c, O_CLIENT_ERROR);
-                }
-            } else {
-                ERR_clear_error();
-                px_log(PX_LOG_DEBUG, "dp", "conn=%u:%u malformed ClientHello", c->slot, c->gen);
-                dp_conn_finish(c, O_CLIENT_ERROR);
-            }
-            break;
-        }
-        case S_UP_HANDSHAKE: {
-            SSL *s = c->s[D_UP].ssl;
-            int r = SSL_do_handshake(s);
-            if (r == 1) {
-                dp_leaf_get(c);
-                break;
-            }
-            int e = SSL_get_error(s, r);
-            if (e == SSL_ERROR_WANT_READ && !c->s[D_UP].eof) {
-                break;
-            }
-            unsigned long oe = ERR_peek_error();
-            char eb[160] = "closed";
-            if (oe) {
-                ERR_error_string_n(oe, eb, sizeof(eb));
-            }
-            ERR_clear_error();
-            px_log(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
-                   c->host, c->port, eb);
-            atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
-            dp_tls_refuse(c, O_UPSTREAM_FAILED);
-            break;
-        }
-        case S_CLIENT_HANDSHAKE: {
-            SSL *s = c->s[D_CLIENT].ssl;
-            int r = SSL_do_handshake(s);
-            if (r == 1) {
-                c->state = S_RELAY;
-                c->deadline_ns = 0;
-                if (c->outcome == O_NONE) {
-                    c->outcome = O_OK;
-                }
-                free(c->hello);
-                c->hello = NULL;
-                atomic_fetch_add_explicit(&c->loop->ctr.handshakes_ok, 1, memory_order_relaxed);
-                break;
-            }
-            int e = SSL_get_error(s, r);
-            if (e == SSL_ERROR_WANT_READ && !c->s[D_CLIENT].eof) {
-                break;
-            }
-            ERR_clear_error();
-            atomic_fetch_add_explicit(&c->loop->ctr.handshakes_failed, 1, memory_order_relaxed);
-            dp_conn_finish(c, c->fail_hello && c->outcome != O_NONE ? c->outcome : O_CLIENT_ERROR);
-            break;
-        }
-        case S_RELAY:
-            dp_relay_tls(c, D_CLIENT);
-            if (c->state == S_RELAY) {
-                dp_relay_tls(c, D_UP);
-            }
-            break;
-        case S_REOPEN:
-            dp_leaf_reopen(c);
-            break;
-        case S_SPLICE:
-            if ((c->s[D_CLIENT].eof || c->s[D_UP].eof) && dp_pending_out(c, D_CLIENT) == 0 &&
-                dp_pending_out(c, D_UP) == 0) {
-                dp_conn_finish(c, c->fail_open ? O_FAIL_OPEN : O_BYPASS);
-            }
-            break;
-        case S_CLOSING:
-            if ((dp_pending_out(c, D_CLIENT) == 0 || c->s[D_CLIENT].err || c->s[D_CLIENT].fd < 0) &&
-                (dp_pending_out(c, D_UP) == 0 || c->s[D_UP].err || c->s[D_UP].fd < 0)) {
-                for (int d = 0; d < 2; d++) {
-                    if (c->s[d].fd >= 0) {
-                        shutdown(c->s[d].fd, SHUT_RDWR);
-                    }
-                    c->s[d].eof = true;
-                }
-                dp_conn_release(c);
-                return;
-            }
-            break;
-        default:
-            break;
+        if (dp_stages[before].step != NULL) {
+            dp_stages[before].step(c);
         }
         if (c->state == S_FREE) {
             return;
@@ -401,9 +431,7 @@ void dp_conn_run(struct dp_conn *c)
             break;
         }
     }
-    if (c->state != S_FREE) {
-        dp_relay_arm(c);
-    }
+    dp_relay_arm(c);
 }
 
 void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
@@ -436,7 +464,7 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
     socklen_t al = sizeof(c->client_addr);
     getpeername(fd, (struct sockaddr *)&c->client_addr, &al);
     if (which == 0) {
-        c->state = S_CONNECT_REQ;
+        dp_conn_enter(c, S_CONNECT_REQ);
     } else {
         c->transparent = true;
         socklen_t dl = sizeof(c->dst);
@@ -481,6 +509,7 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
             dp_loop_arm_accept(l, which);
             return;
         }
+        dp_conn_enter(c, S_CLIENT_HELLO);
     }
     dp_conn_run(c);
     dp_loop_arm_accept(l, which);
@@ -514,7 +543,7 @@ void dp_conn_on_connect(struct dp_conn *c, int res)
         /* the 200 must precede any TLS byte: it goes first into the client's output BIO */
         dp_relay_queue(c, D_CLIENT, ok, sizeof(ok) - 1);
         c->sent_200 = true;
-        c->state = S_CLIENT_HELLO;
+        dp_conn_enter(c, S_CLIENT_HELLO);
         dp_conn_run(c);
         return;
     }
@@ -558,3 +587,21 @@ const char *dp_outcome_name(int outcome)
 {
     return outcome >= 0 && outcome < DP_OUTCOMES ? outcome_name[outcome] : "?";
 }
+
+#ifdef NDEBUG
+/* Release builds: a transition the table does not list is logged, and made all the same. */
+static void bad_transition(const struct dp_conn *c, enum dp_state next)
+{
+    px_log(PX_LOG_ERROR, "dp", "conn=%u:%u %s -> %s is not in the stage table", c->slot, c->gen,
+           dp_stages[c->state].name, dp_stages[next].name);
+}
+#else
+/* Debug builds (the test suite): a transition the table does not list is a bug. */
+static void bad_transition(const struct dp_conn *c, enum dp_state next)
+{
+    char msg[128];
+    snprintf(msg, sizeof(msg), "conn=%u:%u %s -> %s is not in the stage table", c->slot, c->gen,
+             dp_stages[c->state].name, dp_stages[next].name);
+    PX_BUG(msg);
+}
+#endif

@@ -87,11 +87,13 @@ void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 enum dp_op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES };
 enum dp_dir { D_CLIENT = 0, D_UP = 1 };
 
+/* The stages of a connection; dp_conn.c draws them and holds their table (dp_stages). */
 enum dp_state {
     S_FREE = 0,
     S_CONNECT_REQ,   /* explicit: reading the CONNECT request */
     S_RESOLVING,     /* explicit: waiting for the resolver */
     S_CLIENT_HELLO,  /* reading the ClientHello */
+    S_POLICY,        /* ClientHello read: inspect or bypass (dp_policy.c) */
     S_UP_CONNECTING, /* TCP connect to the upstream */
     S_UP_HANDSHAKE,  /* TLS with the upstream */
     S_MINTING,       /* waiting for certcache */
@@ -99,8 +101,25 @@ enum dp_state {
     S_RELAY,
     S_SPLICE,        /* bypass: raw bytes both ways */
     S_REOPEN,        /* fail open: waiting for the first upstream's operations to end */
-    S_CLOSING        /* flushing what is queued, then close */
+    S_CLOSING,       /* flushing what is queued, then close */
+    DP_STATES
 };
+
+struct dp_conn;
+
+/* What a stage reads and which clock runs while a connection is in it. */
+enum dp_reads { R_NONE = 0, R_CLIENT = 1 << D_CLIENT, R_UP = 1 << D_UP, R_BOTH = R_CLIENT | R_UP };
+enum dp_timer { T_NONE = 0, T_HANDSHAKE, T_IDLE };
+
+struct dp_stage {
+    const char *name;
+    /* runs after every event in this stage; NULL: the stage waits for a completion handler */
+    void (*step)(struct dp_conn *c);
+    uint8_t reads;     /* enum dp_reads; R_BOTH stages read a side only while its peer has room */
+    uint8_t timer;     /* enum dp_timer: handshake deadline (from accept), or idle time */
+    uint16_t next;     /* the stages it may move to, one bit each (checked in debug builds) */
+};
+extern const struct dp_stage dp_stages[DP_STATES];
 
 enum dp_outcome {
     O_NONE = 0, O_OK, O_BYPASS, O_REFUSED_HSM, O_UPSTREAM_FAILED, O_CLIENT_ERROR, O_BAD_REQUEST,
@@ -279,6 +298,8 @@ void dp_loop_arm_events(struct dp_loop *l, int which);
 struct dp_conn *dp_conn_by_token(struct dp_loop *l, uint64_t tok);
 
 /* dp_conn.c: a connection from accept to close */
+/* Moves c to stage next: the only place c->state is written. */
+void dp_conn_enter(struct dp_conn *c, enum dp_state next);
 void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags);
 /* Runs the state machine until it waits for something, then arms the I/O it waits for. */
 void dp_conn_run(struct dp_conn *c);
@@ -297,7 +318,8 @@ void dp_conn_finish(struct dp_conn *c, enum dp_outcome why);
 int dp_tls_ctx_init(struct dp_gen *g, const struct px_cfg *cfg, char *err, size_t errlen);
 /* Where SSLKEYLOGFILE lines go (borrowed; NULL = off). Set before the first generation. */
 void dp_tls_keylog_set(struct dp_alog *a);
-/* Client-side SSL over memory BIOs, accept state, ClientHello buffer (S_CLIENT_HELLO). */
+/* Client-side SSL over memory BIOs, accept state, ClientHello buffer; the caller then
+ * enters S_CLIENT_HELLO (transparent) or stays in S_CONNECT_REQ until the 200 is queued. */
 int dp_tls_client_start(struct dp_conn *c);
 /* Upstream SSL: SNI, host check, client's ALPN, cached session (S_UP_HANDSHAKE). */
 int dp_tls_upstream_start(struct dp_conn *c);
@@ -318,8 +340,10 @@ void dp_leaf_reopen(struct dp_conn *c);
 void dp_relay_queue(struct dp_conn *c, int dir, const void *p, size_t n);
 /* Submits the sends and recvs the connection's state and backpressure allow. */
 void dp_relay_arm(struct dp_conn *c);
-/* Decrypts what side from holds and re-encrypts it towards the other side. */
-void dp_relay_tls(struct dp_conn *c, int from);
+/* S_RELAY: decrypts what each side holds and re-encrypts it towards the other side. */
+void dp_relay_step(struct dp_conn *c);
+/* S_SPLICE: ends the connection once a side has closed and nothing is left to send. */
+void dp_relay_splice_step(struct dp_conn *c);
 /* Drops the client's TLS objects and passes bytes untouched (S_SPLICE); replays the hello. */
 void dp_relay_splice(struct dp_conn *c);
 void dp_relay_on_recv(struct dp_conn *c, int dir, int res);
@@ -327,6 +351,8 @@ void dp_relay_on_send(struct dp_conn *c, int dir, int res);
 
 /* dp_policy.c: the decision for a new connection */
 void dp_policy_load(struct dp_gen *g, const struct px_cfg *cfg);
+/* S_POLICY: names the connection (SNI, else CONNECT host or destination) and routes it. */
+void dp_policy_step(struct dp_conn *c);
 /* [policy] bypass: exact names, or "*.suffix" / ".suffix" for a domain and its subdomains. */
 bool dp_policy_bypassed(const struct dp_gen *g, const char *host);
 

@@ -28,7 +28,7 @@ static void resume_client(struct dp_conn *c)
         c->fail_hello = true;
     }
     c->leaf_ready = true;
-    c->state = S_CLIENT_HANDSHAKE;
+    dp_conn_enter(c, S_CLIENT_HANDSHAKE);
 }
 
 /*
@@ -50,7 +50,7 @@ static void no_leaf(struct dp_conn *c, int status)
     atomic_fetch_add_explicit(&l->ctr.fail_open, 1, memory_order_relaxed);
     c->fail_open = true;
     c->outcome = O_FAIL_OPEN;
-    c->state = S_REOPEN;
+    dp_conn_enter(c, S_REOPEN);
     if (c->s[D_UP].fd >= 0) {
         shutdown(c->s[D_UP].fd, SHUT_RDWR); /* wakes its pending recv */
     }
@@ -112,7 +112,7 @@ void dp_leaf_get(struct dp_conn *c)
     } else if (r == CC_PENDING) {
         c->cache_result = "miss";
         atomic_fetch_add_explicit(&l->ctr.cache_miss, 1, memory_order_relaxed);
-        c->state = S_MINTING;
+        dp_conn_enter(c, S_MINTING);
     } else if (r == PX_E_INVAL) {
         /* the upstream certificate itself cannot be mirrored: never pass it through */
         dp_tls_refuse(c, O_UPSTREAM_FAILED);

@@ -78,7 +78,7 @@ static void handle_tick(struct dp_loop *l)
             continue;
         }
         bool hs_late = c->deadline_ns != 0 && now > c->deadline_ns;
-        bool idle = (c->state == S_RELAY || c->state == S_SPLICE) &&
+        bool idle = dp_stages[c->state].timer == T_IDLE &&
                     now - c->last_ns > (uint64_t)DP_IDLE_MS * 1000000ull;
         bool drain = l->stopping && now > l->drain_deadline_ns;
         if (hs_late || idle || drain) {
@@ -266,7 +266,8 @@ void dp_loop_fini(struct dp_loop *l)
         for (uint32_t k = 0; k < DP_MAX_CONNS; k++) {
             struct dp_conn *c = &l->conns[k];
             if (c->state != S_FREE) {
-                c->inflight = 0;
+                c->inflight = 0; /* the ring is gone: nothing will complete */
+                dp_conn_enter(c, S_CLOSING);
                 dp_conn_release(c);
             }
         }

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dp_policy.c - the decision for a new connection, from its ClientHello (SNI) or destination:
- * inspect it, or bypass it (relay the bytes untouched). Today the [policy] bypass list; the
- * policy issue's rules come here.
+ * dp_policy.c - the decision for a new connection (the S_POLICY stage): once its ClientHello
+ * is read, the connection gets its name (SNI, else the CONNECT host or the destination address)
+ * and is either inspected (upstream TLS next) or bypassed (relayed untouched). Today the
+ * [policy] bypass list decides; the policy issue's rules come here.
  * Owns nothing at run time: the list lives in the generation (struct dp_gen), parsed once per
  * start or reload.
- * Threads: dp_policy_load on the main thread; dp_policy_bypassed on loop threads, read-only.
- * Not here: acting on the decision (after_hello in dp_conn.c, dp_relay_splice).
+ * Threads: dp_policy_load on the main thread; the stage on loop threads, the list read-only.
+ * Not here: the ClientHello itself (dp_tls.c), splicing (dp_relay.c).
  */
 #include "dp_int.h"
 
@@ -43,5 +44,47 @@ void dp_policy_load(struct dp_gen *g, const struct px_cfg *cfg)
     for (char *sp = NULL, *t = strtok_r(tmp, ", \t", &sp); t && g->nbypass < 64;
          t = strtok_r(NULL, ", \t", &sp)) {
         snprintf(g->bypass[g->nbypass++], sizeof(g->bypass[0]), "%s", t);
+    }
+}
+
+void dp_policy_step(struct dp_conn *c)
+{
+    if (c->host[0] == '\0' || c->transparent) {
+        if (c->sni[0]) {
+            snprintf(c->host, sizeof(c->host), "%s", c->sni);
+        } else if (c->host[0] == '\0') {
+            char a[64];
+            dp_addr_str(&c->dst, a, sizeof(a));
+            char *colon = strrchr(a, ':');
+            if (colon) {
+                *colon = '\0';
+            }
+            snprintf(c->host, sizeof(c->host), "%s", a[0] == '[' ? a + 1 : a);
+            size_t hl = strlen(c->host);
+            if (hl > 0 && c->host[hl - 1] == ']') {
+                c->host[hl - 1] = '\0';
+            }
+        }
+    }
+    const char *name = c->sni[0] ? c->sni : c->host;
+    if (c->g->nbypass > 0 && dp_policy_bypassed(c->g, name)) {
+        if (c->hello_overflow) {
+            dp_conn_abort(c, O_CLIENT_ERROR);
+            return;
+        }
+        if (!c->up_connected) {
+            c->outcome = O_BYPASS;
+            dp_conn_connect(c); /* dp_relay_splice happens when connected */
+            return;
+        }
+        dp_relay_splice(c);
+        return;
+    }
+    if (!c->up_connected) {
+        dp_conn_connect(c);
+        return;
+    }
+    if (dp_tls_upstream_start(c) != 0) {
+        dp_conn_abort(c, O_UPSTREAM_FAILED);
     }
 }

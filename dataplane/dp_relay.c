@@ -68,21 +68,12 @@ static bool wants_read(const struct dp_conn *c, int dir)
     if (sd->in != NULL && BIO_ctrl_pending(sd->in) >= DP_PENDING_MAX) {
         return false;
     }
-    int other = dir ^ 1;
-    switch (c->state) {
-    case S_CONNECT_REQ:
-        return dir == D_CLIENT && sd->ssl == NULL; /* after the head: wait for the upstream */
-    case S_CLIENT_HELLO:
-    case S_CLIENT_HANDSHAKE:
-        return dir == D_CLIENT;
-    case S_UP_HANDSHAKE:
-        return dir == D_UP;
-    case S_RELAY:
-    case S_SPLICE:
-        return dp_pending_out(c, other) < DP_PENDING_MAX;
-    default:
+    uint8_t reads = dp_stages[c->state].reads;
+    if (!(reads & (1u << dir))) {
         return false;
     }
+    /* relaying both ways: a side is read only while its peer has room (backpressure) */
+    return reads != R_BOTH || dp_pending_out(c, dir ^ 1) < DP_PENDING_MAX;
 }
 
 void dp_relay_arm(struct dp_conn *c)
@@ -107,7 +98,7 @@ void dp_relay_splice(struct dp_conn *c)
     cl->ssl = NULL;
     cl->in = NULL;
     cl->out = pending;
-    c->state = S_SPLICE;
+    dp_conn_enter(c, S_SPLICE);
     if (!c->fail_open) {
         c->outcome = O_BYPASS;
         atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
@@ -117,7 +108,7 @@ void dp_relay_splice(struct dp_conn *c)
     }
 }
 
-void dp_relay_tls(struct dp_conn *c, int from)
+static void relay_tls(struct dp_conn *c, int from)
 {
     int to = from ^ 1;
     struct side *a = &c->s[from], *b = &c->s[to];
@@ -251,4 +242,20 @@ void dp_relay_on_send(struct dp_conn *c, int dir, int res)
         }
     }
     dp_conn_run(c);
+}
+
+void dp_relay_step(struct dp_conn *c)
+{
+    relay_tls(c, D_CLIENT);
+    if (c->state == S_RELAY) {
+        relay_tls(c, D_UP);
+    }
+}
+
+void dp_relay_splice_step(struct dp_conn *c)
+{
+    if ((c->s[D_CLIENT].eof || c->s[D_UP].eof) && dp_pending_out(c, D_CLIENT) == 0 &&
+        dp_pending_out(c, D_UP) == 0) {
+        dp_conn_finish(c, c->fail_open ? O_FAIL_OPEN : O_BYPASS);
+    }
 }

@@ -140,7 +140,7 @@ int dp_tls_upstream_start(struct dp_conn *c)
             SSL_set_session(u->ssl, slot->sess);
         }
     }
-    c->state = S_UP_HANDSHAKE;
+    dp_conn_enter(c, S_UP_HANDSHAKE);
     return 0;
 }
 
@@ -149,7 +149,7 @@ void dp_tls_refuse(struct dp_conn *c, enum dp_outcome why)
     /* the ClientHello callback aborts with handshake_failure; then flush the alert and close */
     c->fail_hello = true;
     c->outcome = why;
-    c->state = S_CLIENT_HANDSHAKE;
+    dp_conn_enter(c, S_CLIENT_HANDSHAKE);
 }
 
 /* Reads SNI, ALPN and signature algorithms; pauses the handshake until the leaf is there. */
@@ -252,7 +252,6 @@ int dp_tls_client_start(struct dp_conn *c)
     if (c->hello == NULL) {
         return -ENOMEM;
     }
-    c->state = S_CLIENT_HELLO;
     return 0;
 }
 
