@@ -435,7 +435,7 @@ int cli_restore(int argc, char **argv)
         return 1;
     }
     uint8_t *blob = NULL, *plain = NULL;
-    size_t blen = 0;
+    size_t blen = 0, plen = 0;
     struct archive a = {0};
     struct hsm_direct *d = NULL;
     char *conftext = NULL;
@@ -450,7 +450,7 @@ int cli_restore(int argc, char **argv)
         fprintf(stderr, "tlsmint restore: %s is not a tlsmint bundle (or it is truncated)\n", in);
         goto out;
     }
-    size_t plen = blen - 32 - 16;
+    plen = blen - 32 - 16;
     plain = malloc(plen + 1);
     if (plain == NULL || bundle_crypt(false, mk, blob + 4, blob + 20, blob, 32, blob + 32, plen,
                                       plain, blob + 32 + plen) != 0) {
@@ -594,7 +594,7 @@ out:
     }
     px_wipe(mk, sizeof(mk));
     if (plain != NULL) {
-        px_wipe(plain, blen);
+        px_wipe(plain, plen + 1);
     }
     free(plain);
     free(blob);

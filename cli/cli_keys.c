@@ -64,6 +64,7 @@ int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t err
         return PX_E_INVAL;
     }
     int r = PX_E_INVAL;
+    size_t got = len; /* wiped whole, trailing blanks included */
     if (len == 32) {
         memcpy(mk, buf, 32);
         r = 0;
@@ -75,7 +76,7 @@ int cli_mk_read_key_file(const char *path, uint8_t mk[32], char *err, size_t err
             r = 0;
         }
     }
-    px_wipe(buf, len);
+    px_wipe(buf, got);
     free(buf);
     if (r != 0) {
         snprintf(err, errlen, "master key file %s must hold 32 raw bytes or 64 hex digits", path);

@@ -244,6 +244,24 @@ START_TEST(test_wipe)
 }
 END_TEST
 
+#if defined(__SANITIZE_ADDRESS__)
+/*
+ * "Write 17 into 16": px_wipe must be a store ASan sees. With explicit_bzero (inside libc) the
+ * wipe of 47 bytes past restore's buffer went unseen and crashed only the release binary.
+ * ASan reports and exits with status 1 (ASAN_OPTIONS abort_on_error=0), which this exit test
+ * expects; without the report the function returns and the test fails.
+ */
+START_TEST(test_wipe_overflow_seen)
+{
+    uint8_t *volatile p = malloc(16);
+    ck_assert_ptr_nonnull(p);
+    px_wipe(p, 17);
+    free(p);
+    exit(0);
+}
+END_TEST
+#endif
+
 START_TEST(test_strerror)
 {
     static const int codes[] = {
@@ -285,6 +303,9 @@ Suite *secret_suite(void)
 
     tc = tcase_create("helpers");
     tcase_add_test(tc, test_wipe);
+#if defined(__SANITIZE_ADDRESS__)
+    tcase_add_exit_test(tc, test_wipe_overflow_seen, 1);
+#endif
     tcase_add_test(tc, test_strerror);
     suite_add_tcase(s, tc);
 
