@@ -33,9 +33,13 @@ $(TEST_DIR)/build.ninja:
 build: deps $(REL_DIR)/build.ninja
 	ninja -C $(REL_DIR)
 
-test: deps $(TEST_DIR)/build.ninja
+# make test: the ASan+UBSan build runs every suite; the e2e scripts run a second time against
+# the release binary (suite 'release', tests/e2e/release.sh), and the CLI once under valgrind.
+test: deps $(TEST_DIR)/build.ninja $(REL_DIR)/build.ninja
+	ninja -C $(REL_DIR)
 	ninja -C $(TEST_DIR)
-	@set +e; meson test -C $(TEST_DIR) --print-errorlogs --num-processes 2; rc=$$?; \
+	@set +e; TLSMINT_RELEASE_BIN=$(CURDIR)/$(REL_DIR)/cli/tlsmint \
+	  meson test -C $(TEST_DIR) --print-errorlogs --num-processes 2; rc=$$?; \
 	  tools/test-summary.sh $(TEST_DIR)/meson-logs/testlog.txt; exit $$rc
 
 run: build
