@@ -103,7 +103,7 @@ check_not_contains "access log: outcome is not ok" '"outcome":"ok"' \
 serving "after lying SNI lengths"
 
 echo "== plain text on the transparent port (not REDIRECTed)"
-n0=$(wc -l <"$ALOG")
+n0=$(settle_lines "$ALOG") # the previous checks' lines are written asynchronously: let them land
 r=$(rawc raw "$TPORT" plaintext "" 5)
 echo "     $r"
 check_eq "the connection is closed" "1" "$(kv closed "$r")"
