@@ -4,7 +4,7 @@
 DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev liburing-dev \
         libp11-dev libp11-kit-dev p11-kit softhsm2 check libbenchmark-dev opensc ca-certificates \
         procps libhttp-parser-dev nginx-light curl iptables nftables iproute2 python3 util-linux psmisc \
-        scdoc libsystemd-dev systemd libhiredis-dev redis-server redis-tools
+        scdoc libsystemd-dev systemd prometheus libhiredis-dev redis-server redis-tools
 BENCH_DEPS := sslsplit gnuplot-nox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DIR := build/test

@@ -52,6 +52,7 @@ int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t err
 struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err,
                           size_t errlen);
 int cli_mk_days_left(const struct px_cfg *cfg);
+long long cli_mk_expiry(const struct px_cfg *cfg);
 struct hsm_direct *cli_hsm_open(const struct px_cfg *cfg, char *err, size_t errlen);
 /* The wrapped master key file. */
 struct cli_mk_wrapped {

@@ -144,33 +144,44 @@ static void text_cache(struct cli_admin *a, FILE *o)
     }
 }
 
+/* One metric family's header: the text format wants HELP and TYPE once, before its samples. */
+static void family(FILE *o, const char *name, const char *type, const char *help)
+{
+    fprintf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/*
+ * Prometheus text exposition. Every family is written as one block (all members' samples
+ * together), with HELP and TYPE, so `promtool check metrics` finds nothing to lint.
+ */
 static void text_metrics(struct cli_admin *a, FILE *o)
 {
     struct dp_stats ds;
     struct cc_stats cs;
     dp_server_stats(a->dp, &ds);
     dp_server_cache_stats(a->dp, &cs);
-    fprintf(o, "# TYPE tlsmint_connections_active gauge\ntlsmint_connections_active %llu\n",
-            (unsigned long long)ds.active);
-    fprintf(o, "# TYPE tlsmint_connections_accepted_total counter\n"
-               "tlsmint_connections_accepted_total %llu\n",
-            (unsigned long long)ds.accepted);
-    fprintf(o, "# TYPE tlsmint_connections_total counter\n");
+    family(o, "tlsmint_connections_active", "gauge", "Client connections open now.");
+    fprintf(o, "tlsmint_connections_active %llu\n", (unsigned long long)ds.active);
+    family(o, "tlsmint_connections_accepted_total", "counter", "Client connections accepted.");
+    fprintf(o, "tlsmint_connections_accepted_total %llu\n", (unsigned long long)ds.accepted);
+    family(o, "tlsmint_connections_total", "counter",
+           "Finished client connections by outcome (fail_open: passed uninspected while no HSM "
+           "member could sign; refused_hsm: refused for the same reason).");
     for (int k = 1; k < DP_OUTCOMES; k++) {
         fprintf(o, "tlsmint_connections_total{outcome=\"%s\"} %llu\n", dp_outcome_name(k),
                 (unsigned long long)ds.outcome[k]);
     }
-    fprintf(o, "# TYPE tlsmint_handshakes_total counter\n"
-               "tlsmint_handshakes_total{result=\"ok\"} %llu\n"
+    family(o, "tlsmint_handshakes_total", "counter", "Client-side TLS handshakes by result.");
+    fprintf(o, "tlsmint_handshakes_total{result=\"ok\"} %llu\n"
                "tlsmint_handshakes_total{result=\"failed\"} %llu\n",
             (unsigned long long)ds.handshakes_ok, (unsigned long long)ds.handshakes_failed);
-    fprintf(o, "# TYPE tlsmint_bytes_total counter\n"
-               "tlsmint_bytes_total{direction=\"client_to_upstream\"} %llu\n"
+    family(o, "tlsmint_bytes_total", "counter", "Plaintext bytes relayed, by direction.");
+    fprintf(o, "tlsmint_bytes_total{direction=\"client_to_upstream\"} %llu\n"
                "tlsmint_bytes_total{direction=\"upstream_to_client\"} %llu\n",
             (unsigned long long)ds.bytes_c2u, (unsigned long long)ds.bytes_u2c);
-    fprintf(o, "# TYPE tlsmint_cache_entries gauge\ntlsmint_cache_entries %llu\n",
-            (unsigned long long)cs.entries);
-    fprintf(o, "# TYPE tlsmint_cache_events_total counter\n");
+    family(o, "tlsmint_cache_entries", "gauge", "Leaf certificates in the local cache.");
+    fprintf(o, "tlsmint_cache_entries %llu\n", (unsigned long long)cs.entries);
+    family(o, "tlsmint_cache_events_total", "counter", "Local leaf cache events.");
     const char *names[] = {"hit", "miss", "mint", "coalesced", "eviction", "expired", "failure"};
     uint64_t vals[] = {cs.hits, cs.misses, cs.mints, cs.coalesced, cs.evictions, cs.expired,
                        cs.failures};
@@ -179,59 +190,81 @@ static void text_metrics(struct cli_admin *a, FILE *o)
                 (unsigned long long)vals[k]);
     }
     if (cs.shared_state >= 0) {
-        fprintf(o, "# TYPE tlsmint_shared_cache_events_total counter\n");
+        family(o, "tlsmint_shared_cache_events_total", "counter", "Shared (Redis) cache events.");
         for (int k = 0; k < CC_SHARED_EVENTS; k++) {
             fprintf(o, "tlsmint_shared_cache_events_total{event=\"%s\"} %llu\n",
                     cc_shared_event_name(k), (unsigned long long)cs.shared_events[k]);
         }
-        fprintf(o, "# TYPE tlsmint_shared_cache_up gauge\ntlsmint_shared_cache_up %d\n",
-                cs.shared_state);
+        family(o, "tlsmint_shared_cache_up", "gauge", "1 while the shared cache answers.");
+        fprintf(o, "tlsmint_shared_cache_up %d\n", cs.shared_state);
     }
-    int left = cli_mk_days_left(a->cfg);
-    if (left != INT_MIN) {
-        fprintf(o, "# TYPE tlsmint_master_key_days_left gauge\ntlsmint_master_key_days_left %d\n",
-                left);
+    long long mk_end = cli_mk_expiry(a->cfg);
+    if (mk_end != LLONG_MIN) {
+        family(o, "tlsmint_master_key_expiry_timestamp_seconds", "gauge",
+               "End of the master key's lifetime ([master_key] lifetime_days).");
+        fprintf(o, "tlsmint_master_key_expiry_timestamp_seconds %lld\n", mk_end);
     }
     cli_cert_expiry_metrics(a->cfg, o);
-    fprintf(o, "# TYPE tlsmint_hsm_members_up gauge\ntlsmint_hsm_members_up %d\n",
-            hsm_pool_members_up(a->pool));
-    fprintf(o, "# TYPE tlsmint_hsm_queue_depth gauge\ntlsmint_hsm_queue_depth %u\n",
-            hsm_pool_queue_depth(a->pool));
-    fprintf(o, "# TYPE tlsmint_hsm_signatures_total counter\n"
-               "# TYPE tlsmint_hsm_sign_latency_seconds summary\n"
-               "# TYPE tlsmint_hsm_sign_duration_seconds histogram\n");
-    for (int i = 0; i < hsm_pool_members(a->pool); i++) {
-        struct hsm_member_stats st;
-        hsm_pool_member_stats(a->pool, i, &st);
-        fprintf(o, "tlsmint_hsm_signatures_total{member=\"%s\",result=\"ok\"} %llu\n", st.name,
-                (unsigned long long)st.ops);
-        fprintf(o, "tlsmint_hsm_signatures_total{member=\"%s\",result=\"error\"} %llu\n",
-                st.name, (unsigned long long)st.errors);
-        fprintf(o, "tlsmint_hsm_signatures_total{member=\"%s\",result=\"timeout\"} %llu\n",
-                st.name, (unsigned long long)st.timeouts);
-        fprintf(o, "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.5\"} %.6f\n",
-                st.name, st.lat_p50_us / 1e6);
-        fprintf(o, "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.9\"} %.6f\n",
-                st.name, st.lat_p90_us / 1e6);
-        fprintf(o, "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.99\"} %.6f\n",
-                st.name, st.lat_p99_us / 1e6);
+    family(o, "tlsmint_hsm_members_up", "gauge", "HSM members that can sign now.");
+    fprintf(o, "tlsmint_hsm_members_up %d\n", hsm_pool_members_up(a->pool));
+    family(o, "tlsmint_hsm_queue_depth", "gauge", "Signatures queued for the HSM members.");
+    fprintf(o, "tlsmint_hsm_queue_depth %u\n", hsm_pool_queue_depth(a->pool));
+    int n = hsm_pool_members(a->pool);
+    struct hsm_member_stats *st = calloc((size_t)(n > 0 ? n : 1), sizeof(*st));
+    if (st == NULL) {
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        hsm_pool_member_stats(a->pool, i, &st[i]);
+    }
+    family(o, "tlsmint_hsm_signatures_total", "counter", "Signatures by HSM member and result.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_signatures_total{member=\"%s\",result=\"ok\"} %llu\n"
+                   "tlsmint_hsm_signatures_total{member=\"%s\",result=\"error\"} %llu\n"
+                   "tlsmint_hsm_signatures_total{member=\"%s\",result=\"timeout\"} %llu\n",
+                st[i].name, (unsigned long long)st[i].ops, st[i].name,
+                (unsigned long long)st[i].errors, st[i].name, (unsigned long long)st[i].timeouts);
+    }
+    family(o, "tlsmint_hsm_sign_latency_seconds", "summary",
+           "Signature latency quantiles per HSM member (recent signatures).");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.5\"} %.6f\n"
+                   "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.9\"} %.6f\n"
+                   "tlsmint_hsm_sign_latency_seconds{member=\"%s\",quantile=\"0.99\"} %.6f\n",
+                st[i].name, st[i].lat_p50_us / 1e6, st[i].name, st[i].lat_p90_us / 1e6,
+                st[i].name, st[i].lat_p99_us / 1e6);
+    }
+    family(o, "tlsmint_hsm_sign_duration_seconds", "histogram",
+           "Signature latency per HSM member, submit to completion.");
+    for (int i = 0; i < n; i++) {
         for (int k = 0; k < HSM_LAT_BOUNDS; k++) {
             fprintf(o, "tlsmint_hsm_sign_duration_seconds_bucket{member=\"%s\",le=\"%g\"} %llu\n",
-                    st.name, hsm_lat_bounds_us[k] / 1e6, (unsigned long long)st.lat_le[k]);
+                    st[i].name, hsm_lat_bounds_us[k] / 1e6, (unsigned long long)st[i].lat_le[k]);
         }
         fprintf(o, "tlsmint_hsm_sign_duration_seconds_bucket{member=\"%s\",le=\"+Inf\"} %llu\n",
-                st.name, (unsigned long long)st.lat_count);
-        fprintf(o, "tlsmint_hsm_sign_duration_seconds_sum{member=\"%s\"} %.6f\n", st.name,
-                st.lat_sum_us / 1e6);
-        fprintf(o, "tlsmint_hsm_sign_duration_seconds_count{member=\"%s\"} %llu\n", st.name,
-                (unsigned long long)st.lat_count);
-        fprintf(o, "tlsmint_hsm_member_up{member=\"%s\"} %d\n", st.name,
-                st.state == HSM_MEMBER_UP ? 1 : 0);
-        fprintf(o, "tlsmint_hsm_restarts_total{member=\"%s\"} %llu\n", st.name,
-                (unsigned long long)st.respawns);
-        fprintf(o, "tlsmint_hsm_last_recovery_seconds{member=\"%s\"} %.3f\n", st.name,
-                st.last_recovery_ms / 1e3);
+                st[i].name, (unsigned long long)st[i].lat_count);
+        fprintf(o, "tlsmint_hsm_sign_duration_seconds_sum{member=\"%s\"} %.6f\n", st[i].name,
+                st[i].lat_sum_us / 1e6);
+        fprintf(o, "tlsmint_hsm_sign_duration_seconds_count{member=\"%s\"} %llu\n", st[i].name,
+                (unsigned long long)st[i].lat_count);
     }
+    family(o, "tlsmint_hsm_member_up", "gauge", "1 while the HSM member can sign.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_member_up{member=\"%s\"} %d\n", st[i].name,
+                st[i].state == HSM_MEMBER_UP ? 1 : 0);
+    }
+    family(o, "tlsmint_hsm_restarts_total", "counter", "Signer processes restarted.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_restarts_total{member=\"%s\"} %llu\n", st[i].name,
+                (unsigned long long)st[i].respawns);
+    }
+    family(o, "tlsmint_hsm_last_recovery_seconds", "gauge",
+           "How long the last recovery took, to the first good signature.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_last_recovery_seconds{member=\"%s\"} %.3f\n", st[i].name,
+                st[i].last_recovery_ms / 1e3);
+    }
+    free(st);
 }
 
 static void serve_ctl(struct cli_admin *a, int fd)

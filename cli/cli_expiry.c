@@ -129,13 +129,13 @@ void cli_cert_expiry_metrics(const struct px_cfg *cfg, FILE *o)
         fprintf(o, "tlsmint_certificate_expiry_timestamp_seconds{role=\"%s\",subject=\"%s\"} %lld\n",
                 e[i].role, subj, (long long)e[i].not_after);
     }
-    fprintf(o, "# HELP tlsmint_certificate_reminder_days [ca] reminder_days\n"
-               "# TYPE tlsmint_certificate_reminder_days gauge\n"
-               "tlsmint_certificate_reminder_days %d\n"
-               "# HELP tlsmint_master_key_reminder_days [master_key] reminder_days\n"
-               "# TYPE tlsmint_master_key_reminder_days gauge\n"
-               "tlsmint_master_key_reminder_days %d\n",
-            cfg->ca_reminder_days, cfg->mk_reminder_days);
+    fprintf(o, "# HELP tlsmint_certificate_reminder_seconds [ca] reminder_days, in seconds\n"
+               "# TYPE tlsmint_certificate_reminder_seconds gauge\n"
+               "tlsmint_certificate_reminder_seconds %lld\n"
+               "# HELP tlsmint_master_key_reminder_seconds [master_key] reminder_days, in seconds\n"
+               "# TYPE tlsmint_master_key_reminder_seconds gauge\n"
+               "tlsmint_master_key_reminder_seconds %lld\n",
+            (long long)cfg->ca_reminder_days * 86400, (long long)cfg->mk_reminder_days * 86400);
 }
 
 void cli_cert_expiry_status(const struct px_cfg *cfg, FILE *o)

@@ -297,6 +297,17 @@ struct cc_ctx *cli_cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char 
     return cc;
 }
 
+/* When the master key's lifetime ends (Unix time); LLONG_MIN when unknown. */
+long long cli_mk_expiry(const struct px_cfg *cfg)
+{
+    struct cli_mk_wrapped w;
+    char err[300];
+    if (cfg->mk_file[0] == '\0' || cli_mk_wrapped_read(cfg->mk_file, &w, err, sizeof(err)) != 0) {
+        return LLONG_MIN;
+    }
+    return (long long)w.created + (long long)cfg->mk_lifetime_days * 86400;
+}
+
 /* Days until the master key's lifetime ends (negative: overdue); INT_MIN when unknown. */
 int cli_mk_days_left(const struct px_cfg *cfg)
 {

@@ -57,7 +57,7 @@ check_contains "metric for the forward-trust CA" \
     "tlsmint_certificate_expiry_timestamp_seconds{role=\"forward-trust\",subject=\"/O=Example Corp/CN=Short CA\"} $ca_end" "$m"
 check_contains "metric for the forward-untrust CA" \
     'tlsmint_certificate_expiry_timestamp_seconds{role="forward-untrust",' "$m"
-check_contains "the reminder as a gauge" "tlsmint_certificate_reminder_days 30" "$m"
+check_contains "the reminder as a gauge" "tlsmint_certificate_reminder_seconds 2592000" "$m"
 
 echo "== reload warns again"
 n0=$(wc -l <"$WORK/tlsmint.log")
