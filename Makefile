@@ -6,12 +6,13 @@ DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev
         procps libhttp-parser-dev nginx-light curl iptables nftables iproute2 python3 util-linux psmisc \
         scdoc libsystemd-dev systemd prometheus libhiredis-dev redis-server redis-tools
 BENCH_DEPS := sslsplit gnuplot-nox
+DEB_DEPS := dpkg-dev debhelper lintian adduser
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DIR := build/test
 REL_DIR := build/release
 VAR ?= var
 
-.PHONY: all deps build test run bench clean format
+.PHONY: all deps build test run bench clean format deb deb-test
 
 all: build
 
@@ -63,6 +64,23 @@ bench: build
 	bench/run-bench.sh $(BENCH_ARGS) $(REL_DIR)
 	bench/run-hsm-bench.sh $(REL_DIR)
 	bench/run-cc-bench.sh $(REL_DIR)
+
+# make deb: build/deb/tlsmint_<version>_<arch>.deb with dpkg-buildpackage (debian/: debhelper +
+# meson) from a copy of the tracked files, then lintian (no errors allowed).
+# make deb-test: installs that package on this machine, runs init, run and one intercepted
+# request, purges it (tests/pkg/test_deb.sh; root; not in make test, as it changes the system).
+deb: deps
+	@missing=""; for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; fi
+	rm -rf build/deb && mkdir -p build/deb/src
+	git ls-files -z | xargs -0 cp -a --parents -t build/deb/src
+	cd build/deb/src && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error --no-tag-display-limit build/deb/tlsmint_*.changes
+	@ls -l build/deb/*.deb
+
+deb-test: deb
+	tests/pkg/test_deb.sh build/deb/tlsmint_*_$$(dpkg --print-architecture).deb
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc')
