@@ -12,6 +12,7 @@
  * it to DIR: a refused bundle leaves DIR untouched.
  */
 #include "cli.h"
+#include "cli_bundle_fmt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,154 +28,6 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
-
-#define BUNDLE_MAGIC "TMB1"
-#define BUNDLE_MAX (16 << 20)
-#define MAX_ENTRIES 16
-
-#define entry entry_view
-
-struct archive {
-    struct entry e[MAX_ENTRIES];
-    int n;
-};
-
-static void archive_free(struct archive *a)
-{
-    for (int i = 0; i < a->n; i++) {
-        px_wipe(a->e[i].data, a->e[i].len);
-        free(a->e[i].data);
-    }
-    a->n = 0;
-}
-
-static int archive_add(struct archive *a, const char *name, const uint8_t *data, size_t len)
-{
-    PX_ENSURE(a->n < MAX_ENTRIES, PX_E_FULL);
-    struct entry *e = &a->e[a->n];
-    snprintf(e->name, sizeof(e->name), "%s", name);
-    e->data = malloc(len + 1);
-    PX_ENSURE(e->data != NULL, -ENOMEM);
-    memcpy(e->data, data, len);
-    e->data[len] = 0;
-    e->len = len;
-    a->n++;
-    return 0;
-}
-
-static int archive_add_file(struct archive *a, const char *name, const char *path, char *err,
-                            size_t errlen)
-{
-    uint8_t *d = NULL;
-    size_t l = 0;
-    if (px_read_file(path, BUNDLE_MAX, &d, &l) != 0) {
-        snprintf(err, errlen, "cannot read %s", path);
-        return PX_E_INVAL;
-    }
-    int r = archive_add(a, name, d, l);
-    px_wipe(d, l);
-    free(d);
-    return r;
-}
-
-static const struct entry *archive_get(const struct archive *a, const char *name)
-{
-    for (int i = 0; i < a->n; i++) {
-        if (strcmp(a->e[i].name, name) == 0) {
-            return &a->e[i];
-        }
-    }
-    return NULL;
-}
-
-/* name_len (1) | name | len (4, big endian) | bytes ... */
-static int archive_pack(const struct archive *a, uint8_t **out, size_t *outlen)
-{
-    size_t total = 0;
-    for (int i = 0; i < a->n; i++) {
-        total += 1 + strlen(a->e[i].name) + 4 + a->e[i].len;
-    }
-    uint8_t *b = malloc(total);
-    PX_ENSURE(b != NULL, -ENOMEM);
-    size_t off = 0;
-    for (int i = 0; i < a->n; i++) {
-        size_t nl = strlen(a->e[i].name);
-        b[off++] = (uint8_t)nl;
-        memcpy(b + off, a->e[i].name, nl);
-        off += nl;
-        uint32_t l = (uint32_t)a->e[i].len;
-        b[off++] = (uint8_t)(l >> 24);
-        b[off++] = (uint8_t)(l >> 16);
-        b[off++] = (uint8_t)(l >> 8);
-        b[off++] = (uint8_t)l;
-        memcpy(b + off, a->e[i].data, a->e[i].len);
-        off += a->e[i].len;
-    }
-    *out = b;
-    *outlen = total;
-    return 0;
-}
-
-static int archive_unpack(struct archive *a, const uint8_t *b, size_t len)
-{
-    size_t off = 0;
-    while (off < len) {
-        size_t nl = b[off++];
-        PX_ENSURE(nl > 0 && nl < 64 && off + nl + 4 <= len, PX_E_PROTO);
-        char name[64];
-        memcpy(name, b + off, nl);
-        name[nl] = 0;
-        off += nl;
-        uint32_t l = (uint32_t)b[off] << 24 | (uint32_t)b[off + 1] << 16 |
-                     (uint32_t)b[off + 2] << 8 | b[off + 3];
-        off += 4;
-        PX_ENSURE(l <= len - off, PX_E_PROTO);
-        PX_TRY(archive_add(a, name, b + off, l));
-        off += l;
-    }
-    return 0;
-}
-
-static void sha256_hex(const uint8_t *d, size_t l, char out[65])
-{
-    uint8_t md[32];
-    unsigned int ml = 0;
-    EVP_Digest(d, l, md, &ml, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++) {
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-    }
-}
-
-static int bundle_crypt(bool enc, const uint8_t mk[32], const uint8_t salt[16],
-                        const uint8_t iv[12], const uint8_t *aad, size_t aadlen, const uint8_t *in,
-                        size_t inlen, uint8_t *out, uint8_t tag[16])
-{
-    char info[64] = "tlsmint backup v1 ";
-    size_t il = strlen(info);
-    for (int i = 0; i < 16; i++) {
-        snprintf(info + il + 2 * i, 3, "%02x", salt[i]);
-    }
-    uint8_t k[32];
-    PX_TRY(px_hkdf(mk, info, k));
-    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    int n = 0, ok;
-    if (enc) {
-        ok = c && EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, k, iv) == 1 &&
-             EVP_EncryptUpdate(c, NULL, &n, aad, (int)aadlen) == 1 &&
-             EVP_EncryptUpdate(c, out, &n, in, (int)inlen) == 1 &&
-             EVP_EncryptFinal_ex(c, out + n, &n) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
-    } else {
-        ok = c && EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, k, iv) == 1 &&
-             EVP_DecryptUpdate(c, NULL, &n, aad, (int)aadlen) == 1 &&
-             EVP_DecryptUpdate(c, out, &n, in, (int)inlen) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1 &&
-             EVP_DecryptFinal_ex(c, out + n, &n) == 1;
-    }
-    EVP_CIPHER_CTX_free(c);
-    px_wipe(k, sizeof(k));
-    return ok ? 0 : PX_E_CRYPTO;
-}
 
 /* The state directory: where the config file lives. */
 static void state_dir(const struct px_cfg *cfg, char *out, size_t cap)
@@ -229,7 +82,7 @@ int cli_backup(int argc, char **argv)
     }
     char err[600], dir[PATH_MAX];
     uint8_t mk[32];
-    struct archive a = {0};
+    struct cli_archive a = {0};
     uint8_t *plain = NULL, *blob = NULL;
     size_t plen = 0;
     int ret = 1;
@@ -242,7 +95,7 @@ int cli_backup(int argc, char **argv)
     }
     const struct hsm_token_info *ti = hsm_direct_info(d);
     char fp[65] = "";
-    sha256_hex(ti->pub_der, ti->pub_len, fp);
+    cli_sha256_hex(ti->pub_der, ti->pub_len, fp);
     const struct {
         const char *name, *path;
     } files[] = {{"tlsmint.conf", cfg.path},
@@ -256,7 +109,7 @@ int cli_backup(int argc, char **argv)
         if (files[i].path[0] == '\0') {
             continue;
         }
-        if (archive_add_file(&a, files[i].name, files[i].path, err, sizeof(err)) != 0) {
+        if (cli_archive_add_file(&a, files[i].name, files[i].path, err, sizeof(err)) != 0) {
             fprintf(stderr, "tlsmint backup: %s\n", err);
             goto out;
         }
@@ -274,14 +127,14 @@ int cli_backup(int argc, char **argv)
             cfg.members[0].module, ti->label, ti->serial, ti->key_label, fp);
     for (int i = 0; i < a.n; i++) {
         char h[65];
-        sha256_hex(a.e[i].data, a.e[i].len, h);
+        cli_sha256_hex(a.e[i].data, a.e[i].len, h);
         fprintf(m, "%s{\"name\":\"%s\",\"sha256\":\"%s\"}", i ? "," : "", a.e[i].name, h);
     }
     fprintf(m, "]}\n");
     fclose(m);
-    int mr = archive_add(&a, "manifest.json", (uint8_t *)man, manlen);
+    int mr = cli_archive_add(&a, "manifest.json", (uint8_t *)man, manlen);
     free(man);
-    if (mr != 0 || archive_pack(&a, &plain, &plen) != 0) {
+    if (mr != 0 || cli_archive_pack(&a, &plain, &plen) != 0) {
         fprintf(stderr, "tlsmint backup: out of memory\n");
         goto out;
     }
@@ -290,9 +143,9 @@ int cli_backup(int argc, char **argv)
     if (blob == NULL) {
         goto out;
     }
-    memcpy(blob, BUNDLE_MAGIC, 4);
+    memcpy(blob, CLI_BUNDLE_MAGIC, 4);
     if (RAND_bytes(blob + 4, 28) != 1 ||
-        bundle_crypt(true, mk, blob + 4, blob + 20, blob, 32, plain, plen, blob + 32,
+        cli_bundle_crypt(true, mk, blob + 4, blob + 20, blob, 32, plain, plen, blob + 32,
                      blob + 32 + plen) != 0) {
         fprintf(stderr, "tlsmint backup: encryption failed\n");
         goto out;
@@ -302,7 +155,7 @@ int cli_backup(int argc, char **argv)
         goto out;
     }
     char bh[65];
-    sha256_hex(blob, blen, bh);
+    cli_sha256_hex(blob, blen, bh);
     px_log(PX_LOG_INFO, "backup", "backup success: %s, %zu bytes, sha256 %s", outp, blen, bh);
     printf("backup success: %s (%d entries, sha256 %s)\n", outp, a.n, bh);
     cli_audit(&cfg, "backup", "\"file\":\"%s\",\"sha256\":\"%s\"", outp, bh);
@@ -314,7 +167,7 @@ out:
     }
     free(plain);
     free(blob);
-    archive_free(&a);
+    cli_archive_free(&a);
     hsm_direct_close(d);
     return ret;
 }
@@ -351,7 +204,7 @@ static char *rewrite_config(const char *text, const char *old_dir, const char *n
     return out;
 }
 
-static int write_into(const char *root, const char *name, const struct entry *e, int mode)
+static int write_into(const char *root, const char *name, const struct entry_view *e, int mode)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/%s", root, name);
@@ -436,35 +289,35 @@ int cli_restore(int argc, char **argv)
     }
     uint8_t *blob = NULL, *plain = NULL;
     size_t blen = 0, plen = 0;
-    struct archive a = {0};
+    struct cli_archive a = {0};
     struct hsm_direct *d = NULL;
     char *conftext = NULL;
     X509 *ca = NULL;
     int ret = 1;
     snprintf(tmpdir, sizeof(tmpdir), "%s.tmp-%d", dir, (int)getpid());
-    if (px_read_file(in, BUNDLE_MAX, &blob, &blen) != 0) {
+    if (px_read_file(in, CLI_BUNDLE_MAX, &blob, &blen) != 0) {
         fprintf(stderr, "tlsmint restore: cannot read %s\n", in);
         goto out;
     }
-    if (blen < 4 + 16 + 12 + 16 || memcmp(blob, BUNDLE_MAGIC, 4) != 0) {
+    if (blen < 4 + 16 + 12 + 16 || memcmp(blob, CLI_BUNDLE_MAGIC, 4) != 0) {
         fprintf(stderr, "tlsmint restore: %s is not a tlsmint bundle (or it is truncated)\n", in);
         goto out;
     }
     plen = blen - 32 - 16;
     plain = malloc(plen + 1);
-    if (plain == NULL || bundle_crypt(false, mk, blob + 4, blob + 20, blob, 32, blob + 32, plen,
+    if (plain == NULL || cli_bundle_crypt(false, mk, blob + 4, blob + 20, blob, 32, blob + 32, plen,
                                       plain, blob + 32 + plen) != 0) {
         fprintf(stderr, "tlsmint restore: the bundle does not open: wrong master key, or the "
                         "file was modified or truncated. Nothing was changed.\n");
         goto out;
     }
-    if (archive_unpack(&a, plain, plen) != 0) {
+    if (cli_archive_unpack(&a, plain, plen) != 0) {
         fprintf(stderr, "tlsmint restore: the bundle's contents are malformed\n");
         goto out;
     }
-    const struct entry *man = archive_get(&a, "manifest.json");
-    const struct entry *cf = archive_get(&a, "tlsmint.conf");
-    const struct entry *cert = archive_get(&a, "ca/forward-trust.pem");
+    const struct entry_view *man = cli_archive_get(&a, "manifest.json");
+    const struct entry_view *cf = cli_archive_get(&a, "tlsmint.conf");
+    const struct entry_view *cert = cli_archive_get(&a, "ca/forward-trust.pem");
     if (man == NULL || cf == NULL || cert == NULL) {
         fprintf(stderr, "tlsmint restore: the bundle lacks its manifest, config or CA\n");
         goto out;
@@ -474,7 +327,7 @@ int cli_restore(int argc, char **argv)
             continue;
         }
         char h[65], needle[200];
-        sha256_hex(a.e[i].data, a.e[i].len, h);
+        cli_sha256_hex(a.e[i].data, a.e[i].len, h);
         snprintf(needle, sizeof(needle), "{\"name\":\"%s\",\"sha256\":\"%s\"}", a.e[i].name, h);
         if (strstr((const char *)man->data, needle) == NULL) {
             fprintf(stderr, "tlsmint restore: %s does not match the manifest\n", a.e[i].name);
@@ -496,7 +349,7 @@ int cli_restore(int argc, char **argv)
     const char *names[] = {"ca/forward-trust.pem", "ca/forward-trust-chain.pem",
                            "ca/forward-untrust.pem", "hsm/pin"};
     for (size_t i = 0; i < 4; i++) {
-        const struct entry *e = archive_get(&a, names[i]);
+        const struct entry_view *e = cli_archive_get(&a, names[i]);
         if (e != NULL && write_into(tmpdir, names[i], e, i == 3 ? 0600 : 0644) != 0) {
             fprintf(stderr, "tlsmint restore: cannot write %s\n", names[i]);
             goto out;
@@ -546,8 +399,8 @@ int cli_restore(int argc, char **argv)
         goto out;
     }
     /* sealed files under the master key: they must open with it */
-    const struct entry *uk = archive_get(&a, "keys/forward-untrust.key.enc");
-    const struct entry *lp = archive_get(&a, "keys/leaf-pool.enc");
+    const struct entry_view *uk = cli_archive_get(&a, "keys/forward-untrust.key.enc");
+    const struct entry_view *lp = cli_archive_get(&a, "keys/leaf-pool.enc");
     uint8_t *t = NULL;
     size_t tl = 0;
     if ((uk != NULL && px_unseal(mk, "forward-untrust-key", uk->data, uk->len, &t, &tl) != 0)) {
@@ -575,7 +428,7 @@ int cli_restore(int argc, char **argv)
     }
     tmpdir[0] = 0;
     char bh[65];
-    sha256_hex(blob, blen, bh);
+    cli_sha256_hex(blob, blen, bh);
     snprintf(cfg.log_audit, sizeof(cfg.log_audit), "%s/audit.log", dir);
     cli_audit(&cfg, "restore", "\"bundle_sha256\":\"%s\",\"dir\":\"%s\"", bh, dir);
     printf("trust infrastructure restored into %s: forward-trust CA %s, HSM token '%s' serial %s "
@@ -599,7 +452,7 @@ out:
     free(plain);
     free(blob);
     free(conftext);
-    archive_free(&a);
+    cli_archive_free(&a);
     X509_free(ca);
     hsm_direct_close(d);
     return ret;
