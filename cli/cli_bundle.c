@@ -172,38 +172,6 @@ out:
     return ret;
 }
 
-/* Replaces old_dir/ with new_dir/ in every line but module and env lines (the HSM is shared). */
-static char *rewrite_config(const char *text, const char *old_dir, const char *new_dir)
-{
-    char *out = NULL;
-    size_t ol = 0;
-    FILE *o = open_memstream(&out, &ol);
-    const char *p = text;
-    size_t odl = strlen(old_dir);
-    while (*p) {
-        size_t ll = strcspn(p, "\n");
-        const char *k = p + strspn(p, " \t");
-        bool keep = strncmp(k, "module", 6) == 0 || strncmp(k, "env", 3) == 0;
-        for (size_t i = 0; i < ll;) {
-            if (!keep && i + odl + 1 <= ll && strncmp(p + i, old_dir, odl) == 0 &&
-                p[i + odl] == '/') {
-                fputs(new_dir, o);
-                i += odl;
-            } else {
-                fputc(p[i], o);
-                i++;
-            }
-        }
-        fputc('\n', o);
-        p += ll;
-        if (*p == '\n') {
-            p++;
-        }
-    }
-    fclose(o);
-    return out;
-}
-
 static int write_into(const char *root, const char *name, const struct entry_view *e, int mode)
 {
     char path[PATH_MAX];
@@ -299,48 +267,27 @@ int cli_restore(int argc, char **argv)
         fprintf(stderr, "tlsmint restore: cannot read %s\n", in);
         goto out;
     }
-    if (blen < 4 + 16 + 12 + 16 || memcmp(blob, CLI_BUNDLE_MAGIC, 4) != 0) {
+    int orc = cli_bundle_open(mk, blob, blen, &plain, &plen);
+    if (orc == PX_E_PROTO) {
         fprintf(stderr, "tlsmint restore: %s is not a tlsmint bundle (or it is truncated)\n", in);
         goto out;
     }
-    plen = blen - 32 - 16;
-    plain = malloc(plen + 1);
-    if (plain == NULL || cli_bundle_crypt(false, mk, blob + 4, blob + 20, blob, 32, blob + 32, plen,
-                                      plain, blob + 32 + plen) != 0) {
+    if (orc != 0) {
         fprintf(stderr, "tlsmint restore: the bundle does not open: wrong master key, or the "
                         "file was modified or truncated. Nothing was changed.\n");
         goto out;
     }
-    if (cli_archive_unpack(&a, plain, plen) != 0) {
-        fprintf(stderr, "tlsmint restore: the bundle's contents are malformed\n");
+    static struct cli_bundle_view v;
+    if (cli_bundle_check(plain, plen, &a, &v, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tlsmint restore: %s\n", err);
         goto out;
     }
-    const struct entry_view *man = cli_archive_get(&a, "manifest.json");
-    const struct entry_view *cf = cli_archive_get(&a, "tlsmint.conf");
-    const struct entry_view *cert = cli_archive_get(&a, "ca/forward-trust.pem");
-    if (man == NULL || cf == NULL || cert == NULL) {
-        fprintf(stderr, "tlsmint restore: the bundle lacks its manifest, config or CA\n");
+    const struct entry_view *cf = v.cf, *cert = v.cert;
+    conftext = cli_bundle_rewrite_config((const char *)cf->data, v.old_dir, dir);
+    if (conftext == NULL) {
+        fprintf(stderr, "tlsmint restore: out of memory\n");
         goto out;
     }
-    for (int i = 0; i < a.n; i++) { /* every entry as the manifest lists it */
-        if (&a.e[i] == man) {
-            continue;
-        }
-        char h[65], needle[200];
-        cli_sha256_hex(a.e[i].data, a.e[i].len, h);
-        snprintf(needle, sizeof(needle), "{\"name\":\"%s\",\"sha256\":\"%s\"}", a.e[i].name, h);
-        if (strstr((const char *)man->data, needle) == NULL) {
-            fprintf(stderr, "tlsmint restore: %s does not match the manifest\n", a.e[i].name);
-            goto out;
-        }
-    }
-    char old_dir[PATH_MAX] = "";
-    const char *sd = strstr((const char *)man->data, "\"state_dir\":\"");
-    if (sd != NULL) {
-        sd += 13;
-        snprintf(old_dir, sizeof(old_dir), "%.*s", (int)strcspn(sd, "\""), sd);
-    }
-    conftext = rewrite_config((const char *)cf->data, old_dir, dir);
     /* build the new state in DIR.tmp, then check the HSM against it */
     if (mkdir(tmpdir, 0755) != 0) {
         fprintf(stderr, "tlsmint restore: cannot create %s: %s\n", tmpdir, strerror(errno));
@@ -359,7 +306,7 @@ int cli_restore(int argc, char **argv)
     snprintf(p, sizeof(p), "%s/run", tmpdir);
     mkdir(p, 0755);
     /* the config as it will be, but pointing into DIR.tmp while we check the HSM */
-    char *tmpconf = rewrite_config(conftext, dir, tmpdir);
+    char *tmpconf = cli_bundle_rewrite_config(conftext, dir, tmpdir);
     snprintf(p, sizeof(p), "%s/tlsmint.conf", tmpdir);
     int wr = tmpconf ? px_write_atomic(p, tmpconf, strlen(tmpconf), 0644) : -ENOMEM;
     free(tmpconf);

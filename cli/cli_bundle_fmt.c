@@ -38,7 +38,7 @@ int cli_archive_add(struct cli_archive *a, const char *name, const uint8_t *data
 }
 
 int cli_archive_add_file(struct cli_archive *a, const char *name, const char *path, char *err,
-                            size_t errlen)
+                         size_t errlen)
 {
     uint8_t *d = NULL;
     size_t l = 0;
@@ -120,9 +120,9 @@ void cli_sha256_hex(const uint8_t *d, size_t l, char out[65])
     }
 }
 
-int cli_bundle_crypt(bool enc, const uint8_t mk[32], const uint8_t salt[16],
-                        const uint8_t iv[12], const uint8_t *aad, size_t aadlen, const uint8_t *in,
-                        size_t inlen, uint8_t *out, uint8_t tag[16])
+int cli_bundle_crypt(bool enc, const uint8_t mk[32], const uint8_t salt[16], const uint8_t iv[12],
+                     const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
+                     uint8_t *out, uint8_t tag[16])
 {
     char info[64] = "tlsmint backup v1 ";
     size_t il = strlen(info);
@@ -149,4 +149,100 @@ int cli_bundle_crypt(bool enc, const uint8_t mk[32], const uint8_t salt[16],
     EVP_CIPHER_CTX_free(c);
     px_wipe(k, sizeof(k));
     return ok ? 0 : PX_E_CRYPTO;
+}
+
+int cli_bundle_open(const uint8_t mk[32], const uint8_t *blob, size_t blen, uint8_t **plain,
+                    size_t *plen)
+{
+    *plain = NULL;
+    *plen = 0;
+    PX_ENSURE(blen >= 4 + 16 + 12 + 16 && blen <= CLI_BUNDLE_MAX &&
+                  memcmp(blob, CLI_BUNDLE_MAGIC, 4) == 0,
+              PX_E_PROTO);
+    size_t n = blen - 32 - 16;
+    uint8_t tag[16];
+    memcpy(tag, blob + 32 + n, sizeof(tag));
+    uint8_t *p = malloc(n + 1);
+    PX_ENSURE(p != NULL, -ENOMEM);
+    if (cli_bundle_crypt(false, mk, blob + 4, blob + 20, blob, 32, blob + 32, n, p, tag) != 0) {
+        px_wipe(p, n + 1);
+        free(p);
+        return PX_E_CRYPTO;
+    }
+    p[n] = 0;
+    *plain = p;
+    *plen = n;
+    return 0;
+}
+
+int cli_bundle_check(const uint8_t *plain, size_t plen, struct cli_archive *a,
+                     struct cli_bundle_view *v, char *err, size_t errlen)
+{
+    memset(v, 0, sizeof(*v));
+    if (cli_archive_unpack(a, plain, plen) != 0) {
+        snprintf(err, errlen, "the bundle's contents are malformed");
+        return PX_E_PROTO;
+    }
+    v->man = cli_archive_get(a, "manifest.json");
+    v->cf = cli_archive_get(a, "tlsmint.conf");
+    v->cert = cli_archive_get(a, "ca/forward-trust.pem");
+    if (v->man == NULL || v->cf == NULL || v->cert == NULL) {
+        snprintf(err, errlen, "the bundle lacks its manifest, config or CA");
+        return PX_E_PROTO;
+    }
+    const char *man = (const char *)v->man->data; /* NUL-terminated by cli_archive_add */
+    for (int i = 0; i < a->n; i++) {              /* every entry as the manifest lists it */
+        if (&a->e[i] == v->man) {
+            continue;
+        }
+        char h[65], needle[200];
+        cli_sha256_hex(a->e[i].data, a->e[i].len, h);
+        snprintf(needle, sizeof(needle), "{\"name\":\"%s\",\"sha256\":\"%s\"}", a->e[i].name, h);
+        if (strstr(man, needle) == NULL) {
+            snprintf(err, errlen, "%s does not match the manifest", a->e[i].name);
+            return PX_E_PROTO;
+        }
+    }
+    const char *sd = strstr(man, "\"state_dir\":\"");
+    if (sd != NULL) {
+        sd += 13;
+        snprintf(v->old_dir, sizeof(v->old_dir), "%.*s", (int)strcspn(sd, "\""), sd);
+    }
+    return 0;
+}
+
+/* Replaces old_dir/ with new_dir/ in every line but module and env lines (the HSM is shared). */
+char *cli_bundle_rewrite_config(const char *text, const char *old_dir, const char *new_dir)
+{
+    char *out = NULL;
+    size_t ol = 0;
+    FILE *o = open_memstream(&out, &ol);
+    if (o == NULL) {
+        return NULL;
+    }
+    const char *p = text;
+    size_t odl = strlen(old_dir);
+    while (*p) {
+        size_t ll = strcspn(p, "\n");
+        const char *k = p + strspn(p, " \t");
+        /* an empty old_dir matches nowhere (it would match before every character, forever) */
+        bool keep = odl == 0 || strncmp(k, "module", 6) == 0 || strncmp(k, "env", 3) == 0;
+        for (size_t i = 0; i < ll;) {
+            if (!keep && i + odl + 1 <= ll && strncmp(p + i, old_dir, odl) == 0 &&
+                p[i + odl] == '/') {
+                fputs(new_dir, o);
+                i += odl;
+            } else {
+                fputc(p[i], o);
+                i++;
+            }
+        }
+        fputc('\n', o);
+        p += ll;
+        if (*p == '\n') {
+            p++;
+        }
+    }
+    fclose(o);
+    return out;
 }
