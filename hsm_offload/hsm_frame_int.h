@@ -8,6 +8,7 @@
 #ifndef HSM_FRAME_INT_H
 #define HSM_FRAME_INT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "hsm.h"
@@ -64,6 +65,26 @@ struct hsm_hello {
 #define HSM_REQ_FRAME_MAX (sizeof(struct hsm_frame_hdr) + HSM_BATCH_MAX * sizeof(struct hsm_req))
 #define HSM_RESP_FRAME_MAX                                                                         \
     (sizeof(struct hsm_frame_hdr) + HSM_BATCH_MAX * (sizeof(struct hsm_resp) + HSM_SIG_MAX))
+
+/* ---- decoding (hsm_frame.c) ---------------------------------------------------------------- */
+
+/* Copies the header of a received frame into *h. PX_E_SHORT or PX_E_PROTO (bad magic). */
+PX_MUST_CHECK int hsm_frame__hdr(const uint8_t *buf, size_t n, struct hsm_frame_hdr *h);
+/*
+ * Signer side: a frame from the proxy. Returns HSM_FRAME_REQ (*reqs points into buf, *count
+ * requests) or HSM_FRAME_CTRL (*ctrl filled); PX_E_PROTO/PX_E_SHORT for anything else.
+ */
+PX_MUST_CHECK int hsm_frame__parse_to_signer(const uint8_t *buf, size_t n,
+                                             const struct hsm_req **reqs, uint16_t *count,
+                                             struct hsm_ctrl *ctrl);
+/* Proxy side: a HELLO frame (header included), copied into *out once it is sound. */
+PX_MUST_CHECK int hsm_frame__parse_hello(const uint8_t *buf, size_t n, struct hsm_hello *out);
+/*
+ * Proxy side: the next answer of a RESP frame; *off starts at sizeof(struct hsm_frame_hdr) and
+ * is advanced. *sig points into buf. PX_E_SHORT: truncated; PX_E_PROTO: bad signature length.
+ */
+PX_MUST_CHECK int hsm_frame__resp_next(const uint8_t *buf, size_t n, size_t *off,
+                                       struct hsm_resp *r, const uint8_t **sig);
 
 /* Exit codes of the signer, read by the proxy to word its log line. */
 enum hsm_signer_exit {

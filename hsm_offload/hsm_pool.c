@@ -699,11 +699,12 @@ static void member_lost(struct hsm_pool *pool, struct member *m, const char *why
 
 static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t *buf, size_t n)
 {
-    if (n != sizeof(struct hsm_frame_hdr) + sizeof(struct hsm_hello)) {
+    struct hsm_hello hello;
+    if (hsm_frame__parse_hello(buf, n, &hello) != 0) {
         member_lost(pool, m, "malformed hello from signer");
         return;
     }
-    const struct hsm_hello *h = (const struct hsm_hello *)(buf + sizeof(struct hsm_frame_hdr));
+    const struct hsm_hello *h = &hello;
     if (h->status != 0) {
         char why[300];
         snprintf(why, sizeof(why), "%s", h->err);
@@ -766,22 +767,16 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
     struct cq_batch batch = {.n = 0};
     pthread_mutex_lock(&pool->stats_lock);
     for (uint16_t i = 0; i < h->count; i++) {
-        if (off + sizeof(struct hsm_resp) > n) {
-            pthread_mutex_unlock(&pool->stats_lock);
-            batch_flush(&batch);
-            member_lost(pool, m, "truncated answer frame from signer");
-            return;
-        }
         struct hsm_resp r;
-        memcpy(&r, buf + off, sizeof(r));
-        const uint8_t *sig = buf + off + sizeof(r);
-        if (r.sig_len > HSM_SIG_MAX || off + sizeof(r) + r.sig_len > n) {
+        const uint8_t *sig = NULL;
+        int dr = hsm_frame__resp_next(buf, n, &off, &r, &sig);
+        if (dr != 0) {
             pthread_mutex_unlock(&pool->stats_lock);
             batch_flush(&batch);
-            member_lost(pool, m, "bad signature length from signer");
+            member_lost(pool, m, dr == PX_E_SHORT ? "truncated answer frame from signer"
+                                                  : "bad signature length from signer");
             return;
         }
-        off = (off + sizeof(r) + r.sig_len + 7) & ~(size_t)7;
         if (m->outstanding > 0) {
             m->outstanding--;
         }
@@ -852,11 +847,12 @@ static void member_read(struct hsm_pool *pool, struct member *m)
             member_lost(pool, m, why);
             return;
         }
-        const struct hsm_frame_hdr *h = (const struct hsm_frame_hdr *)pool->rxbuf;
-        if ((size_t)n < sizeof(*h) || h->magic != HSM_FRAME_MAGIC) {
+        struct hsm_frame_hdr hd;
+        if (hsm_frame__hdr(pool->rxbuf, (size_t)n, &hd) != 0) {
             member_lost(pool, m, "garbage on the signer socket");
             return;
         }
+        const struct hsm_frame_hdr *h = &hd;
         if (h->type == HSM_FRAME_HELLO && m->state == HSM_MEMBER_STARTING) {
             handle_hello(pool, m, pool->rxbuf, (size_t)n);
         } else if (h->type == HSM_FRAME_RESP && h->count <= HSM_BATCH_MAX) {

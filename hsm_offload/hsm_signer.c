@@ -250,11 +250,12 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
         if (n <= 0) {
             _exit(HSM_SIGNER_EXIT_OK); /* proxy closed the socket: no C_Finalize, it may hang */
         }
-        const struct hsm_frame_hdr *h = (const struct hsm_frame_hdr *)buf;
-        if ((size_t)n == sizeof(*h) + sizeof(struct hsm_ctrl) && h->magic == HSM_FRAME_MAGIC &&
-            h->type == HSM_FRAME_CTRL) {
-            const struct hsm_ctrl *c = (const struct hsm_ctrl *)(buf + sizeof(*h));
-            if (c->op == HSM_CTRL_CLOSE_ALL_SESSIONS) {
+        const struct hsm_req *reqs = NULL;
+        uint16_t count = 0;
+        struct hsm_ctrl ctl;
+        int kind = hsm_frame__parse_to_signer(buf, (size_t)n, &reqs, &count, &ctl);
+        if (kind == HSM_FRAME_CTRL) {
+            if (ctl.op == HSM_CTRL_CLOSE_ALL_SESSIONS) {
                 /* workers find out on their next signature and reopen (session-level path) */
                 CK_RV crv = sg.mod.f->C_CloseAllSessions(sg.tok.slot);
                 sg.anchor.open = false;
@@ -267,15 +268,12 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
             }
             continue;
         }
-        if ((size_t)n < sizeof(*h) || h->magic != HSM_FRAME_MAGIC || h->type != HSM_FRAME_REQ ||
-            h->count > HSM_BATCH_MAX ||
-            (size_t)n != sizeof(*h) + h->count * sizeof(struct hsm_req)) {
+        if (kind != HSM_FRAME_REQ) {
             px_log(PX_LOG_ERROR, "signer", "malformed frame (%zd bytes) on the job socket", n);
             _exit(HSM_SIGNER_EXIT_PROTO);
         }
-        const struct hsm_req *reqs = (const struct hsm_req *)(buf + sizeof(*h));
         pthread_mutex_lock(&sg.lock);
-        for (uint16_t i = 0; i < h->count; i++) {
+        for (uint16_t i = 0; i < count; i++) {
             while (sg.tail - sg.head >= QCAP) {
                 pthread_cond_wait(&sg.nonfull, &sg.lock);
             }
