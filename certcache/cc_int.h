@@ -56,6 +56,17 @@ int cc_ca_load_untrust(struct cc_ca *ca, const struct px_cfg *cfg, const uint8_t
 int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, int nec,
                  struct cc_leaf_key *rsa, int nrsa, int *got_ec, int *got_rsa, char *err,
                  size_t errlen);
+/* The same from the file's bytes (raw, rl; borrowed); path is only named in messages. */
+int cc_keys_parse(const uint8_t *raw, size_t rl, const char *path, const uint8_t *mk,
+                  struct cc_leaf_key *ec, int nec, struct cc_leaf_key *rsa, int nrsa, int *got_ec,
+                  int *got_rsa, char *err, size_t errlen);
+/*
+ * A private key file's bytes: sealed with mk under role ("forward-untrust-key"), or a plain PEM
+ * (state made before sealing existed). Returns a new EVP_PKEY, or NULL and one line in err naming
+ * what and path.
+ */
+EVP_PKEY *cc_key_parse(const uint8_t *raw, size_t rl, const char *path, const char *role,
+                       const uint8_t *mk, char *err, size_t errlen, const char *what);
 void cc_ca_fini(struct cc_ca *ca);
 
 /*

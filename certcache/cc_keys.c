@@ -244,20 +244,12 @@ int cc_ca_load_trust(struct cc_ca *ca, const struct px_cfg *cfg, struct hsm_pool
     return 0;
 }
 
-/*
- * Reads a private key file: sealed with the master key (role says which file it is) or, for
- * state made before sealing existed, a plain PEM. Returns a new EVP_PKEY or NULL + err.
- */
-static EVP_PKEY *read_key_file(const char *path, const char *role, const uint8_t *mk, char *err,
-                               size_t errlen, const char *what)
+EVP_PKEY *cc_key_parse(const uint8_t *raw, size_t rl, const char *path, const char *role,
+                       const uint8_t *mk, char *err, size_t errlen, const char *what)
 {
-    uint8_t *raw = NULL, *pt = NULL;
-    size_t rl = 0, pl = 0;
+    uint8_t *pt = NULL;
+    size_t pl = 0;
     EVP_PKEY *k = NULL;
-    if (px_read_file(path, 1 << 20, &raw, &rl) != 0) {
-        snprintf(err, errlen, "%s: cannot read %s", what, path);
-        return NULL;
-    }
     if (rl >= 4 && memcmp(raw, "TMS1", 4) == 0) {
         int r = mk == NULL ? PX_E_INVAL : px_unseal(mk, role, raw, rl, &pt, &pl);
         if (r != 0) {
@@ -265,7 +257,6 @@ static EVP_PKEY *read_key_file(const char *path, const char *role, const uint8_t
                      mk == NULL ? "is sealed and no master key is available"
                      : r == PX_E_CRYPTO ? "does not open with this master key (wrong key or damaged)"
                                         : "is not the expected file");
-            free(raw);
             return NULL;
         }
         BIO *b = BIO_new_mem_buf(pt, (int)pl);
@@ -278,12 +269,29 @@ static EVP_PKEY *read_key_file(const char *path, const char *role, const uint8_t
         k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
         BIO_free(b);
     }
-    px_wipe(raw, rl);
-    free(raw);
     if (k == NULL) {
         ERR_clear_error();
         snprintf(err, errlen, "%s: %s holds no private key", what, path);
     }
+    return k;
+}
+
+/*
+ * Reads a private key file: sealed with the master key (role says which file it is) or, for
+ * state made before sealing existed, a plain PEM. Returns a new EVP_PKEY or NULL + err.
+ */
+static EVP_PKEY *read_key_file(const char *path, const char *role, const uint8_t *mk, char *err,
+                               size_t errlen, const char *what)
+{
+    uint8_t *raw = NULL;
+    size_t rl = 0;
+    if (px_read_file(path, 1 << 20, &raw, &rl) != 0) {
+        snprintf(err, errlen, "%s: cannot read %s", what, path);
+        return NULL;
+    }
+    EVP_PKEY *k = cc_key_parse(raw, rl, path, role, mk, err, errlen, what);
+    px_wipe(raw, rl);
+    free(raw);
     return k;
 }
 
@@ -331,19 +339,14 @@ static EVP_PKEY *legacy_copy(EVP_PKEY *k)
     return out;
 }
 
-int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, int nec,
-                 struct cc_leaf_key *rsa, int nrsa, int *got_ec, int *got_rsa, char *err,
-                 size_t errlen)
+int cc_keys_parse(const uint8_t *raw, size_t rl, const char *path, const uint8_t *mk,
+                  struct cc_leaf_key *ec, int nec, struct cc_leaf_key *rsa, int nrsa, int *got_ec,
+                  int *got_rsa, char *err, size_t errlen)
 {
-    uint8_t *raw = NULL, *pt = NULL;
-    size_t rl = 0, pl = 0;
+    uint8_t *pt = NULL;
+    size_t pl = 0;
     *got_ec = *got_rsa = 0;
-    if (px_read_file(path, 4 << 20, &raw, &rl) != 0) {
-        snprintf(err, errlen, "[cache] leaf_pool: cannot read %s", path);
-        return PX_E_CONFIG;
-    }
     int r = mk == NULL ? PX_E_INVAL : px_unseal(mk, "leaf-key-pool", raw, rl, &pt, &pl);
-    free(raw);
     if (r != 0) {
         snprintf(err, errlen, "[cache] leaf_pool: %s %s", path,
                  mk == NULL ? "is sealed and no master key is available"
@@ -353,13 +356,25 @@ int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, in
     BIO *b = BIO_new_mem_buf(pt, (int)pl);
     EVP_PKEY *k;
     while (b != NULL && (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) != NULL) {
-        bool is_ec = EVP_PKEY_get_base_id(k) == EVP_PKEY_EC;
-        struct cc_leaf_key *slot = is_ec ? (*got_ec < nec ? &ec[(*got_ec)++] : NULL)
-                                         : (*got_rsa < nrsa ? &rsa[(*got_rsa)++] : NULL);
-        if (slot != NULL) {
-            slot->pkey = legacy_copy(k);
+        /* only EC and RSA keys fill a slot, and only once copied with their SKI: a slot
+         * without a key would fail every mint that hashes to it */
+        int id = EVP_PKEY_get_base_id(k);
+        bool is_ec = id == EVP_PKEY_EC;
+        struct cc_leaf_key *slot = NULL;
+        if (is_ec && *got_ec < nec) {
+            slot = &ec[*got_ec];
+        } else if (id == EVP_PKEY_RSA && *got_rsa < nrsa) {
+            slot = &rsa[*got_rsa];
+        }
+        EVP_PKEY *lk = slot != NULL ? legacy_copy(k) : NULL;
+        X509_EXTENSION *ski = lk != NULL ? ski_for(lk) : NULL;
+        if (ski != NULL) {
+            slot->pkey = lk;
             slot->kind = is_ec ? CC_KEY_EC : CC_KEY_RSA;
-            slot->ski = slot->pkey ? ski_for(slot->pkey) : NULL;
+            slot->ski = ski;
+            (*(is_ec ? got_ec : got_rsa))++;
+        } else {
+            EVP_PKEY_free(lk);
         }
         EVP_PKEY_free(k);
     }
@@ -368,6 +383,22 @@ int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, in
     px_wipe(pt, pl);
     free(pt);
     return 0;
+}
+
+int cc_keys_load(const char *path, const uint8_t *mk, struct cc_leaf_key *ec, int nec,
+                 struct cc_leaf_key *rsa, int nrsa, int *got_ec, int *got_rsa, char *err,
+                 size_t errlen)
+{
+    uint8_t *raw = NULL;
+    size_t rl = 0;
+    *got_ec = *got_rsa = 0;
+    if (px_read_file(path, 4 << 20, &raw, &rl) != 0) {
+        snprintf(err, errlen, "[cache] leaf_pool: cannot read %s", path);
+        return PX_E_CONFIG;
+    }
+    int r = cc_keys_parse(raw, rl, path, mk, ec, nec, rsa, nrsa, got_ec, got_rsa, err, errlen);
+    free(raw);
+    return r;
 }
 
 void cc_ca_fini(struct cc_ca *ca)
