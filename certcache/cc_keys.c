@@ -244,6 +244,16 @@ int cc_ca_load_trust(struct cc_ca *ca, const struct px_cfg *cfg, struct hsm_pool
     return 0;
 }
 
+/* An encrypted PEM is refused: OpenSSL's default would prompt on the terminal and block. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)u;
+    return -1;
+}
+
 EVP_PKEY *cc_key_parse(const uint8_t *raw, size_t rl, const char *path, const char *role,
                        const uint8_t *mk, char *err, size_t errlen, const char *what)
 {
@@ -260,13 +270,13 @@ EVP_PKEY *cc_key_parse(const uint8_t *raw, size_t rl, const char *path, const ch
             return NULL;
         }
         BIO *b = BIO_new_mem_buf(pt, (int)pl);
-        k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+        k = b ? PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL) : NULL;
         BIO_free(b);
         px_wipe(pt, pl);
         free(pt);
     } else {
         BIO *b = BIO_new_mem_buf(raw, (int)rl);
-        k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+        k = b ? PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL) : NULL;
         BIO_free(b);
     }
     if (k == NULL) {
@@ -355,7 +365,7 @@ int cc_keys_parse(const uint8_t *raw, size_t rl, const char *path, const uint8_t
     }
     BIO *b = BIO_new_mem_buf(pt, (int)pl);
     EVP_PKEY *k;
-    while (b != NULL && (k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL)) != NULL) {
+    while (b != NULL && (k = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL)) != NULL) {
         /* only EC and RSA keys fill a slot, and only once copied with their SKI: a slot
          * without a key would fail every mint that hashes to it */
         int id = EVP_PKEY_get_base_id(k);
