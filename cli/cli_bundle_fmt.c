@@ -96,6 +96,7 @@ int cli_archive_unpack(struct cli_archive *a, const uint8_t *b, size_t len)
     while (off < len) {
         size_t nl = b[off++];
         PX_ENSURE(nl > 0 && nl < 64 && off + nl + 4 <= len, PX_E_PROTO);
+        PX_ENSURE(memchr(b + off, 0, nl) == NULL, PX_E_PROTO); /* names are C strings */
         char name[64];
         memcpy(name, b + off, nl);
         name[nl] = 0;
