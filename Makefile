@@ -5,14 +5,19 @@ DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev
         libp11-dev libp11-kit-dev p11-kit softhsm2 check libbenchmark-dev opensc ca-certificates \
         procps libhttp-parser-dev nginx-light curl iptables nftables iproute2 python3 util-linux psmisc \
         scdoc libsystemd-dev systemd prometheus libhiredis-dev redis-server redis-tools
+# the libFuzzer targets (tests/fuzz/, make fuzz; make test runs them too)
+DEPS += clang libclang-rt-14-dev
 BENCH_DEPS := sslsplit gnuplot-nox
 DEB_DEPS := dpkg-dev debhelper lintian adduser
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_DIR := build/test
 REL_DIR := build/release
+FUZZ_DIR := build/fuzz
+FUZZ_S ?= 60
+FUZZ_JOBS ?= 2
 VAR ?= var
 
-.PHONY: all deps build test run bench clean format deb deb-test
+.PHONY: all deps build test run bench fuzz clean format deb deb-test
 
 all: build
 
@@ -31,17 +36,30 @@ $(TEST_DIR)/build.ninja:
 	meson setup $(TEST_DIR) --buildtype=debug -Dwerror=true -Db_sanitize=address,undefined \
 	  -Db_lundef=false -Dhsm_tests=true
 
+# libFuzzer targets (tests/fuzz/): a clang build of every module with ASan+UBSan.
+$(FUZZ_DIR)/build.ninja:
+	CC=clang CXX=clang++ meson setup $(FUZZ_DIR) --buildtype=debugoptimized -Dfuzz=true \
+	  -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false
+
 build: deps $(REL_DIR)/build.ninja
 	ninja -C $(REL_DIR)
 
 # make test: the ASan+UBSan build runs every suite; the e2e scripts run a second time against
 # the release binary (suite 'release', tests/e2e/release.sh), and the CLI once under valgrind.
-test: deps $(TEST_DIR)/build.ninja $(REL_DIR)/build.ninja
+# Then every fuzz target runs 30 s from its corpus, two at a time (a crash fails the run).
+test: deps $(TEST_DIR)/build.ninja $(REL_DIR)/build.ninja $(FUZZ_DIR)/build.ninja
 	ninja -C $(REL_DIR)
 	ninja -C $(TEST_DIR)
+	ninja -C $(FUZZ_DIR)
 	@set +e; TLSMINT_RELEASE_BIN=$(CURDIR)/$(REL_DIR)/cli/tlsmint \
 	  meson test -C $(TEST_DIR) --print-errorlogs --num-processes 2; rc=$$?; \
-	  tools/test-summary.sh $(TEST_DIR)/meson-logs/testlog.txt; exit $$rc
+	  tools/test-summary.sh $(TEST_DIR)/meson-logs/testlog.txt; \
+	  tools/fuzz-run.sh $(FUZZ_DIR) 30 2 || rc=1; exit $$rc
+
+# make fuzz [FUZZ_S=N] [FUZZ_JOBS=J]: each target N seconds (default 60) from its corpus.
+fuzz: deps $(FUZZ_DIR)/build.ninja
+	ninja -C $(FUZZ_DIR)
+	tools/fuzz-run.sh $(FUZZ_DIR) $(FUZZ_S) $(FUZZ_JOBS)
 
 run: build
 	@if [ ! -f $(VAR)/tlsmint.conf ]; then $(REL_DIR)/cli/tlsmint init --dir $(VAR) || exit 1; fi
