@@ -5,8 +5,9 @@
  * CN conversion, validity clamping, cc_x509_set_sigalg, cc_x509_tbs_digest), then the software
  * CA's signature and the DER encoding the dataplane sends, as cc_cache.c does for the
  * forward-untrust CA. No HSM: the TBS digest is where the HSM path would take over.
- * Checks: no crash or leak; a minted leaf's notAfter is never after the upstream's nor after
- * now + leaf_max_days; it carries only DNS and IP names, at least one; it encodes to DER.
+ * Checks: no crash or leak; a minted leaf's notAfter is never after the upstream's, nor after
+ * now + leaf_max_days, nor after the signing CA's not_after; it carries only DNS and IP names,
+ * at least one; it encodes to DER.
  * Deterministic apart from the random serial (not looked at).
  */
 #include <stdlib.h>
@@ -35,6 +36,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         c->name = X509_get_subject_name(ca);
         c->soft_key = k;
         c->alg = i == 0 ? HSM_ALG_ECDSA_SHA256 : HSM_ALG_ECDSA_SHA384;
+        /* the second CA (or its chain) ends in a week: leaves are clamped to it */
+        c->not_after = i == 0 ? 0 : time(NULL) + 7 * 86400;
         AUTHORITY_KEYID *akid = AUTHORITY_KEYID_new();
         akid->keyid = ASN1_OCTET_STRING_dup(X509_get0_subject_key_id(ca));
         c->aki = X509V3_EXT_i2d(NID_authority_key_identifier, 0, akid);
@@ -53,11 +56,12 @@ static time_t t_of(const ASN1_TIME *t)
     return ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
 }
 
-static void check_leaf(X509 *leaf, X509 *up)
+static void check_leaf(X509 *leaf, X509 *up, const struct cc_ca *ca)
 {
     time_t na = t_of(X509_get0_notAfter(leaf));
     time_t up_na = t_of(X509_get0_notAfter(up));
-    if (na == 0 || na > up_na || na > time(NULL) + (time_t)MAX_DAYS * 86400) {
+    if (na == 0 || na > up_na || na > time(NULL) + (time_t)MAX_DAYS * 86400 ||
+        (ca->not_after != 0 && na > ca->not_after)) {
         abort();
     }
     GENERAL_NAMES *sans = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
@@ -103,7 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
             }
             OPENSSL_free(der);
-            check_leaf(leaf, up);
+            check_leaf(leaf, up, ca);
             X509_free(leaf);
         } else if (why == NULL) {
             abort();
