@@ -3,7 +3,7 @@
  * dp_conn.c - a connection from accept to close: its state machine (the stage table
  * dp_stages, dp_conn_enter, dp_conn_run), and the stages that are neither TLS nor relaying
  * (CONNECT request, destination, name lookup, upstream connect, the handshake steps' order).
- * Owns struct dp_conn from conn_new to dp_conn_release: its sockets, buffers, SSL objects and
+ * Owns struct dp_conn from dp_conn_new to dp_conn_release: its sockets, buffers, SSL objects and
  * references (generation, leaf) are released there and nowhere else.
  * Threads: the loop thread that accepted the connection, only.
  * Invariants: c->state changes only in dp_conn_enter, along the table; a connection is freed
@@ -31,7 +31,7 @@ static const char *outcome_name[] = {"none", "ok", "bypass", "refused_hsm", "ups
                                      "client_error", "bad_request", "timeout", "shutdown",
                                      "fail_open"};
 
-static struct dp_conn *conn_new(struct dp_loop *l, int fd)
+struct dp_conn *dp_conn_new(struct dp_loop *l, int fd)
 {
     struct dp_conn *c = l->free_list;
     if (c == NULL) {
@@ -451,7 +451,7 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         close(fd);
         return;
     }
-    struct dp_conn *c = conn_new(l, fd);
+    struct dp_conn *c = dp_conn_new(l, fd);
     if (c == NULL) {
         px_log(PX_LOG_WARN, "dp", "loop %d: connection table full (%d): refusing", l->idx,
                DP_MAX_CONNS);

@@ -307,6 +307,9 @@ void dp_conn_on_connect(struct dp_conn *c, int res);
 void dp_conn_on_resolved(struct dp_loop *l);
 /* Opens the upstream socket and submits connect + link timeout (state S_UP_CONNECTING). */
 void dp_conn_connect(struct dp_conn *c);
+/* A connection from l's free list for socket fd (-1: none, as the fuzz targets use it), with
+ * its buffers and output BIOs and a reference of l's generation; NULL when the table is full. */
+struct dp_conn *dp_conn_new(struct dp_loop *l, int fd);
 /* Frees everything once no operation is in flight (else a later CQE does). */
 void dp_conn_release(struct dp_conn *c);
 /* Ends the connection now: pending operations are woken by shutdown and drained. */
