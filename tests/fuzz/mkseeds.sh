@@ -4,7 +4,9 @@
 # with the master key 00 01 .. 1f (fuzz_common.c), a real signer's frames (capture_frames.py),
 # real clients' CONNECT heads (capture_connect.py) and ClientHellos (capture_hello.py), a real
 # server's first flight, certificates from openssl. Writes OUT/<target>/ (default a scratch
-# directory, printed); tests/fuzz/corpus/ holds these after `-merge=1` minimisation.
+# directory, printed); tests/fuzz/corpus/ holds these after `-merge=1` minimisation, and
+# tests/fuzz/data/ holds OUT/data/ (the CA and ClientHello fuzz_tls_upstream starts from: the
+# tls_upstream seeds chain to that CA, so the three are replaced together).
 set -euo pipefail
 bin="$(readlink -f "${1:?usage: mkseeds.sh TLSMINT_BIN [OUT]}")"
 out="${2:-$(mktemp -d /tmp/tlsmint-seeds.XXXXXX)}"
@@ -122,7 +124,5 @@ for c in /etc/ssl/certs/ISRG_Root_X1.pem /etc/ssl/certs/DigiCert_Global_Root_G2.
 done
 
 # ---- TLS: real ClientHellos and a real server's replies (dataplane targets)
-if [ -x "$here/capture_hello.py" ]; then
-    python3 "$here/capture_hello.py" "$out" >/dev/null
-fi
+python3 "$here/capture_hello.py" "$out" >/dev/null
 echo "$out"
