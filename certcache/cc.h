@@ -68,7 +68,7 @@ struct cc_stats {
  * generated now: never on the minting path) and an empty cache sized by [cache]. pool may be
  * NULL only when nothing will be minted by the forward-trust CA (tests of the untrust path).
  * Refuses a forward-trust certificate whose public key is not the HSM's key.
- * Borrows cfg and pool for its life. NULL and one line in err on failure.
+ * Borrows pool for its life and cfg for the call only. NULL and one line in err on failure.
  */
 struct cc_ctx *cc_new(const struct px_cfg *cfg, struct hsm_pool *pool, char *err, size_t errlen);
 /* The same, opening sealed key files ([ca] forward_untrust_key, [cache] leaf_pool) with mk

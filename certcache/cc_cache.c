@@ -78,7 +78,8 @@ struct cc_ctx {
     uint8_t snap_key[32];          /* HKDF(master key, snapshot label) */
     bool have_mk;
     _Atomic uint64_t shared_hit_wait_ns, snap_loaded, snap_saved;
-    const struct px_cfg *cfg;
+    const struct px_cfg *cfg; /* &own_cfg */
+    struct px_cfg own_cfg;    /* a copy: the caller may free its config (reloads) */
     struct hsm_pool *pool;
     struct cc_ca trust, untrust;
     bool have_untrust;
@@ -780,6 +781,8 @@ struct cc_ctx *cc_new_mk(const struct px_cfg *cfg, struct hsm_pool *pool, const 
         return NULL;
     }
     atomic_init(&cc->refs, 1);
+    cc->own_cfg = *cfg;
+    cfg = &cc->own_cfg; /* everything below (the shared tier too) keeps the copy */
     cc->cfg = cfg;
     cc->pool = pool;
     for (int i = 0; i < NSHARDS; i++) {

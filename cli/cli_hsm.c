@@ -179,33 +179,33 @@ int cli_hsm_status(int argc, char **argv)
     return all_up ? 0 : 1;
 }
 
-/* Everything a reload needs; configs are kept until exit (generations borrow them). */
+/* Everything a reload needs (the dataplane and the cache keep their own copies of a config). */
 struct reloader {
     pthread_mutex_t lock;
     const char *path;
     const struct px_cfg *first;
     struct hsm_pool *pool;
     struct dp_server *dp;
-    struct px_cfg *cfgs[64];
-    int ncfgs;
     struct cc_ctx *cur_cc;  /* one reference: the cache new connections use */
     char cur_sig[2048];     /* what cur_cc was built from */
-    const struct px_cfg *cur_cfg; /* the configuration loaded last */
+    const struct px_cfg *cur_cfg; /* the configuration loaded last, under lock */
+    struct px_cfg *cur_own;       /* = cur_cfg after a reload (owned), NULL before */
 };
 
 /* [cache] snapshot: the current cache into its sealed file (admin timer, and after the drain). */
 static int do_snapshot(void *ctx, char *msg, size_t len)
 {
     struct reloader *r = ctx;
+    char path[sizeof(r->cur_cfg->cache_snapshot)];
     pthread_mutex_lock(&r->lock);
-    const struct px_cfg *cfg = r->cur_cfg;
+    snprintf(path, sizeof(path), "%s", r->cur_cfg->cache_snapshot); /* a reload frees cur_cfg */
     struct cc_ctx *cc = r->cur_cc;
     cc_ref(cc);
     pthread_mutex_unlock(&r->lock);
-    int n = cfg->cache_snapshot[0] ? cc_snapshot_save(cc, cfg->cache_snapshot, msg, len) : 0;
+    int n = path[0] ? cc_snapshot_save(cc, path, msg, len) : 0;
     cc_free(cc);
     if (n >= 0) {
-        snprintf(msg, len, "cache snapshot %s: %d leaves written", cfg->cache_snapshot, n);
+        snprintf(msg, len, "cache snapshot %s: %d leaves written", path, n);
     }
     px_log(n >= 0 ? PX_LOG_INFO : PX_LOG_WARN, "main", "%s", msg);
     return n < 0 ? -1 : 0;
@@ -250,12 +250,7 @@ static int do_reload(void *ctx, char *msg, size_t len)
     int ret = -1;
     px_notify("RELOADING=1");
     pthread_mutex_lock(&r->lock);
-    struct px_cfg *cfg = NULL;
-    if (r->ncfgs >= 64) {
-        snprintf(msg, len, "too many reloads in one run: restart tlsmint");
-        goto out;
-    }
-    cfg = malloc(sizeof(*cfg));
+    struct px_cfg *cfg = malloc(sizeof(*cfg));
     if (cfg == NULL || px_cfg_load(r->path, cfg, err, sizeof(err)) != 0) {
         snprintf(msg, len, "reload refused, still running the previous configuration: %s",
                  cfg ? err : "out of memory");
@@ -294,7 +289,8 @@ static int do_reload(void *ctx, char *msg, size_t len)
         r->cur_cc = cc;
         snprintf(r->cur_sig, sizeof(r->cur_sig), "%s", sig);
     }
-    r->cfgs[r->ncfgs++] = cfg;
+    free(r->cur_own); /* the previous reload's: the dataplane and the cache keep copies */
+    r->cur_own = cfg;
     r->cur_cfg = cfg;
     px_log_set_level(cfg->log_level);
     bool hsm_same = same_hsm(r->first, cfg);
@@ -307,7 +303,7 @@ static int do_reload(void *ctx, char *msg, size_t len)
                                  : "new CA material and an empty leaf cache",
              hsm_same ? "" : "; [hsm] changes need a restart (ignored)",
              listen_same ? "" : "; [listen] changes need a restart (ignored)");
-    cfg = NULL;
+    cfg = NULL; /* r->cur_own now */
     ret = 0;
 out:
     free(cfg);
@@ -456,12 +452,10 @@ int cli_run(int argc, char **argv)
            (unsigned long long)ds.refused_hsm, (unsigned long long)ds.upstream_failed);
     ret = 0;
 out:
-    dp_server_free(dp); /* ends every generation, so the reloaded configs can go */
+    dp_server_free(dp);
     cc_free(rl.cur_cc);
-    for (int i = 0; i < rl.ncfgs; i++) {
-        free(rl.cfgs[i]);
-    }
     cc_free(cc);
+    free(rl.cur_own);
     for (int i = 0; pool != NULL && i < hsm_pool_members(pool); i++) {
         struct hsm_member_stats st;
         hsm_pool_member_stats(pool, i, &st);

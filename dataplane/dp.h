@@ -41,8 +41,8 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
 /*
  * Applies a new configuration and certificate cache to new connections; open connections keep
  * theirs. Takes one reference of cc on success (dropped when the last connection using it
- * ends); borrows cfg, which the caller keeps alive for the life of the server. Listeners,
- * threads and [hsm] are not changed. dp_server_new takes its own reference of its cc.
+ * ends); copies cfg (borrowed for the call only). Listeners, threads and [hsm] are not
+ * changed. dp_server_new takes its own reference of its cc.
  */
 PX_MUST_CHECK int dp_server_reload(struct dp_server *s, const struct px_cfg *cfg,
                                    struct cc_ctx *cc, char *err, size_t errlen);

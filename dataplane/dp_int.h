@@ -158,7 +158,8 @@ struct dp_loop;
 struct dp_gen {
     _Atomic int refs;
     unsigned id;
-    const struct px_cfg *cfg; /* borrowed: the caller keeps every config it loaded */
+    const struct px_cfg *cfg; /* &own_cfg */
+    struct px_cfg own_cfg;    /* a copy: the caller may free its config after a reload */
     struct cc_ctx *cc;        /* one reference */
     SSL_CTX *sctx;            /* client-facing (server role) */
     SSL_CTX *uctx;            /* upstream-facing (client role) */

@@ -121,7 +121,8 @@ static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char 
         return NULL;
     }
     atomic_init(&g->refs, 1);
-    g->cfg = cfg;
+    g->own_cfg = *cfg;
+    g->cfg = &g->own_cfg;
     g->cc = cc;
     if (dp_tls_ctx_init(g, cfg, err, errlen) != 0) {
         g->cc = NULL; /* still the caller's */
