@@ -20,6 +20,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -329,12 +330,44 @@ static void mk_reminder(const struct px_cfg *cfg)
     }
 }
 
+/*
+ * The signals `tlsmint run` acts on: SIGHUP reloads, SIGTERM and SIGINT drain and stop. They
+ * are blocked before the first child or thread exists (every thread inherits the mask, children
+ * get a clean one: px_spawnattr_init) and taken in one place, the main thread's sigwaitinfo.
+ * A signal that arrives while the main thread is reloading stays pending instead of going to
+ * another thread, whose default action would end the process: SIGHUPs during a reload coalesce
+ * into one more reload, a SIGTERM during a reload is taken when the reload ends.
+ */
+static void run_sigset(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+}
+
+/* Waits for the next signal of run_sigset; a pending SIGTERM or SIGINT wins over SIGHUP. */
+static int run_next_signal(const sigset_t *set, siginfo_t *si)
+{
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    const struct timespec now = {0, 0};
+    int sig = sigtimedwait(&stop, si, &now);
+    while (sig < 0) {
+        sig = sigwaitinfo(set, si); /* EINTR only: nothing else is handled in this thread */
+    }
+    return sig;
+}
+
 static const char run_usage[] =
     "usage: tlsmint [-c CONFIG] run\n"
     "\n"
     "Starts the proxy in the foreground: HSM signers, certificate cache, and one io_uring loop\n"
     "per [listen] threads serving the explicit (HTTP CONNECT) and transparent listeners.\n"
-    "SIGTERM or SIGINT: stop accepting, let connections finish (up to 5 s), exit 0.\n";
+    "SIGTERM or SIGINT: stop accepting, let connections finish (up to 5 s), exit 0.\n"
+    "SIGHUP: reload CONFIG (as 'tlsmint ctl reload'); SIGHUPs during a reload make one more.\n";
 
 int cli_run(int argc, char **argv)
 {
@@ -352,6 +385,9 @@ int cli_run(int argc, char **argv)
     struct cc_ctx *cc = NULL;
     struct dp_server *dp = NULL;
     static struct reloader rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    sigset_t set;
+    run_sigset(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* before any child or thread: see run_sigset */
     mk_reminder(&cfg);
     if (cli_cert_expiry_check(&cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "tlsmint run: %s\n", err);
@@ -386,12 +422,6 @@ int cli_run(int argc, char **argv)
         fprintf(stderr, "tlsmint run: %s\n", err);
         goto out;
     }
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL); /* loop threads inherit the mask */
     if (dp_server_start(dp) != 0) {
         fprintf(stderr, "tlsmint run: cannot start the event loops\n");
         dp_server_stop(dp, 0);
@@ -425,14 +455,16 @@ int cli_run(int argc, char **argv)
            ex, tr, hsm_pool_members_up(pool), hsm_pool_members(pool), cfg.ca_forward_trust_cert);
     cli_svc_running(pool, ex, tr);
     for (;;) {
-        int sig = 0;
-        sigwait(&set, &sig);
+        siginfo_t si;
+        int sig = run_next_signal(&set, &si);
         if (sig == SIGHUP) {
+            px_log(PX_LOG_INFO, "main", "SIGHUP (from pid %d): reloading", (int)si.si_pid);
             char msg[700];
             (void)do_reload(&rl, msg, sizeof(msg));
             continue;
         }
-        px_log(PX_LOG_INFO, "main", "%s: draining connections", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        px_log(PX_LOG_INFO, "main", "%s: draining connections (signal from pid %d)",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT", (int)si.si_pid);
         px_notify("STOPPING=1");
         break;
     }

@@ -252,8 +252,13 @@ int cli_mk_fetch(const struct px_cfg *cfg, uint8_t mk[32], char *err, size_t err
     char conf[sizeof(cfg->path)];
     snprintf(conf, sizeof(conf), "%s", cfg->path);
     char *argv[] = {"tlsmint", "__unwrap", "-c", conf, NULL};
-    pid_t pid;
-    int r = posix_spawn(&pid, cli_self_exe(), &fa, NULL, argv, environ);
+    posix_spawnattr_t sa; /* not the proxy's blocked signal mask */
+    int r = -px_spawnattr_init(&sa);
+    pid_t pid = -1;
+    if (r == 0) {
+        r = posix_spawn(&pid, cli_self_exe(), &fa, &sa, argv, environ);
+        posix_spawnattr_destroy(&sa);
+    }
     posix_spawn_file_actions_destroy(&fa);
     close(p[1]);
     if (r != 0) {

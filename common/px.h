@@ -9,6 +9,7 @@
 #ifndef PX_H
 #define PX_H
 
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -93,6 +94,15 @@ void px_notify_watchdog_stop(void);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t px_now_ns(void);
+
+/* ---- processes -------------------------------------------------------------------------- */
+
+/*
+ * posix_spawn attributes for every child tlsmint starts (signers, the unwrap helper): an empty
+ * signal mask and the default action for SIGHUP, SIGINT and SIGTERM, instead of the blocked
+ * mask the spawning thread has in `tlsmint run`. The caller destroys attr. 0 or -errno.
+ */
+PX_MUST_CHECK int px_spawnattr_init(posix_spawnattr_t *attr);
 
 /* ---- secrets ---------------------------------------------------------------------------- */
 

@@ -585,8 +585,13 @@ static int spawn_signer(struct hsm_pool *pool, struct member *m)
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
-    pid_t pid;
-    int r = posix_spawn(&pid, pool->exe, &fa, NULL, argv, environ);
+    posix_spawnattr_t sa; /* not the dispatcher's blocked signal mask */
+    int r = -px_spawnattr_init(&sa);
+    pid_t pid = -1;
+    if (r == 0) {
+        r = posix_spawn(&pid, pool->exe, &fa, &sa, argv, environ);
+        posix_spawnattr_destroy(&sa);
+    }
     posix_spawn_file_actions_destroy(&fa);
     close(sv[1]);
     if (r != 0) {

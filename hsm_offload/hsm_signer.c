@@ -7,6 +7,8 @@
  * one frame.
  * Invariants: every request gets exactly one answer unless the process dies; the PIN is read from
  * its file here and never sent anywhere.
+ * Signals: SIGHUP, SIGINT and SIGTERM are ignored (they are the proxy's to handle); the process
+ * ends when the proxy closes the socket, by SIGKILL from the proxy, or when the proxy dies.
  * Not here: deadlines (the proxy enforces them from outside, and kills this process if it hangs).
  */
 #include "hsm_frame_int.h"
@@ -164,6 +166,12 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
     CK_RV rv = CKR_OK;
 
     signal(SIGPIPE, SIG_IGN); /* p11-kit-client writes without MSG_NOSIGNAL (HSM-NOTES.md) */
+    /* A terminal's ^C and hangup reach the whole process group, systemd's stop the whole
+     * cgroup: the proxy handles them (reload, or drain) and ends this process by closing its
+     * socket, or SIGKILLs it. Dying first would fail the signatures the drain still needs. */
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     sg.fd = fd;
     pthread_mutex_init(&sg.lock, NULL);
