@@ -237,16 +237,9 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     family(o, "tlsmint_hsm_sign_duration_seconds", "histogram",
            "Signature latency per HSM member, submit to completion.");
     for (int i = 0; i < n; i++) {
-        for (int k = 0; k < HSM_LAT_BOUNDS; k++) {
-            fprintf(o, "tlsmint_hsm_sign_duration_seconds_bucket{member=\"%s\",le=\"%g\"} %llu\n",
-                    st[i].name, hsm_lat_bounds_us[k] / 1e6, (unsigned long long)st[i].lat_le[k]);
-        }
-        fprintf(o, "tlsmint_hsm_sign_duration_seconds_bucket{member=\"%s\",le=\"+Inf\"} %llu\n",
-                st[i].name, (unsigned long long)st[i].lat_count);
-        fprintf(o, "tlsmint_hsm_sign_duration_seconds_sum{member=\"%s\"} %.6f\n", st[i].name,
-                st[i].lat_sum_us / 1e6);
-        fprintf(o, "tlsmint_hsm_sign_duration_seconds_count{member=\"%s\"} %llu\n", st[i].name,
-                (unsigned long long)st[i].lat_count);
+        char labels[64];
+        snprintf(labels, sizeof(labels), "member=\"%s\"", st[i].name);
+        px_hist_write(o, "tlsmint_hsm_sign_duration_seconds", labels, &st[i].lat_hist);
     }
     family(o, "tlsmint_hsm_member_up", "gauge", "1 while the HSM member can sign.");
     for (int i = 0; i < n; i++) {

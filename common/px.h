@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define PX_MUST_CHECK __attribute__((warn_unused_result))
 #define PX_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -103,6 +104,23 @@ uint64_t px_now_ns(void);
  * mask the spawning thread has in `tlsmint run`. The caller destroys attr. 0 or -errno.
  */
 PX_MUST_CHECK int px_spawnattr_init(posix_spawnattr_t *attr);
+
+/* ---- histograms (px_hist.c) ---------------------------------------------------------- */
+
+#define PX_HIST_MAX 16
+/* A cumulative histogram as Prometheus reads it; the owner serialises access. */
+struct px_hist {
+    const double *bounds_s; /* upper bounds in seconds, ascending, static storage */
+    int n;
+    uint64_t le[PX_HIST_MAX]; /* le[i]: observations <= bounds_s[i] */
+    uint64_t count;
+    double sum_s;
+};
+/* Empties h and gives it bounds (borrowed for h's life; at most PX_HIST_MAX are used). */
+void px_hist_init(struct px_hist *h, const double *bounds_s, int n);
+void px_hist_observe(struct px_hist *h, uint64_t ns);
+/* NAME_bucket{LABELS,le="..."}, NAME_sum and NAME_count lines; labels may be "". */
+void px_hist_write(FILE *o, const char *name, const char *labels, const struct px_hist *h);
 
 /* ---- secrets ---------------------------------------------------------------------------- */
 

@@ -63,10 +63,6 @@ struct hsm_token_info {
     uint16_t pub_len;
 };
 
-#define HSM_LAT_BOUNDS 12
-/* Upper bounds (us) of the latency histogram buckets. */
-extern const double hsm_lat_bounds_us[HSM_LAT_BOUNDS];
-
 /* One member's statistics, a consistent snapshot. */
 struct hsm_member_stats {
     char name[32];
@@ -83,11 +79,8 @@ struct hsm_member_stats {
     uint64_t rv_counts[8];   /* ... and how often */
     int n_rv;
     double lat_p50_us, lat_p90_us, lat_p99_us, lat_max_us; /* submit to completion, successes */
-    /* the same latencies as a cumulative histogram (Prometheus style): lat_le[i] successes
-     * that took at most hsm_lat_bounds_us[i]; lat_count and lat_sum_us over all of them */
-    uint64_t lat_le[HSM_LAT_BOUNDS];
-    uint64_t lat_count;
-    double lat_sum_us;
+    /* the same latencies (successes) as a cumulative histogram, 100 us to 1 s */
+    struct px_hist lat_hist;
     char last_error[160];
     double state_age_s;      /* time in the current state */
     double last_recovery_ms; /* from losing the member to its next good canary signature */

@@ -89,8 +89,7 @@ struct member {
     int n_rv;
     uint64_t lat[LAT_BUCKETS];
     uint64_t lat_max_ns;
-    uint64_t lat_le[HSM_LAT_BOUNDS]; /* cumulative histogram for metrics */
-    uint64_t lat_sum_ns;
+    struct px_hist lat_hist; /* the same latencies for metrics */
     char last_error[160];
     struct hsm_token_info info;
     bool have_info;
@@ -462,17 +461,13 @@ static struct job *pend_pop(struct hsm_pool *pool)
     return j;
 }
 
-const double hsm_lat_bounds_us[HSM_LAT_BOUNDS] = {100,    250,    500,    1000,   2500,   5000,
-                                                   10000,  25000,  50000,  100000, 250000, 1000000};
+/* upper bounds of tlsmint_hsm_sign_duration_seconds, in seconds */
+static const double lat_bounds_s[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                      0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
 
 static void lat_record(struct member *m, uint64_t ns)
 {
-    m->lat_sum_ns += ns;
-    for (int i = 0; i < HSM_LAT_BOUNDS; i++) {
-        if ((double)ns / 1000.0 <= hsm_lat_bounds_us[i]) {
-            m->lat_le[i]++;
-        }
-    }
+    px_hist_observe(&m->lat_hist, ns);
     double us = (double)ns / 1000.0;
     int b = us <= 1.0 ? 0 : (int)(log2(us) * 4.0);
     if (b >= LAT_BUCKETS) {
@@ -1334,6 +1329,8 @@ struct hsm_pool *hsm_pool_new(const struct px_cfg *cfg, const char *exe, char *e
         m->fd = -1;
         m->state = HSM_MEMBER_STARTING;
         m->backoff_ms = BACKOFF_MIN_MS;
+        px_hist_init(&m->lat_hist, lat_bounds_s,
+                     (int)(sizeof(lat_bounds_s) / sizeof(lat_bounds_s[0])));
         if (spawn_signer(pool, m) != 0) {
             m->state = HSM_MEMBER_RECOVERING;
             m->next_spawn_ns = px_now_ns() + BACKOFF_MIN_MS * 1000000ull;
@@ -1433,9 +1430,7 @@ void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_sta
     out->lat_p90_us = lat_pct(m, 0.90);
     out->lat_p99_us = lat_pct(m, 0.99);
     out->lat_max_us = (double)m->lat_max_ns / 1000.0;
-    memcpy(out->lat_le, m->lat_le, sizeof(out->lat_le));
-    out->lat_count = m->ops;
-    out->lat_sum_us = (double)m->lat_sum_ns / 1000.0;
+    out->lat_hist = m->lat_hist;
     snprintf(out->last_error, sizeof(out->last_error), "%s", m->last_error);
     out->state_age_s = (double)(px_now_ns() - m->state_ns) / 1e9;
     out->last_recovery_ms = m->last_recovery_ms;
