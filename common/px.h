@@ -194,6 +194,10 @@ struct px_cfg {
     char upstream_ca_file[256];
     bool upstream_verify;
     uint32_t upstream_mark;
+    int resolve_timeout_ms;  /* a CONNECT name's lookup as a whole */
+    int dns_cache_max_ttl_s; /* answers kept for their TTL, at most this */
+    int dns_negative_ttl_s;  /* "no such name" kept this long */
+    int connect_timeout_ms;  /* connecting upstream, every address of the name included */
 
     /* [policy] */
     char policy_bypass[1024];

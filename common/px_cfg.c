@@ -493,6 +493,18 @@ static int handler(void *user, const char *sec, const char *key, const char *val
             c->upstream_mark = (uint32_t)v;
             return 1;
         }
+        if (strcmp(key, "resolve_timeout_ms") == 0) {
+            return set_int(st, sec, key, val, &c->resolve_timeout_ms, 100, 60000);
+        }
+        if (strcmp(key, "dns_cache_max_ttl_s") == 0) {
+            return set_int(st, sec, key, val, &c->dns_cache_max_ttl_s, 0, 86400);
+        }
+        if (strcmp(key, "dns_negative_ttl_s") == 0) {
+            return set_int(st, sec, key, val, &c->dns_negative_ttl_s, 0, 3600);
+        }
+        if (strcmp(key, "connect_timeout_ms") == 0) {
+            return set_int(st, sec, key, val, &c->connect_timeout_ms, 100, 120000);
+        }
     } else if (strcmp(sec, "policy") == 0) {
         if (strcmp(key, "bypass") == 0) {
             return set_str(st, sec, key, val, c->policy_bypass, sizeof(c->policy_bypass));
@@ -556,6 +568,10 @@ void px_cfg_defaults(struct px_cfg *c)
     snprintf(c->upstream_ca_file, sizeof(c->upstream_ca_file),
              "/etc/ssl/certs/ca-certificates.crt");
     c->upstream_verify = true;
+    c->resolve_timeout_ms = 2000;
+    c->dns_cache_max_ttl_s = 300;
+    c->dns_negative_ttl_s = 5;
+    c->connect_timeout_ms = 5000;
     c->log_level = PX_LOG_INFO;
     snprintf(c->admin_socket, sizeof(c->admin_socket), "var/run/tlsmint.sock");
     snprintf(c->admin_metrics, sizeof(c->admin_metrics), "127.0.0.1:9120");

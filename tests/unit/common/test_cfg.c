@@ -105,6 +105,10 @@ static const char full_cfg[] =
     "ca_file = /etc/pki/bundle.pem\n"
     "verify  = no\n"
     "mark    = 0x2a                   ; SO_MARK\n"
+    "resolve_timeout_ms = 1500\n"
+    "dns_cache_max_ttl_s = 60\n"
+    "dns_negative_ttl_s = 2\n"
+    "connect_timeout_ms = 3000\n"
     "\n"
     "[policy]\n"
     "bypass = *.bank.example, pay.example\n"
@@ -217,6 +221,10 @@ START_TEST(test_cfg_full)
     ck_assert_str_eq(g_cfg.upstream_ca_file, "/etc/pki/bundle.pem");
     ck_assert(!g_cfg.upstream_verify);
     ck_assert_uint_eq(g_cfg.upstream_mark, 42);
+    ck_assert_int_eq(g_cfg.resolve_timeout_ms, 1500);
+    ck_assert_int_eq(g_cfg.dns_cache_max_ttl_s, 60);
+    ck_assert_int_eq(g_cfg.dns_negative_ttl_s, 2);
+    ck_assert_int_eq(g_cfg.connect_timeout_ms, 3000);
     ck_assert_str_eq(g_cfg.policy_bypass, "*.bank.example, pay.example");
     ck_assert_int_eq(g_cfg.log_level, PX_LOG_DEBUG);
     ck_assert_str_eq(g_cfg.log_access, "var/log/access.jsonl");
@@ -244,6 +252,10 @@ START_TEST(test_cfg_defaults)
     ck_assert_str_eq(d->upstream_ca_file, "/etc/ssl/certs/ca-certificates.crt");
     ck_assert(d->upstream_verify);
     ck_assert_uint_eq(d->upstream_mark, 0);
+    ck_assert_int_eq(d->resolve_timeout_ms, 2000);
+    ck_assert_int_eq(d->dns_cache_max_ttl_s, 300);
+    ck_assert_int_eq(d->dns_negative_ttl_s, 5);
+    ck_assert_int_eq(d->connect_timeout_ms, 5000);
     ck_assert_int_eq(d->log_level, PX_LOG_INFO);
     ck_assert_str_eq(d->admin_socket, "var/run/tlsmint.sock");
     ck_assert_str_eq(d->admin_metrics, "127.0.0.1:9120");
@@ -274,6 +286,10 @@ START_TEST(test_cfg_defaults)
     ck_assert_str_eq(g_cfg.upstream_ca_file, d->upstream_ca_file);
     ck_assert(g_cfg.upstream_verify == d->upstream_verify);
     ck_assert_uint_eq(g_cfg.upstream_mark, d->upstream_mark);
+    ck_assert_int_eq(g_cfg.resolve_timeout_ms, d->resolve_timeout_ms);
+    ck_assert_int_eq(g_cfg.dns_cache_max_ttl_s, d->dns_cache_max_ttl_s);
+    ck_assert_int_eq(g_cfg.dns_negative_ttl_s, d->dns_negative_ttl_s);
+    ck_assert_int_eq(g_cfg.connect_timeout_ms, d->connect_timeout_ms);
     ck_assert_str_eq(g_cfg.policy_bypass, d->policy_bypass);
     ck_assert_int_eq(g_cfg.log_level, d->log_level);
     ck_assert_str_eq(g_cfg.log_access, d->log_access);
@@ -409,6 +425,24 @@ static const struct int_case int_cases[] = {
     {"cache", "ttl_s", "0", 0, 0, 0},
     {"cache", "ttl_s", "31536000", 1, offsetof(struct px_cfg, cache_ttl_s), 31536000},
     {"cache", "ttl_s", "31536001", 0, 0, 0},
+    {"upstream", "resolve_timeout_ms", "99", 0, 0, 0},
+    {"upstream", "resolve_timeout_ms", "100", 1, offsetof(struct px_cfg, resolve_timeout_ms), 100},
+    {"upstream", "resolve_timeout_ms", "60000", 1, offsetof(struct px_cfg, resolve_timeout_ms),
+     60000},
+    {"upstream", "resolve_timeout_ms", "60001", 0, 0, 0},
+    {"upstream", "dns_cache_max_ttl_s", "-1", 0, 0, 0},
+    {"upstream", "dns_cache_max_ttl_s", "0", 1, offsetof(struct px_cfg, dns_cache_max_ttl_s), 0},
+    {"upstream", "dns_cache_max_ttl_s", "86400", 1, offsetof(struct px_cfg, dns_cache_max_ttl_s),
+     86400},
+    {"upstream", "dns_cache_max_ttl_s", "86401", 0, 0, 0},
+    {"upstream", "dns_negative_ttl_s", "-1", 0, 0, 0},
+    {"upstream", "dns_negative_ttl_s", "3600", 1, offsetof(struct px_cfg, dns_negative_ttl_s),
+     3600},
+    {"upstream", "dns_negative_ttl_s", "3601", 0, 0, 0},
+    {"upstream", "connect_timeout_ms", "99", 0, 0, 0},
+    {"upstream", "connect_timeout_ms", "120000", 1, offsetof(struct px_cfg, connect_timeout_ms),
+     120000},
+    {"upstream", "connect_timeout_ms", "120001", 0, 0, 0},
 };
 
 START_TEST(test_cfg_int_range)
