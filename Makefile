@@ -7,6 +7,7 @@ DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev
         scdoc libsystemd-dev systemd prometheus libhiredis-dev redis-server redis-tools
 # the libFuzzer targets (tests/fuzz/, make fuzz; make test runs them too)
 DEPS += clang libclang-rt-14-dev
+DEPS += libc-ares-dev
 BENCH_DEPS := sslsplit gnuplot-nox
 DEB_DEPS := dpkg-dev debhelper lintian adduser
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -50,6 +50,16 @@ static void text_status(struct cli_admin *a, FILE *o)
     fprintf(o, "cache         %llu entries, %llu hits, %llu misses, %llu mints\n",
             (unsigned long long)cs.entries, (unsigned long long)cs.hits,
             (unsigned long long)cs.misses, (unsigned long long)cs.mints);
+    struct dp_dns_stats dns;
+    dp_server_dns_stats(a->dp, &dns);
+    fprintf(o, "resolver      %s\n", dns.state);
+    fprintf(o, "dns           %u names cached or pending (max %u), %u in flight, %u connections "
+               "waiting;",
+            dns.names, dns.names_max, dns.in_flight, dns.waiting);
+    for (int k = 0; k < DP_DNS_RESULTS; k++) {
+        fprintf(o, " %s=%llu", dp_dns_result_name(k), (unsigned long long)dns.lookups[k]);
+    }
+    fputc('\n', o);
     fprintf(o, "hsm           %d/%d members up, fail_mode %s\n", hsm_pool_members_up(a->pool),
             hsm_pool_members(a->pool), a->cfg->fail_mode == PX_FAIL_OPEN ? "open" : "closed");
     int left = cli_mk_days_left(a->cfg);
@@ -198,6 +208,21 @@ static void text_metrics(struct cli_admin *a, FILE *o)
         family(o, "tlsmint_shared_cache_up", "gauge", "1 while the shared cache answers.");
         fprintf(o, "tlsmint_shared_cache_up %d\n", cs.shared_state);
     }
+    struct dp_dns_stats dns;
+    dp_server_dns_stats(a->dp, &dns);
+    family(o, "tlsmint_dns_queries_total", "counter",
+           "CONNECT name lookups by result (cached: answered from the cache, no query).");
+    for (int k = 0; k < DP_DNS_RESULTS; k++) {
+        fprintf(o, "tlsmint_dns_queries_total{result=\"%s\"} %llu\n", dp_dns_result_name(k),
+                (unsigned long long)dns.lookups[k]);
+    }
+    family(o, "tlsmint_dns_duration_seconds", "histogram",
+           "Name lookups not answered from the cache, submit to answer.");
+    px_hist_write(o, "tlsmint_dns_duration_seconds", "", &dns.duration);
+    family(o, "tlsmint_dns_cache_entries", "gauge", "Names cached or being looked up.");
+    fprintf(o, "tlsmint_dns_cache_entries %u\n", dns.names);
+    family(o, "tlsmint_dns_in_flight", "gauge", "Names being looked up now (one query each).");
+    fprintf(o, "tlsmint_dns_in_flight %u\n", dns.in_flight);
     long long mk_end = cli_mk_expiry(a->cfg);
     if (mk_end != LLONG_MIN) {
         family(o, "tlsmint_master_key_expiry_timestamp_seconds", "gauge",

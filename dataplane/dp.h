@@ -16,9 +16,9 @@
 
 struct dp_server;
 
-#define DP_OUTCOMES 10
+#define DP_OUTCOMES 11
 /* "none", "ok", "bypass", "refused_hsm", "upstream_failed", "client_error", "bad_request",
- * "timeout", "shutdown", "fail_open" */
+ * "timeout", "shutdown", "fail_open", "dns_failed" */
 const char *dp_outcome_name(int outcome);
 
 /* Counters summed over all loops (a consistent-enough snapshot). */
@@ -30,6 +30,26 @@ struct dp_stats {
     uint64_t cache_hit, cache_miss; /* coalesced waits: cc_stats */
     uint64_t upstream_resumed, upstream_full, fail_open;
     uint64_t outcome[DP_OUTCOMES]; /* closed connections by outcome, see dp_outcome_name() */
+};
+
+/* Name resolution for CONNECT targets (one c-ares thread), a snapshot. */
+enum dp_dns_result {
+    DP_DNS_OK = 0,
+    DP_DNS_NXDOMAIN, /* no such name, or no address for it */
+    DP_DNS_TIMEOUT,
+    DP_DNS_ERROR,
+    DP_DNS_CACHED, /* answered from the cache (positive or negative), no query */
+    DP_DNS_RESULTS
+};
+/* "ok", "nxdomain", "timeout", "error", "cached" */
+const char *dp_dns_result_name(int result);
+struct dp_dns_stats {
+    uint64_t lookups[DP_DNS_RESULTS]; /* one per CONNECT that needed a name */
+    struct px_hist duration;          /* lookups that were not answered from the cache */
+    uint32_t names, names_max;        /* cache entries (pending ones included), bound */
+    uint32_t in_flight;               /* names being looked up now (one query each) */
+    uint32_t waiting;                 /* connections waiting for them */
+    char state[200];                  /* "c-ares 1.18.1, nameservers 10.0.0.1:53" or why not */
 };
 
 /*
@@ -52,6 +72,8 @@ PX_MUST_CHECK int dp_server_start(struct dp_server *s);
 void dp_server_stop(struct dp_server *s, int drain_ms);
 void dp_server_free(struct dp_server *s);
 void dp_server_stats(struct dp_server *s, struct dp_stats *out);
+/* Counters of the resolver. */
+void dp_server_dns_stats(struct dp_server *s, struct dp_dns_stats *out);
 /* Counters of the certificate cache new connections use now. */
 void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out);
 /* 0 at start, +1 per successful reload. */

@@ -29,7 +29,7 @@
 
 static const char *outcome_name[] = {"none", "ok", "bypass", "refused_hsm", "upstream_failed",
                                      "client_error", "bad_request", "timeout", "shutdown",
-                                     "fail_open"};
+                                     "fail_open", "dns_failed"};
 
 struct dp_conn *dp_conn_new(struct dp_loop *l, int fd)
 {
@@ -100,6 +100,8 @@ void dp_conn_release(struct dp_conn *c)
     free(c->s[D_CLIENT].obuf);
     free(c->s[D_UP].obuf);
     free(c->hello);
+    free(c->rj);
+    c->rj = NULL;
     dp_conn_enter(c, S_FREE);
     c->next_free = l->free_list;
     l->free_list = c;
@@ -161,12 +163,23 @@ void dp_conn_connect(struct dp_conn *c)
     io_uring_sqe_set_data64(sqe, dp_ud_make(OP_CONNECT, D_UP, c));
     sqe->flags |= IOSQE_IO_LINK;
     c->inflight++;
-    static const struct __kernel_timespec cto = {.tv_sec = DP_CONNECT_MS / 1000, .tv_nsec = 0};
+    /* each address gets an equal share of what is left of connect_timeout_ms */
+    uint64_t now = px_now_ns();
+    if (c->up_deadline_ns == 0) {
+        c->up_deadline_ns = now + (uint64_t)cfg->connect_timeout_ms * 1000000ull;
+    }
+    uint64_t left = c->up_deadline_ns > now ? c->up_deadline_ns - now : 1000000ull;
+    int tries = c->rj != NULL && c->rj->naddr > c->addr_next ? c->rj->naddr - c->addr_next + 1 : 1;
+    left /= (uint64_t)tries;
+    c->cto.tv_sec = (long long)(left / 1000000000ull);
+    c->cto.tv_nsec = (long long)(left % 1000000000ull);
     sqe = dp_sqe(c->loop);
-    io_uring_prep_link_timeout(sqe, (struct __kernel_timespec *)&cto, 0);
+    io_uring_prep_link_timeout(sqe, &c->cto, 0);
     io_uring_sqe_set_data64(sqe, dp_ud_make(OP_LTIMEOUT, D_UP, c));
     c->inflight++;
 }
+
+static void resolve_failed(struct dp_conn *c, const struct dp_res_job *j);
 
 static void start_dns_or_connect(struct dp_conn *c)
 {
@@ -187,27 +200,81 @@ static void start_dns_or_connect(struct dp_conn *c)
     j->token = dp_conn_token(c);
     snprintf(j->host, sizeof(j->host), "%s", c->host);
     j->port = c->port;
+    j->timeout_ms = (uint32_t)c->g->cfg->resolve_timeout_ms;
+    j->max_ttl_s = (uint32_t)c->g->cfg->dns_cache_max_ttl_s;
+    j->neg_ttl_s = (uint32_t)c->g->cfg->dns_negative_ttl_s;
     j->done = &l->res_done;
     if (dp_resolver_submit(l->srv->res, j) != 0) {
+        j->status = DP_RES_BUSY;
+        resolve_failed(c, j);
         free(j);
-        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                   "Connection: close\r\n\r\n";
-        dp_relay_queue(c, D_CLIENT, busy, sizeof(busy) - 1);
-        dp_conn_finish(c, O_UPSTREAM_FAILED);
         return;
     }
     dp_conn_enter(c, S_RESOLVING);
 }
 
+/* An HTTP error to the explicit client; body is one line of text (or NULL for none). */
+static void answer_http_body(struct dp_conn *c, int code, const char *reason, const char *body,
+                             enum dp_outcome why)
+{
+    char buf[768];
+    size_t blen = body != NULL ? strlen(body) : 0;
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\nConnection: close\r\n"
+                     "%sProxy-Agent: tlsmint\r\n\r\n%s",
+                     code, reason, blen, body != NULL ? "Content-Type: text/plain\r\n" : "",
+                     body != NULL ? body : "");
+    if (n > 0 && (size_t)n < sizeof(buf)) {
+        dp_relay_queue(c, D_CLIENT, buf, (size_t)n);
+    }
+    dp_conn_finish(c, why);
+}
+
 static void answer_http(struct dp_conn *c, int code, const char *reason, enum dp_outcome why)
 {
-    char buf[256];
-    int n = snprintf(buf, sizeof(buf),
-                     "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n"
-                     "Proxy-Agent: tlsmint\r\n\r\n",
-                     code, reason);
-    dp_relay_queue(c, D_CLIENT, buf, (size_t)n);
-    dp_conn_finish(c, why);
+    answer_http_body(c, code, reason, NULL, why);
+}
+
+/* The name did not resolve: 504 when DNS did not answer in time, 503 when the resolver is
+ * full, 502 otherwise; one log line with the name, outcome dns_failed. */
+static void resolve_failed(struct dp_conn *c, const struct dp_res_job *j)
+{
+    char name[256];
+    size_t k = 0;
+    for (const char *p = c->host; *p != '\0' && k < sizeof(name) - 1; p++) {
+        name[k++] = (*p > 0x20 && *p < 0x7f) ? *p : '?'; /* the client's bytes: printable only */
+    }
+    name[k] = '\0';
+    char why[200];
+    int code = 502;
+    const char *reason = "Bad Gateway";
+    switch (j->status) {
+    case DP_RES_TIMEOUT:
+        code = 504;
+        reason = "Gateway Timeout";
+        snprintf(why, sizeof(why), "no DNS answer for %s within %u ms", name, j->timeout_ms);
+        break;
+    case DP_RES_NXDOMAIN:
+        snprintf(why, sizeof(why), "the name %s does not exist (NXDOMAIN)", name);
+        break;
+    case DP_RES_NODATA:
+    case DP_RES_OK:
+        snprintf(why, sizeof(why), "the name %s has no IPv4 or IPv6 address", name);
+        break;
+    case DP_RES_BUSY:
+        code = 503;
+        reason = "Service Unavailable";
+        snprintf(why, sizeof(why), "too many lookups in flight to look up %s", name);
+        break;
+    default:
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", name, j->why);
+        break;
+    }
+    px_log(PX_LOG_INFO, "dp", "conn=%u:%u %d: %s%s", c->slot, c->gen, code, why,
+           j->cached ? " (cached)" : "");
+    char body[224];
+    snprintf(body, sizeof(body), "tlsmint: %s\n", why);
+    answer_http_body(c, code, reason, body, O_DNS_FAILED);
 }
 
 /* S_CONNECT_REQ: the request head, then the destination (a name is resolved first). */
@@ -353,6 +420,7 @@ static void step_closing(struct dp_conn *c)
  *         | an IP literal       |                                |
  *         v                     v                                |
  *   UP_CONNECTING <-------------+                                |
+ *   (a connect fails: the name's next address, again)            |
  *         | connected: "200 Connection established"              |
  *         v                                                      v
  *   CLIENT_HELLO <-----------------------------------------------+
@@ -391,7 +459,7 @@ const struct dp_stage dp_stages[DP_STATES] = {
     [S_POLICY] = {"policy", dp_policy_step, R_NONE, T_HANDSHAKE,
                   TO(S_UP_CONNECTING) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) | TO(S_CLOSING)},
     [S_UP_CONNECTING] = {"up_connecting", NULL, R_NONE, T_HANDSHAKE,
-                         TO(S_CLIENT_HELLO) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) |
+                         TO(S_UP_CONNECTING) | TO(S_CLIENT_HELLO) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) |
                              TO(S_CLIENT_HANDSHAKE) | TO(S_CLOSING)},
     [S_UP_HANDSHAKE] = {"up_handshake", step_up_handshake, R_UP, T_HANDSHAKE,
                         TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
@@ -524,8 +592,19 @@ void dp_conn_on_connect(struct dp_conn *c, int res)
     if (res < 0) {
         char d[64];
         dp_addr_str(&c->dst, d, sizeof(d));
-        px_log(PX_LOG_INFO, "dp", "conn=%u:%u connect %s (%s): %s", c->slot, c->gen, d, c->host,
-               res == -ECANCELED ? "timed out" : strerror(-res));
+        bool next = c->rj != NULL && c->addr_next < c->rj->naddr && px_now_ns() < c->up_deadline_ns;
+        px_log(PX_LOG_INFO, "dp", "conn=%u:%u connect %s (%s): %s%s", c->slot, c->gen, d, c->host,
+               res == -ECANCELED ? "timed out" : strerror(-res),
+               next ? "; trying its next address" : "");
+        if (next) {
+            close(c->s[D_UP].fd);
+            c->s[D_UP].fd = -1;
+            const union dp_res_addr *a = &c->rj->addr[c->addr_next++];
+            c->dstlen = dp_res_addrlen(a);
+            memcpy(&c->dst, a, c->dstlen);
+            dp_conn_connect(c);
+            return;
+        }
         atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
         if (!c->transparent && !c->sent_200) {
             answer_http(c, 502, "Bad Gateway", O_UPSTREAM_FAILED);
@@ -566,16 +645,16 @@ void dp_conn_on_resolved(struct dp_loop *l)
         struct dp_res_job *n = j->next;
         struct dp_conn *c = dp_conn_by_token(l, j->token);
         if (c != NULL && c->state == S_RESOLVING) {
-            if (j->status != 0) {
-                px_log(PX_LOG_INFO, "dp", "conn=%u:%u cannot resolve %s: %s", c->slot, c->gen,
-                       c->host, gai_strerror(j->status));
-                atomic_fetch_add_explicit(&l->ctr.upstream_failed, 1, memory_order_relaxed);
-                answer_http(c, 502, "Bad Gateway", O_UPSTREAM_FAILED);
+            if (j->status != DP_RES_OK || j->naddr <= 0) {
+                resolve_failed(c, j);
             } else {
-                memcpy(&c->dst, &j->addr, j->addrlen);
-                c->dstlen = j->addrlen;
+                c->rj = j; /* kept for its other addresses */
+                c->addr_next = 1;
+                c->dstlen = dp_res_addrlen(&j->addr[0]);
+                memcpy(&c->dst, &j->addr[0], c->dstlen);
                 dp_conn_connect(c);
                 dp_conn_run(c);
+                j = NULL;
             }
         }
         free(j);

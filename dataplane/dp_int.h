@@ -11,6 +11,7 @@
  *   dp_leaf.c    certcache lookup, the wait for a mint, the HSM failure policy (closed / open)
  *   dp_relay.c   the pump: recv/send, backpressure, TLS relay, splice, half-close
  *   dp_alog.c    the access-log line and its writer thread     dp_addr.c  IP:PORT helpers
+ *   dp_rcache.c  the resolver's names: answers, negative answers, lookups in flight
  */
 #ifndef DP_INT_H
 #define DP_INT_H
@@ -41,27 +42,112 @@ int dp_connect_parse(const uint8_t *buf, size_t len, char *host, size_t hostcap,
 
 /* ---- resolver (dp_resolve.c) ------------------------------------------------------------ */
 
+#define DP_RES_ADDRS 8 /* addresses kept per name, IPv4 first */
+
+enum dp_res_status {
+    DP_RES_OK = 0,
+    DP_RES_NXDOMAIN, /* the name does not exist */
+    DP_RES_NODATA,   /* the name exists but has no A or AAAA record */
+    DP_RES_TIMEOUT,  /* no answer within the job's timeout_ms */
+    DP_RES_BUSY,     /* too many names in flight: answer 503 */
+    DP_RES_ERROR     /* anything else (SERVFAIL, refused, not a host name): why says what */
+};
+
+union dp_res_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+};
+
+struct dp_rent;
 struct dp_resolver;
+/*
+ * One lookup for one connection. The loop allocates it and fills the request, the resolver
+ * owns it from dp_resolver_submit until it comes back on done, then the loop frees it (and may
+ * keep it meanwhile for its addresses).
+ */
 struct dp_res_job {
-    struct dp_res_job *next;
-    uint64_t token; /* conn slot | gen */
+    struct dp_res_job *next; /* submit queue, then the done list */
+    uint64_t token;          /* conn slot | gen */
     char host[256];
     uint16_t port;
-    int status; /* 0 or EAI_* (negative) */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    struct dp_res_done *done; /* where to deliver */
+    uint32_t timeout_ms;               /* [upstream] resolve_timeout_ms: the lookup as a whole */
+    uint32_t max_ttl_s, neg_ttl_s;     /* dns_cache_max_ttl_s, dns_negative_ttl_s */
+    struct dp_res_done *done;          /* where to deliver */
+    /* the answer */
+    int status;                        /* enum dp_res_status */
+    bool cached;                       /* from the cache, no query */
+    char why[96];                      /* one line when status is DP_RES_ERROR */
+    int naddr;
+    union dp_res_addr addr[DP_RES_ADDRS]; /* port filled in */
+    /* the resolver's own */
+    uint64_t submit_ns, deadline_ns;
+    struct dp_rent *wait_on;           /* the pending name it waits for */
+    struct dp_res_job *wnext;          /* the other jobs waiting for that name */
+    struct dp_res_job *dprev, *dnext;  /* every waiting job, by deadline */
 };
 struct dp_res_done {
     _Atomic(struct dp_res_job *) head;
     int evfd;
 };
-struct dp_resolver *dp_resolver_new(int threads);
+/* Starts the resolver thread (c-ares reads resolv.conf and the hosts file here). Borrows cfg
+ * only during the call. NULL and one line in err on failure. */
+struct dp_resolver *dp_resolver_new(const struct px_cfg *cfg, char *err, size_t errlen);
+/* Stops the thread; jobs not delivered yet are freed (their loops are gone too). */
 void dp_resolver_free(struct dp_resolver *r);
-/* Queues a lookup; the job comes back on done (MPSC + eventfd). PX_E_FULL when too many. */
-int dp_resolver_submit(struct dp_resolver *r, struct dp_res_job *job);
+/* Queues a lookup; the job comes back on done (MPSC + eventfd). PX_E_FULL when too many. Never
+ * blocks: any loop thread may call it. */
+PX_MUST_CHECK int dp_resolver_submit(struct dp_resolver *r, struct dp_res_job *job);
 /* Takes every finished job, oldest first. */
 struct dp_res_job *dp_res_done_take(struct dp_res_done *d);
+/* A consistent snapshot of the counters (any thread). */
+void dp_resolver_stats(struct dp_resolver *r, struct dp_dns_stats *out);
+/* Length of an address as connect(2) wants it. */
+socklen_t dp_res_addrlen(const union dp_res_addr *a);
+
+/* ---- the resolver's names (dp_rcache.c; resolver thread only) ---------------------------- */
+
+enum dp_rent_state { DP_RENT_PENDING = 1, DP_RENT_OK, DP_RENT_NEG };
+struct dp_rent {
+    char name[256]; /* normalised key */
+    uint32_t hash;
+    enum dp_rent_state state;
+    int status;                         /* DP_RENT_NEG: DP_RES_NXDOMAIN or DP_RES_NODATA */
+    int naddr;
+    union dp_res_addr addr[DP_RES_ADDRS]; /* port 0 */
+    uint64_t expires_ns;
+    /* pending: the flight */
+    struct dp_res_job *waiters;
+    void *owner;                        /* the resolver, for c-ares' callback */
+    uint64_t start_ns;
+    uint32_t max_ttl_s, neg_ttl_s;
+    struct dp_rent *hnext;
+    struct dp_rent *lprev, *lnext;      /* LRU of resolved entries */
+};
+struct dp_rcache;
+/*
+ * The key of a host name: lower case, one trailing dot dropped; letters, digits, '-', '_'
+ * in labels of 1-63 bytes, 253 bytes in all. Returns its length, or PX_E_INVAL for anything
+ * that is no host name (out gets at most cap bytes).
+ */
+PX_MUST_CHECK int dp_rcache_key(const char *host, char *out, size_t cap);
+/* A table of at most max names (pending ones included); NULL on bad max or no memory. */
+struct dp_rcache *dp_rcache_new(uint32_t max);
+void dp_rcache_free(struct dp_rcache *c);
+/* The entry of key (borrowed), or NULL. An expired entry is removed and not returned; a hit
+ * on a resolved entry makes it the most recently used. */
+struct dp_rent *dp_rcache_find(struct dp_rcache *c, const char *key, uint64_t now_ns);
+/* A new pending entry for key (which must not be in the table). Evicts the least recently used
+ * resolved entry when full; NULL when every entry is pending, or out of memory. */
+struct dp_rent *dp_rcache_add(struct dp_rcache *c, const char *key);
+/* Ends a pending entry: kept with status and addresses for ttl_s seconds, or removed (and
+ * freed) when ttl_s is 0 or an OK answer has no address. Returns whether it is kept. */
+bool dp_rcache_settle(struct dp_rcache *c, struct dp_rent *e, int status,
+                      const union dp_res_addr *addr, int naddr, uint32_t ttl_s, uint64_t now_ns);
+/* Removes and frees e. */
+void dp_rcache_remove(struct dp_rcache *c, struct dp_rent *e);
+uint32_t dp_rcache_count(const struct dp_rcache *c);
+uint32_t dp_rcache_pending(const struct dp_rcache *c);
 
 /* ---- access log (dp_alog.c) ------------------------------------------------------------- */
 
@@ -81,7 +167,6 @@ void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 #define DP_HELLO_MAX 16384      /* raw ClientHello bytes kept for replay */
 #define DP_HANDSHAKE_MS 10000
 #define DP_IDLE_MS 300000
-#define DP_CONNECT_MS 5000
 #define DP_TICK_MS 200
 
 enum dp_op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES };
@@ -123,7 +208,7 @@ extern const struct dp_stage dp_stages[DP_STATES];
 
 enum dp_outcome {
     O_NONE = 0, O_OK, O_BYPASS, O_REFUSED_HSM, O_UPSTREAM_FAILED, O_CLIENT_ERROR, O_BAD_REQUEST,
-    O_TIMEOUT, O_SHUTDOWN, O_FAIL_OPEN
+    O_TIMEOUT, O_SHUTDOWN, O_FAIL_OPEN, O_DNS_FAILED
 };
 
 union dp_ud {
@@ -204,6 +289,10 @@ struct dp_conn {
     bool verified;
     uint64_t start_ns, last_ns, deadline_ns, hsm_wait_ns;
     uint64_t bytes_c2u, bytes_u2c;
+    struct dp_res_job *rj;          /* the resolver's answer: addresses still to try */
+    int addr_next;                  /* index in rj of the next address to try */
+    uint64_t up_deadline_ns;        /* connect_timeout_ms, every address included */
+    struct __kernel_timespec cto;   /* this attempt's share of it (read at submit) */
     struct dp_conn *next_free;
 };
 

@@ -76,6 +76,7 @@ void dp_leaf_reopen(struct dp_conn *c)
     u->olen = u->ooff = 0;
     u->eof = u->err = false;
     c->up_connected = false;
+    c->up_deadline_ns = 0;
     dp_conn_connect(c);
 }
 

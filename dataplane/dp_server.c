@@ -164,7 +164,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
     pthread_mutex_init(&s->start_lock, NULL);
     pthread_cond_init(&s->start_cond, NULL);
     pthread_mutex_init(&s->gen_lock, NULL);
-    s->res = dp_resolver_new(2);
+    s->res = dp_resolver_new(cfg, err, errlen);
     s->alog = dp_alog_new(cfg->log_access, 0640, err, errlen);
     if (s->alog != NULL && cfg->log_keylog[0]) {
         /* debugging only: these lines decrypt captured traffic, so the file is 0600 */
@@ -178,9 +178,6 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
                "are being written", cfg->log_keylog);
     }
     if (s->res == NULL || s->alog == NULL) {
-        if (s->res == NULL) {
-            snprintf(err, errlen, "cannot start resolver threads");
-        }
         dp_server_free(s);
         return NULL;
     }
@@ -277,6 +274,9 @@ void dp_server_free(struct dp_server *s)
     if (s == NULL) {
         return;
     }
+    /* first: no lookup may be handed back to a loop after its done list is drained below */
+    dp_resolver_free(s->res);
+    s->res = NULL;
     for (int i = 0; i < s->nloops; i++) {
         struct dp_loop *l = &s->loops[i];
         for (int w = 0; w < 2; w++) {
@@ -286,7 +286,6 @@ void dp_server_free(struct dp_server *s)
         }
         dp_loop_fini(l);
     }
-    dp_resolver_free(s->res);
     dp_alog_free(s->alog);
     if (s->keylog != NULL) {
         dp_tls_keylog_set(NULL);
@@ -322,6 +321,11 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
             o->outcome[k] += atomic_load(&c->outcome[k]);
         }
     }
+}
+
+void dp_server_dns_stats(struct dp_server *s, struct dp_dns_stats *out)
+{
+    dp_resolver_stats(s->res, out);
 }
 
 void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out)
