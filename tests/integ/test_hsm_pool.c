@@ -261,6 +261,25 @@ START_TEST(submit_rejects_bad_args)
 }
 END_TEST
 
+/* Found by fuzz_frame_signer: a request of the other key family reached SoftHSM, which crashed
+ * in C_Sign (RSA-PSS with an EC key). The signer's signing call now refuses it first. */
+START_TEST(sign_other_key_family_refused)
+{
+    char path[400], err[600];
+    struct px_cfg *cfg = load_cfg(fx_conf_with(&fx_ec, "", path, sizeof(path)));
+    ck_assert_int_eq(hsm_member_setenv(&cfg->members[0]), 0);
+    struct hsm_direct *d = hsm_direct_open(&cfg->members[0], err, sizeof(err));
+    ck_assert_msg(d != NULL, "hsm_direct_open: %s", err);
+    uint8_t dg[32] = {1, 2, 3}, sig[HSM_SIG_MAX];
+    unsigned long rv = 0;
+    ck_assert_int_eq(hsm_direct_sign(d, HSM_ALG_RSA_PSS_SHA256, dg, 32, sig, &rv), PX_E_INVAL);
+    ck_assert_int_eq(hsm_direct_sign(d, HSM_ALG_RSA_PKCS1_SHA256, dg, 32, sig, &rv), PX_E_INVAL);
+    /* and the key of the right family still signs through the same session */
+    ck_assert_int_gt(hsm_direct_sign(d, HSM_ALG_ECDSA_SHA256, dg, 32, sig, &rv), 0);
+    hsm_direct_close(d);
+}
+END_TEST
+
 /* ---- concurrency ------------------------------------------------------------------------ */
 
 struct submitter {
@@ -481,6 +500,7 @@ Suite *hsm_pool_suite(void)
     tcase_add_test(tc, sign_rsa_pkcs1);
     tcase_add_test(tc, sign_rsa_pss);
     tcase_add_test(tc, submit_rejects_bad_args);
+    tcase_add_test(tc, sign_other_key_family_refused);
     tcase_add_test(tc, many_threads_submit);
     tcase_add_test(tc, queue_full_is_immediate);
     tcase_add_test(tc, hung_signer_deadline_then_respawn);
