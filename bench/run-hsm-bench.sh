@@ -77,7 +77,7 @@ for key in "${keys[@]}"; do
     conf="$tmp/$key/tlsmint.conf"
     for w in "${workers_list[@]}"; do
         # only the [hsm] section's workers line (signer threads = PKCS#11 sessions)
-        sed -i -E "/^\[hsm\]/,/^\[/ s/^(workers[[:space:]]*=[[:space:]]*)[0-9]+/\\1$w/" "$conf"
+        sed -i -E "/^\[hsm\]/,/^\[/ s/^(workers[[:space:]]*=[[:space:]]*)([0-9]+|auto)/\\1$w/" "$conf"
         got="$(awk -F'[=;]' '/^\[/ { sec = $0 } sec == "[hsm]" && $1 ~ /^workers[ \t]*$/ {
             gsub(/[ \t]/, "", $2); print $2 }' "$conf")"
         if [ "$got" != "$w" ]; then

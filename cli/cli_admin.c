@@ -83,8 +83,19 @@ static void text_hsm(struct cli_admin *a, FILE *o)
                 st.token.serial, st.token.manufacturer, st.token.model);
         fprintf(o, "  module       %s, %s\n", a->cfg->members[i].module,
                 st.token.logged_in ? "authenticated" : "not authenticated");
-        fprintf(o, "  signer       pid %d, %d sessions (workers) + 1 anchor\n", st.pid,
-                a->cfg->hsm_workers);
+        fprintf(o, "  signer       pid %d, %u worker sessions open + 1 anchor\n", st.pid,
+                st.sessions_open);
+        if (st.workers_auto) {
+            fprintf(o, "  workers      %u sessions in use (auto, %u-%u); last change %.1f s ago: "
+                       "%s\n",
+                    st.workers, st.workers_min, st.workers_max, st.workers_change_age_s,
+                    st.workers_reason);
+        } else {
+            fprintf(o, "  workers      %u sessions in use (fixed by [hsm] workers)\n", st.workers);
+        }
+        fprintf(o, "  service      %.2f ms per signature (%.2f ms of it waiting on the HSM), queue "
+                   "wait %.2f ms, %.0f signatures/s\n",
+                st.svc_us / 1e3, st.blocked_us / 1e3, st.queue_wait_us / 1e3, st.rate);
         fprintf(o, "  operations   %llu signatures, %llu errors, %llu timeouts, %llu lost, "
                    "%u in flight\n",
                 (unsigned long long)st.ops, (unsigned long long)st.errors,
@@ -106,7 +117,14 @@ static void text_hsm(struct cli_admin *a, FILE *o)
             fprintf(o, "  last error   %s\n", st.last_error);
         }
     }
-    fprintf(o, "queue depth   %u\n", hsm_pool_queue_depth(a->pool));
+    struct hsm_pool_stats ps;
+    hsm_pool_stats(a->pool, &ps);
+    fprintf(o, "queue depth   %u (%u signatures in the system, capacity %.0f/s)\n",
+            ps.queue_depth, ps.in_system, ps.capacity_per_s);
+    fprintf(o, "refused       %llu overload (could not finish by the deadline), %llu queue full, "
+               "%llu no member up\n",
+            (unsigned long long)ps.refused_overload, (unsigned long long)ps.refused_full,
+            (unsigned long long)ps.refused_down);
 }
 
 static void text_cache(struct cli_admin *a, FILE *o)
@@ -234,6 +252,16 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     fprintf(o, "tlsmint_hsm_members_up %d\n", hsm_pool_members_up(a->pool));
     family(o, "tlsmint_hsm_queue_depth", "gauge", "Signatures queued for the HSM members.");
     fprintf(o, "tlsmint_hsm_queue_depth %u\n", hsm_pool_queue_depth(a->pool));
+    struct hsm_pool_stats ps;
+    hsm_pool_stats(a->pool, &ps);
+    family(o, "tlsmint_hsm_refused_total", "counter",
+           "Signatures refused at once: overload (could not finish by the deadline), queue_full, "
+           "down (no member up).");
+    fprintf(o, "tlsmint_hsm_refused_total{reason=\"overload\"} %llu\n"
+               "tlsmint_hsm_refused_total{reason=\"queue_full\"} %llu\n"
+               "tlsmint_hsm_refused_total{reason=\"down\"} %llu\n",
+            (unsigned long long)ps.refused_overload, (unsigned long long)ps.refused_full,
+            (unsigned long long)ps.refused_down);
     int n = hsm_pool_members(a->pool);
     struct hsm_member_stats *st = calloc((size_t)(n > 0 ? n : 1), sizeof(*st));
     if (st == NULL) {
@@ -270,6 +298,36 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     for (int i = 0; i < n; i++) {
         fprintf(o, "tlsmint_hsm_member_up{member=\"%s\"} %d\n", st[i].name,
                 st[i].state == HSM_MEMBER_UP ? 1 : 0);
+    }
+    family(o, "tlsmint_hsm_workers", "gauge", "PKCS#11 sessions signing at once per member.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_workers{member=\"%s\"} %u\n", st[i].name, st[i].workers);
+    }
+    family(o, "tlsmint_hsm_sessions_open", "gauge", "Worker sessions the signer reports open.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_sessions_open{member=\"%s\"} %u\n", st[i].name,
+                st[i].sessions_open);
+    }
+    family(o, "tlsmint_hsm_workers_changes_total", "counter",
+           "Changes of the session count ([hsm] workers = auto).");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_workers_changes_total{member=\"%s\",direction=\"grow\"} %llu\n"
+                   "tlsmint_hsm_workers_changes_total{member=\"%s\",direction=\"shrink\"} %llu\n",
+                st[i].name, (unsigned long long)st[i].workers_grows, st[i].name,
+                (unsigned long long)st[i].workers_shrinks);
+    }
+    family(o, "tlsmint_hsm_workers_last_change_info", "gauge",
+           "Why the session count last changed (start, fixed, rate, backlog, deadline, saturated, "
+           "idle, ceiling).");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_workers_last_change_info{member=\"%s\",reason=\"%s\"} 1\n",
+                st[i].name, st[i].workers_code);
+    }
+    family(o, "tlsmint_hsm_service_seconds", "gauge",
+           "Measured service time of one signature in the HSM member.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_service_seconds{member=\"%s\"} %.6f\n", st[i].name,
+                st[i].svc_us / 1e6);
     }
     family(o, "tlsmint_hsm_restarts_total", "counter", "Signer processes restarted.");
     for (int i = 0; i < n; i++) {

@@ -148,8 +148,13 @@ int cli_hsm_status(int argc, char **argv)
         if (i == 0) {
             printf("  CA            %s\n", ca_match(&cfg, ti));
         }
-        printf("  signer        pid %d, %d workers, batch %d\n", st.pid, cfg.hsm_workers,
-               cfg.hsm_batch);
+        if (cfg.hsm_workers == PX_HSM_WORKERS_AUTO) {
+            printf("  signer        pid %d, %u workers now (auto, %d-%d), batch %d\n", st.pid,
+                   st.workers, cfg.hsm_workers_min, cfg.hsm_workers_max, cfg.hsm_batch);
+        } else {
+            printf("  signer        pid %d, %d workers, batch %d\n", st.pid, cfg.hsm_workers,
+                   cfg.hsm_batch);
+        }
     }
     enum hsm_alg alg;
     if (cq != NULL && hsm_pool_alg(pool, &alg) == 0) {
@@ -237,7 +242,8 @@ static bool same_hsm(const struct px_cfg *a, const struct px_cfg *b)
 {
     return a->n_members == b->n_members &&
            memcmp(a->members, b->members, sizeof(a->members[0]) * (size_t)a->n_members) == 0 &&
-           a->hsm_workers == b->hsm_workers && a->hsm_batch == b->hsm_batch &&
+           a->hsm_workers == b->hsm_workers && a->hsm_workers_min == b->hsm_workers_min &&
+           a->hsm_workers_max == b->hsm_workers_max && a->hsm_batch == b->hsm_batch &&
            a->hsm_sign_timeout_ms == b->hsm_sign_timeout_ms &&
            a->hsm_hang_timeout_ms == b->hsm_hang_timeout_ms &&
            a->hsm_queue_size == b->hsm_queue_size;

@@ -32,7 +32,8 @@ enum px_err {
     PX_E_GONE = -4104,    /* peer process gone */
     PX_E_DOWN = -4105,    /* no HSM member can sign */
     PX_E_INVAL = -4106,   /* bad argument */
-    PX_E_SHUTDOWN = -4107 /* component is shutting down */
+    PX_E_SHUTDOWN = -4107, /* component is shutting down */
+    PX_E_OVERLOAD = -4108  /* refused at once: the queue ahead cannot finish by the deadline */
 };
 
 /* A short name for an error code (project code or -errno); never NULL. */
@@ -143,6 +144,9 @@ PX_MUST_CHECK int px_read_secret_file(const char *path, char *buf, size_t cap, c
 enum px_fail_mode { PX_FAIL_CLOSED = 0, PX_FAIL_OPEN };
 
 /* One HSM member: [hsm] itself, or an [hsm.NAME] section. */
+#define PX_HSM_WORKERS_AUTO 0
+#define PX_HSM_WORKERS_LIMIT 64
+
 struct px_hsm_member_cfg {
     char name[32];          /* "hsm" for the primary, NAME for [hsm.NAME] */
     char module[256];       /* PKCS#11 module path */
@@ -168,7 +172,9 @@ struct px_cfg {
     /* [hsm] shared settings + members (members[0] is [hsm]) */
     struct px_hsm_member_cfg members[PX_HSM_MAX_MEMBERS];
     int n_members;
-    int hsm_workers;
+    int hsm_workers;     /* signer sessions; PX_HSM_WORKERS_AUTO: sized at run time */
+    int hsm_workers_min; /* auto: the bounds it moves between */
+    int hsm_workers_max;
     int hsm_batch;
     int hsm_sign_timeout_ms;
     int hsm_hang_timeout_ms;

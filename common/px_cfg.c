@@ -28,6 +28,7 @@ struct parse_state {
     char err[512];
     int failed;
     int fail_line;
+    int workers_line; /* last [hsm] workers/workers_min/workers_max line */
     /* stream sources */
     FILE *fp;
     const char *str;
@@ -361,7 +362,20 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         }
         if (strcmp(sec, "hsm") == 0) {
             if (strcmp(key, "workers") == 0) {
-                return set_int(st, sec, key, val, &c->hsm_workers, 1, 64);
+                if (strcmp(val, "auto") == 0) {
+                    c->hsm_workers = PX_HSM_WORKERS_AUTO;
+                    return 1;
+                }
+                st->workers_line = st->line;
+                return set_int(st, sec, key, val, &c->hsm_workers, 1, PX_HSM_WORKERS_LIMIT);
+            }
+            if (strcmp(key, "workers_min") == 0) {
+                st->workers_line = st->line;
+                return set_int(st, sec, key, val, &c->hsm_workers_min, 1, PX_HSM_WORKERS_LIMIT);
+            }
+            if (strcmp(key, "workers_max") == 0) {
+                st->workers_line = st->line;
+                return set_int(st, sec, key, val, &c->hsm_workers_max, 1, PX_HSM_WORKERS_LIMIT);
             }
             if (strcmp(key, "batch") == 0) {
                 return set_int(st, sec, key, val, &c->hsm_batch, 1, 64);
@@ -548,7 +562,9 @@ void px_cfg_defaults(struct px_cfg *c)
     snprintf(c->listen_explicit, sizeof(c->listen_explicit), "127.0.0.1:3128");
     snprintf(c->listen_transparent, sizeof(c->listen_transparent), "127.0.0.1:8443");
     c->threads = 0;
-    c->hsm_workers = 2;
+    c->hsm_workers = PX_HSM_WORKERS_AUTO;
+    c->hsm_workers_min = 2;
+    c->hsm_workers_max = 64;
     c->hsm_batch = 16;
     c->hsm_sign_timeout_ms = 250;
     c->hsm_hang_timeout_ms = 2000;
@@ -580,6 +596,11 @@ void px_cfg_defaults(struct px_cfg *c)
 static int validate(struct parse_state *st)
 {
     struct px_cfg *c = st->cfg;
+    if (c->hsm_workers_min > c->hsm_workers_max) {
+        st->line = st->workers_line;
+        return fail(st, "hsm", "workers_min", "%d is above workers_max %d", c->hsm_workers_min,
+                    c->hsm_workers_max);
+    }
     for (int i = 0; i < c->n_members; i++) {
         struct px_hsm_member_cfg *m = &c->members[i];
         char sec[40];

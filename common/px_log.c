@@ -149,6 +149,8 @@ const char *px_strerror(int err)
         return "invalid argument";
     case PX_E_SHUTDOWN:
         return "shutting down";
+    case PX_E_OVERLOAD:
+        return "HSM overloaded (the signatures queued ahead cannot finish by the deadline)";
     default:
         break;
     }

@@ -86,6 +86,29 @@ struct hsm_member_stats {
     double last_recovery_ms; /* from losing the member to its next good canary signature */
     uint64_t recoveries;
     struct hsm_token_info token;
+    /* sizing ([hsm] workers = auto moves between workers_min and workers_max) */
+    bool workers_auto;
+    uint32_t workers;        /* sessions signing at once now */
+    uint32_t workers_min, workers_max;
+    uint32_t sessions_open;  /* worker sessions the signer reports open */
+    uint64_t workers_grows, workers_shrinks;
+    double workers_change_age_s;
+    char workers_reason[200]; /* the last change and why ("grow 2 -> 13: ...") */
+    char workers_code[16];    /* short form: start, fixed, rate, backlog, deadline, idle, ceiling */
+    double svc_us;            /* measured service time of one signature in the HSM */
+    double blocked_us;        /* of it, off this machine's CPUs: what more sessions overlap */
+    double queue_wait_us;     /* mean wait before a session took a job (last 100 ms) */
+    double rate;              /* jobs/s sent to this member (smoothed) */
+};
+
+/* Pool-wide counters. */
+struct hsm_pool_stats {
+    uint64_t refused_overload; /* PX_E_OVERLOAD: could not finish by the deadline */
+    uint64_t refused_full;     /* PX_E_FULL */
+    uint64_t refused_down;     /* PX_E_DOWN */
+    uint32_t queue_depth;
+    uint32_t in_system;        /* jobs submitted and not completed */
+    double capacity_per_s;     /* signatures/s admission control plans with */
 };
 
 /* ---- signing pool ----------------------------------------------------------------------- */
@@ -131,8 +154,10 @@ int hsm_cq_drain(struct hsm_cq *cq, hsm_done_fn fn, void *ctx);
 
 /*
  * Queues one signature. Never waits: returns 0 (exactly one completion will follow on cq), or
- * PX_E_FULL (queue full), PX_E_DOWN (no member can sign now), PX_E_INVAL, PX_E_SHUTDOWN, with no
- * completion. timeout_ms 0 means [hsm] sign_timeout_ms. Borrows digest (copied).
+ * PX_E_FULL (queue full), PX_E_DOWN (no member can sign now), PX_E_OVERLOAD (the jobs ahead, at
+ * the rate the members sign, cannot finish before this job's deadline), PX_E_INVAL,
+ * PX_E_SHUTDOWN, with no completion. timeout_ms 0 means [hsm] sign_timeout_ms. Borrows digest
+ * (copied).
  */
 PX_MUST_CHECK int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
                                   const uint8_t *digest, size_t digest_len, uint32_t timeout_ms,
@@ -154,6 +179,7 @@ void hsm_pool_clear_sessions(struct hsm_pool *pool);
 void hsm_pool_recover(struct hsm_pool *pool);
 /* Total jobs waiting in the dispatcher (not yet sent to a signer). */
 uint32_t hsm_pool_queue_depth(struct hsm_pool *pool);
+void hsm_pool_stats(struct hsm_pool *pool, struct hsm_pool_stats *out);
 
 /*
  * Sets the member's `env` lines (NAME=VALUE, e.g. SOFTHSM2_CONF) in this process, before its

@@ -20,16 +20,24 @@ enum hsm_frame_type {
     HSM_FRAME_HELLO = 1, /* signer -> proxy, once: struct hsm_hello */
     HSM_FRAME_REQ,       /* proxy -> signer: count x struct hsm_req */
     HSM_FRAME_RESP,      /* signer -> proxy: count x (struct hsm_resp + sig bytes) */
-    HSM_FRAME_CTRL       /* proxy -> signer: struct hsm_ctrl */
+    HSM_FRAME_CTRL,      /* proxy -> signer: struct hsm_ctrl */
+    HSM_FRAME_WORKERS    /* signer -> proxy: struct hsm_workers_info, when sessions open/close */
 };
 
 enum hsm_ctrl_op {
-    HSM_CTRL_CLOSE_ALL_SESSIONS = 1 /* C_CloseAllSessions, as an operator would */
+    HSM_CTRL_CLOSE_ALL_SESSIONS = 1, /* C_CloseAllSessions, as an operator would */
+    HSM_CTRL_SET_WORKERS             /* arg: worker sessions wanted (1..PX_HSM_WORKERS_LIMIT) */
 };
 
 struct hsm_ctrl {
     uint32_t op;
-    uint32_t pad;
+    uint32_t arg;
+};
+
+struct hsm_workers_info {
+    uint32_t open;    /* worker sessions open now */
+    uint32_t ceiling; /* most the token granted (a session open failed there), else 0 */
+    uint64_t rv;      /* CK_RV of the last failed open, 0 if none */
 };
 
 struct hsm_frame_hdr {
@@ -52,6 +60,11 @@ struct hsm_resp {
     int32_t status;   /* 0 or a px_err */
     uint16_t sig_len; /* bytes following this struct */
     uint16_t pad;
+    uint32_t svc_us;     /* time in the PKCS#11 calls for this job (the HSM's service time) */
+    uint32_t qwait_us;   /* time it waited in the signer for a free worker */
+    uint32_t blocked_us; /* of svc_us, off CPU and not waiting for one: the HSM's own latency,
+                            which more sessions can overlap (svc_us when unknown) */
+    uint32_t pad2;
 };
 
 struct hsm_hello {

@@ -9,6 +9,12 @@
  * Invariants: a job is in exactly one place (free list, submit list, pending list, a member's
  * in-flight list, or a cq) and gets exactly one completion per successful submit. A job id
  * carries a generation, so an answer that arrives after its deadline is recognised and dropped.
+ * Latency: the signer reports each signature's service time (and how much of it was spent off
+ * this machine's CPUs); from it the dispatcher sizes each member's sessions ([hsm] workers =
+ * auto, Little's law, size_*), routes frames to the member where a job finishes first, and
+ * publishes what a new job can expect, so hsm_sign_submit refuses at once (PX_E_OVERLOAD)
+ * what could not finish by its deadline. A slow member stays up; only silence for
+ * hang_timeout_ms gets its signer killed.
  * Not here: PKCS#11 (only inside the signer), what a signature is for (certcache/).
  */
 #include "hsm_frame_int.h"
@@ -96,8 +102,32 @@ struct member {
     bool refused;           /* key does not match the CA certificate: stays down */
     uint64_t last_send_ns;  /* last frame sent (jobs or probe) */
     bool suspect;           /* failed a job that went to another member */
-    bool stalled;           /* let a whole deadline pass without any answer */
     uint64_t last_answer_ns; /* last answer frame from the signer */
+    /* sizing (size_*): how many sessions sign at once, from how the HSM measures */
+    uint32_t workers;       /* sessions the signer was told to run */
+    uint32_t sessions_open; /* as the signer last reported */
+    uint32_t ceiling;       /* the token refused a session beyond this many (0: no limit seen) */
+    double svc_ns;          /* service time of one signature (C_Sign), fast up, slow down */
+    double blk_ns;          /* of it, the HSM's own latency that sessions overlap (same filter) */
+    bool have_svc;
+    double rate;            /* jobs/s sent to this member, smoothed per tick */
+    uint32_t win_sent, win_done;
+    double win_wait_ns;     /* sum of (latency - service) of the window's completions */
+    double wait_ns;         /* the last window's mean queue wait */
+    uint32_t hold_need;     /* largest need since below_since_ns */
+    uint64_t below_since_ns; /* need has been below workers since (0: it is not) */
+    uint64_t change_ns;     /* last change of workers */
+    /* growth check: did more sessions sign faster? (a CPU-bound or saturated HSM does not) */
+    bool g_pending;         /* a growth episode waits for its check */
+    uint64_t g_eval_ns;     /* when to check it */
+    uint32_t g_n1;          /* sessions before the episode ... */
+    double g_cap1, g_s1;    /* ... what they could do (sessions / service time), service time */
+    uint32_t sat_n;         /* saturated: no more than this many help ... */
+    double sat_s;           /* ... while the service time stays below twice this */
+    uint64_t sat_since_ns, sat_until_ns;
+    uint64_t grows, shrinks;
+    char change_reason[200];
+    const char *change_code;
     uint64_t lost_ns;       /* when an up member was lost (0: not lost since last up) */
     double last_recovery_ms;
     uint64_t recoveries;
@@ -142,6 +172,14 @@ struct hsm_pool {
     _Atomic bool want_clear, want_recover;
     int rr; /* round-robin start for pick_member */
     bool running;         /* dispatcher started: start-up errors are the caller's to report */
+    uint64_t tick_ns;     /* last sizing tick */
+
+    /* admission control: published by the dispatcher, read by every submitter */
+    _Atomic uint64_t adm_per_job_ns; /* one more job ahead costs this much time, 0: no estimate */
+    _Atomic uint64_t adm_svc_ns;     /* the best member's service time */
+    _Atomic uint64_t adm_silent_ns;  /* every usable member has work and no answer since (0) */
+    _Atomic uint32_t in_system;      /* jobs submitted and not completed yet */
+    _Atomic uint64_t n_overload, n_full, n_down;
 };
 
 static void pool_destroy(struct hsm_pool *pool);
@@ -335,12 +373,34 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
     PX_ENSURE_REF(digest);
     PX_ENSURE(alg >= HSM_ALG_ECDSA_SHA256 && alg <= HSM_ALG_RSA_PSS_SHA256, PX_E_INVAL);
     PX_ENSURE(digest_len == hsm_alg_digest_len(alg), PX_E_INVAL);
-    PX_ENSURE(atomic_load(&pool->members_up) > 0, PX_E_DOWN);
+    if (atomic_load(&pool->members_up) == 0) {
+        atomic_fetch_add_explicit(&pool->n_down, 1, memory_order_relaxed);
+        return PX_E_DOWN;
+    }
     /* the key decides the family: an RSA mechanism on an EC key is a caller bug, not an HSM fault */
     bool want_rsa = alg == HSM_ALG_RSA_PKCS1_SHA256 || alg == HSM_ALG_RSA_PSS_SHA256;
     PX_ENSURE(want_rsa == (atomic_load(&pool->key_type) == HSM_KEY_RSA), PX_E_INVAL);
     uint64_t now = px_now_ns();
     uint32_t to = timeout_ms ? timeout_ms : (uint32_t)pool->cfg->hsm_sign_timeout_ms;
+    /*
+     * Admission control: the jobs ahead of this one, at the rate the members can sign, plus one
+     * signature, must fit in the deadline; if not, say so now instead of failing it after the
+     * whole deadline. The estimate is the dispatcher's (publish_admission).
+     */
+    uint64_t per = atomic_load_explicit(&pool->adm_per_job_ns, memory_order_relaxed);
+    if (per > 0) {
+        double ahead = (double)atomic_load_explicit(&pool->in_system, memory_order_relaxed);
+        double svc = (double)atomic_load_explicit(&pool->adm_svc_ns, memory_order_relaxed);
+        /* every member has had work and answered nothing for this long: at least that much */
+        uint64_t silent = atomic_load_explicit(&pool->adm_silent_ns, memory_order_relaxed);
+        if (silent != 0 && now > silent && (double)(now - silent) > svc) {
+            svc = (double)(now - silent);
+        }
+        if (ahead * (double)per + svc > (double)to * 1e6) {
+            atomic_fetch_add_explicit(&pool->n_overload, 1, memory_order_relaxed);
+            return PX_E_OVERLOAD;
+        }
+    }
 
     pthread_mutex_lock(&pool->lock);
     if (pool->stopping) {
@@ -350,8 +410,10 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
     struct job *j = pool->free;
     if (j == NULL) {
         pthread_mutex_unlock(&pool->lock);
+        atomic_fetch_add_explicit(&pool->n_full, 1, memory_order_relaxed);
         return PX_E_FULL;
     }
+    atomic_fetch_add_explicit(&pool->in_system, 1, memory_order_relaxed);
     pool->free = j->next;
     pool->live++;
     uint32_t idx = (uint32_t)(j - pool->jobs);
@@ -390,7 +452,7 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
 
 static void complete(struct hsm_pool *pool, struct job *j, int status)
 {
-    (void)pool;
+    atomic_fetch_sub_explicit(&pool->in_system, 1, memory_order_relaxed);
     j->status = status;
     j->state = JOB_DONE;
     cq_push(j->cq, j);
@@ -514,41 +576,23 @@ static void count_rv(struct member *m, unsigned long rv)
     }
 }
 
-/* Members that can take work now: up, and not stalled past a deadline. */
+/*
+ * Members that can take work now: up. A slow member is up as long as it answers; one that
+ * answers nothing for hang_timeout_ms is killed (check_timers). While it is merely silent, its
+ * silence counts as service time (svc_eff), so routing avoids it and admission control refuses
+ * at once what it could not finish by the deadline.
+ */
 static void recount_up(struct hsm_pool *pool)
 {
     int n = 0;
     for (int i = 0; i < pool->nmembers; i++) {
-        n += pool->members[i].state == HSM_MEMBER_UP && !pool->members[i].stalled;
+        n += pool->members[i].state == HSM_MEMBER_UP;
     }
     atomic_store(&pool->members_up, n);
 }
 
-/*
- * A member that let a whole deadline pass without answering anything is not given new work
- * (and, with no other member, lookups are answered at once by the fail policy) until it answers
- * again or its signer is replaced: a hung HSM must not make every miss wait the full deadline
- * for hang_timeout_ms.
- */
-static void set_stalled(struct hsm_pool *pool, struct member *m, bool stalled)
-{
-    if (m->stalled == stalled) {
-        return;
-    }
-    m->stalled = stalled;
-    recount_up(pool);
-    if (pool->running) {
-        px_log(stalled ? PX_LOG_WARN : PX_LOG_INFO, "hsm", "member %s %s", m->cfg->name,
-               stalled ? "missed a whole signing deadline: no new work until it answers"
-                       : "answers again: back in use");
-    }
-}
-
 static void set_state(struct hsm_pool *pool, struct member *m, enum hsm_member_state s)
 {
-    if (s != HSM_MEMBER_UP) {
-        m->stalled = false;
-    }
     if (m->state != s && pool->running) {
         px_log(s == HSM_MEMBER_UP ? PX_LOG_INFO : PX_LOG_WARN, "hsm", "member %s: %s -> %s",
                m->cfg->name, hsm_member_state_name(m->state), hsm_member_state_name(s));
@@ -697,6 +741,337 @@ static void member_lost(struct hsm_pool *pool, struct member *m, const char *why
     pthread_mutex_unlock(&pool->stats_lock);
 }
 
+/* ---- sizing: how many sessions sign at once, and what a member's queue costs ------------- */
+
+#define TICK_NS 100000000ull        /* rates and window means are taken every 100 ms */
+#define SHRINK_HOLD_NS 500000000ull /* need below the current count this long: shrink */
+#define SVC_INIT_NS 1000000.0       /* service time assumed before the first answer */
+
+static bool sizing_auto(const struct hsm_pool *pool)
+{
+    return pool->cfg->hsm_workers == PX_HSM_WORKERS_AUTO;
+}
+
+static uint32_t workers_hi(const struct hsm_pool *pool, const struct member *m)
+{
+    if (!sizing_auto(pool)) {
+        return (uint32_t)pool->cfg->hsm_workers;
+    }
+    uint32_t hi = (uint32_t)pool->cfg->hsm_workers_max;
+    return m->ceiling > 0 && m->ceiling < hi ? m->ceiling : hi;
+}
+
+/* workers_hi, or lower while a growth check found the member saturated (see size_check). */
+static uint32_t workers_useful(const struct hsm_pool *pool, const struct member *m, uint64_t now)
+{
+    uint32_t hi = workers_hi(pool, m);
+    double S = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+    /* the cap holds for 30 s, unless the HSM became slower at the capped count (measured once
+     * the service time had 2 s to settle after the cut): then more sessions may help again */
+    bool slower = now - m->sat_since_ns > 2000000000ull && S >= 2.0 * m->sat_s;
+    if (m->sat_n > 0 && now < m->sat_until_ns && !slower && m->sat_n < hi) {
+        return m->sat_n;
+    }
+    return hi;
+}
+
+static uint32_t workers_lo(const struct hsm_pool *pool, const struct member *m)
+{
+    uint32_t lo = sizing_auto(pool) ? (uint32_t)pool->cfg->hsm_workers_min
+                                    : (uint32_t)pool->cfg->hsm_workers;
+    uint32_t hi = workers_hi(pool, m);
+    return lo < hi ? lo : hi;
+}
+
+/* Jobs the dispatcher lets a member hold (signing or queued in its signer). */
+static uint32_t member_cap(const struct hsm_pool *pool, const struct member *m)
+{
+    uint32_t w = m->workers > 0 ? m->workers : 1;
+    return 2 * w + (uint32_t)pool->cfg->hsm_batch;
+}
+
+static void ewma_fast_up(double *v, double x)
+{
+    *v += (x - *v) / (x > *v ? 2.0 : 8.0);
+}
+
+/*
+ * One measured service time and its blocked part: up at once (a slower HSM must be believed
+ * quickly), down slowly.
+ */
+static void svc_sample(struct member *m, double ns, double blocked_ns)
+{
+    if (!m->have_svc) {
+        m->svc_ns = ns;
+        m->blk_ns = blocked_ns;
+        m->have_svc = true;
+        return;
+    }
+    ewma_fast_up(&m->svc_ns, ns);
+    ewma_fast_up(&m->blk_ns, blocked_ns);
+    if (m->blk_ns > m->svc_ns) {
+        m->blk_ns = m->svc_ns;
+    }
+}
+
+/* The blocked share of the service time: what more sessions can overlap. */
+static double svc_blocked(const struct member *m)
+{
+    return m->have_svc ? m->blk_ns : SVC_INIT_NS;
+}
+
+/*
+ * The service time to plan with now: the measured one, or longer while the member has work
+ * and has been silent for longer than that (a hang shows as an ever slower member until
+ * hang_timeout_ms kills it).
+ */
+static double svc_eff(const struct member *m, uint64_t now)
+{
+    double s = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+    if (m->outstanding > 0 && now > m->busy_since_ns && (double)(now - m->busy_since_ns) > s) {
+        s = (double)(now - m->busy_since_ns);
+    }
+    return s < 1000.0 ? 1000.0 : s;
+}
+
+/*
+ * Sessions member m needs (Little's law: in flight = arrival rate x service time). Only the
+ * blocked part B of the service time S (the HSM's own latency: network, queueing in the
+ * appliance) is overlapped by more sessions; the part spent on this machine's CPUs is not:
+ * workers_min covers it (more would only add contention). Two terms:
+ *  - rate: twice the jobs/s it gets times B, so the sessions in flight stay about half busy
+ *    (when the sessions are the bottleneck, the rate is what they can do, and the term doubles
+ *    the count each tick until they no longer are);
+ *  - backlog: the jobs it holds now (plus its share of the proxy's queue) must all finish
+ *    within half the deadline.
+ * Writes why into why and a short code ("rate", "backlog") into *code.
+ */
+static uint32_t size_need(struct hsm_pool *pool, struct member *m, char *why, size_t cap,
+                          const char **code)
+{
+    double S = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+    double B = svc_blocked(m);
+    double D = (double)pool->cfg->hsm_sign_timeout_ms * 1e6;
+    int up = any_up(pool) > 0 ? any_up(pool) : 1;
+    uint32_t lo = workers_lo(pool, m), hi = workers_useful(pool, m, px_now_ns());
+    lo = lo < hi ? lo : hi;
+    double q = (double)m->outstanding + (double)pool->npend / up;
+    double little = 2.0 * m->rate * B / 1e9;
+    double room = D / 2.0 - S;
+    double backlog = room > 0 ? q * B / room : (q > 0 && B > S / 2 ? 1e9 : 0);
+    double need = little > backlog ? little : backlog;
+    uint32_t n = need >= hi ? hi : (uint32_t)ceil(need);
+    n = n < lo ? lo : n;
+    if (backlog > little) {
+        *code = "backlog";
+        snprintf(why, cap, "%.0f signatures waiting or in flight at %.1f ms each (%.1f ms in the "
+                 "HSM) must finish within half the %d ms deadline", q, S / 1e6, B / 1e6,
+                 pool->cfg->hsm_sign_timeout_ms);
+    } else {
+        *code = "rate";
+        snprintf(why, cap, "%.0f signatures/s x %.2f ms in the HSM = %.1f in flight, x2 headroom",
+                 m->rate, B / 1e6, m->rate * B / 1e9);
+    }
+    return n;
+}
+
+static void size_apply(struct hsm_pool *pool, struct member *m, uint32_t n, uint64_t now,
+                       const char *code, const char *why)
+{
+    struct {
+        struct hsm_frame_hdr h;
+        struct hsm_ctrl c;
+    } f = {{HSM_FRAME_MAGIC, HSM_FRAME_CTRL, 1}, {HSM_CTRL_SET_WORKERS, n}};
+    if (send(m->fd, &f, sizeof(f), MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)sizeof(f)) {
+        return; /* socket full: the next check tries again */
+    }
+    uint32_t old = m->workers;
+    pthread_mutex_lock(&pool->stats_lock);
+    m->workers = n;
+    m->change_ns = now;
+    m->change_code = code;
+    snprintf(m->change_reason, sizeof(m->change_reason), "%s %u -> %u: %s",
+             n > old ? "grow" : "shrink", old, n, why);
+    if (n > old) {
+        m->grows++;
+    } else {
+        m->shrinks++;
+    }
+    pthread_mutex_unlock(&pool->stats_lock);
+    px_log(PX_LOG_INFO, "hsm", "member %s: workers %u -> %u (%s)", m->cfg->name, old, n, why);
+}
+
+/*
+ * Grows at once when the need is above the current count; shrinks only on a tick, to the
+ * largest need seen while it stayed below for SHRINK_HOLD_NS (idle sessions go, a burst that
+ * pauses for a moment does not make them flap). tick: also the deadline check on the last
+ * window's mean queue wait.
+ */
+static void size_check(struct hsm_pool *pool, struct member *m, uint64_t now, bool tick)
+{
+    if (!sizing_auto(pool) || m->state != HSM_MEMBER_UP || m->fd < 0) {
+        return;
+    }
+    char why[200];
+    const char *code = "rate";
+    uint32_t need = size_need(pool, m, why, sizeof(why), &code);
+    double S = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+    double D = (double)pool->cfg->hsm_sign_timeout_ms * 1e6;
+    if (tick && m->g_pending && now >= m->g_eval_ns) {
+        m->g_pending = false;
+        double cap2 = (double)m->workers / S;
+        if (m->outstanding >= m->workers && cap2 < 1.3 * m->g_cap1 && m->workers > m->g_n1) {
+            /* sessions busy, yet not faster: the HSM (or this machine's CPUs) is the limit */
+            m->sat_n = m->g_n1;
+            m->sat_s = m->g_s1;
+            m->sat_since_ns = now;
+            m->sat_until_ns = now + 30000000000ull;
+            snprintf(why, sizeof(why), "saturated: %u sessions at %.2f ms each sign no faster "
+                     "than %u at %.2f ms", m->workers, S / 1e6, m->g_n1, m->g_s1 / 1e6);
+            m->below_since_ns = 0;
+            size_apply(pool, m, m->g_n1, now, "saturated", why);
+            return;
+        }
+    }
+    if (tick && m->wait_ns + S > D / 4.0 && m->outstanding > m->workers && need <= m->workers &&
+        svc_blocked(m) > S / 2.0) {
+        uint32_t hi = workers_useful(pool, m, now);
+        need = 2 * m->workers > hi ? hi : 2 * m->workers;
+        code = "deadline";
+        snprintf(why, sizeof(why), "queue wait %.1f ms + service %.1f ms passed a quarter of the "
+                 "%d ms deadline", m->wait_ns / 1e6, S / 1e6, pool->cfg->hsm_sign_timeout_ms);
+    }
+    if (need > m->workers) {
+        m->below_since_ns = 0;
+        /* in steps of at least a quarter, so a growing backlog is not chased one by one */
+        uint32_t step = m->workers + (m->workers + 3) / 4, hi = workers_useful(pool, m, now);
+        need = need > step ? need : (step < hi ? step : hi);
+        if (!m->g_pending) {
+            m->g_pending = true;
+            m->g_eval_ns = now + 300000000ull;
+            m->g_n1 = m->workers;
+            m->g_s1 = S;
+            m->g_cap1 = (double)m->workers / S;
+        }
+        size_apply(pool, m, need, now, code, why);
+        return;
+    }
+    if (need == m->workers) {
+        m->below_since_ns = 0;
+        return;
+    }
+    if (m->below_since_ns == 0) {
+        m->below_since_ns = now;
+        m->hold_need = need;
+        return;
+    }
+    m->hold_need = need > m->hold_need ? need : m->hold_need;
+    /* only a clear surplus (a quarter) is given back, so a steady load does not make it flap */
+    if (!tick || now - m->below_since_ns < SHRINK_HOLD_NS) {
+        return;
+    }
+    if (m->hold_need <= m->workers - (m->workers + 3) / 4) {
+        snprintf(why, sizeof(why), "idle: at most %u needed for %.1f s (%.0f signatures/s x "
+                 "%.2f ms in the HSM)", m->hold_need, (double)(now - m->below_since_ns) / 1e9,
+                 m->rate, svc_blocked(m) / 1e6);
+        m->below_since_ns = 0;
+        size_apply(pool, m, m->hold_need, now, "idle", why);
+    } else {
+        m->below_since_ns = now; /* a small surplus: look again over the next window */
+        m->hold_need = need;
+    }
+}
+
+/* Every TICK_NS: per member, the rate it gets and the mean queue wait of the last window. */
+static void size_tick(struct hsm_pool *pool, uint64_t now)
+{
+    if (pool->tick_ns == 0) {
+        pool->tick_ns = now;
+        return;
+    }
+    if (now - pool->tick_ns < TICK_NS) {
+        return;
+    }
+    double dt = (double)(now - pool->tick_ns) / 1e9;
+    pool->tick_ns = now;
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        double r = (double)m->win_sent / dt;
+        pthread_mutex_lock(&pool->stats_lock);
+        m->rate = m->rate * 0.5 + r * 0.5;
+        m->wait_ns = m->win_done > 0 ? m->win_wait_ns / m->win_done : 0;
+        pthread_mutex_unlock(&pool->stats_lock);
+        m->win_sent = m->win_done = 0;
+        m->win_wait_ns = 0;
+        size_check(pool, m, now, true);
+    }
+}
+
+/*
+ * What a new job can expect, for hsm_sign_submit: the members' combined rate and the best
+ * service time. A member signs (sessions it may have) / (service time) per second: auto
+ * members count at workers_max, since they grow within a tick; a fixed member at its workers.
+ * A silent member's silence counts as service time. Deliberately optimistic: refusing what
+ * could have been signed is worse than one that times out.
+ */
+static void publish_admission(struct hsm_pool *pool, uint64_t now)
+{
+    double mu = 0, best = 0;
+    uint64_t silent = 0;
+    bool all_silent = true;
+    for (int i = 0; i < pool->nmembers; i++) {
+        struct member *m = &pool->members[i];
+        if (m->state != HSM_MEMBER_UP || m->fd < 0 || m->suspect) {
+            continue;
+        }
+        double S = svc_eff(m, now);
+        double Sm = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+        /* silent: had work and answered nothing for 4 service times (at least 20 ms, so a
+         * dispatcher that a busy machine runs late does not count as a silent member) */
+        double quiet = 4.0 * Sm > 20e6 ? 4.0 * Sm : 20e6;
+        if (m->outstanding > 0 && (double)(now - m->busy_since_ns) > quiet) {
+            silent = m->busy_since_ns > silent ? m->busy_since_ns : silent;
+        } else {
+            all_silent = false;
+        }
+        double per = S / (double)workers_hi(pool, m);
+        mu += 1.0 / (per > 1.0 ? per : 1.0);
+        best = best == 0 || S < best ? S : best;
+    }
+    atomic_store_explicit(&pool->adm_per_job_ns, mu > 0 ? (uint64_t)(1.0 / mu) + 1 : 0,
+                          memory_order_relaxed);
+    atomic_store_explicit(&pool->adm_svc_ns, (uint64_t)best, memory_order_relaxed);
+    atomic_store_explicit(&pool->adm_silent_ns, all_silent ? silent : 0, memory_order_relaxed);
+}
+
+/*
+ * The member a new frame of jobs goes to: the one where a job would finish first (service
+ * time x jobs it holds per session), so a faster member gets more of the work; members that
+ * are full, blocked or suspect are skipped. Ties rotate so load spreads over equal members.
+ */
+static struct member *pick_member(struct hsm_pool *pool)
+{
+    struct member *best = NULL;
+    double best_cost = 0;
+    uint64_t now = px_now_ns();
+    int n = pool->nmembers;
+    for (int k = 0; k < n; k++) {
+        struct member *m = &pool->members[(pool->rr + k) % n];
+        if (m->state != HSM_MEMBER_UP || m->send_blocked || m->outstanding >= member_cap(pool, m) ||
+            m->suspect) {
+            continue;
+        }
+        double w = m->workers > 0 ? (double)m->workers : 1.0;
+        double cost = svc_eff(m, now) * ((double)m->outstanding + 1.0) / w;
+        if (best == NULL || cost < best_cost) {
+            best = m;
+            best_cost = cost;
+        }
+    }
+    pool->rr = (pool->rr + 1) % (n > 0 ? n : 1);
+    return best;
+}
+
 static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t *buf, size_t n)
 {
     struct hsm_hello hello;
@@ -740,6 +1115,16 @@ static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t 
     m->failed_starts = 0;
     m->backoff_ms = BACKOFF_MIN_MS;
     m->last_error[0] = '\0';
+    m->workers = h->workers > 0 ? h->workers : 1;
+    m->sessions_open = h->workers;
+    m->ceiling = 0;
+    m->below_since_ns = 0;
+    m->g_pending = false;
+    m->change_ns = px_now_ns();
+    m->change_code = sizing_auto(pool) ? "start" : "fixed";
+    snprintf(m->change_reason, sizeof(m->change_reason), "%s: %u sessions",
+             sizing_auto(pool) ? "signer started with workers_min" : "fixed by [hsm] workers",
+             m->workers);
     set_state(pool, m, HSM_MEMBER_UP);
     pthread_mutex_unlock(&pool->stats_lock);
     px_log(PX_LOG_INFO, "hsm", "member %s up: token '%s' serial %s (%s %s), key '%s' %s-%d, pid %d",
@@ -752,7 +1137,7 @@ static bool other_member_up(const struct hsm_pool *pool, const struct member *m)
 {
     for (int i = 0; i < pool->nmembers; i++) {
         if (&pool->members[i] != m && pool->members[i].state == HSM_MEMBER_UP &&
-            !pool->members[i].suspect && !pool->members[i].stalled) {
+            !pool->members[i].suspect) {
             return true;
         }
     }
@@ -780,6 +1165,9 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
         if (m->outstanding > 0) {
             m->outstanding--;
         }
+        if (r.status == 0) {
+            svc_sample(m, (double)r.svc_us * 1000.0, (double)r.blocked_us * 1000.0);
+        }
         if (r.id & PROBE_ID_BIT) {
             continue; /* health probe: a failure shows as the signer exiting */
         }
@@ -797,8 +1185,12 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
             j->sig_len = r.sig_len;
             m->ops++;
             lat_record(m, now - j->submit_ns);
+            double wait = (double)(now - j->submit_ns) - (double)r.svc_us * 1000.0;
+            m->win_wait_ns += wait > 0 ? wait : 0;
+            m->win_done++;
             j->status = 0;
             j->state = JOB_DONE;
+            atomic_fetch_sub_explicit(&pool->in_system, 1, memory_order_relaxed);
             batch_add(&batch, j);
         } else {
             j->rv = (unsigned long)r.rv;
@@ -820,7 +1212,33 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
     m->last_answer_ns = now;
     pthread_mutex_unlock(&pool->stats_lock);
     batch_flush(&batch);
-    set_stalled(pool, m, false);
+}
+
+/* The signer opened or closed a worker session; a refused open caps the member's sessions. */
+static void handle_workers(struct hsm_pool *pool, struct member *m, const uint8_t *p)
+{
+    struct hsm_workers_info wi;
+    memcpy(&wi, p, sizeof(wi));
+    pthread_mutex_lock(&pool->stats_lock);
+    m->sessions_open = wi.open;
+    bool capped = wi.ceiling > 0 && (m->ceiling == 0 || wi.ceiling < m->ceiling);
+    if (capped) {
+        m->ceiling = wi.ceiling;
+        if (m->workers > wi.ceiling) {
+            m->workers = wi.ceiling;
+            m->change_ns = px_now_ns();
+            m->change_code = "ceiling";
+            snprintf(m->change_reason, sizeof(m->change_reason),
+                     "capped at %u: the token refused another session (%s)", wi.ceiling,
+                     hsm_ckr_name((unsigned long)wi.rv));
+        }
+    }
+    pthread_mutex_unlock(&pool->stats_lock);
+    if (capped) {
+        px_log(PX_LOG_WARN, "hsm", "member %s: the token refused session %u (%s): at most %u "
+               "workers", m->cfg->name, wi.ceiling + 1, hsm_ckr_name((unsigned long)wi.rv),
+               wi.ceiling);
+    }
 }
 
 static void member_read(struct hsm_pool *pool, struct member *m)
@@ -857,31 +1275,14 @@ static void member_read(struct hsm_pool *pool, struct member *m)
             handle_hello(pool, m, pool->rxbuf, (size_t)n);
         } else if (h->type == HSM_FRAME_RESP && h->count <= HSM_BATCH_MAX) {
             handle_resp(pool, m, pool->rxbuf, (size_t)n);
+        } else if (h->type == HSM_FRAME_WORKERS &&
+                   (size_t)n == sizeof(*h) + sizeof(struct hsm_workers_info)) {
+            handle_workers(pool, m, pool->rxbuf + sizeof(*h));
         } else {
             member_lost(pool, m, "unexpected frame from signer");
             return;
         }
     }
-}
-
-/* Up member with the most room, or NULL; ties rotate so load spreads over the group. */
-static struct member *pick_member(struct hsm_pool *pool)
-{
-    struct member *best = NULL;
-    uint32_t cap = (uint32_t)(pool->cfg->hsm_workers * pool->cfg->hsm_batch * 2);
-    int n = pool->nmembers;
-    for (int k = 0; k < n; k++) {
-        struct member *m = &pool->members[(pool->rr + k) % n];
-        if (m->state != HSM_MEMBER_UP || m->send_blocked || m->outstanding >= cap ||
-            m->suspect || m->stalled) {
-            continue;
-        }
-        if (best == NULL || m->outstanding < best->outstanding) {
-            best = m;
-        }
-    }
-    pool->rr = (pool->rr + 1) % (n > 0 ? n : 1);
-    return best;
 }
 
 /*
@@ -920,7 +1321,6 @@ static void probe_idle(struct hsm_pool *pool, uint64_t now)
 static void dispatch(struct hsm_pool *pool)
 {
     int batch = pool->cfg->hsm_batch > HSM_BATCH_MAX ? HSM_BATCH_MAX : pool->cfg->hsm_batch;
-    uint32_t cap = (uint32_t)(pool->cfg->hsm_workers * pool->cfg->hsm_batch * 2);
     while (pool->pend_head != NULL) {
         if (any_up(pool) == 0) {
             /* nobody can sign: answer now instead of letting deadlines run out */
@@ -937,6 +1337,7 @@ static void dispatch(struct hsm_pool *pool)
         struct hsm_frame_hdr *h = (struct hsm_frame_hdr *)pool->txbuf;
         struct hsm_req *reqs = (struct hsm_req *)(pool->txbuf + sizeof(*h));
         struct job *taken[HSM_BATCH_MAX];
+        uint32_t cap = member_cap(pool, m);
         int n = 0;
         while (n < batch && pool->pend_head != NULL && m->outstanding + (uint32_t)n < cap) {
             struct job *j = pend_pop(pool);
@@ -967,6 +1368,7 @@ static void dispatch(struct hsm_pool *pool)
         }
         m->last_send_ns = px_now_ns();
         m->outstanding += (uint32_t)n;
+        m->win_sent += (uint32_t)n;
         for (int i = 0; i < n; i++) {
             inflight_add(m, taken[i]);
         }
@@ -1003,12 +1405,9 @@ static uint64_t check_timers(struct hsm_pool *pool, uint64_t now)
     for (int i = 0; i < pool->nmembers; i++) {
         struct member *m = &pool->members[i];
         uint64_t to = 0;
-        bool silent = false;
         for (struct job *j = m->inflight, *n; j != NULL; j = n) {
             n = j->inext;
             if (j->deadline_ns <= now) {
-                /* no answer at all since this job was sent: the member is not keeping up */
-                silent |= m->last_answer_ns < j->submit_ns;
                 inflight_del(m, j);
                 complete(pool, j, PX_E_TIMEOUT);
                 to++;
@@ -1020,9 +1419,6 @@ static uint64_t check_timers(struct hsm_pool *pool, uint64_t now)
             pthread_mutex_lock(&pool->stats_lock);
             m->timeouts += to;
             pthread_mutex_unlock(&pool->stats_lock);
-            if (m->state == HSM_MEMBER_UP && m->outstanding > 0 && silent) {
-                set_stalled(pool, m, true);
-            }
         }
         if (m->state == HSM_MEMBER_UP && m->outstanding > 0) {
             uint64_t due = m->busy_since_ns + hang;
@@ -1102,7 +1498,6 @@ static void shutdown_all(struct hsm_pool *pool)
             m->pid = 0;
         }
         m->state = HSM_MEMBER_DOWN; /* stopping on purpose: not worth a warning */
-        m->stalled = false;
         recount_up(pool);
     }
     for (int i = 0; i < pool->nreap; i++) {
@@ -1168,8 +1563,13 @@ static void *dispatcher_main(void *arg)
         }
         uint64_t now = px_now_ns();
         uint64_t next = check_timers(pool, now);
+        size_tick(pool, now);
+        for (int i = 0; i < pool->nmembers; i++) {
+            size_check(pool, &pool->members[i], now, false);
+        }
         dispatch(pool);
         probe_idle(pool, now);
+        publish_admission(pool, now);
         atomic_store(&pool->queue_depth, pool->npend);
         reap_some(pool);
 
@@ -1436,5 +1836,32 @@ void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_sta
     out->last_recovery_ms = m->last_recovery_ms;
     out->recoveries = m->recoveries;
     out->token = m->info;
+    out->workers_auto = sizing_auto(pool);
+    out->workers = m->workers;
+    out->workers_min = workers_lo(pool, m);
+    out->workers_max = workers_hi(pool, m);
+    out->sessions_open = m->sessions_open;
+    out->workers_grows = m->grows;
+    out->workers_shrinks = m->shrinks;
+    out->workers_change_age_s = m->change_ns ? (double)(px_now_ns() - m->change_ns) / 1e9 : 0;
+    snprintf(out->workers_reason, sizeof(out->workers_reason), "%s", m->change_reason);
+    snprintf(out->workers_code, sizeof(out->workers_code), "%s",
+             m->change_code ? m->change_code : "");
+    out->svc_us = m->have_svc ? m->svc_ns / 1e3 : 0;
+    out->blocked_us = m->have_svc ? m->blk_ns / 1e3 : 0;
+    out->queue_wait_us = m->wait_ns / 1e3;
+    out->rate = m->rate;
     pthread_mutex_unlock(&pool->stats_lock);
+}
+
+void hsm_pool_stats(struct hsm_pool *pool, struct hsm_pool_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->refused_overload = atomic_load(&pool->n_overload);
+    out->refused_full = atomic_load(&pool->n_full);
+    out->refused_down = atomic_load(&pool->n_down);
+    out->queue_depth = atomic_load(&pool->queue_depth);
+    out->in_system = atomic_load(&pool->in_system);
+    uint64_t per = atomic_load(&pool->adm_per_job_ns);
+    out->capacity_per_s = per > 0 ? 1e9 / (double)per : 0;
 }

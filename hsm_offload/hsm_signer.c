@@ -2,9 +2,12 @@
 /*
  * hsm_signer.c - the signer process: the only place a PKCS#11 module is loaded for the proxy.
  * Owns the module, one idle anchor session (closing the last session would log the token out),
- * and W worker threads, each with its own session. The main thread reads request frames from the
- * proxy and queues the jobs; a worker takes up to B jobs per wake-up, signs them and answers with
- * one frame.
+ * and W worker threads, each with its own session. W is fixed ([hsm] workers = N) or set by the
+ * proxy at run time (workers = auto: HSM_CTRL_SET_WORKERS; new workers open their session on
+ * their own thread, surplus ones close theirs and leave after their current job). The main
+ * thread reads request frames from the proxy and queues the jobs; each worker takes one job at a
+ * time, measures how long the HSM took (svc_us, reported with the answer) and answers in frames
+ * of up to B.
  * Invariants: every request gets exactly one answer unless the process dies; the PIN is read from
  * its file here and never sent anywhere.
  * Signals: SIGHUP, SIGINT and SIGTERM are ignored (they are the proxy's to handle); the process
@@ -15,6 +18,7 @@
 #include "hsm_p11_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,26 +29,40 @@
 #include <unistd.h>
 
 #define QCAP 1024
+#define SLOW_SIGN_NS 1000000ull /* a signature this slow is answered at once, not batched */
 
-struct signer {
-    int fd;
-    int batch;
-    int workers;
-    struct hsm_mod mod;
-    struct hsm_tok tok;
-    struct hsm_sess anchor;
-    pthread_mutex_t lock;
-    pthread_cond_t nonempty;
-    pthread_cond_t nonfull;
-    struct hsm_req q[QCAP];
-    uint32_t head, tail; /* tail - head = queued */
-    pthread_mutex_t send_lock;
+struct qent {
+    struct hsm_req r;
+    uint64_t t_ns; /* when it arrived from the proxy */
 };
+
+struct signer;
 
 struct worker {
     struct signer *sg;
     struct hsm_sess sess;
     int idx;
+    int schedstat_fd; /* /proc/thread-self/schedstat of this worker's thread, -1 if none */
+};
+
+struct signer {
+    int fd;
+    int batch;
+    struct hsm_mod mod;
+    struct hsm_tok tok;
+    struct hsm_sess anchor;
+    pthread_mutex_t lock; /* queue, want, alive, open, ceiling */
+    pthread_cond_t nonempty;
+    pthread_cond_t nonfull;
+    struct qent q[QCAP];
+    uint32_t head, tail; /* tail - head = queued */
+    int want;            /* worker sessions the proxy wants; workers idx >= want leave */
+    int open;            /* worker sessions open */
+    int ceiling;         /* a session open failed at this index: no worker at or above it */
+    uint64_t ceiling_rv;
+    bool alive[PX_HSM_WORKERS_LIMIT];
+    struct worker workers[PX_HSM_WORKERS_LIMIT];
+    pthread_mutex_t send_lock;
 };
 
 static int send_frame(struct signer *sg, const void *buf, size_t len)
@@ -76,6 +94,25 @@ static void send_hello(struct signer *sg, int status, CK_RV rv, const char *err,
     }
 }
 
+/* Tells the proxy how many worker sessions are open (after one opened or closed). */
+static void send_workers(struct signer *sg)
+{
+    struct {
+        struct hsm_frame_hdr h;
+        struct hsm_workers_info w;
+    } f;
+    memset(&f, 0, sizeof(f));
+    f.h = (struct hsm_frame_hdr){HSM_FRAME_MAGIC, HSM_FRAME_WORKERS, 1};
+    pthread_mutex_lock(&sg->lock);
+    f.w.open = (uint32_t)sg->open;
+    f.w.ceiling = sg->ceiling < PX_HSM_WORKERS_LIMIT ? (uint32_t)sg->ceiling : 0;
+    f.w.rv = sg->ceiling_rv;
+    pthread_mutex_unlock(&sg->lock);
+    if (send_frame(sg, &f, sizeof(f)) != 0) {
+        _exit(HSM_SIGNER_EXIT_OK); /* proxy gone */
+    }
+}
+
 /* Signs one job; on a session-level error reopens this worker's session once and retries. */
 static int sign_one(struct worker *w, const struct hsm_req *r, uint8_t *sig, CK_RV *rv)
 {
@@ -97,57 +134,175 @@ static int sign_one(struct worker *w, const struct hsm_req *r, uint8_t *sig, CK_
     return hsm_p11__sign(&sg->tok, &w->sess, (enum hsm_alg)r->alg, r->digest, r->dlen, sig, rv);
 }
 
+/*
+ * Takes the next job for worker w, or returns false when w must leave (the proxy wants fewer
+ * sessions). Called with sg->lock held; may wait on nonempty.
+ */
+static bool take_job(struct signer *sg, struct worker *w, struct qent *out)
+{
+    while (sg->tail == sg->head && w->idx < sg->want) {
+        pthread_cond_wait(&sg->nonempty, &sg->lock);
+    }
+    if (w->idx >= sg->want) {
+        return false;
+    }
+    *out = sg->q[sg->head % QCAP];
+    sg->head++;
+    pthread_cond_signal(&sg->nonfull);
+    return true;
+}
+
+static int start_workers_locked(struct signer *sg);
+
+/*
+ * This thread's CPU time and run-queue wait (ns) from /proc/thread-self/schedstat. Returns false
+ * when unavailable. One pread per signature: the reading after a job is the next job's start.
+ */
+static bool sched_now(int fd, uint64_t *cpu, uint64_t *rq)
+{
+    char b[96];
+    ssize_t n = fd >= 0 ? pread(fd, b, sizeof(b) - 1, 0) : -1;
+    if (n <= 0) {
+        return false;
+    }
+    b[n] = '\0';
+    char *e = NULL;
+    *cpu = strtoull(b, &e, 10);
+    if (e == b) {
+        return false;
+    }
+    *rq = strtoull(e, NULL, 10);
+    return true;
+}
+
+/* Sends the n answers collected in frame (if any) and starts a new frame. */
+static void flush_answers(struct signer *sg, uint8_t *frame, size_t *off, int *n)
+{
+    if (*n == 0) {
+        return;
+    }
+    struct hsm_frame_hdr *h = (struct hsm_frame_hdr *)frame;
+    *h = (struct hsm_frame_hdr){HSM_FRAME_MAGIC, HSM_FRAME_RESP, (uint16_t)*n};
+    if (send_frame(sg, frame, *off) != 0) {
+        _exit(HSM_SIGNER_EXIT_OK); /* proxy gone */
+    }
+    *off = sizeof(struct hsm_frame_hdr);
+    *n = 0;
+}
+
+/*
+ * One worker = one session. Takes queued jobs one at a time (so a job never waits behind
+ * another worker's private batch while a session is free) and answers in frames of up to B:
+ * a frame goes out when B answers are in it, when nothing more is queued, or after a slow
+ * signature (with an HSM that takes milliseconds, batching answers would only delay them).
+ */
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct signer *sg = w->sg;
     static __thread uint8_t frame[HSM_RESP_FRAME_MAX];
-    struct hsm_req batch[HSM_BATCH_MAX];
-    for (;;) {
-        pthread_mutex_lock(&sg->lock);
-        while (sg->tail == sg->head) {
-            pthread_cond_wait(&sg->nonempty, &sg->lock);
-        }
-        /* Share a burst among the workers instead of one worker taking a whole batch. */
-        uint32_t queued = sg->tail - sg->head;
-        uint32_t take = (queued + (uint32_t)sg->workers - 1) / (uint32_t)sg->workers;
-        if (take > (uint32_t)sg->batch) {
-            take = (uint32_t)sg->batch;
-        }
-        int n = 0;
-        while ((uint32_t)n < take && sg->tail != sg->head) {
-            batch[n++] = sg->q[sg->head % QCAP];
-            sg->head++;
-        }
-        pthread_cond_signal(&sg->nonfull);
-        pthread_mutex_unlock(&sg->lock);
-
-        size_t off = sizeof(struct hsm_frame_hdr);
-        bool device_failed = false;
-        for (int i = 0; i < n; i++) {
-            struct hsm_resp *resp = (struct hsm_resp *)(frame + off);
-            uint8_t *sig = frame + off + sizeof(*resp);
-            CK_RV rv = CKR_OK;
-            memset(resp, 0, sizeof(*resp));
-            resp->id = batch[i].id;
-            int len = device_failed ? PX_E_HSM : sign_one(w, &batch[i], sig, &rv);
-            if (len >= 0) {
-                resp->sig_len = (uint16_t)len;
-            } else {
-                resp->status = len;
-                resp->rv = device_failed ? CKR_DEVICE_ERROR : rv;
-                if (hsm_p11__rv_device_level(rv)) {
-                    device_failed = true;
-                }
+    if (!w->sess.open) {
+        char err[256];
+        CK_RV rv = CKR_OK;
+        if (hsm_p11__session_open(&sg->tok, &w->sess, &rv, err, sizeof(err)) != 0) {
+            px_log(PX_LOG_WARN, "signer", "worker %d: no session (%s): staying at %d sessions",
+                   w->idx, err, w->idx);
+            pthread_mutex_lock(&sg->lock);
+            sg->alive[w->idx] = false;
+            if (w->idx < sg->ceiling) {
+                sg->ceiling = w->idx;
+                sg->ceiling_rv = rv;
             }
-            off += sizeof(*resp) + resp->sig_len;
-            /* keep each resp 8-byte aligned for the reader */
-            off = (off + 7) & ~(size_t)7;
+            pthread_mutex_unlock(&sg->lock);
+            send_workers(sg);
+            if (hsm_p11__rv_device_level(rv)) {
+                px_log(PX_LOG_ERROR, "signer", "device-level PKCS#11 error, exiting for a clean "
+                       "restart");
+                _exit(HSM_SIGNER_EXIT_DEVICE);
+            }
+            return NULL;
         }
-        struct hsm_frame_hdr *h = (struct hsm_frame_hdr *)frame;
-        *h = (struct hsm_frame_hdr){HSM_FRAME_MAGIC, HSM_FRAME_RESP, (uint16_t)n};
-        if (send_frame(sg, frame, off) != 0) {
-            _exit(HSM_SIGNER_EXIT_OK); /* proxy gone */
+        pthread_mutex_lock(&sg->lock);
+        sg->open++;
+        pthread_mutex_unlock(&sg->lock);
+        send_workers(sg);
+    }
+    size_t off = sizeof(struct hsm_frame_hdr);
+    int n = 0;
+    bool device_failed = false;
+    /*
+     * How much of a signature's time more sessions could overlap: wall time minus CPU time
+     * minus waiting for a CPU. A network HSM's round trip counts; a software token that burns
+     * CPU, or a machine too busy to run the worker, does not (more sessions would only add
+     * contention there).
+     */
+    w->schedstat_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    uint64_t cpu0 = 0, rq0 = 0;
+    bool have_sched = sched_now(w->schedstat_fd, &cpu0, &rq0);
+    for (;;) {
+        struct qent job;
+        pthread_mutex_lock(&sg->lock);
+        /* answers go out before this worker could wait for more work */
+        if (n > 0 && (sg->tail == sg->head || w->idx >= sg->want)) {
+            pthread_mutex_unlock(&sg->lock);
+            flush_answers(sg, frame, &off, &n);
+            pthread_mutex_lock(&sg->lock);
+        }
+        bool got = take_job(sg, w, &job);
+        if (!got) {
+            sg->open--;
+        }
+        pthread_mutex_unlock(&sg->lock);
+        if (!got) {
+            flush_answers(sg, frame, &off, &n);
+            hsm_p11__session_close(&sg->tok, &w->sess);
+            if (w->schedstat_fd >= 0) {
+                close(w->schedstat_fd);
+                w->schedstat_fd = -1;
+            }
+            /* w is free for a new thread only now; wanted again meanwhile: start one */
+            pthread_mutex_lock(&sg->lock);
+            sg->alive[w->idx] = false;
+            if (w->idx < sg->want && start_workers_locked(sg) != 0) {
+                px_log(PX_LOG_WARN, "signer", "cannot start more worker threads");
+            }
+            pthread_mutex_unlock(&sg->lock);
+            send_workers(sg);
+            return NULL;
+        }
+        struct hsm_resp *resp = (struct hsm_resp *)(frame + off);
+        uint8_t *sig = frame + off + sizeof(*resp);
+        CK_RV rv = CKR_OK;
+        memset(resp, 0, sizeof(*resp));
+        resp->id = job.r.id;
+        uint64_t t0 = px_now_ns();
+        int len = sign_one(w, &job.r, sig, &rv);
+        uint64_t t1 = px_now_ns();
+        resp->svc_us = (uint32_t)((t1 - t0) / 1000u);
+        resp->qwait_us = (uint32_t)((t0 - job.t_ns) / 1000u);
+        resp->blocked_us = resp->svc_us;
+        uint64_t cpu1, rq1;
+        if (have_sched && sched_now(w->schedstat_fd, &cpu1, &rq1)) {
+            uint64_t busy = (cpu1 - cpu0) + (rq1 - rq0);
+            resp->blocked_us = t1 - t0 > busy ? (uint32_t)((t1 - t0 - busy) / 1000u) : 0;
+            cpu0 = cpu1;
+            rq0 = rq1;
+        }
+        if (len >= 0) {
+            resp->sig_len = (uint16_t)len;
+        } else {
+            resp->status = len;
+            resp->rv = rv;
+            if (hsm_p11__rv_device_level(rv)) {
+                device_failed = true;
+            }
+        }
+        off += sizeof(*resp) + resp->sig_len;
+        /* keep each resp 8-byte aligned for the reader */
+        off = (off + 7) & ~(size_t)7;
+        n++;
+        if (n == sg->batch || t1 - t0 >= SLOW_SIGN_NS || device_failed) {
+            flush_answers(sg, frame, &off, &n);
         }
         if (device_failed) {
             /* A fresh process is the sure way to re-initialise any vendor library. */
@@ -156,6 +311,46 @@ static void *worker_main(void *arg)
         }
     }
     return NULL;
+}
+
+/* Starts workers up to sg->want (each opens its own session). Called with sg->lock held. */
+static int start_workers_locked(struct signer *sg)
+{
+    for (int i = 0; i < sg->want && i < sg->ceiling; i++) {
+        if (sg->alive[i]) {
+            continue;
+        }
+        sg->workers[i].sg = sg;
+        sg->workers[i].idx = i;
+        sg->alive[i] = true;
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker_main, &sg->workers[i]) != 0) {
+            sg->alive[i] = false;
+            return -EAGAIN;
+        }
+        pthread_detach(t);
+    }
+    return 0;
+}
+
+/* The proxy's sizing decision: more workers start now, surplus ones leave after their job. */
+static void set_workers(struct signer *sg, uint32_t n)
+{
+    if (n < 1) {
+        n = 1;
+    }
+    if (n > PX_HSM_WORKERS_LIMIT) {
+        n = PX_HSM_WORKERS_LIMIT;
+    }
+    pthread_mutex_lock(&sg->lock);
+    int before = sg->want;
+    sg->want = (int)n;
+    if (start_workers_locked(sg) != 0) {
+        px_log(PX_LOG_WARN, "signer", "cannot start more worker threads");
+    }
+    pthread_cond_broadcast(&sg->nonempty); /* surplus workers wake up and leave */
+    pthread_mutex_unlock(&sg->lock);
+    px_log(PX_LOG_DEBUG, "signer", "workers %d -> %u", before, n);
 }
 
 int hsm_signer_main(int fd, const char *config_path, int member_idx)
@@ -224,26 +419,26 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
             r = PX_E_HSM;
         }
     }
-    int nw = cfg.hsm_workers;
-    sg.workers = nw;
-    static struct worker workers[64];
+    int nw = cfg.hsm_workers == PX_HSM_WORKERS_AUTO ? cfg.hsm_workers_min : cfg.hsm_workers;
+    sg.ceiling = PX_HSM_WORKERS_LIMIT;
     for (int i = 0; r >= 0 && i < nw; i++) {
-        workers[i].sg = &sg;
-        workers[i].idx = i;
-        r = hsm_p11__session_open(&sg.tok, &workers[i].sess, &rv, err, sizeof(err));
+        sg.workers[i].sg = &sg;
+        sg.workers[i].idx = i;
+        r = hsm_p11__session_open(&sg.tok, &sg.workers[i].sess, &rv, err, sizeof(err));
     }
     if (r < 0) {
         px_wipe(sg.tok.pin, sizeof(sg.tok.pin));
         send_hello(&sg, r, rv, err, 0);
         return HSM_SIGNER_EXIT_STARTUP;
     }
-    for (int i = 0; i < nw; i++) {
-        pthread_t t;
-        if (pthread_create(&t, NULL, worker_main, &workers[i]) != 0) {
-            send_hello(&sg, -EAGAIN, 0, "cannot start worker threads", 0);
-            return HSM_SIGNER_EXIT_STARTUP;
-        }
-        pthread_detach(t);
+    pthread_mutex_lock(&sg.lock);
+    sg.want = nw;
+    sg.open = nw;
+    r = start_workers_locked(&sg);
+    pthread_mutex_unlock(&sg.lock);
+    if (r != 0) {
+        send_hello(&sg, -EAGAIN, 0, "cannot start worker threads", 0);
+        return HSM_SIGNER_EXIT_STARTUP;
     }
     px_log(PX_LOG_DEBUG, "signer", "token '%s' serial %s, key '%s', %d workers", sg.tok.info.label,
            sg.tok.info.serial, sg.tok.info.key_label, nw);
@@ -263,7 +458,9 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
         struct hsm_ctrl ctl;
         int kind = hsm_frame__parse_to_signer(buf, (size_t)n, &reqs, &count, &ctl);
         if (kind == HSM_FRAME_CTRL) {
-            if (ctl.op == HSM_CTRL_CLOSE_ALL_SESSIONS) {
+            if (ctl.op == HSM_CTRL_SET_WORKERS) {
+                set_workers(&sg, ctl.arg);
+            } else if (ctl.op == HSM_CTRL_CLOSE_ALL_SESSIONS) {
                 /* workers find out on their next signature and reopen (session-level path) */
                 CK_RV crv = sg.mod.f->C_CloseAllSessions(sg.tok.slot);
                 sg.anchor.open = false;
@@ -280,12 +477,13 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
             px_log(PX_LOG_ERROR, "signer", "malformed frame (%zd bytes) on the job socket", n);
             _exit(HSM_SIGNER_EXIT_PROTO);
         }
+        uint64_t now = px_now_ns();
         pthread_mutex_lock(&sg.lock);
         for (uint16_t i = 0; i < count; i++) {
             while (sg.tail - sg.head >= QCAP) {
                 pthread_cond_wait(&sg.nonfull, &sg.lock);
             }
-            sg.q[sg.tail % QCAP] = reqs[i];
+            sg.q[sg.tail % QCAP] = (struct qent){.r = reqs[i], .t_ns = now};
             sg.tail++;
         }
         pthread_cond_broadcast(&sg.nonempty);

@@ -396,13 +396,19 @@ START_TEST(hung_signer_deadline_then_respawn)
     for (int i = 0; i < 10; i++) {
         ck_assert_int_eq(t.per_job[i], 1);
     }
-    /* a member that let a whole deadline pass gets no new work: the next lookup is answered at
-     * once (the fail policy's cue), not after another deadline */
+    /* a member silent for a whole deadline is still up (it may only be slow), but its silence
+     * counts as service time: the next lookup is refused at once as overload (the fail
+     * policy's cue), not after another deadline */
+    usleep(10000);
     if ((px_now_ns() - t0) / 1000000ull < 450) {
+        ck_assert_int_eq(hsm_pool_members_up(p), 1);
         uint64_t t1 = px_now_ns();
         ck_assert_int_eq(hsm_sign_submit(p, cq, HSM_ALG_ECDSA_SHA256, dg, 32, 150, (void *)11),
-                         PX_E_DOWN);
+                         PX_E_OVERLOAD);
         ck_assert_uint_lt(px_now_ns() - t1, 20000000ull);
+        struct hsm_pool_stats ps;
+        hsm_pool_stats(p, &ps);
+        ck_assert_uint_eq(ps.refused_overload, 1);
     }
     /* the hang threshold passes: the stopped signer is killed and a new one starts */
     uint64_t end = px_now_ns() + 5000000000ull;

@@ -161,6 +161,8 @@ START_TEST(test_cfg_design_example)
     ck_assert_str_eq(g_cfg.members[0].key_label, "forward-trust");
     ck_assert_int_eq(g_cfg.members[0].n_env, 0);
     ck_assert_int_eq(g_cfg.hsm_workers, 2);
+    ck_assert_int_eq(g_cfg.hsm_workers_min, 2);
+    ck_assert_int_eq(g_cfg.hsm_workers_max, 64);
     ck_assert_int_eq(g_cfg.hsm_batch, 16);
     ck_assert_int_eq(g_cfg.hsm_sign_timeout_ms, 250);
     ck_assert_int_eq(g_cfg.fail_mode, PX_FAIL_CLOSED);
@@ -244,7 +246,9 @@ START_TEST(test_cfg_defaults)
     ck_assert_str_eq(d->listen_explicit, "127.0.0.1:3128");
     ck_assert_str_eq(d->listen_transparent, "127.0.0.1:8443");
     ck_assert_int_eq(d->threads, 0);
-    ck_assert_int_eq(d->hsm_workers, 2);
+    ck_assert_int_eq(d->hsm_workers, PX_HSM_WORKERS_AUTO);
+    ck_assert_int_eq(d->hsm_workers_min, 2);
+    ck_assert_int_eq(d->hsm_workers_max, 64);
     ck_assert_int_eq(d->hsm_batch, 16);
     ck_assert_int_eq(d->hsm_sign_timeout_ms, 250);
     ck_assert_int_eq(d->fail_mode, PX_FAIL_CLOSED);
@@ -271,6 +275,8 @@ START_TEST(test_cfg_defaults)
     ck_assert_str_eq(g_cfg.listen_transparent, d->listen_transparent);
     ck_assert_int_eq(g_cfg.threads, d->threads);
     ck_assert_int_eq(g_cfg.hsm_workers, d->hsm_workers);
+    ck_assert_int_eq(g_cfg.hsm_workers_min, d->hsm_workers_min);
+    ck_assert_int_eq(g_cfg.hsm_workers_max, d->hsm_workers_max);
     ck_assert_int_eq(g_cfg.hsm_batch, d->hsm_batch);
     ck_assert_int_eq(g_cfg.hsm_sign_timeout_ms, d->hsm_sign_timeout_ms);
     ck_assert_int_eq(g_cfg.hsm_hang_timeout_ms, d->hsm_hang_timeout_ms);
@@ -371,6 +377,23 @@ START_TEST(test_cfg_unknown_key)
 }
 END_TEST
 
+/* workers = auto (the default) or a fixed count; auto's bounds must be in order. */
+START_TEST(test_cfg_workers_auto)
+{
+    expect_ok(HSM_REQ "workers = 8\nworkers = auto\nworkers_min = 4\nworkers_max = 32\n");
+    ck_assert_int_eq(g_cfg.hsm_workers, PX_HSM_WORKERS_AUTO);
+    ck_assert_int_eq(g_cfg.hsm_workers_min, 4);
+    ck_assert_int_eq(g_cfg.hsm_workers_max, 32);
+    expect_ok(HSM_REQ "workers = 8\n");
+    ck_assert_int_eq(g_cfg.hsm_workers, 8);
+    expect_err(HSM_REQ "workers = Auto\n", "t.conf:6: [hsm] workers: ", "'Auto' is not an integer");
+    expect_err(HSM_REQ "workers_min = 10\nworkers_max = 4\n", "t.conf:7: [hsm] workers_min: ",
+               "10 is above workers_max 4");
+    expect_err(HSM_REQ "workers_max = 1\n", "t.conf:6: [hsm] workers_min: ",
+               "2 is above workers_max 1");
+}
+END_TEST
+
 START_TEST(test_cfg_bad_integer)
 {
     expect_err(HSM_REQ "workers = two\n", "t.conf:6: [hsm] workers: ", "'two' is not an integer");
@@ -397,6 +420,12 @@ static const struct int_case int_cases[] = {
     {"hsm", "workers", "1", 1, offsetof(struct px_cfg, hsm_workers), 1},
     {"hsm", "workers", "64", 1, offsetof(struct px_cfg, hsm_workers), 64},
     {"hsm", "workers", "65", 0, 0, 0},
+    {"hsm", "workers_min", "0", 0, 0, 0},
+    {"hsm", "workers_min", "1", 1, offsetof(struct px_cfg, hsm_workers_min), 1},
+    {"hsm", "workers_min", "65", 0, 0, 0},
+    {"hsm", "workers_max", "0", 0, 0, 0},
+    {"hsm", "workers_max", "64", 1, offsetof(struct px_cfg, hsm_workers_max), 64},
+    {"hsm", "workers_max", "65", 0, 0, 0},
     {"hsm", "recovery_retries", "-1", 0, 0, 0},
     {"hsm", "recovery_retries", "500", 1, offsetof(struct px_cfg, recovery_retries), 500},
     {"hsm", "recovery_retries", "501", 0, 0, 0},
@@ -925,6 +954,7 @@ Suite *cfg_suite(void)
     tcase_add_test(tc, test_cfg_unknown_section);
     tcase_add_test(tc, test_cfg_unknown_key);
     tcase_add_test(tc, test_cfg_error_order_and_places);
+    tcase_add_test(tc, test_cfg_workers_auto);
     tcase_add_test(tc, test_cfg_bad_integer);
     tcase_add_loop_test(tc, test_cfg_int_range, 0, (int)(sizeof(int_cases) / sizeof(int_cases[0])));
     tcase_add_test(tc, test_cfg_fail_mode);
