@@ -783,11 +783,22 @@ static uint32_t workers_lo(const struct hsm_pool *pool, const struct member *m)
     return lo < hi ? lo : hi;
 }
 
-/* Jobs the dispatcher lets a member hold (signing or queued in its signer). */
+/*
+ * Jobs the dispatcher lets a member hold (signing or queued in its signer): twice its sessions
+ * plus a frame, but no more than its sessions can sign within half the deadline, so a slow
+ * member does not sit on jobs another one could sign in time (the rest wait in the dispatcher,
+ * for whichever member has room first).
+ */
 static uint32_t member_cap(const struct hsm_pool *pool, const struct member *m)
 {
     uint32_t w = m->workers > 0 ? m->workers : 1;
-    return 2 * w + (uint32_t)pool->cfg->hsm_batch;
+    uint32_t cap = 2 * w + (uint32_t)pool->cfg->hsm_batch;
+    double S = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+    double fit = (double)w * (double)pool->cfg->hsm_sign_timeout_ms * 1e6 / 2.0 / S;
+    if (fit < (double)cap) {
+        cap = fit > (double)w ? (uint32_t)fit : w;
+    }
+    return cap;
 }
 
 static void ewma_fast_up(double *v, double x)
@@ -821,16 +832,27 @@ static double svc_blocked(const struct member *m)
 }
 
 /*
- * The service time to plan with now: the measured one, or longer while the member has work
- * and has been silent for longer than that (a hang shows as an ever slower member until
- * hang_timeout_ms kills it).
+ * How long m has had work and answered nothing, when that is past 4 service times and 50 ms
+ * (less is a busy machine running the dispatcher or the signer late), else 0.
+ */
+static double silence(const struct member *m, uint64_t now)
+{
+    double s = m->have_svc ? m->svc_ns : SVC_INIT_NS;
+    double quiet = 4.0 * s > 50e6 ? 4.0 * s : 50e6;
+    double q = m->outstanding > 0 && now > m->busy_since_ns ? (double)(now - m->busy_since_ns) : 0;
+    return q > quiet ? q : 0;
+}
+
+/*
+ * The service time to plan with now: the measured one, or the silence of a member that has
+ * work and answers nothing (a hang shows as an ever slower member until hang_timeout_ms kills
+ * it).
  */
 static double svc_eff(const struct member *m, uint64_t now)
 {
     double s = m->have_svc ? m->svc_ns : SVC_INIT_NS;
-    if (m->outstanding > 0 && now > m->busy_since_ns && (double)(now - m->busy_since_ns) > s) {
-        s = (double)(now - m->busy_since_ns);
-    }
+    double q = silence(m, now);
+    s = q > s ? q : s;
     return s < 1000.0 ? 1000.0 : s;
 }
 
@@ -1025,11 +1047,7 @@ static void publish_admission(struct hsm_pool *pool, uint64_t now)
             continue;
         }
         double S = svc_eff(m, now);
-        double Sm = m->have_svc ? m->svc_ns : SVC_INIT_NS;
-        /* silent: had work and answered nothing for 4 service times (at least 20 ms, so a
-         * dispatcher that a busy machine runs late does not count as a silent member) */
-        double quiet = 4.0 * Sm > 20e6 ? 4.0 * Sm : 20e6;
-        if (m->outstanding > 0 && (double)(now - m->busy_since_ns) > quiet) {
+        if (silence(m, now) > 0) {
             silent = m->busy_since_ns > silent ? m->busy_since_ns : silent;
         } else {
             all_silent = false;
