@@ -6,6 +6,8 @@
 #     p11kit      a network HSM (p11-kit server) killed with SIGKILL and restarted
 #     fault-hang  every C_Sign hangs (tests/faultp11)
 #     fault-down  the HSM is gone: no slot, CKR_DEVICE_REMOVED (tests/faultp11; skip: --no-down)
+#   and fail closed with
+#     fault-slow  a slow HSM, not a dead one: C_Sign latency ramps 0 -> 50 ms -> 0 (tests/faultp11)
 # into OUT/<mode>-<mechanism>/ (timeline.csv, plot.png, plot.svg, summary.md, ...), and
 # OUT/README.md with a table of the summaries and links to the plots.
 #
@@ -36,7 +38,7 @@ ORIGIN=$(mktemp -d /tmp/tlsmint-outage-origin-XXXXXX)
 chmod 755 "$ORIGIN"
 trap 'rm -rf "$ORIGIN"' EXIT
 
-RUNS=("closed p11kit" "open p11kit" "closed fault-hang" "open fault-hang")
+RUNS=("closed p11kit" "open p11kit" "closed fault-hang" "open fault-hang" "closed fault-slow")
 [ -z "$DOWN" ] || RUNS+=("closed fault-down" "open fault-down")
 
 failed=0
@@ -59,6 +61,7 @@ mech_desc = {
     "fault-hang": "every C_Sign hangs (faultp11 hang=1)",
     "fault-down": "HSM gone: no slot, CKR_DEVICE_REMOVED (faultp11 down=1)",
     "fault-error": "every C_Sign fails, CKR_DEVICE_ERROR (faultp11)",
+    "fault-slow": "not an outage: a slow HSM, C_Sign latency ramps 0 -> 50 ms -> 0 (faultp11)",
 }
 def s(x):
     return "n/a" if x is None else "%.2f s" % x

@@ -6,7 +6,8 @@
 # signature) and the rest on a few hot hosts (cache hits); the HSM goes away at t1 and comes
 # back at t2. Writes a 100 ms timeline, a plot and a summary of what the clients saw.
 #
-# usage: bench/outage.sh [--mode closed|open] [--mechanism p11kit|fault-hang|fault-down|fault-error]
+# usage: bench/outage.sh [--mode closed|open]
+#                        [--mechanism p11kit|fault-hang|fault-down|fault-error|fault-slow]
 #                        [--rate R] [--miss-share S] [--t1 S] [--t2 S] [--duration S] [--out DIR]
 #                        [--origin DIR] [--keep]
 #   --mode        [hsm] fail_mode of the proxy (default closed)
@@ -17,6 +18,10 @@
 #                   fault-hang   tests/faultp11 in front of SoftHSM; t1..t2: every C_Sign hangs
 #                   fault-down   ...; t1..t2: no slot, sessions and signatures CKR_DEVICE_REMOVED
 #                   fault-error  ...; t1..t2: every C_Sign fails with CKR_DEVICE_ERROR
+#                   fault-slow   ...; t1..t2: not an outage but a slow HSM: every C_Sign's
+#                                latency ramps from 0 to 50 ms (half-way) and back to 0
+#                                (latency_ms, in 5 ms steps); the plot shows the proxy's
+#                                signing sessions ([hsm] workers = auto) below
 #   --rate        connections started per second, hits + misses (default 100)
 #   --miss-share  share of them on never-seen hosts (default 0.5)
 #   --t1, --t2    outage start and end, seconds after the load starts (default 5 and 15)
@@ -93,8 +98,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$MODE" in closed | open) ;; *) die "--mode must be closed or open" ;; esac
-case "$MECH" in p11kit | fault-hang | fault-down | fault-error) ;;
-*) die "--mechanism must be p11kit, fault-hang, fault-down or fault-error" ;; esac
+case "$MECH" in p11kit | fault-hang | fault-down | fault-error | fault-slow) ;;
+*) die "--mechanism must be p11kit, fault-hang, fault-down, fault-error or fault-slow" ;; esac
 for v in "$RATE" "$SHARE" "$T1" "$T2" "$DUR"; do isnum "$v" || die "not a number: '$v'"; done
 awk -v r="$RATE" -v s="$SHARE" -v a="$T1" -v b="$T2" -v d="$DUR" 'BEGIN {
     exit !(r > 0 && s >= 0 && s <= 1 && a > 0 && a < b && b < d && d <= 30) }' ||
@@ -127,9 +132,11 @@ OUT=$(cd "$OUT" && pwd)
 PIDS=()
 P11PID=""
 SAMPLER=""
+RAMP=""
 cleanup() {
     set +e
     [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+    [ -n "$RAMP" ] && kill "$RAMP" 2>/dev/null
     [ -n "$P11PID" ] && kill_p11kit
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     sleep 0.3
@@ -230,18 +237,30 @@ fault-*)
     fault-hang) FAULT=hang=1; HSM_DESC="tests/faultp11 in front of SoftHSM; t1..t2: every C_Sign hangs (hang=1)" ;;
     fault-down) FAULT=down=1; HSM_DESC="tests/faultp11 in front of SoftHSM; t1..t2: HSM gone, CKR_DEVICE_REMOVED (down=1)" ;;
     fault-error) FAULT=fail=CKR_DEVICE_ERROR; HSM_DESC="tests/faultp11 in front of SoftHSM; t1..t2: every C_Sign fails (fail=CKR_DEVICE_ERROR)" ;;
+    fault-slow) FAULT=""; HSM_DESC="tests/faultp11 in front of SoftHSM; t1..t2: a slow HSM, not a dead one: every C_Sign's latency ramps 0 -> 50 ms (half-way) -> 0 ms in 5 ms steps (latency_ms)" ;;
     esac
     ;;
 esac
+ramp_slow() { # 0 -> 50 -> 0 ms over t1..t2: 10 steps up, 10 down
+    local step
+    step=$(awk -v a="$T1" -v b="$T2" 'BEGIN { printf "%.3f", (b - a) / 20 }')
+    for l in 5 10 15 20 25 30 35 40 45 50 45 40 35 30 25 20 15 10 5 0; do
+        sleep "$step"
+        echo "latency_ms=$l" >"$CTL"
+        echo "latency $l ms at $(ms_now)" >>"$WORK/events.txt"
+    done
+}
 outage_on() {
     case "$MECH" in
     p11kit) kill_p11kit ;;
+    fault-slow) echo "latency_ms=0" >"$CTL"; ramp_slow & RAMP=$! ;;
     *) echo "$FAULT" >"$CTL" ;;
     esac
 }
 outage_off() {
     case "$MECH" in
     p11kit) start_p11kit ;;
+    fault-slow) [ -n "$RAMP" ] && kill "$RAMP" 2>/dev/null; wait "$RAMP" 2>/dev/null; RAMP=""; : >"$CTL" ;;
     *) : >"$CTL" ;;
     esac
 }
@@ -273,10 +292,12 @@ grep -q "\"ok\":$HOT," "$WORK/warm.json" || die "warm-up: not every hot host wen
     set +e
     while :; do
         now=$(ms_now)
-        raw=$(timeout 1 "$TLSMINT" -c "$CONF" ctl hsm 2>&1 | head -1)
+        out=$(timeout 1 "$TLSMINT" -c "$CONF" ctl hsm 2>&1)
+        raw=$(echo "$out" | head -1)
         s=$(echo "$raw" | sed -n 's/^member [^:]*: \([a-z]*\) (for \([0-9.]*\) s).*/\1,\2/p')
+        wk=$(echo "$out" | sed -n 's/^  workers *\([0-9]*\) sessions.*/\1/p' | head -1)
         [ -n "$s" ] || echo "$now $raw" >>"$WORK/hsm-noanswer.txt"
-        echo "$now,${s:-no-answer,}"
+        echo "$now,${s:-no-answer,},$wk"
         sleep 0.1
     done
 ) >"$WORK/hsm.csv" 2>/dev/null &
@@ -364,10 +385,13 @@ def cls(r):
 
 # HSM member state samples: wall ms -> state
 samples = []
+wsamples = []  # (wall ms, signing sessions) from the 'workers' line of ctl hsm
 for line in open(os.path.join(work, "hsm.csv")):
     parts = line.strip().split(",")
     if len(parts) >= 2 and parts[0].isdigit():
         samples.append((int(parts[0]), parts[1] or "no-answer"))
+        if len(parts) >= 4 and parts[3].isdigit():
+            wsamples.append((int(parts[0]), int(parts[3])))
 
 # the proxy's access log: per connection end time, outcome, cache, hsm wait
 access = []
@@ -440,6 +464,9 @@ with open(os.path.join(work, "states.dat"), "w") as f:
     for ms, s in samples:
         if s in snum:  # 'no-answer' (ctl hsm gave no member line) is left out of the plot
             f.write("%.3f %d\n" % ((ms - t0) / 1000.0, snum[s]))
+with open(os.path.join(work, "workers.dat"), "w") as f:
+    for ms, w in wsamples:
+        f.write("%.3f %d\n" % ((ms - t0) / 1000.0, w))
 
 # ---- the numbers ----------------------------------------------------------------------------
 def fmt_s(x):
@@ -523,7 +550,9 @@ summ = dict(mode=mode, mechanism=mech, rate=float(rate), miss_share=float(share)
             max_nonok_duration_ms=max_dur_nonok,
             max_p99_outage_ms=max(p99_out) if p99_out else None,
             max_hit_p99_outage_ms=max(p99_hit_out) if p99_hit_out else None,
-            handshake_max_ms=hs_max, waited_past=bool(late_slack))
+            handshake_max_ms=hs_max, waited_past=bool(late_slack),
+            workers_min=min((w for _, w in wsamples), default=None),
+            workers_max=max((w for _, w in wsamples), default=None))
 json.dump(summ, open(os.path.join(out, "summary.json"), "w"), indent=1)
 
 L = []
@@ -558,6 +587,9 @@ L.append("| handshake p99 during the outage | max %s ms over the buckets (succes
          % ("n/a" if not p99_out else "%.1f" % max(p99_out),
             "n/a" if not p99_hit_out else "%.1f" % max(p99_hit_out)))
 L.append("| slowest successful handshake of the run | %.1f ms |" % hs_max)
+if wsamples:
+    L.append("| HSM signing sessions (ctl hsm) | %d .. %d over the run |"
+             % (summ["workers_min"], summ["workers_max"]))
 L.append("")
 L.append("Definitions: *intercepted* = the client saw a leaf of the forward-trust CA; *bypassed* = it saw "
          "the origin's own certificate (fail open); *refused* = the TLS handshake ended with the proxy's "
@@ -600,7 +632,7 @@ set lmargin 10
 set rmargin 11
 set title "$PLOT_TITLE"
 set object 1 rect from $PT1, graph 0 to $PT2, graph 1 behind fc rgb '#b0b0b0' fs transparent solid 0.35 noborder
-set label 1 "outage" at ($PT1 + $PT2) / 2, graph 0.96 center
+set label 1 "$([ "$MECH" = fault-slow ] && echo "slow HSM" || echo outage)" at ($PT1 + $PT2) / 2, graph 0.96 center
 set xrange [0:$XMAX]
 set format x ''
 set ylabel 'connections per 100 ms'
@@ -637,8 +669,16 @@ set ylabel 'HSM member'
 set yrange [-0.5:3.5]
 set ytics ('down' 0, 'starting' 1, 'recovering' 2, 'up' 3)
 set grid ytics
-unset key
-plot '$WORK/states.dat' using 1:2 with steps lw 2 lc rgb '#1f3fbf'
+$(if [ -s "$WORK/workers.dat" ]; then
+    echo "set y2label 'sessions'"
+    echo "set y2range [0:*]"
+    echo "set y2tics nomirror"
+    echo "set key top left horizontal"
+    echo "plot '$WORK/states.dat' using 1:2 with steps lw 2 lc rgb '#1f3fbf' title 'member state', '$WORK/workers.dat' using 1:2 axes x1y2 with steps lw 1.5 lc rgb '#2ca02c' title 'signing sessions (workers)'"
+else
+    echo "unset key"
+    echo "plot '$WORK/states.dat' using 1:2 with steps lw 2 lc rgb '#1f3fbf'"
+fi)
 unset multiplot
 EOF
 done
