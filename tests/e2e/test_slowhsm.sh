@@ -17,7 +17,7 @@
 LG=${1:?usage: test_slowhsm.sh PATH_OF_tlsmint-bench}
 FAULTP11=${FAULTP11_PATH:?FAULTP11_PATH must point at faultp11.so}
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-SWEEP_HOSTS=${SLOWHSM_SWEEP_HOSTS:-300}
+SWEEP_HOSTS=${SLOWHSM_SWEEP_HOSTS:-200}
 PARTS=${SLOWHSM_PARTS:-"sweep step ha admission"} # for debugging one part
 part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -26,10 +26,10 @@ echo "== setup"
 CA="$WORK/state/ca/forward-trust.pem"
 export SOFTHSM2_CONF="$WORK/state/hsm/softhsm2.conf"
 OPORT=$(free_port)
-"$SRC/bench/make-origin.sh" "$WORK/origin" 3000 "$OPORT" >/dev/null || { echo "make-origin failed"; exit 1; }
+"$SRC/bench/make-origin.sh" "$WORK/origin" 2000 "$OPORT" >/dev/null || { echo "make-origin failed"; exit 1; }
 nginx -c "$WORK/origin/nginx.conf" -e "$WORK/origin/logs/error.log" 2>/dev/null &
 PIDS+=($!)
-for _ in $(seq 1 300); do # 3000 server blocks: nginx takes a while on a busy machine
+for _ in $(seq 1 300); do # 2000 server blocks: nginx takes a while on a busy machine
     (exec 3<>/dev/tcp/127.0.0.1/"$OPORT") 2>/dev/null && break
     sleep 0.1
 done
@@ -100,8 +100,8 @@ start_tlsmint "$c" "$WORK/step.log" || exit 1
 (while :; do echo "$(ms_now) $(workers_now "$c")"; sleep 0.1; done) >"$WORK/step.workers" 2>/dev/null &
 sampler=$!
 T0=$(ms_now)
-lg "$c" "$WORK/step.json" --host-pattern 'h%d.bench.test' --first 301 --count 2700 \
-    --requests 2700 --concurrency 32 --duration 9 &
+lg "$c" "$WORK/step.json" --host-pattern 'h%d.bench.test' --first 301 --count 1700 \
+    --requests 1700 --concurrency 16 --duration 9 &
 lgpid=$!
 sleep 3; TUP=$(ms_now); echo "latency_ms=20" >"$CTL"
 sleep 3; TDOWN=$(ms_now); echo "latency_ms=0" >"$CTL"
@@ -115,7 +115,7 @@ echo "  $att connections, $failed failed ($(jget "$WORK/step.json" 'j["first_err
 check "step: the load ran through both steps ($att connections)" test "$att" -ge 100
 check_eq "step: no failed connection" "0" "$failed"
 elapsed=$(jget "$WORK/step.json" 'int(j["elapsed_s"] * 1000)')
-check "step: the load was still running after the step down ($elapsed ms, $att of 2700 new hosts)" \
+check "step: the load was still running after the step down ($elapsed ms, $att of 1700 new hosts)" \
     test "$elapsed" -ge 6500
 up_at=$(awk -v t="$TUP" '$1 >= t && $2 >= 4 { print $1 - t; exit }' "$WORK/step.workers")
 check "step up: 4+ workers within 2 s of the latency going to 20 ms (${up_at:-never} ms)" \
