@@ -12,7 +12,7 @@
 FLEET_PY="$(cd "$(dirname "$0")" && pwd)/fleet.py"
 
 command -v redis-server >/dev/null || { echo "redis-server missing (make deps)"; exit 77; }
-python3 "$FLEET_PY" pki "$WORK/pki" 500 || exit 1
+python3 "$FLEET_PY" pki "$WORK/pki" 520 || exit 1
 head -c 32 /dev/urandom >"$WORK/mk"
 chmod 600 "$WORK/mk"
 
@@ -160,6 +160,20 @@ before=$(sigsum)
 out=$(spec 441 470 A B C | load --threads 30)
 check_eq "after Redis came back: every client served" "ok=90 failed=0" "$(echo "$out" | head -n 1)"
 check_eq "sharing resumed: 30 new hosts, 30 signatures" "30" "$(( $(sigsum) - before ))"
+
+echo "== redis-server stalls (SIGSTOP): nothing waits past shared_timeout_ms for long"
+kill -STOP "$REDIS_PID"
+to0=$(shared_ev A timeout)
+out=$(spec 501 520 A | load --threads 4 --times "$WORK/stall.times")
+check_eq "Redis stalled: every client served" "ok=20 failed=0" "$(echo "$out" | head -n 1)"
+check "the late answers are counted as timeouts" test "$(shared_ev A timeout)" -gt "$to0"
+check "a connection silent for a second is dropped: A shows down" wait_up A 0
+slowest=$(awk '{print $3}' "$WORK/stall.times" | sort -n | tail -n 1)
+echo "   slowest client while Redis was stalled: ${slowest}s (shared_timeout_ms 500)"
+check "no client waited much past the 500 ms deadline (slowest ${slowest}s)" \
+    awk -v s="$slowest" 'BEGIN {exit !(s < 2.5)}'
+kill -CONT "$REDIS_PID"
+check "Redis answers again: A reconnects" wait_up A 1
 
 echo "== poisoning"
 rkey() { # rkey K: the Redis key of host hK.test (forward-trust CA, EC leaf)
