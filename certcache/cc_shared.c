@@ -518,6 +518,18 @@ static void drain_submit(struct cc_shared *sh)
     }
 }
 
+/* Reads whatever answers the socket holds now, without waiting. */
+static void read_ready(struct cc_shared *sh)
+{
+    if (sh->ac == NULL || !sh->want_r || sh->conn == C_CONNECTING) {
+        return;
+    }
+    struct pollfd p = {.fd = sh->ac->c.fd, .events = POLLIN};
+    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLERR | POLLHUP))) {
+        redisAsyncHandleRead(sh->ac);
+    }
+}
+
 static void *sh_main(void *arg)
 {
     struct cc_shared *sh = arg;
@@ -535,6 +547,7 @@ static void *sh_main(void *arg)
             reset(sh, why);
         }
         drain_submit(sh);
+        read_ready(sh); /* answers already here are not timeouts, however late we woke */
         now = px_now_ns();
         uint64_t next = timers(sh, now);
         if (sh->ac == NULL && sh->reconnect_at_ns < next) {
