@@ -1,6 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# fleet.sh [--nodes N] [--hosts H] [--requests R] [--clients C] [--zipf S] [BUILD_DIR]
+# fleet.sh [--nodes N] [--hosts H] [--requests R] [--clients C] [--zipf S] [--timeout-ms MS]
+#          [--out FILE] [BUILD_DIR]
 # Many nodes behind one client set: N tlsmint processes (default 8, one loop each, restored
 # from one bundle, one SoftHSM token), one redis-server, one nginx origin with a certificate per
 # host name. R requests (default 3000) to H hosts (default 600) with a Zipf(S = 1.0) popularity,
@@ -10,9 +11,11 @@
 # extra latency of a Redis hit over a local hit (p50/p99): a fresh node asks for H hosts that
 # are all in Redis, then for the same hosts again (all local hits), measured by the clients
 # (connect to response) and by the proxy (access log: time the handshake waited for its leaf).
-# Writes bench/results/fleet.md. Needs redis-server, nginx, python3-cryptography.
+# [cache] shared_timeout_ms is MS (default 5, the default of the key). Writes FILE (default
+# bench/results/fleet.md). Needs redis-server, nginx, python3-cryptography.
 set -euo pipefail
-NODES=8 HOSTS=600 REQS=3000 CLIENTS=16 ZIPF=1.0 BUILD=build/release
+NODES=8 HOSTS=600 REQS=3000 CLIENTS=16 ZIPF=1.0 TIMEOUT=5 OUT=bench/results/fleet.md
+BUILD=build/release
 while [ $# -gt 0 ]; do
     case $1 in
     --nodes) NODES=$2; shift 2 ;;
@@ -20,7 +23,9 @@ while [ $# -gt 0 ]; do
     --requests) REQS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
     --zipf) ZIPF=$2; shift 2 ;;
-    -h|--help) sed -n 3,14p "$0"; exit 0 ;;
+    --timeout-ms) TIMEOUT=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) BUILD=$1; shift ;;
     esac
 done
@@ -104,7 +109,7 @@ done
 start_nodes() { # start_nodes SHARED_URL [SNAPSHOT_OF_NODE_1]
     for i in $(seq 1 "$NODES"); do
         cp "$T/n$i/base.conf" "$T/n$i/tlsmint.conf"
-        printf '[cache]\nshared = %s\n' "$1" >>"$T/n$i/tlsmint.conf"
+        printf '[cache]\nshared = %s\nshared_timeout_ms = %s\n' "$1" "$TIMEOUT" >>"$T/n$i/tlsmint.conf"
         if [ "$i" = 1 ] && [ -n "${2:-}" ]; then
             printf 'snapshot = %s\n' "$2" >>"$T/n$i/tlsmint.conf"
         fi
@@ -129,7 +134,7 @@ stop_nodes() {
     for i in $(seq 1 "$NODES"); do wait "${NPID[$i]}" || true; done
 }
 metric() { # metric NODE NAME: value (0 when absent)
-    "$TLSMINT" -c "$T/n$1/tlsmint.conf" ctl metrics | awk -v k="$2" '$1 == k && !f {v = $2; f = 1} END {print f ? v : 0}'
+    { "$TLSMINT" -c "$T/n$1/tlsmint.conf" ctl metrics 2>/dev/null || true; } | awk -v k="$2" '$1 == k && !f {v = $2; f = 1} END {print f ? v : 0}'
 }
 # the request sequence: Zipf popularity over the hosts, a random node per request (same seed
 # for both runs, so both see exactly the same requests)
@@ -154,14 +159,16 @@ run() { # run LABEL SHARED_URL
     t1=$(date +%s.%N)
     local sigs=0 rows="" i
     for i in $(seq 1 "$NODES"); do
-        local s hit miss shit reqs
+        local s hit miss shit reqs sto swait
         s=$(metric "$i" 'tlsmint_hsm_signatures_total{member="hsm",result="ok"}')
         hit=$(metric "$i" 'tlsmint_cache_events_total{event="hit"}')
         miss=$(metric "$i" 'tlsmint_cache_events_total{event="miss"}')
         shit=$(metric "$i" 'tlsmint_shared_cache_events_total{event="hit"}')
         reqs=$(awk -v n="$i" '$1 == n' "$T/seq" | wc -l)
+        sto=$(metric "$i" 'tlsmint_shared_cache_events_total{event="timeout"}')
+        swait=$(metric "$i" 'tlsmint_shared_cache_events_total{event="lock_waited"}')
         sigs=$((sigs + s))
-        rows+="$i $reqs $hit $shit $s"$'\n'
+        rows+="$i $reqs $hit $shit $s $sto $swait"$'\n'
     done
     stop_nodes
     echo "$1 $sigs $(echo "$out" | head -n 1) $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')" >"$T/sum.$1"
@@ -191,11 +198,10 @@ redis_hits_phase() {
 }
 redis_hits_phase
 
-OUT=bench/results/fleet.md
-mkdir -p bench/results
-python3 - "$T" "$NODES" "$HOSTS" "$REQS" "$CLIENTS" "$ZIPF" "$DISTINCT" "$LAT_SIGS" "$LAT_SHIT" "$LAT_LHIT" >"$OUT" <<'PY'
+mkdir -p "$(dirname "$OUT")"
+python3 - "$T" "$NODES" "$HOSTS" "$REQS" "$CLIENTS" "$ZIPF" "$DISTINCT" "$LAT_SIGS" "$LAT_SHIT" "$LAT_LHIT" "$TIMEOUT" >"$OUT" <<'PY'
 import json, os, statistics, sys
-t, nodes, hosts, reqs, clients, zipf, distinct, lat_sigs, lat_shit, lat_lhit = sys.argv[1:]
+t, nodes, hosts, reqs, clients, zipf, distinct, lat_sigs, lat_shit, lat_lhit, tmo = sys.argv[1:]
 distinct = int(distinct)
 def pct(v, q):
     v = sorted(v)
@@ -211,9 +217,10 @@ def waits(name):
             pass
     return out
 print("# Fleet: HSM signatures per host with and without the shared cache\n")
-print("`bench/fleet.sh --nodes %s --hosts %s --requests %s --clients %s --zipf %s` (release build,"
-      " SoftHSM P-256, one loop per node, redis-server and nginx on the same 2-core VM, shared with"
-      " other jobs: read ratios, not absolute times).\n" % (nodes, hosts, reqs, clients, zipf))
+print("`bench/fleet.sh --nodes %s --hosts %s --requests %s --clients %s --zipf %s --timeout-ms %s`"
+      " (release build, SoftHSM P-256, one loop per node, redis-server and nginx on the same 2-core"
+      " VM, shared with other jobs: read ratios, not absolute times).\n" % (
+          nodes, hosts, reqs, clients, zipf, tmo))
 print("The same %s requests (Zipf %s over %s hosts: %d distinct hosts requested, each to a random"
       " node) were sent twice, to fresh nodes each time.\n" % (reqs, zipf, hosts, distinct))
 print("| run | HSM signatures | signatures / distinct host | clients ok / failed | wall time s |")
@@ -222,6 +229,24 @@ for name in ("local", "shared"):
     f = open(os.path.join(t, "sum." + name)).read().split()
     print("| %s | %s | %.3f | %s / %s | %.1f |" % ("without shared" if name == "local" else "with shared",
           f[1], int(f[1]) / distinct, f[2].split("=")[1], f[3].split("=")[1], float(f[4])))
+pairs = len({tuple(l.split()) for l in open(os.path.join(t, "seq"))})
+counts = {}
+for l in open(os.path.join(t, "seq")):
+    counts[l.split()[1]] = counts.get(l.split()[1], 0) + 1
+popular = sum(1 for v in counts.values() if v >= 4 * int(nodes))
+tot = {"local": [0, 0], "shared": [0, 0]}
+for name in ("local", "shared"):
+    for l in open(os.path.join(t, "nodes." + name)):
+        f = l.split()
+        tot[name][0] += int(f[5])
+        tot[name][1] += int(f[6])
+print("\nWithout the shared tier a host costs one signature per node that sees it: the requests"
+      " make %d distinct (node, host) pairs, %.2f per host (most hosts of a Zipf tail are asked"
+      " for a few times only; the %d hosts asked for at least %d times cost about %s each). With it,"
+      " Redis commands that missed the %s ms deadline (%d timeouts on this loaded VM) are the extra"
+      " signatures; %d lookups lost the fleet lock and waited for the winner's leaf.\n" % (
+          pairs, pairs / distinct, popular, 4 * int(nodes), nodes, tmo, tot["shared"][0],
+          tot["shared"][1]))
 print("\nPer node (requests it got, local cache hits, shared hits, signatures; hit ratio = requests"
       " served without a signature by that node):\n")
 print("| node | requests | without: local hits | without: signatures | without: hit ratio | with: local hits | with: shared hits | with: signatures | with: hit ratio |")
@@ -229,7 +254,7 @@ print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 rows = {}
 for name in ("local", "shared"):
     for l in open(os.path.join(t, "nodes." + name)):
-        n, r, hit, shit, s = l.split()
+        n, r, hit, shit, s = l.split()[:5]
         rows.setdefault(n, {})[name] = (int(r), int(hit), int(shit), int(s))
 for n in sorted(rows, key=int):
     lo, sh = rows[n]["local"], rows[n]["shared"]
