@@ -225,7 +225,9 @@ static void cc_signature(const struct px_cfg *c, char *out, size_t cap)
 {
     const char *files[] = {c->ca_forward_trust_cert, c->ca_forward_trust_chain,
                            c->ca_forward_untrust_cert, c->ca_forward_untrust_key};
-    int n = snprintf(out, cap, "%d|%d|%d|", c->ca_leaf_max_days, c->cache_size, c->cache_ttl_s);
+    int n = snprintf(out, cap, "%d|%d|%d|%s|%s|%d|%d|", c->ca_leaf_max_days, c->cache_size,
+                     c->cache_ttl_s, c->cache_shared, c->cache_shared_password_file,
+                     c->cache_shared_timeout_ms, c->cache_shared_lock_ms);
     for (int i = 0; i < 4 && n > 0 && (size_t)n < cap; i++) {
         struct stat st;
         memset(&st, 0, sizeof(st));
