@@ -83,7 +83,7 @@ node_conf() { # node_conf NODE URL
     set_conf "$c" cache shared "$2"
     set_conf "$c" cache shared_password_file "$WORK/redis.pw"
     # generous on a shared 2-core machine under ASan: a late answer is a second signature
-    set_conf "$c" cache shared_timeout_ms 500
+    set_conf "$c" cache shared_timeout_ms 1000
     set_conf "$c" cache shared_lock_ms 5000
     set_conf "$c" cache snapshot "$WORK/$1/cache.snap"
 }
@@ -124,9 +124,17 @@ load() { python3 "$FLEET_PY" load "$A/ca/forward-trust.pem" "$OPORT" "$@"; }
 echo "== 300 hosts through three nodes at once"
 out=$(spec 1 300 A B C | load --threads 30)
 check_eq "900 clients verified their leaf (chain to the fleet CA + host name)" "ok=900 failed=0" "$(echo "$out" | head -n 1)"
-[ "$(echo "$out" | head -n 1)" = "ok=900 failed=0" ] || echo "$out"
+if [ "$(echo "$out" | head -n 1)" != "ok=900 failed=0" ]; then # what the nodes saw
+    echo "$out"
+    for n in A B C; do
+        echo "   node $n outcomes: $(grep -o '"outcome":"[a-z_]*"' "${LOG[$n]}" | sort | uniq -c | tr '\n' ' ')"
+        grep -E ' (WARN|ERROR) ' "${LOG[$n]}" | tail -n 5 | sed 's/^/     /'
+        grep -v '"outcome":"ok"' "${LOG[$n]}" | grep '"outcome"' | head -n 2 | sed 's/^/     /'
+    done
+    tail -n 5 "$WORK/origin/logs/error.log" | sed 's/^/   origin: /'
+fi
 check_eq "each host signed once for the whole fleet: 300 signatures over 3 nodes" "300" "$(sigsum)"
-for n in A B C; do echo "   node $n: $(sigs $n) signatures, $(shared_ev $n hit) shared hits, $(shared_ev $n lock_waited) lock waits"; done
+for n in A B C; do echo "   node $n: $(sigs $n) signatures, $(shared_ev $n hit) shared hits, $(shared_ev $n lock_waited) lock waits, $(shared_ev $n timeout) timeouts"; done
 hits=$(( $(shared_ev A hit) + $(shared_ev B hit) + $(shared_ev C hit) ))
 check_eq "the other 600 came from Redis" "600" "$hits"
 check_eq "nothing refused so far" "0" "$(( $(shared_ev A rejected) + $(shared_ev B rejected) + $(shared_ev C rejected) ))"
@@ -169,9 +177,9 @@ check_eq "Redis stalled: every client served" "ok=20 failed=0" "$(echo "$out" | 
 check "the late answers are counted as timeouts" test "$(shared_ev A timeout)" -gt "$to0"
 check "a connection silent for a second is dropped: A shows down" wait_up A 0
 slowest=$(awk '{print $3}' "$WORK/stall.times" | sort -n | tail -n 1)
-echo "   slowest client while Redis was stalled: ${slowest}s (shared_timeout_ms 500)"
-check "no client waited much past the 500 ms deadline (slowest ${slowest}s)" \
-    awk -v s="$slowest" 'BEGIN {exit !(s < 2.5)}'
+echo "   slowest client while Redis was stalled: ${slowest}s (shared_timeout_ms 1000)"
+check "no client waited much past the 1000 ms deadline (slowest ${slowest}s)" \
+    awk -v s="$slowest" 'BEGIN {exit !(s < 3)}'
 kill -CONT "$REDIS_PID"
 check "Redis answers again: A reconnects" wait_up A 1
 
