@@ -260,7 +260,14 @@ outage_on() {
 outage_off() {
     case "$MECH" in
     p11kit) start_p11kit ;;
-    fault-slow) [ -n "$RAMP" ] && kill "$RAMP" 2>/dev/null; wait "$RAMP" 2>/dev/null; RAMP=""; : >"$CTL" ;;
+    fault-slow)
+        if [ -n "$RAMP" ]; then
+            kill "$RAMP" 2>/dev/null || true
+            wait "$RAMP" 2>/dev/null || true
+        fi
+        RAMP=""
+        : >"$CTL"
+        ;;
     *) : >"$CTL" ;;
     esac
 }
