@@ -29,11 +29,19 @@ run_one() {
     local t="$1" bin="$build/tests/fuzz/fuzz_$1" seeds="$root/tests/fuzz/corpus/$1"
     local work="$scratch/$t" log="$logs/$t.log"
     mkdir -p "$work/corpus" "$work/tmp" "$seeds"
+    local extra=()
+    case "$t" in
+    tls_*)
+        # the access log's writer thread frees each line after the input that queued it: every
+        # input would look like a leak and stop the world for LeakSanitizer (a few executions a
+        # second). Leaks are still found: LeakSanitizer runs at exit and fails the run.
+        extra=(-detect_leaks=0) ;;
+    esac
     rm -f "$logs/$t-"crash-* "$logs/$t-"leak-* "$logs/$t-"timeout-* "$logs/$t-"oom-*
     TMPDIR="$work/tmp" TLSMINT_BIN="$build/cli/tlsmint" \
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
-        "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2560 -print_final_stats=1 \
+        "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2560 -print_final_stats=1 "${extra[@]}" \
         -artifact_prefix="$logs/$t-" "$work/corpus" "$seeds" >"$log" 2>&1
     local rc=$?
     local done_line execs rate
