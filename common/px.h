@@ -80,7 +80,56 @@ PX_MUST_CHECK int px_log_level_parse(const char *s, enum px_log_level *out);
 /* Process tag printed in every line ("tlsmint", "signer:hsm0"); borrows a static string. */
 void px_log_set_tag(const char *tag);
 void px_log(enum px_log_level level, const char *mod, const char *fmt, ...) PX_PRINTF(3, 4);
+void px_vlog(enum px_log_level level, const char *mod, const char *fmt, va_list ap);
 void px_log_ossl_errors(const char *where);
+
+/*
+ * Rate-limited lines (px_lograte.c), for what an outsider can cause as often as they like:
+ * client garbage, connections that were not redirected, a full connection table. Per call
+ * site, the first PX_LOG_RL_BURST lines of each PX_LOG_RL_WINDOW_S seconds are logged; the
+ * others are counted and reported once per window: "N more like <format> in the last 10 s".
+ * Lock-free, any thread; the summary of a window is written when the site fires after it or
+ * by px_log_tick. Every call is either logged or counted in exactly one summary.
+ */
+#define PX_LOG_RL_BURST 5
+#define PX_LOG_RL_WINDOW_S 10
+struct px_log_rl { /* one per call site, static and zeroed: use PX_LOG_RL */
+    uint64_t win_ns;     /* start of the current window, 0 before the first call */
+    uint64_t suppressed; /* calls not logged and not yet reported */
+    uint32_t n;          /* calls in the current window */
+    uint32_t listed;     /* on the list px_log_tick walks */
+    struct px_log_rl *next;
+    const char *mod, *fmt;
+    int level;
+};
+#define PX_LOG_RL(level, mod, ...)                                                                 \
+    do {                                                                                           \
+        static struct px_log_rl px__rl_site;                                                       \
+        px_log_rl(&px__rl_site, (level), (mod), __VA_ARGS__);                                      \
+    } while (0)
+void px_log_rl(struct px_log_rl *rl, enum px_log_level level, const char *mod, const char *fmt,
+               ...) PX_PRINTF(4, 5);
+/* Writes the summaries of windows that have ended; call about once a second (tlsmint run's
+ * main thread does). */
+void px_log_tick(void);
+/* At exit: writes every count not reported yet, whether its window has ended or not. */
+void px_log_flush(void);
+
+/*
+ * The files tlsmint logs to besides stderr. A line that cannot be written ([log] access =
+ * /dev/full, a full disk, a writer that cannot keep up) is counted (px_sink_lost_total, the
+ * tlsmint_log_dropped_total metric); the first loss is logged with its reason, later ones as a
+ * count per PX_LOG_RL_WINDOW_S (px_log_tick), and the first line written again says how many
+ * were lost. Any thread.
+ */
+enum px_sink { PX_SINK_ACCESS = 0, PX_SINK_AUDIT, PX_SINK_KEYLOG, PX_SINKS };
+/* "access", "audit", "keylog" */
+const char *px_sink_name(enum px_sink s);
+/* One line for sink s (file path, borrowed for the call) was lost; reason: why (strerror). */
+void px_sink_lost(enum px_sink s, const char *path, const char *reason);
+/* One line for sink s was written (cheap unless lines were being lost). */
+void px_sink_ok(enum px_sink s);
+uint64_t px_sink_lost_total(enum px_sink s);
 
 /* ---- systemd (px_notify.c; no-ops when not started by systemd) ------------------------- */
 

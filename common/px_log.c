@@ -70,6 +70,14 @@ int px_log_level_parse(const char *s, enum px_log_level *out)
 
 void px_log(enum px_log_level level, const char *mod, const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    px_vlog(level, mod, fmt, ap);
+    va_end(ap);
+}
+
+void px_vlog(enum px_log_level level, const char *mod, const char *fmt, va_list ap)
+{
     static const char *lv[] = {"ERROR", "WARN", "INFO", "DEBUG"};
     if (level > g_level) {
         return;
@@ -93,10 +101,7 @@ void px_log(enum px_log_level level, const char *mod, const char *fmt, ...)
     if (n < 0) {
         return;
     }
-    va_list ap;
-    va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-    va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof(line) - 2) {
         len = sizeof(line) - 2;
