@@ -248,6 +248,12 @@ static void text_metrics(struct cli_admin *a, FILE *o)
         fprintf(o, "tlsmint_master_key_expiry_timestamp_seconds %lld\n", mk_end);
     }
     cli_cert_expiry_metrics(a->cfg, o);
+    family(o, "tlsmint_log_dropped_total", "counter",
+           "Log lines that could not be written (file error, or the writer could not keep up).");
+    for (int k = 0; k < PX_SINKS; k++) {
+        fprintf(o, "tlsmint_log_dropped_total{log=\"%s\"} %llu\n", px_sink_name((enum px_sink)k),
+                (unsigned long long)px_sink_lost_total((enum px_sink)k));
+    }
     family(o, "tlsmint_hsm_members_up", "gauge", "HSM members that can sign now.");
     fprintf(o, "tlsmint_hsm_members_up %d\n", hsm_pool_members_up(a->pool));
     family(o, "tlsmint_hsm_queue_depth", "gauge", "Signatures queued for the HSM members.");

@@ -11,6 +11,7 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -73,10 +74,19 @@ void cli_audit(const struct px_cfg *cfg, const char *event, const char *fmt, ...
                      "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02dZ\",\"event\":\"%s\",\"pid\":%d%s%s}\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      event, (int)getpid(), detail[0] ? "," : "", detail);
+    if (n <= 0) {
+        return;
+    }
+    size_t len = (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
     int fd = open(cfg->log_audit, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0 && n > 0) {
-        ssize_t w = write(fd, line, (size_t)n);
-        (void)w;
+    ssize_t w = fd >= 0 ? write(fd, line, len) : -1;
+    int e = errno;
+    if (fd >= 0) {
         close(fd);
+    }
+    if (w == (ssize_t)len) {
+        px_sink_ok(PX_SINK_AUDIT);
+    } else { /* counted and reported (px_lograte.c): an audit trail must not lose lines quietly */
+        px_sink_lost(PX_SINK_AUDIT, cfg->log_audit, w < 0 ? strerror(e) : "short write");
     }
 }

@@ -354,17 +354,23 @@ static void run_sigset(sigset_t *set)
     sigaddset(set, SIGTERM);
 }
 
-/* Waits for the next signal of run_sigset; a pending SIGTERM or SIGINT wins over SIGHUP. */
+/*
+ * Waits for the next signal of run_sigset; a pending SIGTERM or SIGINT wins over SIGHUP.
+ * Meanwhile, once a second, the counts of rate-limited log lines are written (px_log_tick).
+ */
 static int run_next_signal(const sigset_t *set, siginfo_t *si)
 {
     sigset_t stop;
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGTERM);
-    const struct timespec now = {0, 0};
+    const struct timespec now = {0, 0}, second = {1, 0};
     int sig = sigtimedwait(&stop, si, &now);
     while (sig < 0) {
-        sig = sigwaitinfo(set, si); /* EINTR only: nothing else is handled in this thread */
+        sig = sigtimedwait(set, si, &second);
+        if (sig < 0 && errno == EAGAIN) {
+            px_log_tick();
+        }
     }
     return sig;
 }
@@ -504,6 +510,7 @@ out:
                (unsigned long long)st.errors, (unsigned long long)st.respawns);
     }
     hsm_pool_free(pool);
+    px_log_flush(); /* counts of rate-limited lines and lost log lines not written yet */
     if (ret == 0) {
         px_log(PX_LOG_INFO, "main", "stopped");
     }

@@ -3,7 +3,8 @@
  * dp_alog.c - the access log: one JSON line per connection, written by its own thread so a
  * slow disk or a full pipe never stalls a loop.
  * Owns a bounded queue of lines and the output file (stdout when no path is given).
- * Invariants: at most ALOG_MAX lines queued; beyond that lines are dropped and counted.
+ * Invariants: at most ALOG_MAX lines queued; a line dropped because the queue is full or lost
+ * because the file cannot be written is counted and reported (px_sink_lost, px_lograte.c).
  */
 #include "dp_int.h"
 
@@ -28,11 +29,12 @@ struct line {
 struct dp_alog {
     int fd;
     bool own_fd;
+    enum px_sink sink;
+    char path[256];
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct line *head, *tail;
     int queued;
-    uint64_t dropped;
     bool stop;
     pthread_t th;
 };
@@ -59,9 +61,13 @@ static void *alog_main(void *arg)
                     continue;
                 }
                 if (w <= 0) {
+                    px_sink_lost(a->sink, a->path, w < 0 ? strerror(errno) : "short write");
                     break;
                 }
                 off += (size_t)w;
+            }
+            if (off == list->len) {
+                px_sink_ok(a->sink);
             }
             free(list);
             list = n;
@@ -72,7 +78,8 @@ static void *alog_main(void *arg)
     }
 }
 
-struct dp_alog *dp_alog_new(const char *path, int mode, char *err, size_t errlen)
+struct dp_alog *dp_alog_new(const char *path, int mode, enum px_sink sink, char *err,
+                            size_t errlen)
 {
     struct dp_alog *a = calloc(1, sizeof(*a));
     if (a == NULL) {
@@ -87,9 +94,12 @@ struct dp_alog *dp_alog_new(const char *path, int mode, char *err, size_t errlen
             return NULL;
         }
         a->own_fd = true;
+        snprintf(a->path, sizeof(a->path), "%s", path);
     } else {
+        snprintf(a->path, sizeof(a->path), "stdout");
         a->fd = STDOUT_FILENO;
     }
+    a->sink = sink;
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->cond, NULL);
     if (pthread_create(&a->th, NULL, alog_main, a) != 0) {
@@ -113,10 +123,6 @@ void dp_alog_free(struct dp_alog *a)
     pthread_cond_signal(&a->cond);
     pthread_mutex_unlock(&a->lock);
     pthread_join(a->th, NULL);
-    if (a->dropped) {
-        px_log(PX_LOG_WARN, "dp", "access log: %llu lines dropped (writer too slow)",
-               (unsigned long long)a->dropped);
-    }
     if (a->own_fd) {
         close(a->fd);
     }
@@ -134,9 +140,9 @@ void dp_alog_write(struct dp_alog *a, const char *text, size_t len)
     l->next = NULL;
     pthread_mutex_lock(&a->lock);
     if (a->queued >= ALOG_MAX) {
-        a->dropped++;
         pthread_mutex_unlock(&a->lock);
         free(l);
+        px_sink_lost(a->sink, a->path, "the writer cannot keep up (queue full)");
         return;
     }
     if (a->tail) {

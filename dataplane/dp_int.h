@@ -152,8 +152,10 @@ uint32_t dp_rcache_pending(const struct dp_rcache *c);
 /* ---- access log (dp_alog.c) ------------------------------------------------------------- */
 
 struct dp_alog;
-/* Opens path (append, created with mode) or uses stdout when path is empty. */
-struct dp_alog *dp_alog_new(const char *path, int mode, char *err, size_t errlen);
+/* Opens path (append, created with mode) or uses stdout when path is empty; lines it cannot
+ * write are counted and reported as the given sink's. */
+struct dp_alog *dp_alog_new(const char *path, int mode, enum px_sink sink, char *err,
+                            size_t errlen);
 void dp_alog_free(struct dp_alog *a);
 /* Queues one line (copied). Never blocks: drops and counts when the queue is full. */
 void dp_alog_write(struct dp_alog *a, const char *line, size_t len);

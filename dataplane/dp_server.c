@@ -165,10 +165,10 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
     pthread_cond_init(&s->start_cond, NULL);
     pthread_mutex_init(&s->gen_lock, NULL);
     s->res = dp_resolver_new(cfg, err, errlen);
-    s->alog = dp_alog_new(cfg->log_access, 0640, err, errlen);
+    s->alog = dp_alog_new(cfg->log_access, 0640, PX_SINK_ACCESS, err, errlen);
     if (s->alog != NULL && cfg->log_keylog[0]) {
         /* debugging only: these lines decrypt captured traffic, so the file is 0600 */
-        s->keylog = dp_alog_new(cfg->log_keylog, 0600, err, errlen);
+        s->keylog = dp_alog_new(cfg->log_keylog, 0600, PX_SINK_KEYLOG, err, errlen);
         if (s->keylog == NULL) {
             dp_server_free(s);
             return NULL;

@@ -55,7 +55,7 @@ void fz_dp_init(const char *upstream_ca)
     }
     dp_policy_load(g_gen, &g_cfg);
     g_srv.cfg = &g_cfg;
-    g_srv.alog = dp_alog_new("/dev/null", 0600, err, sizeof(err));
+    g_srv.alog = dp_alog_new("/dev/null", 0600, PX_SINK_ACCESS, err, sizeof(err));
     g_loop.srv = &g_srv;
     g_loop.g = g_gen;
     g_loop.conns = &g_conn;
