@@ -152,8 +152,8 @@ void dp_conn_connect(struct dp_conn *c)
     if (cfg->upstream_mark != 0) {
         uint32_t mark = cfg->upstream_mark;
         if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
-            px_log(PX_LOG_WARN, "dp", "conn=%u:%u SO_MARK %u: %s", c->slot, c->gen, mark,
-                   strerror(errno));
+            PX_LOG_RL(PX_LOG_WARN, "dp", "conn=%u:%u SO_MARK %u: %s", c->slot, c->gen, mark,
+                      strerror(errno));
         }
     }
     c->s[D_UP].fd = fd;
@@ -270,8 +270,8 @@ static void resolve_failed(struct dp_conn *c, const struct dp_res_job *j)
         snprintf(why, sizeof(why), "cannot resolve %s: %s", name, j->why);
         break;
     }
-    px_log(PX_LOG_INFO, "dp", "conn=%u:%u %d: %s%s", c->slot, c->gen, code, why,
-           j->cached ? " (cached)" : "");
+    PX_LOG_RL(PX_LOG_INFO, "dp", "conn=%u:%u %d: %s%s", c->slot, c->gen, code, why,
+              j->cached ? " (cached)" : "");
     char body[224];
     snprintf(body, sizeof(body), "tlsmint: %s\n", why);
     answer_http_body(c, code, reason, body, O_DNS_FAILED);
@@ -337,7 +337,7 @@ static void step_client_hello(struct dp_conn *c)
         }
     } else {
         ERR_clear_error();
-        px_log(PX_LOG_DEBUG, "dp", "conn=%u:%u malformed ClientHello", c->slot, c->gen);
+        PX_LOG_RL(PX_LOG_DEBUG, "dp", "conn=%u:%u malformed ClientHello", c->slot, c->gen);
         dp_conn_finish(c, O_CLIENT_ERROR);
     }
 }
@@ -361,8 +361,8 @@ static void step_up_handshake(struct dp_conn *c)
         ERR_error_string_n(oe, eb, sizeof(eb));
     }
     ERR_clear_error();
-    px_log(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
-           c->host, c->port, eb);
+    PX_LOG_RL(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
+              c->host, c->port, eb);
     atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
     dp_tls_refuse(c, O_UPSTREAM_FAILED);
 }
@@ -509,7 +509,7 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
     }
     if (res < 0) {
         if (res != -ECANCELED && res != -EINVAL) {
-            px_log(PX_LOG_WARN, "dp", "accept: %s", strerror(-res));
+            PX_LOG_RL(PX_LOG_WARN, "dp", "accept: %s", strerror(-res));
         }
         dp_loop_arm_accept(l, which);
         return;
@@ -521,8 +521,8 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
     }
     struct dp_conn *c = dp_conn_new(l, fd);
     if (c == NULL) {
-        px_log(PX_LOG_WARN, "dp", "loop %d: connection table full (%d): refusing", l->idx,
-               DP_MAX_CONNS);
+        PX_LOG_RL(PX_LOG_WARN, "dp", "loop %d: connection table full (%d): refusing", l->idx,
+                  DP_MAX_CONNS);
         close(fd);
         dp_loop_arm_accept(l, which);
         return;
@@ -563,8 +563,8 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
             errno = ENOENT;
         }
         if (r != 0) {
-            px_log(PX_LOG_WARN, "dp", "conn=%u:%u transparent: no original destination (%s): "
-                   "not a REDIRECTed connection", c->slot, c->gen, strerror(errno));
+            PX_LOG_RL(PX_LOG_WARN, "dp", "conn=%u:%u transparent: no original destination (%s): "
+                      "not a REDIRECTed connection", c->slot, c->gen, strerror(errno));
             dp_conn_abort(c, O_BAD_REQUEST);
             dp_loop_arm_accept(l, which);
             return;
@@ -593,9 +593,9 @@ void dp_conn_on_connect(struct dp_conn *c, int res)
         char d[64];
         dp_addr_str(&c->dst, d, sizeof(d));
         bool next = c->rj != NULL && c->addr_next < c->rj->naddr && px_now_ns() < c->up_deadline_ns;
-        px_log(PX_LOG_INFO, "dp", "conn=%u:%u connect %s (%s): %s%s", c->slot, c->gen, d, c->host,
-               res == -ECANCELED ? "timed out" : strerror(-res),
-               next ? "; trying its next address" : "");
+        PX_LOG_RL(PX_LOG_INFO, "dp", "conn=%u:%u connect %s (%s): %s%s", c->slot, c->gen, d,
+                  c->host, res == -ECANCELED ? "timed out" : strerror(-res),
+                  next ? "; trying its next address" : "");
         if (next) {
             close(c->s[D_UP].fd);
             c->s[D_UP].fd = -1;
@@ -671,8 +671,8 @@ const char *dp_outcome_name(int outcome)
 /* Release builds: a transition the table does not list is logged, and made all the same. */
 static void bad_transition(const struct dp_conn *c, enum dp_state next)
 {
-    px_log(PX_LOG_ERROR, "dp", "conn=%u:%u %s -> %s is not in the stage table", c->slot, c->gen,
-           dp_stages[c->state].name, dp_stages[next].name);
+    PX_LOG_RL(PX_LOG_ERROR, "dp", "conn=%u:%u %s -> %s is not in the stage table", c->slot, c->gen,
+              dp_stages[c->state].name, dp_stages[next].name);
 }
 #else
 /* Debug builds (the test suite): a transition the table does not list is a bug. */

@@ -40,8 +40,8 @@ static void no_leaf(struct dp_conn *c, int status)
 {
     struct dp_loop *l = c->loop;
     bool open = c->g->cfg->fail_mode == PX_FAIL_OPEN && !c->hello_overflow && c->hello_len > 0;
-    px_log(PX_LOG_WARN, "dp", "conn=%u:%u %s: no leaf: %s (fail %s)", c->slot, c->gen, c->host,
-           px_strerror(status), open ? "open: passing through" : "closed");
+    PX_LOG_RL(PX_LOG_WARN, "dp", "conn=%u:%u %s: no leaf: %s (fail %s)", c->slot, c->gen, c->host,
+              px_strerror(status), open ? "open: passing through" : "closed");
     if (!open) {
         atomic_fetch_add_explicit(&l->ctr.refused_hsm, 1, memory_order_relaxed);
         dp_tls_refuse(c, O_REFUSED_HSM);

@@ -115,7 +115,7 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
     case OP_LTIMEOUT:
         break;
     default:
-        px_log(PX_LOG_WARN, "dp", "loop %d: CQE with unknown op %u dropped", l->idx, u.f.op);
+        PX_LOG_RL(PX_LOG_WARN, "dp", "loop %d: CQE with unknown op %u dropped", l->idx, u.f.op);
         return;
     }
     if (u.f.slot >= DP_MAX_CONNS) {
@@ -191,7 +191,7 @@ void *dp_loop_main(void *arg)
         struct io_uring_cqe *cqe = NULL;
         int r = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY) {
-            px_log(PX_LOG_ERROR, "dp", "loop %d: io_uring: %s", l->idx, strerror(-r));
+            PX_LOG_RL(PX_LOG_ERROR, "dp", "loop %d: io_uring: %s", l->idx, strerror(-r));
         }
         /* a reload applies before this batch: a connection accepted now gets the new one */
         if (atomic_load_explicit(&srv->gen_id, memory_order_acquire) != l->g->id) {

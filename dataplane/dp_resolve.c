@@ -203,8 +203,8 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writab
         r->socks[r->nsocks++] = (struct res_sock){.fd = fd, .rd = readable, .wr = writable};
     } else if (readable || writable) {
         /* only with more than 32 nameservers: its queries time out instead */
-        px_log(PX_LOG_WARN, "dns", "more than %d resolver sockets; one is not watched",
-               RES_SOCKS_MAX);
+        PX_LOG_RL(PX_LOG_WARN, "dns", "more than %d resolver sockets; one is not watched",
+                  RES_SOCKS_MAX);
     }
 }
 
@@ -460,7 +460,7 @@ static void *res_main(void *arg)
         }
         int rc = poll(pfd, (nfds_t)n, poll_timeout_ms(r));
         if (rc < 0 && errno != EINTR) {
-            px_log(PX_LOG_ERROR, "dns", "poll: %s", strerror(errno));
+            PX_LOG_RL(PX_LOG_ERROR, "dns", "poll: %s", strerror(errno));
         }
         if (rc > 0 && (pfd[0].revents & POLLIN)) {
             take_submissions(r);

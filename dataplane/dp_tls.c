@@ -179,8 +179,8 @@ static int client_hello_cb(SSL *s, int *al, void *arg)
                 memcpy(c->sni, p + 5, nl);
                 c->sni[nl] = '\0';
             } else {
-                px_log(PX_LOG_DEBUG, "dp", "conn=%u:%u unusable SNI (%zu bytes) ignored", c->slot,
-                       c->gen, len);
+                PX_LOG_RL(PX_LOG_DEBUG, "dp", "conn=%u:%u unusable SNI (%zu bytes) ignored",
+                          c->slot, c->gen, len);
             }
         }
         if (SSL_client_hello_get0_ext(s, TLSEXT_TYPE_application_layer_protocol_negotiation, &p,
