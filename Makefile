@@ -95,7 +95,7 @@ deb: deps
 	rm -rf build/deb && mkdir -p build/deb/src
 	git ls-files -z | xargs -0 cp -a --parents -t build/deb/src
 	cd build/deb/src && dpkg-buildpackage -us -uc -b
-	lintian --fail-on error --no-tag-display-limit build/deb/tlsmint_*.changes
+	lintian --fail-on error --tag-display-limit 0 build/deb/tlsmint_*.changes
 	@ls -l build/deb/*.deb
 
 deb-test: deb

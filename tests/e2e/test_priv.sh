@@ -42,11 +42,20 @@ caps_of() {
 signer_pid() { pgrep -P "$TLSMINT_PID" -f __signer | head -n 1; }
 
 echo "== [run] user = nobody, no mark: no capability at all"
-start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
+# started with supplementary groups (adm, sudo), so that clearing them is visible
+setpriv --groups=4,27 "$TLSMINT" -c "$CONF" run >"$WORK/tlsmint.log" 2>&1 &
+TLSMINT_PID=$!
+PIDS+=($TLSMINT_PID)
+for _ in $(seq 1 200); do
+    grep -q "tlsmint running" "$WORK/tlsmint.log" && break
+    kill -0 "$TLSMINT_PID" 2>/dev/null || break
+    sleep 0.05
+done
+grep -q "tlsmint running" "$WORK/tlsmint.log" || { echo "tlsmint did not start:"; cat "$WORK/tlsmint.log"; exit 1; }
 st=/proc/$TLSMINT_PID/status
 check_eq "uid (real, effective, saved, fs) is nobody" "$NOBODY_UID $NOBODY_UID $NOBODY_UID $NOBODY_UID" "$(field Uid "$st" | tr '\t' ' ' | tr -s ' ')"
 check_eq "gid is nogroup" "$(id -g nobody)" "$(field Gid "$st" | awk '{print $1}')"
-check_eq "no supplementary groups" "" "$(field Groups "$st")"
+check_eq "no supplementary groups (started with 4 27)" "" "$(field Groups "$st")"
 allcaps=$(caps_of "$TLSMINT_PID")
 check_not_contains "no thread has a capability" "=0000003" "$allcaps"
 check "every thread: CapPrm/CapEff empty" test -z "$(echo "$allcaps" | grep -v '=0000000000000000/0000000000000000$')"
