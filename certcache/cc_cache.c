@@ -722,17 +722,14 @@ static int wire_ctx_init(struct cc_ctx *cc, struct cc_wire_ctx *wc, struct cc_ca
     PX_ENSURE(wc->ca_pub != NULL, PX_E_CRYPTO);
     wc->nec = POOL_EC;
     wc->nrsa = POOL_RSA;
-    for (int i = 0; i < POOL_EC + POOL_RSA; i++) {
-        const uint8_t *k = cc->spki[i];
-        int len = 0;
-        memcpy(&len, k, sizeof(len));
-        if (i < POOL_EC) {
-            wc->ec_spki[i] = k + sizeof(int);
-            wc->ec_spki_len[i] = len;
-        } else {
-            wc->rsa_spki[i - POOL_EC] = k + sizeof(int);
-            wc->rsa_spki_len[i - POOL_EC] = len;
-        }
+    /* two loops: one over both arrays made gcc -O2 warn of an out-of-bounds iteration */
+    for (int i = 0; i < POOL_EC; i++) {
+        memcpy(&wc->ec_spki_len[i], cc->spki[i], sizeof(int));
+        wc->ec_spki[i] = cc->spki[i] + sizeof(int);
+    }
+    for (int i = 0; i < POOL_RSA; i++) {
+        memcpy(&wc->rsa_spki_len[i], cc->spki[POOL_EC + i], sizeof(int));
+        wc->rsa_spki[i] = cc->spki[POOL_EC + i] + sizeof(int);
     }
     return 0;
 }
