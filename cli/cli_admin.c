@@ -70,6 +70,15 @@ static void text_status(struct cli_admin *a, FILE *o)
                                                       : "");
     }
     cli_cert_expiry_status(a->cfg, o);
+    struct dp_export_stats xs;
+    dp_server_export_stats(a->dp, &xs);
+    for (int k = 0; k < DP_EXPORT_SINKS; k++) {
+        if (xs.on[k]) {
+            fprintf(o, "export        %s: %s; %llu packets, %llu bytes, %llu dropped\n",
+                    dp_export_sink_names[k], xs.state[k], (unsigned long long)xs.packets[k],
+                    (unsigned long long)xs.bytes[k], (unsigned long long)xs.dropped[k]);
+        }
+    }
 }
 
 static void text_hsm(struct cli_admin *a, FILE *o)
@@ -172,6 +181,39 @@ static void text_cache(struct cli_admin *a, FILE *o)
     }
 }
 
+/* tlsmint_export_*: per configured sink; nothing when export is off. */
+static void export_metrics(struct cli_admin *a, FILE *o)
+{
+    struct dp_export_stats xs;
+    dp_server_export_stats(a->dp, &xs);
+    static const char *const what[] = {"packets", "bytes", "dropped"};
+    static const char *const helps[] = {
+        "Decrypted packets written, per export sink.",
+        "Bytes of decrypted frames written, per export sink.",
+        "Decrypted packets lost, per sink: queue full, slow reader or write error."};
+    const uint64_t *vals[] = {xs.packets, xs.bytes, xs.dropped};
+    for (int m = 0; m < 3; m++) {
+        bool any = false;
+        for (int k = 0; k < DP_EXPORT_SINKS; k++) {
+            if (!xs.on[k]) {
+                continue;
+            }
+            if (!any) {
+                char name[64];
+                snprintf(name, sizeof(name), "tlsmint_export_%s_total", what[m]);
+                family(o, name, "counter", helps[m]);
+                any = true;
+            }
+            fprintf(o, "tlsmint_export_%s_total{sink=\"%s\"} %llu\n", what[m],
+                    dp_export_sink_names[k], (unsigned long long)vals[m][k]);
+        }
+    }
+    if (xs.on[DP_EXPORT_POIP]) {
+        family(o, "tlsmint_export_readers", "gauge", "PCAP-over-IP readers connected.");
+        fprintf(o, "tlsmint_export_readers %llu\n", (unsigned long long)xs.readers);
+    }
+}
+
 /* One metric family's header: the text format wants HELP and TYPE once, before its samples. */
 static void family(FILE *o, const char *name, const char *type, const char *help)
 {
@@ -207,6 +249,10 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     fprintf(o, "tlsmint_bytes_total{direction=\"client_to_upstream\"} %llu\n"
                "tlsmint_bytes_total{direction=\"upstream_to_client\"} %llu\n",
             (unsigned long long)ds.bytes_c2u, (unsigned long long)ds.bytes_u2c);
+    export_metrics(a, o);
+    fprintf(o, "# TYPE tlsmint_cache_entries gauge\ntlsmint_cache_entries %llu\n",
+            (unsigned long long)cs.entries);
+    fprintf(o, "# TYPE tlsmint_cache_events_total counter\n");
     family(o, "tlsmint_cache_entries", "gauge", "Leaf certificates in the local cache.");
     fprintf(o, "tlsmint_cache_entries %llu\n", (unsigned long long)cs.entries);
     family(o, "tlsmint_cache_events_total", "counter", "Local leaf cache events.");

@@ -288,6 +288,16 @@ struct px_cfg {
     char cache_snapshot[256];          /* sealed snapshot file; empty = off */
     int cache_snapshot_interval_s;
 
+    /* [export] decrypted traffic as pcap (dataplane/dp_export.c); every sink empty = off */
+    char export_pcap[256];      /* strftime pattern of the rolling files */
+    int export_rotate_mb;
+    int export_rotate_s;
+    int export_keep;            /* files kept, older ones deleted; 0 = keep all */
+    char export_listen[128];    /* PCAP-over-IP HOST:PORT */
+    char export_mirror_if[16];  /* live copy on this interface */
+    int export_max_bytes;       /* per connection and direction; 0 = all */
+    int export_queue_mb;
+
     /* [admin] */
     char admin_socket[256];
     char admin_metrics[128];

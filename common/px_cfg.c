@@ -40,7 +40,7 @@ static int fail(struct parse_state *st, const char *section, const char *key, co
 static bool known_section(const char *name, size_t len)
 {
     static const char *known[] = {"listen", "hsm", "ca", "cache", "upstream", "policy", "log",
-                                  "admin", "master_key", "run"};
+                                  "admin", "master_key", "run", "export"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if (strlen(known[i]) == len && strncmp(name, known[i], len) == 0) {
             return true;
@@ -539,6 +539,34 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "keylog") == 0) {
             return set_str(st, sec, key, val, c->log_keylog, sizeof(c->log_keylog));
         }
+    } else if (strcmp(sec, "export") == 0) {
+        if (strcmp(key, "pcap") == 0) {
+            return set_str(st, sec, key, val, c->export_pcap, sizeof(c->export_pcap));
+        }
+        if (strcmp(key, "pcap_rotate_mb") == 0) {
+            return set_int(st, sec, key, val, &c->export_rotate_mb, 1, 1 << 20);
+        }
+        if (strcmp(key, "pcap_rotate_s") == 0) {
+            return set_int(st, sec, key, val, &c->export_rotate_s, 1, 86400 * 7);
+        }
+        if (strcmp(key, "pcap_keep") == 0) {
+            return set_int(st, sec, key, val, &c->export_keep, 0, 100000);
+        }
+        if (strcmp(key, "pcap_listen") == 0) {
+            return set_addr(st, sec, key, val, c->export_listen, sizeof(c->export_listen));
+        }
+        if (strcmp(key, "mirror_if") == 0) {
+            if (strlen(val) >= 16) {
+                return fail(st, sec, key, "'%s' is longer than an interface name can be", val);
+            }
+            return set_str(st, sec, key, val, c->export_mirror_if, sizeof(c->export_mirror_if));
+        }
+        if (strcmp(key, "max_bytes_per_conn") == 0) {
+            return set_int(st, sec, key, val, &c->export_max_bytes, 0, INT32_MAX);
+        }
+        if (strcmp(key, "queue_mb") == 0) {
+            return set_int(st, sec, key, val, &c->export_queue_mb, 1, 4096);
+        }
     } else if (strcmp(sec, "run") == 0) {
         if (strcmp(key, "user") == 0) {
             return set_str(st, sec, key, val, c->run_user, sizeof(c->run_user));
@@ -581,6 +609,10 @@ void px_cfg_defaults(struct px_cfg *c)
     c->cache_shared_timeout_ms = 5;
     c->cache_shared_lock_ms = 300;
     c->cache_snapshot_interval_s = 300;
+    c->export_rotate_mb = 100;
+    c->export_rotate_s = 3600;
+    c->export_keep = 24;
+    c->export_queue_mb = 64;
     snprintf(c->upstream_ca_file, sizeof(c->upstream_ca_file),
              "/etc/ssl/certs/ca-certificates.crt");
     c->upstream_verify = true;

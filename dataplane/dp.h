@@ -74,6 +74,16 @@ void dp_server_free(struct dp_server *s);
 void dp_server_stats(struct dp_server *s, struct dp_stats *out);
 /* Counters of the resolver. */
 void dp_server_dns_stats(struct dp_server *s, struct dp_dns_stats *out);
+/* Decrypted traffic export ([export], dataplane/dp_export.c): per sink counters and state. */
+enum dp_export_sink { DP_EXPORT_FILE = 0, DP_EXPORT_POIP, DP_EXPORT_MIRROR, DP_EXPORT_SINKS };
+extern const char *const dp_export_sink_names[DP_EXPORT_SINKS]; /* metric label values */
+struct dp_export_stats {
+    bool on[DP_EXPORT_SINKS];
+    uint64_t packets[DP_EXPORT_SINKS], bytes[DP_EXPORT_SINKS], dropped[DP_EXPORT_SINKS];
+    uint64_t readers; /* PCAP-over-IP readers connected */
+    char state[DP_EXPORT_SINKS][200];
+};
+void dp_server_export_stats(struct dp_server *s, struct dp_export_stats *out);
 /* Counters of the certificate cache new connections use now. */
 void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out);
 /* 0 at start, +1 per successful reload. */

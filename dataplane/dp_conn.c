@@ -74,6 +74,7 @@ void dp_conn_release(struct dp_conn *c)
         return;
     }
     dp_tls_sess_store(c);
+    dp_export_end(c->loop->srv->exp, c, c->outcome != O_OK);
     for (int d = 0; d < 2; d++) {
         struct side *sd = &c->s[d];
         if (sd->fd >= 0) {
@@ -374,6 +375,7 @@ static void step_client_handshake(struct dp_conn *c)
     int r = SSL_do_handshake(s);
     if (r == 1) {
         dp_conn_enter(c, S_RELAY);
+        dp_export_begin(c->loop->srv->exp, c);
         c->deadline_ns = 0;
         if (c->outcome == O_NONE) {
             c->outcome = O_OK;

@@ -254,6 +254,13 @@ struct dp_gen {
     int nbypass;
 };
 
+/* A connection as an exported TCP conversation (dp_export.c); kept by its loop. */
+struct dp_xflow {
+    bool on;
+    uint32_t seq[2];  /* next sequence number of each side (D_CLIENT, D_UP) */
+    uint32_t left[2]; /* bytes still exported each way ([export] max_bytes_per_conn) */
+};
+
 struct dp_conn {
     uint32_t slot;
     uint16_t gen;
@@ -295,6 +302,7 @@ struct dp_conn {
     int addr_next;                  /* index in rj of the next address to try */
     uint64_t up_deadline_ns;        /* connect_timeout_ms, every address included */
     struct __kernel_timespec cto;   /* this attempt's share of it (read at submit) */
+    struct dp_xflow xf;
     struct dp_conn *next_free;
 };
 
@@ -350,6 +358,7 @@ struct dp_server {
     struct dp_resolver *res;
     struct dp_alog *alog;
     struct dp_alog *keylog;
+    struct dp_export *exp;    /* NULL when no [export] sink is configured */
     int nloops;
     struct dp_loop *loops;
     int port_explicit, port_transparent;
@@ -488,5 +497,18 @@ static inline uint64_t dp_conn_token(const struct dp_conn *c)
 {
     return ((uint64_t)c->gen << 32) | c->slot;
 }
+
+/* ---- decrypted traffic export (dp_export.c) ---------------------------------------------- */
+
+struct dp_export;
+/* *out = NULL (and 0) when no sink is configured; an error names the key. */
+int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, size_t errlen);
+void dp_export_free(struct dp_export *x);
+/* Loop thread. x may be NULL. begin: the relay starts (SYN, SYN-ACK, ACK); data: plaintext
+ * relayed from side dir (copied); end: FIN both ways, or an RST when the connection failed. */
+void dp_export_begin(struct dp_export *x, struct dp_conn *c);
+void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n);
+void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset);
+void dp_export_stats(struct dp_export *x, struct dp_export_stats *o);
 
 #endif

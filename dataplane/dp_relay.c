@@ -120,6 +120,7 @@ static void relay_tls(struct dp_conn *c, int from)
                 dp_conn_abort(c, O_CLIENT_ERROR);
                 return;
             }
+            dp_export_data(c->loop->srv->exp, c, from, buf, (size_t)n);
             if (from == D_CLIENT) {
                 c->bytes_c2u += (uint64_t)n;
             } else {

@@ -177,6 +177,10 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         px_log(PX_LOG_WARN, "dp", "SSLKEYLOGFILE output to %s: session secrets of both sides "
                "are being written", cfg->log_keylog);
     }
+    if (s->alog != NULL && dp_export_new(cfg, &s->exp, err, errlen) != 0) {
+        dp_server_free(s);
+        return NULL;
+    }
     if (s->res == NULL || s->alog == NULL) {
         dp_server_free(s);
         return NULL;
@@ -286,6 +290,7 @@ void dp_server_free(struct dp_server *s)
         }
         dp_loop_fini(l);
     }
+    dp_export_free(s->exp); /* after the loops: closing connections still reports their end */
     dp_alog_free(s->alog);
     if (s->keylog != NULL) {
         dp_tls_keylog_set(NULL);
@@ -336,6 +341,11 @@ void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out)
     pthread_mutex_unlock(&s->gen_lock);
     cc_stats_get(g->cc, out);
     dp_gen_unref(g);
+}
+
+void dp_server_export_stats(struct dp_server *s, struct dp_export_stats *out)
+{
+    dp_export_stats(s->exp, out);
 }
 
 unsigned dp_server_generation(struct dp_server *s)

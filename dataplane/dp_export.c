@@ -1,0 +1,906 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dp_export.c - decrypted traffic export: every intercepted connection as its own TCP
+ * conversation in pcap form (rolling files, PCAP-over-IP readers, a live copy on an interface).
+ * Owns the export queue, the writer thread and the three sinks. The loops call
+ * dp_export_begin/data/end (lock-free push onto a bounded MPSC list, an eventfd wake-up only on
+ * empty -> non-empty); only the writer thread touches files, sockets and libpcap.
+ * The TCP/IP framing is ours: an Ethernet header with fixed locally administered MACs, IPv4 (or
+ * IPv6 when either end is IPv6; an IPv4 end is then written v4-mapped), a TCP header with
+ * sequence and acknowledgement numbers that the loop keeps per connection (struct dp_xflow),
+ * so the writer needs no state per flow. The pcap file format is libpcap's (pcap_dump).
+ * Invariants: queued bytes <= [export] queue_mb; a loop never waits: a full queue drops the
+ * event and counts it for every sink; a reader that falls 4 MiB behind is dropped; a file
+ * that cannot be written is reported once, then retried every 10 s while packets are counted
+ * as dropped.
+ * Not here: which connections are exported (dp_conn.c calls begin for S_RELAY only, so
+ * bypassed, spliced and failed-open bytes, which are still encrypted, never come here).
+ */
+#include "dp_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+#include <pcap/pcap.h>
+
+#define READERS_MAX 16
+#define READER_BUF (4u << 20) /* a reader this far behind is dropped */
+#define SEG_MAX 1460          /* payload per segment, as on an Ethernet path */
+#define RETRY_S 10
+
+enum ev_kind { EV_OPEN, EV_DATA, EV_FIN, EV_RST };
+
+struct ev {
+    struct ev *next;
+    uint8_t kind, dir, v6;
+    struct timespec ts;
+    uint8_t ip[2][16]; /* [D_CLIENT] the client, [D_UP] the original destination */
+    uint16_t port[2];
+    uint32_t seq[2];   /* each side's next sequence number when the event was made */
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct reader {
+    int fd;
+    uint8_t *buf;
+    size_t len, off;
+    FILE *fp; /* fopencookie into buf: libpcap writes the stream format */
+    pcap_dumper_t *d;
+    bool dead;
+    char name[80];
+};
+
+struct dp_export {
+    _Atomic(struct ev *) head;
+    _Atomic size_t queued;
+    size_t cap;
+    int evfd;
+    pthread_t th;
+    bool th_ok;
+    _Atomic bool stop;
+    uint32_t max_bytes;
+    pcap_t *dead; /* DLT_EN10MB, for pcap_dump */
+    /* the rolling file */
+    char pattern[256];
+    uint64_t rotate_bytes;
+    int rotate_s, keep;
+    FILE *fp;
+    pcap_dumper_t *fd;
+    char path[600];
+    uint64_t fsize;
+    time_t fopened, fretry;
+    bool ferr;
+    /* PCAP-over-IP */
+    int lfd;
+    struct reader *rd[READERS_MAX]; /* the first nrd are in use; the cookies point at them */
+    int nrd;
+    /* the mirror */
+    pcap_t *mir;
+    /* what the admin socket shows */
+    bool on[DP_EXPORT_SINKS];
+    _Atomic uint64_t packets[DP_EXPORT_SINKS], bytes[DP_EXPORT_SINKS], dropped[DP_EXPORT_SINKS];
+    _Atomic int readers;
+    pthread_mutex_t state_lock;
+    char state[DP_EXPORT_SINKS][200];
+    uint16_t ip_id;
+};
+
+const char *const dp_export_sink_names[DP_EXPORT_SINKS] = {"file", "pcap_over_ip", "mirror"};
+
+static void set_state(struct dp_export *x, int sink, const char *fmt, ...) PX_PRINTF(3, 4);
+static void set_state(struct dp_export *x, int sink, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&x->state_lock);
+    vsnprintf(x->state[sink], sizeof(x->state[sink]), fmt, ap);
+    pthread_mutex_unlock(&x->state_lock);
+    va_end(ap);
+}
+
+static void count_drop_all(struct dp_export *x, uint64_t n)
+{
+    for (int s = 0; s < DP_EXPORT_SINKS; s++) {
+        if (x->on[s]) {
+            atomic_fetch_add_explicit(&x->dropped[s], n, memory_order_relaxed);
+        }
+    }
+}
+
+/* ---- loop side ------------------------------------------------------------------------- */
+
+/* The address as 16 bytes; true when it is IPv4 (plain or v4-mapped), in the last 4 bytes. */
+static bool addr16(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port)
+{
+    memset(out, 0, 16);
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        memcpy(out, &a->sin6_addr, 16);
+        *port = ntohs(a->sin6_port);
+        return IN6_IS_ADDR_V4MAPPED(&a->sin6_addr);
+    }
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    out[10] = out[11] = 0xff;
+    memcpy(out + 12, &a->sin_addr, 4);
+    *port = ntohs(a->sin_port);
+    return true;
+}
+
+/* A new event with room for n payload bytes, or NULL (counted) when the queue is full. */
+static struct ev *ev_new(struct dp_export *x, const struct dp_conn *c, enum ev_kind k, size_t n)
+{
+    size_t sz = sizeof(struct ev) + n;
+    if (atomic_fetch_add_explicit(&x->queued, sz, memory_order_relaxed) + sz > x->cap) {
+        atomic_fetch_sub_explicit(&x->queued, sz, memory_order_relaxed);
+        count_drop_all(x, 1 + n / SEG_MAX);
+        return NULL;
+    }
+    struct ev *e = malloc(sz);
+    if (e == NULL) {
+        atomic_fetch_sub_explicit(&x->queued, sz, memory_order_relaxed);
+        count_drop_all(x, 1 + n / SEG_MAX);
+        return NULL;
+    }
+    e->kind = (uint8_t)k;
+    e->dir = 0;
+    e->len = (uint32_t)n;
+    clock_gettime(CLOCK_REALTIME, &e->ts);
+    bool v4a = addr16(&c->client_addr, e->ip[D_CLIENT], &e->port[D_CLIENT]);
+    bool v4b = addr16(&c->dst, e->ip[D_UP], &e->port[D_UP]);
+    e->v6 = !(v4a && v4b);
+    e->seq[0] = c->xf.seq[0];
+    e->seq[1] = c->xf.seq[1];
+    return e;
+}
+
+static void push(struct dp_export *x, struct ev *e)
+{
+    struct ev *old = atomic_load_explicit(&x->head, memory_order_relaxed);
+    do {
+        e->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&x->head, &old, e, memory_order_release,
+                                                    memory_order_relaxed));
+    if (old == NULL) {
+        uint64_t one = 1;
+        ssize_t w = write(x->evfd, &one, sizeof(one)); /* nonblocking; a full counter wakes too */
+        (void)w;
+    }
+}
+
+void dp_export_begin(struct dp_export *x, struct dp_conn *c)
+{
+    if (x == NULL || c->xf.on) {
+        return;
+    }
+    uint32_t isn[2];
+    RAND_bytes((unsigned char *)isn, sizeof(isn));
+    c->xf.seq[0] = isn[0];
+    c->xf.seq[1] = isn[1];
+    c->xf.left[0] = c->xf.left[1] = x->max_bytes ? x->max_bytes : UINT32_MAX;
+    c->xf.on = true;
+    struct ev *e = ev_new(x, c, EV_OPEN, 0);
+    /* the SYN and SYN-ACK each take one sequence number */
+    c->xf.seq[0]++;
+    c->xf.seq[1]++;
+    if (e != NULL) {
+        push(x, e);
+    }
+}
+
+void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n)
+{
+    if (x == NULL || !c->xf.on || c->xf.left[dir] == 0 || n == 0) {
+        return;
+    }
+    if (n > c->xf.left[dir]) {
+        n = c->xf.left[dir];
+    }
+    if (c->xf.left[dir] != UINT32_MAX) {
+        c->xf.left[dir] -= (uint32_t)n;
+    }
+    struct ev *e = ev_new(x, c, EV_DATA, n);
+    c->xf.seq[dir] += (uint32_t)n; /* advanced even when dropped: the reader sees the gap */
+    if (e != NULL) {
+        e->dir = (uint8_t)dir;
+        memcpy(e->data, p, n);
+        push(x, e);
+    }
+}
+
+void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset)
+{
+    if (x == NULL || !c->xf.on) {
+        return;
+    }
+    c->xf.on = false;
+    struct ev *e = ev_new(x, c, reset ? EV_RST : EV_FIN, 0);
+    if (e != NULL) {
+        push(x, e);
+    }
+}
+
+/* ---- framing (writer thread) ----------------------------------------------------------- */
+
+static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    }
+    if (n & 1) {
+        sum += (uint32_t)p[n - 1] << 8;
+    }
+    return sum;
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+    while (sum >> 16) {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    return (uint16_t)~sum;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+enum { TH_FIN = 0x01, TH_SYN = 0x02, TH_RST = 0x04, TH_PSH = 0x08, TH_ACK = 0x10 };
+
+static void out_frame(struct dp_export *x, const struct timespec *ts, const uint8_t *f,
+                      size_t len);
+
+/*
+ * One segment from side `from` (D_CLIENT or D_UP) with the given flags, sequence and
+ * acknowledgement numbers and payload, framed as Ethernet + IPv4/IPv6 + TCP and handed to
+ * every sink.
+ */
+static void segment(struct dp_export *x, const struct ev *e, int from, uint8_t flags,
+                    uint32_t seq, uint32_t ack, const uint8_t *p, size_t n)
+{
+    uint8_t f[14 + 40 + 20 + SEG_MAX];
+    int to = from ^ 1;
+    static const uint8_t mac[2][6] = {{0x02, 0, 0, 0, 0, 0x01}, {0x02, 0, 0, 0, 0, 0x02}};
+    memcpy(f, mac[to], 6);
+    memcpy(f + 6, mac[from], 6);
+    size_t ipl = e->v6 ? 40 : 20;
+    uint8_t *ip = f + 14, *th = ip + ipl;
+    uint32_t sum = 0;
+    if (e->v6) {
+        put16(f + 12, 0x86dd);
+        put32(ip, 0x60000000u);
+        put16(ip + 4, (uint16_t)(20 + n));
+        ip[6] = 6;
+        ip[7] = 64;
+        memcpy(ip + 8, e->ip[from], 16);
+        memcpy(ip + 24, e->ip[to], 16);
+        sum = csum_add(sum, ip + 8, 32);
+    } else {
+        put16(f + 12, 0x0800);
+        ip[0] = 0x45;
+        ip[1] = 0;
+        put16(ip + 2, (uint16_t)(20 + 20 + n));
+        put16(ip + 4, x->ip_id++);
+        put16(ip + 6, 0x4000);
+        ip[8] = 64;
+        ip[9] = 6;
+        put16(ip + 10, 0);
+        memcpy(ip + 12, e->ip[from] + 12, 4);
+        memcpy(ip + 16, e->ip[to] + 12, 4);
+        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+        sum = csum_add(sum, ip + 12, 8);
+    }
+    sum += 6 + (uint32_t)(20 + n); /* pseudo-header: protocol and TCP length */
+    put16(th, e->port[from]);
+    put16(th + 2, e->port[to]);
+    put32(th + 4, seq);
+    put32(th + 8, (flags & TH_ACK) ? ack : 0);
+    th[12] = 5 << 4;
+    th[13] = flags;
+    put16(th + 14, 65535);
+    put16(th + 16, 0);
+    put16(th + 18, 0);
+    if (n > 0) {
+        memcpy(th + 20, p, n);
+    }
+    put16(th + 16, csum_fold(csum_add(sum, th, 20 + n)));
+    out_frame(x, &e->ts, f, 14 + ipl + 20 + n);
+}
+
+static void emit(struct dp_export *x, const struct ev *e)
+{
+    const int C = D_CLIENT, U = D_UP;
+    switch (e->kind) {
+    case EV_OPEN: /* e->seq are the initial sequence numbers */
+        segment(x, e, C, TH_SYN, e->seq[C], 0, NULL, 0);
+        segment(x, e, U, TH_SYN | TH_ACK, e->seq[U], e->seq[C] + 1, NULL, 0);
+        segment(x, e, C, TH_ACK, e->seq[C] + 1, e->seq[U] + 1, NULL, 0);
+        break;
+    case EV_DATA: {
+        int d = e->dir;
+        uint32_t seq = e->seq[d];
+        for (size_t off = 0; off < e->len; off += SEG_MAX) {
+            size_t n = e->len - off < SEG_MAX ? e->len - off : SEG_MAX;
+            uint8_t fl = TH_ACK | (off + n == e->len ? TH_PSH : 0);
+            segment(x, e, d, fl, seq + (uint32_t)off, e->seq[d ^ 1], e->data + off, n);
+        }
+        /* the receiver acknowledges each record, so no reader sees a window overrun */
+        segment(x, e, d ^ 1, TH_ACK, e->seq[d ^ 1], seq + e->len, NULL, 0);
+        break;
+    }
+    case EV_FIN:
+        segment(x, e, C, TH_FIN | TH_ACK, e->seq[C], e->seq[U], NULL, 0);
+        segment(x, e, U, TH_FIN | TH_ACK, e->seq[U], e->seq[C] + 1, NULL, 0);
+        segment(x, e, C, TH_ACK, e->seq[C] + 1, e->seq[U] + 1, NULL, 0);
+        break;
+    case EV_RST:
+        segment(x, e, C, TH_RST | TH_ACK, e->seq[C], e->seq[U], NULL, 0);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- the rolling file ------------------------------------------------------------------ */
+
+static void file_close(struct dp_export *x)
+{
+    if (x->fd != NULL) {
+        pcap_dump_close(x->fd); /* closes x->fp */
+    }
+    x->fd = NULL;
+    x->fp = NULL;
+}
+
+/* The pattern as a glob: every strftime conversion becomes '*'. */
+static void pattern_glob(const char *pat, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (const char *p = pat; *p != '\0' && o + 2 < cap; p++) {
+        if (*p == '%' && p[1] != '\0') {
+            p++;
+            out[o++] = *p == '%' ? '%' : '*';
+        } else {
+            out[o++] = *p;
+        }
+    }
+    out[o] = '\0';
+}
+
+static int by_mtime(const void *a, const void *b)
+{
+    const char *pa = *(const char *const *)a, *pb = *(const char *const *)b;
+    struct stat sa, sb;
+    uint64_t ta = stat(pa, &sa) == 0 ? (uint64_t)sa.st_mtim.tv_sec * 1000000000u + sa.st_mtim.tv_nsec : 0;
+    uint64_t tb = stat(pb, &sb) == 0 ? (uint64_t)sb.st_mtim.tv_sec * 1000000000u + sb.st_mtim.tv_nsec : 0;
+    return ta != tb ? (ta < tb ? -1 : 1) : strcmp(pa, pb);
+}
+
+/* Deletes the oldest files of the pattern until [export] pcap_keep remain. */
+static void file_prune(struct dp_export *x)
+{
+    if (x->keep <= 0) {
+        return;
+    }
+    char g[300], g2[310];
+    pattern_glob(x->pattern, g, sizeof(g));
+    snprintf(g2, sizeof(g2), "%s.*", g);
+    glob_t gl;
+    memset(&gl, 0, sizeof(gl));
+    int r1 = glob(g, 0, NULL, &gl);
+    int r2 = glob(g2, r1 == 0 ? GLOB_APPEND : 0, NULL, &gl);
+    if (r1 != 0 && r2 != 0) {
+        globfree(&gl);
+        return;
+    }
+    qsort(gl.gl_pathv, gl.gl_pathc, sizeof(char *), by_mtime);
+    size_t n = gl.gl_pathc;
+    for (size_t i = 0; i < gl.gl_pathc && n > (size_t)x->keep; i++) {
+        if (strcmp(gl.gl_pathv[i], x->path) != 0 && unlink(gl.gl_pathv[i]) == 0) {
+            n--;
+        }
+    }
+    globfree(&gl);
+}
+
+static void file_open(struct dp_export *x, time_t now)
+{
+    char name[512];
+    struct tm tm;
+    localtime_r(&now, &tm);
+    if (strftime(name, sizeof(name), x->pattern, &tm) == 0) {
+        snprintf(name, sizeof(name), "%s", x->pattern);
+    }
+    int fd = -1;
+    for (int i = 0; i < 100 && fd < 0; i++) {
+        if (i == 0) {
+            snprintf(x->path, sizeof(x->path), "%s", name);
+        } else {
+            snprintf(x->path, sizeof(x->path), "%s.%d", name, i); /* same second: a suffix */
+        }
+        fd = open(x->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST) {
+            break;
+        }
+    }
+    FILE *fp = fd >= 0 ? fdopen(fd, "w") : NULL;
+    pcap_dumper_t *d = fp != NULL ? pcap_dump_fopen(x->dead, fp) : NULL;
+    if (d == NULL) {
+        int e = errno;
+        if (fp != NULL) {
+            fclose(fp);
+        } else if (fd >= 0) {
+            close(fd);
+        }
+        if (!x->ferr) {
+            px_log(PX_LOG_ERROR, "export", "cannot create the pcap file %s: %s; decrypted "
+                   "packets for it are dropped and counted, retrying every %d s",
+                   x->path, strerror(e), RETRY_S);
+        }
+        set_state(x, DP_EXPORT_FILE, "error: cannot create %s: %s", x->path, strerror(e));
+        x->ferr = true;
+        x->fretry = now + RETRY_S;
+        return;
+    }
+    x->fp = fp;
+    x->fd = d;
+    x->fsize = 24;
+    x->fopened = now;
+    if (x->ferr) {
+        px_log(PX_LOG_INFO, "export", "pcap file %s: writing again", x->path);
+    }
+    x->ferr = false;
+    set_state(x, DP_EXPORT_FILE, "writing %s", x->path);
+    file_prune(x);
+}
+
+/* After a batch: flush, notice write errors, rotate by size or age. */
+static void file_tick(struct dp_export *x, time_t now)
+{
+    if (!x->on[DP_EXPORT_FILE]) {
+        return;
+    }
+    if (x->fd != NULL && (pcap_dump_flush(x->fd) != 0 || ferror(x->fp))) {
+        int e = errno;
+        px_log(PX_LOG_ERROR, "export", "pcap file %s: write failed: %s; decrypted packets are "
+               "dropped and counted, retrying every %d s", x->path, strerror(e), RETRY_S);
+        set_state(x, DP_EXPORT_FILE, "error: writing %s: %s", x->path, strerror(e));
+        file_close(x);
+        x->ferr = true;
+        x->fretry = now + RETRY_S;
+        return;
+    }
+    if (x->fd != NULL && (x->fsize >= x->rotate_bytes || now - x->fopened >= x->rotate_s)) {
+        file_close(x);
+        file_open(x, now);
+    } else if (x->fd == NULL && now >= x->fretry) {
+        file_open(x, now);
+    }
+}
+
+/* ---- PCAP-over-IP readers -------------------------------------------------------------- */
+
+static ssize_t reader_write(void *cookie, const char *p, size_t n)
+{
+    struct reader *r = cookie;
+    if (r->dead) {
+        return (ssize_t)n;
+    }
+    if (r->off > 0 && r->len + n > READER_BUF) {
+        memmove(r->buf, r->buf + r->off, r->len - r->off);
+        r->len -= r->off;
+        r->off = 0;
+    }
+    if (r->len + n > READER_BUF) {
+        r->dead = true; /* not keeping up: dropped, the proxy never waits for it */
+        px_log(PX_LOG_WARN, "export", "PCAP-over-IP reader %s is %u MiB behind: dropped",
+               r->name, READER_BUF >> 20);
+        return (ssize_t)n;
+    }
+    memcpy(r->buf + r->len, p, n);
+    r->len += n;
+    return (ssize_t)n;
+}
+
+static void reader_free(struct dp_export *x, struct reader *r)
+{
+    if (r->d != NULL) {
+        pcap_dump_close(r->d);
+    } else if (r->fp != NULL) {
+        fclose(r->fp);
+    }
+    if (r->fd >= 0) {
+        close(r->fd);
+    }
+    free(r->buf);
+    free(r);
+    atomic_fetch_sub_explicit(&x->readers, 1, memory_order_relaxed);
+}
+
+static void reader_accept(struct dp_export *x)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(x->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    char name[80];
+    dp_addr_str(&ss, name, sizeof(name));
+    if (x->nrd == READERS_MAX) {
+        px_log(PX_LOG_WARN, "export", "PCAP-over-IP: %d readers already, %s refused", READERS_MAX,
+               name);
+        close(fd);
+        return;
+    }
+    struct reader *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        close(fd);
+        return;
+    }
+    x->rd[x->nrd] = r;
+    r->fd = fd;
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    r->buf = malloc(READER_BUF);
+    cookie_io_functions_t io = {.write = reader_write};
+    r->fp = r->buf != NULL ? fopencookie(r, "w", io) : NULL;
+    if (r->fp != NULL) {
+        setvbuf(r->fp, NULL, _IOFBF, 65536);
+        r->d = pcap_dump_fopen(x->dead, r->fp); /* writes the file header first */
+    }
+    atomic_fetch_add_explicit(&x->readers, 1, memory_order_relaxed);
+    x->nrd++;
+    if (r->d == NULL) {
+        r->dead = true;
+        return;
+    }
+    fflush(r->fp);
+    px_log(PX_LOG_INFO, "export", "PCAP-over-IP reader %s connected (%d now)", name, x->nrd);
+}
+
+/* Sends what each reader has room for; drops readers that are gone or too slow. */
+static void readers_flush(struct dp_export *x)
+{
+    for (int i = 0; i < x->nrd; i++) {
+        struct reader *r = x->rd[i];
+        if (!r->dead && r->fp != NULL) {
+            fflush(r->fp);
+        }
+        while (!r->dead && r->off < r->len) {
+            ssize_t n = send(r->fd, r->buf + r->off, r->len - r->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n > 0) {
+                r->off += (size_t)n;
+            } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                break;
+            } else {
+                r->dead = true;
+            }
+        }
+        if (r->off == r->len) {
+            r->off = r->len = 0;
+        }
+        if (r->dead) {
+            px_log(PX_LOG_INFO, "export", "PCAP-over-IP reader %s gone", r->name);
+            reader_free(x, r);
+            x->rd[i] = x->rd[x->nrd - 1];
+            x->rd[x->nrd - 1] = NULL;
+            x->nrd--;
+            i--;
+        }
+    }
+    if (x->on[DP_EXPORT_POIP]) {
+        set_state(x, DP_EXPORT_POIP, "listening, %d reader%s", x->nrd, x->nrd == 1 ? "" : "s");
+    }
+}
+
+/* At exit: what the readers have not been sent yet, within half a second in all. */
+static void readers_last_flush(struct dp_export *x)
+{
+    uint64_t end = px_now_ns() + 500000000ull;
+    for (int i = 0; i < x->nrd; i++) {
+        struct reader *r = x->rd[i];
+        if (r->dead || r->fp == NULL) {
+            continue;
+        }
+        pcap_dump_close(r->d); /* flushes the stream into r->buf */
+        r->d = NULL;
+        r->fp = NULL;
+        while (!r->dead && r->off < r->len && px_now_ns() < end) {
+            struct pollfd pf = {.fd = r->fd, .events = POLLOUT};
+            if (poll(&pf, 1, 50) <= 0) {
+                continue;
+            }
+            ssize_t n = send(r->fd, r->buf + r->off, r->len - r->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n > 0) {
+                r->off += (size_t)n;
+            } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+                r->dead = true;
+            }
+        }
+    }
+}
+
+/* ---- every sink -------------------------------------------------------------------------- */
+
+static void out_frame(struct dp_export *x, const struct timespec *ts, const uint8_t *f,
+                      size_t len)
+{
+    struct pcap_pkthdr h = {.ts = {.tv_sec = ts->tv_sec, .tv_usec = ts->tv_nsec / 1000},
+                            .caplen = (bpf_u_int32)len,
+                            .len = (bpf_u_int32)len};
+    if (x->on[DP_EXPORT_FILE]) {
+        int s = DP_EXPORT_FILE;
+        if (x->fd != NULL) {
+            pcap_dump((u_char *)x->fd, &h, f);
+            x->fsize += 16 + len;
+            atomic_fetch_add_explicit(&x->packets[s], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&x->bytes[s], len, memory_order_relaxed);
+        } else {
+            atomic_fetch_add_explicit(&x->dropped[s], 1, memory_order_relaxed);
+        }
+    }
+    for (int i = 0; i < x->nrd; i++) {
+        struct reader *r = x->rd[i];
+        int s = DP_EXPORT_POIP;
+        if (r->dead) {
+            atomic_fetch_add_explicit(&x->dropped[s], 1, memory_order_relaxed);
+            continue;
+        }
+        pcap_dump((u_char *)r->d, &h, f);
+        atomic_fetch_add_explicit(&x->packets[s], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&x->bytes[s], len, memory_order_relaxed);
+    }
+    if (x->mir != NULL) {
+        int s = DP_EXPORT_MIRROR;
+        if (pcap_inject(x->mir, f, len) == (int)len) {
+            atomic_fetch_add_explicit(&x->packets[s], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&x->bytes[s], len, memory_order_relaxed);
+        } else {
+            atomic_fetch_add_explicit(&x->dropped[s], 1, memory_order_relaxed);
+        }
+    }
+}
+
+/* Takes every queued event, oldest first, and writes it out. Returns how many. */
+static size_t drain(struct dp_export *x)
+{
+    struct ev *e = atomic_exchange_explicit(&x->head, NULL, memory_order_acquire), *rev = NULL;
+    while (e != NULL) { /* the list is newest first */
+        struct ev *n = e->next;
+        e->next = rev;
+        rev = e;
+        e = n;
+    }
+    size_t k = 0;
+    while (rev != NULL) {
+        struct ev *n = rev->next;
+        emit(x, rev);
+        atomic_fetch_sub_explicit(&x->queued, sizeof(*rev) + rev->len, memory_order_relaxed);
+        free(rev);
+        rev = n;
+        k++;
+    }
+    return k;
+}
+
+static void *writer_main(void *arg)
+{
+    struct dp_export *x = arg;
+    for (;;) {
+        struct pollfd pf[2 + READERS_MAX];
+        int n = 0;
+        pf[n++] = (struct pollfd){.fd = x->evfd, .events = POLLIN};
+        if (x->lfd >= 0) {
+            pf[n++] = (struct pollfd){.fd = x->lfd, .events = POLLIN};
+        }
+        int first_reader = n;
+        for (int i = 0; i < x->nrd; i++) {
+            struct reader *r = x->rd[i];
+            pf[n++] = (struct pollfd){.fd = r->fd,
+                                      .events = (short)(POLLIN | (r->off < r->len ? POLLOUT : 0))};
+        }
+        int pr = poll(pf, (nfds_t)n, 1000);
+        if (pr > 0 && (pf[0].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t rd = read(x->evfd, &v, sizeof(v));
+            (void)rd;
+        }
+        for (int i = first_reader; pr > 0 && i < n; i++) {
+            struct reader *r = x->rd[i - first_reader];
+            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                char junk[512]; /* readers send nothing; EOF or an error means gone */
+                ssize_t got = recv(r->fd, junk, sizeof(junk), MSG_DONTWAIT);
+                if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
+                    r->dead = true;
+                }
+            }
+        }
+        drain(x);
+        readers_flush(x);
+        if (x->lfd >= 0 && pr > 0 && (pf[1].revents & POLLIN)) {
+            reader_accept(x);
+            readers_flush(x);
+        }
+        file_tick(x, time(NULL));
+        if (atomic_load_explicit(&x->stop, memory_order_acquire) &&
+            atomic_load_explicit(&x->head, memory_order_acquire) == NULL) {
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* ---- set-up ------------------------------------------------------------------------------ */
+
+static int listen_poip(struct dp_export *x, const char *hp, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int port;
+    if (dp_addr_parse(hp, &ss, &sl, &port) != 0) {
+        snprintf(err, errlen, "[export] pcap_listen: '%s' is not an IP address and port", hp);
+        return PX_E_CONFIG;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 16) != 0) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        snprintf(err, errlen, "[export] pcap_listen: cannot listen on %s: %s", hp, strerror(e));
+        return -e;
+    }
+    x->lfd = fd;
+    return 0;
+}
+
+static int open_mirror(struct dp_export *x, const char *ifname, char *err, size_t errlen)
+{
+    char eb[PCAP_ERRBUF_SIZE] = "";
+    pcap_t *p = pcap_create(ifname, eb);
+    int r = p != NULL ? pcap_activate(p) : -1;
+    if (r < 0) {
+        snprintf(err, errlen, "[export] mirror_if: cannot open %s: %s", ifname,
+                 p != NULL ? pcap_geterr(p) : eb);
+        if (p != NULL) {
+            pcap_close(p);
+        }
+        return PX_E_CONFIG;
+    }
+    x->mir = p;
+    return 0;
+}
+
+int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (cfg->export_pcap[0] == '\0' && cfg->export_listen[0] == '\0' &&
+        cfg->export_mirror_if[0] == '\0') {
+        return 0;
+    }
+    struct dp_export *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&x->state_lock, NULL);
+    x->lfd = -1;
+    x->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    x->cap = (size_t)cfg->export_queue_mb << 20;
+    x->max_bytes = (uint32_t)cfg->export_max_bytes;
+    x->dead = pcap_open_dead(DLT_EN10MB, 65535);
+    int r = x->evfd >= 0 && x->dead != NULL ? 0 : -ENOMEM;
+    if (r == 0 && cfg->export_pcap[0] != '\0') {
+        snprintf(x->pattern, sizeof(x->pattern), "%s", cfg->export_pcap);
+        x->rotate_bytes = (uint64_t)cfg->export_rotate_mb << 20;
+        x->rotate_s = cfg->export_rotate_s;
+        x->keep = cfg->export_keep;
+        x->on[DP_EXPORT_FILE] = true;
+        file_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
+    }
+    if (r == 0 && cfg->export_listen[0] != '\0') {
+        r = listen_poip(x, cfg->export_listen, err, errlen);
+        x->on[DP_EXPORT_POIP] = r == 0;
+        set_state(x, DP_EXPORT_POIP, "listening on %s, 0 readers", cfg->export_listen);
+    }
+    if (r == 0 && cfg->export_mirror_if[0] != '\0') {
+        r = open_mirror(x, cfg->export_mirror_if, err, errlen);
+        x->on[DP_EXPORT_MIRROR] = r == 0;
+        set_state(x, DP_EXPORT_MIRROR, "copying to %s", cfg->export_mirror_if);
+    }
+    if (r == 0) {
+        r = -pthread_create(&x->th, NULL, writer_main, x);
+        x->th_ok = r == 0;
+        if (r != 0) {
+            snprintf(err, errlen, "cannot start the export thread: %s", strerror(-r));
+        }
+    }
+    if (r != 0) {
+        if (err[0] == '\0') {
+            snprintf(err, errlen, "out of memory");
+        }
+        dp_export_free(x);
+        return r;
+    }
+    px_log(PX_LOG_WARN, "export", "decrypted traffic is exported (%s%s%s%s%s): whoever can read it "
+           "reads every intercepted secret", cfg->export_pcap[0] ? "pcap files " : "",
+           cfg->export_pcap, cfg->export_listen[0] ? ", PCAP-over-IP " : "", cfg->export_listen,
+           cfg->export_mirror_if[0] ? ", mirror" : "");
+    *out = x;
+    return 0;
+}
+
+void dp_export_free(struct dp_export *x)
+{
+    if (x == NULL) {
+        return;
+    }
+    if (x->th_ok) {
+        atomic_store_explicit(&x->stop, true, memory_order_release);
+        uint64_t one = 1;
+        ssize_t w = write(x->evfd, &one, sizeof(one));
+        (void)w;
+        pthread_join(x->th, NULL);
+    }
+    drain(x); /* nothing is pushed any more: free what is left */
+    file_close(x);
+    readers_last_flush(x);
+    while (x->nrd > 0) {
+        reader_free(x, x->rd[--x->nrd]);
+    }
+    if (x->lfd >= 0) {
+        close(x->lfd);
+    }
+    if (x->mir != NULL) {
+        pcap_close(x->mir);
+    }
+    if (x->dead != NULL) {
+        pcap_close(x->dead);
+    }
+    if (x->evfd >= 0) {
+        close(x->evfd);
+    }
+    pthread_mutex_destroy(&x->state_lock);
+    free(x);
+}
+
+void dp_export_stats(struct dp_export *x, struct dp_export_stats *o)
+{
+    memset(o, 0, sizeof(*o));
+    if (x == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&x->state_lock);
+    for (int s = 0; s < DP_EXPORT_SINKS; s++) {
+        o->on[s] = x->on[s];
+        o->packets[s] = atomic_load_explicit(&x->packets[s], memory_order_relaxed);
+        o->bytes[s] = atomic_load_explicit(&x->bytes[s], memory_order_relaxed);
+        o->dropped[s] = atomic_load_explicit(&x->dropped[s], memory_order_relaxed);
+        snprintf(o->state[s], sizeof(o->state[s]), "%s", x->state[s]);
+    }
+    pthread_mutex_unlock(&x->state_lock);
+    o->readers = (uint64_t)atomic_load_explicit(&x->readers, memory_order_relaxed);
+}

@@ -1,0 +1,239 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# test_export.sh - decrypted traffic export, read back by real readers: tshark follows every
+# intercepted connection in the rolled pcap files and the bytes come back identical to what the
+# client sent and got (HTTP/1.1, h2, a 20 MiB body, no TCP sequence errors); ndpiReader and
+# ngrep read the same files; two PCAP-over-IP readers get valid streams at once while a reader
+# that stops reading is dropped without slowing the proxy; rotation by size and age with
+# pcap_keep; a bypassed connection is never exported; an unwritable directory and a full disk
+# are logged once and interception goes on; a mirror interface (veth in a namespace) carries the
+# same conversations live.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib2.sh"
+XC="python3 $(dirname "$0")/xclient.py"
+for t in tshark ndpiReader ngrep; do
+    command -v $t >/dev/null || { echo "SKIP: $t is not installed"; exit 77; }
+done
+
+make_pki "$WORK/pki"
+S="$WORK/state"
+"$TLSMINT" init --dir "$S" >/dev/null || { echo "init failed"; exit 1; }
+OPORT=$(free_port) PPORT=$(free_port) XPORT=$(free_port)
+start_nginx "$WORK/origin" "$OPORT" "$WORK/pki/origin.pem" "$WORK/pki/origin.key"
+head -c $((20 << 20)) /dev/urandom >"$WORK/origin/www/big20.bin"
+C="$S/tlsmint.conf"
+set_conf "$C" listen explicit "127.0.0.1:$PPORT"
+set_conf "$C" listen transparent ""
+set_conf "$C" upstream ca_file "$WORK/pki/root.pem"
+set_conf "$C" admin metrics ""
+set_conf "$C" policy bypass "127.0.0.1"
+mkdir -p "$WORK/pcap"
+set_conf "$C" export pcap "$WORK/pcap/dec-%Y%m%d-%H%M%S.pcap"
+set_conf "$C" export pcap_listen "127.0.0.1:$XPORT"
+start_tlsmint "$C" "$WORK/tlsmint.log" || exit 1
+CA="$S/ca/forward-trust.pem"
+PROXY="http://127.0.0.1:$PPORT"
+check_contains "start-up says the export holds secrets" "reads every intercepted secret" \
+    "$(cat "$WORK/tlsmint.log")"
+
+echo "== PCAP-over-IP: two readers, and one that never reads"
+$XC reader 127.0.0.1 "$XPORT" "$WORK/r1.pcap" 25 &
+R1=$!
+$XC reader 127.0.0.1 "$XPORT" "$WORK/r2.pcap" 25 &
+R2=$!
+$XC stalled 127.0.0.1 "$XPORT" 12 >"$WORK/stalled.out" &
+R3=$!
+for _ in $(seq 1 50); do
+    "$TLSMINT" -c "$C" ctl status | grep -q 'listening, 3 readers' && break
+    sleep 0.1
+done
+check_contains "ctl status shows three readers" "listening, 3 readers" \
+    "$("$TLSMINT" -c "$C" ctl status | grep '^export')"
+
+echo "== traffic"
+P1=$($XC exact "$PPORT" localhost "$OPORT" "$CA" /index.html "$WORK" exact1)
+P2=$($XC exact "$PPORT" localhost "$OPORT" "$CA" "/index.html?q=TLSMINTMARKER42" "$WORK" exact2)
+P3=$($XC exact "$PPORT" localhost "$OPORT" "$CA" /big.bin "$WORK" exact3)
+check "exact client 1 got a response" grep -q "hello-from-origin" "$WORK/exact1.got"
+for i in 1 2 3; do
+    curl -sS --http1.1 --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
+        "https://localhost:$OPORT/index.html?curl=$i"
+done
+h2=$(curl -sS --http2 --max-time 10 --cacert "$CA" -x "$PROXY" -w '%{http_version}' -o /dev/null \
+    "https://localhost:$OPORT/index.html?h2=TLSMINTH2PATH")
+check_eq "curl got h2 through the proxy" "2" "$h2"
+t0=$(date +%s.%N)
+big=$(curl -sS --http1.1 --max-time 60 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/big20.bin" \
+    -w '%{local_port}' -o "$WORK/big20.got")
+t1=$(date +%s.%N)
+check_eq "20 MiB body through the proxy" "$(sha256sum <"$WORK/origin/www/big20.bin")" \
+    "$(sha256sum <"$WORK/big20.got")"
+echo "     20 MiB in $(python3 -c "print(round($t1-$t0,2))") s with a stalled reader attached"
+bypass=$(curl -sS --max-time 10 --cacert "$WORK/pki/root.pem" -x "$PROXY" \
+    "https://127.0.0.1:$OPORT/index.html?TLSMINTBYPASSED" -w ' %{local_port}')
+check_contains "a bypassed connection works" "hello-from-origin" "$bypass"
+wait "$R3"
+check_eq "the reader that never read was dropped" "dropped" "$(cat "$WORK/stalled.out")"
+check_contains "and the log says why" "behind: dropped" "$(cat "$WORK/tlsmint.log")"
+metrics_off=$("$TLSMINT" -c "$C" ctl status)
+check_contains "ctl status: the file sink" "export        file: writing $WORK/pcap/dec-" \
+    "$(echo "$metrics_off" | grep '^export')"
+
+kill -TERM "$TLSMINT_PID"
+wait "$TLSMINT_PID"
+check_eq "clean exit" "0" "$?"
+wait "$R1" "$R2"
+
+FILES=("$WORK"/pcap/dec-*.pcap*)
+F=${FILES[0]}
+check_eq "one file (no rotation at these sizes)" "1" "${#FILES[@]}"
+check_eq "the file is 0600" "600" "$(stat -c %a "$F")"
+
+echo "== tshark follows each conversation, byte for byte"
+for n in 1 2 3; do
+    port_var=P$n
+    read -r c2s s2c <<<"$($XC streams "$F" "${!port_var}")"
+    check_eq "exact$n: client -> server bytes identical" "$(xxd -p "$WORK/exact$n.sent" | tr -d '\n')" "$c2s"
+    check_eq "exact$n: server -> client bytes identical" \
+        "$(sha256sum <"$WORK/exact$n.got")" "$(echo -n "$s2c" | xxd -r -p | sha256sum)"
+done
+read -r c2s s2c <<<"$($XC streams "$F" "$big")"
+check_eq "20 MiB: reassembled whole from the capture" "$(sha256sum <"$WORK/big20.got")" \
+    "$(echo -n "$s2c" | xxd -r -p | tail -c $((20 << 20)) | sha256sum)"
+errs=$(tshark -r "$F" -Y 'tcp.analysis.flags && !tcp.analysis.window_update' -T fields \
+    -e tcp.stream -e _ws.expert.message 2>/dev/null | sort | uniq -c | head -5)
+check_eq "tshark: no TCP analysis warnings (sequence, lost segments, window)" "" "$errs"
+convs=$(tshark -r "$F" -q -z conv,tcp 2>/dev/null | grep -c '<->')
+check_eq "conversations: 3 exact + 3 curl + h2 + 20 MiB" "8" "$convs"
+check_eq "each opens with a SYN" "8" "$(tshark -r "$F" -Y 'tcp.flags.syn==1 && tcp.flags.ack==0' 2>/dev/null | wc -l)"
+check_eq "and closes with FINs" "16" "$(tshark -r "$F" -Y 'tcp.flags.fin==1' 2>/dev/null | wc -l)"
+check_eq "the destination is the origin's real address and port" "8" \
+    "$(tshark -r "$F" -Y "tcp.flags.syn==1 && tcp.flags.ack==0 && ip.dst==127.0.0.1 && tcp.dstport==$OPORT" 2>/dev/null | wc -l)"
+check_eq "no segment carries more than 1460 bytes" "0" \
+    "$(tshark -r "$F" -Y 'tcp.len>1460' 2>/dev/null | wc -l)"
+reqs=$(tshark -r "$F" -Y http.request -T fields -e http.request.uri 2>/dev/null)
+check_contains "HTTP/1.1 requests decode (curl)" "/index.html?curl=3" "$reqs"
+h2p=$(tshark -r "$F" -d "tcp.port==$OPORT,http2" -Y http2.headers.path -T fields \
+    -e http2.headers.path 2>/dev/null)
+check_contains "the h2 connection decodes as HTTP/2" "/index.html?h2=TLSMINTH2PATH" "$h2p"
+check_not_contains "the bypassed connection is not exported" "TLSMINTBYPASSED" \
+    "$(tshark -r "$F" -Y "tcp.port==${bypass##* }" -T fields -e tcp.payload 2>/dev/null | xxd -r -p)"
+check_eq "no packet of the bypassed connection" "0" \
+    "$(tshark -r "$F" -Y "tcp.port==${bypass##* }" 2>/dev/null | wc -l)"
+
+echo "== a DPI engine and ngrep read it"
+nd=$(ndpiReader -i "$F" -v 2 2>&1)
+check_contains "ndpiReader: HTTP flows" "HTTP" "$nd"
+check_contains "ndpiReader: with the host name" "localhost" "$nd"
+check_contains "ngrep finds the marker in a decrypted URI" "TLSMINTMARKER42" \
+    "$(ngrep -q -I "$F" TLSMINTMARKER42 2>&1)"
+
+echo "== the PCAP-over-IP streams"
+for r in r1 r2; do
+    check_eq "$r: a pcap stream (file header first)" "d4c3b2a1" "$(head -c 4 "$WORK/$r.pcap" | xxd -p)"
+    check_eq "$r: the same conversations" "8" \
+        "$(tshark -r "$WORK/$r.pcap" -q -z conv,tcp 2>/dev/null | grep -c '<->')"
+done
+read -r c2s s2c <<<"$($XC streams "$WORK/r1.pcap" "$P2")"
+check_eq "r1: exact2 identical" "$(xxd -p "$WORK/exact2.sent" | tr -d '\n')" "$c2s"
+
+echo "== rotation by size and age, pcap_keep"
+rm -rf "$WORK/pcap"
+mkdir -p "$WORK/pcap"
+set_conf "$C" export pcap_rotate_mb 1
+set_conf "$C" export pcap_rotate_s 2
+set_conf "$C" export pcap_keep 3
+set_conf "$C" export pcap_listen ""
+start_tlsmint "$C" "$WORK/tlsmint2.log" || exit 1
+curl -sS --max-time 60 --cacert "$CA" -x "$PROXY" -o /dev/null "https://localhost:$OPORT/big.bin"
+sleep 0.5
+n_size=$(ls "$WORK"/pcap/ | wc -l)
+check "3 MB at 1 MB per file: rotated by size, at most pcap_keep=3 kept ($n_size)" \
+    test "$n_size" -ge 2 -a "$n_size" -le 3
+first=$(ls -tr "$WORK"/pcap/ | head -1)
+sleep 3.2
+curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null "https://localhost:$OPORT/index.html"
+sleep 1.5
+check "rotated by age: the oldest file ($first) is gone" test ! -e "$WORK/pcap/$first"
+check "still at most 3 files" test "$(ls "$WORK"/pcap/ | wc -l)" -le 3
+kill -TERM "$TLSMINT_PID"
+wait "$TLSMINT_PID"
+
+echo "== an unwritable directory: logged once, interception goes on"
+set_conf "$C" export pcap "$WORK/no/such/dir/x-%s.pcap"
+set_conf "$C" export pcap_rotate_s 3600
+set_conf "$C" admin metrics "127.0.0.1:$(free_port)"
+MPORT=$(grep -o 'metrics = 127.0.0.1:[0-9]*' "$C" | tail -1 | cut -d: -f2)
+start_tlsmint "$C" "$WORK/tlsmint3.log" || exit 1
+for i in 1 2 3; do
+    out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html")
+done
+check_eq "intercepted anyway" "hello-from-origin" "$out"
+check_eq "one error line" "1" "$(grep -c 'cannot create the pcap file' "$WORK/tlsmint3.log")"
+m=$(curl -s "http://127.0.0.1:$MPORT/metrics")
+drops=$(echo "$m" | awk '/^tlsmint_export_dropped_total\{sink="file"\}/ {print $2}')
+check "the drops are counted ($drops)" test "${drops:-0}" -gt 0
+check_contains "ctl status shows the error" "file: error: cannot create" \
+    "$("$TLSMINT" -c "$C" ctl status | grep '^export')"
+kill -TERM "$TLSMINT_PID"
+wait "$TLSMINT_PID"
+
+echo "== a full disk"
+mkdir -p "$WORK/tiny"
+if mount -t tmpfs -o size=256k tmpfs "$WORK/tiny" 2>/dev/null; then
+    set_conf "$C" export pcap "$WORK/tiny/full-%Y%m%d-%H%M%S.pcap"
+    start_tlsmint "$C" "$WORK/tlsmint4.log" || exit 1
+    curl -sS --max-time 30 --cacert "$CA" -x "$PROXY" -o "$WORK/full.got" "https://localhost:$OPORT/big.bin"
+    check_eq "3 MB through the proxy while the export disk is full" \
+        "$(sha256sum <"$WORK/origin/www/big.bin")" "$(sha256sum <"$WORK/full.got")"
+    sleep 0.5
+    out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html")
+    check_eq "and after it" "hello-from-origin" "$out"
+    check_eq "write failure logged once" "1" "$(grep -c 'write failed' "$WORK/tlsmint4.log")"
+    kill -TERM "$TLSMINT_PID"
+    wait "$TLSMINT_PID"
+    check_eq "clean exit with a full disk" "0" "$?"
+    umount "$WORK/tiny"
+else
+    echo "     (no tmpfs mount here: full-disk case skipped)"
+fi
+
+echo "== the mirror: a veth pair, tshark on the far end"
+NS="tmexp-$$"
+if ip netns add "$NS" 2>/dev/null; then
+    trap 'ip netns del "$NS" 2>/dev/null; ip link del "tmx$$" 2>/dev/null; cleanup' EXIT
+    ip link add "tmx$$" type veth peer name "tmy$$"
+    ip link set "tmy$$" netns "$NS"
+    ip link set "tmx$$" up
+    ip netns exec "$NS" ip link set "tmy$$" up
+    set_conf "$C" export pcap ""
+    set_conf "$C" export mirror_if "tmx$$"
+    ip netns exec "$NS" timeout 12 tshark -q -i "tmy$$" -w "$WORK/mirror.pcap" \
+        >"$WORK/mirror.tshark" 2>&1 &
+    TS=$!
+    sleep 2.5
+    start_tlsmint "$C" "$WORK/tlsmint5.log" || exit 1
+    PM=$($XC exact "$PPORT" localhost "$OPORT" "$CA" "/index.html?mirror=1" "$WORK" mirror1)
+    sleep 1
+    kill -TERM "$TLSMINT_PID"
+    wait "$TLSMINT_PID"
+    kill -INT "$TS" 2>/dev/null
+    wait "$TS"
+    read -r c2s s2c <<<"$($XC streams "$WORK/mirror.pcap" "$PM")"
+    check_eq "mirror: the conversation arrives live, identical" \
+        "$(xxd -p "$WORK/mirror1.sent" | tr -d '\n')" "$c2s"
+    check_eq "mirror: the response too" "$(sha256sum <"$WORK/mirror1.got")" \
+        "$(echo -n "$s2c" | xxd -r -p | sha256sum)"
+else
+    echo "     (cannot create a namespace: mirror case skipped)"
+fi
+
+echo "== config errors"
+printf "[export]\npcap_listen = nowhere\n" >"$WORK/bad.conf"
+out=$("$TLSMINT" -c "$WORK/bad.conf" run 2>&1)
+check_contains "bad pcap_listen is a FILE:LINE error" "bad.conf:2: [export] pcap_listen" "$out"
+printf "[export]\nqueue_mb = 0\n" >"$WORK/bad.conf"
+out=$("$TLSMINT" -c "$WORK/bad.conf" run 2>&1)
+check_contains "queue_mb out of range" "bad.conf:2: [export] queue_mb" "$out"
+check_not_contains "no sanitizer report" "Sanitizer" "$(cat "$WORK"/tlsmint*.log)"
+finish
