@@ -250,9 +250,6 @@ static void text_metrics(struct cli_admin *a, FILE *o)
                "tlsmint_bytes_total{direction=\"upstream_to_client\"} %llu\n",
             (unsigned long long)ds.bytes_c2u, (unsigned long long)ds.bytes_u2c);
     export_metrics(a, o);
-    fprintf(o, "# TYPE tlsmint_cache_entries gauge\ntlsmint_cache_entries %llu\n",
-            (unsigned long long)cs.entries);
-    fprintf(o, "# TYPE tlsmint_cache_events_total counter\n");
     family(o, "tlsmint_cache_entries", "gauge", "Leaf certificates in the local cache.");
     fprintf(o, "tlsmint_cache_entries %llu\n", (unsigned long long)cs.entries);
     family(o, "tlsmint_cache_events_total", "counter", "Local leaf cache events.");
