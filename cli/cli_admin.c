@@ -181,6 +181,13 @@ static void text_cache(struct cli_admin *a, FILE *o)
     }
 }
 
+
+/* One metric family's header: the text format wants HELP and TYPE once, before its samples. */
+static void family(FILE *o, const char *name, const char *type, const char *help)
+{
+    fprintf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
 /* tlsmint_export_*: per configured sink; nothing when export is off. */
 static void export_metrics(struct cli_admin *a, FILE *o)
 {
@@ -212,12 +219,6 @@ static void export_metrics(struct cli_admin *a, FILE *o)
         family(o, "tlsmint_export_readers", "gauge", "PCAP-over-IP readers connected.");
         fprintf(o, "tlsmint_export_readers %llu\n", (unsigned long long)xs.readers);
     }
-}
-
-/* One metric family's header: the text format wants HELP and TYPE once, before its samples. */
-static void family(FILE *o, const char *name, const char *type, const char *help)
-{
-    fprintf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /*

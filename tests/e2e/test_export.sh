@@ -173,6 +173,11 @@ check_eq "one error line" "1" "$(grep -c 'cannot create the pcap file' "$WORK/tl
 m=$(curl -s "http://127.0.0.1:$MPORT/metrics")
 drops=$(echo "$m" | awk '/^tlsmint_export_dropped_total\{sink="file"\}/ {print $2}')
 check "the drops are counted ($drops)" test "${drops:-0}" -gt 0
+if command -v promtool >/dev/null; then
+    lint=$(echo "$m" | promtool check metrics 2>&1)
+    check_eq "promtool check metrics: the export families are clean" "" \
+        "$(echo "$lint" | grep -i export)"
+fi
 check_contains "ctl status shows the error" "file: error: cannot create" \
     "$("$TLSMINT" -c "$C" ctl status | grep '^export')"
 kill -TERM "$TLSMINT_PID"
