@@ -632,8 +632,10 @@ static int drain_shared(struct cc_loop *l)
 
 int cc_loop_poll(struct cc_loop *l)
 {
-    int n = drain_shared(l);
-    n += hsm_cq_drain(l->cq, on_hsm_done, l);
+    /* hsm_cq_drain consumes the eventfd: every list it wakes for is taken after it, or a push
+     * in between would have spent its wake-up and sit there until the next one */
+    int n = hsm_cq_drain(l->cq, on_hsm_done, l);
+    n += drain_shared(l);
     struct waiter *list = atomic_exchange_explicit(&l->done, NULL, memory_order_acquire);
     struct waiter *rev = NULL;
     while (list != NULL) {
