@@ -18,7 +18,7 @@ FUZZ_S ?= 60
 FUZZ_JOBS ?= 2
 VAR ?= var
 
-.PHONY: all deps build test run bench fuzz clean format deb deb-test
+.PHONY: all deps build test run bench fuzz soak clean format deb deb-test
 
 all: build
 
@@ -83,6 +83,16 @@ bench: build
 	bench/run-bench.sh $(BENCH_ARGS) $(REL_DIR)
 	bench/run-hsm-bench.sh $(REL_DIR)
 	bench/run-cc-bench.sh $(REL_DIR)
+
+# make soak [SOAK_S=N]: bench/soak.sh, N seconds (default 600) of mixed load through the release
+# build with reloads, signer kills and HSM restarts; bench/results/soak.{csv,png,md}. Not in make
+# test. Needs gnuplot (installed when missing).
+SOAK_S ?= 600
+soak: build
+	@missing=""; for p in gnuplot-nox; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; fi
+	SOAK_S=$(SOAK_S) bench/soak.sh
 
 # make deb: build/deb/tlsmint_<version>_<arch>.deb with dpkg-buildpackage (debian/: debhelper +
 # meson) from a copy of the tracked files, then lintian (no errors allowed).
