@@ -217,6 +217,7 @@ struct px_cfg {
     char listen_transparent[128];
     bool listen_tproxy; /* transparent listener takes TPROXY'd traffic (IP_TRANSPARENT) */
     int threads;
+    int listen_max_connections; /* 0 = as many as RLIMIT_NOFILE allows (two fds each) */
 
     /* [hsm] shared settings + members (members[0] is [hsm]) */
     struct px_hsm_member_cfg members[PX_HSM_MAX_MEMBERS];

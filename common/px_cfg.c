@@ -351,6 +351,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (strcmp(key, "tproxy") == 0) {
             return set_bool(st, sec, key, val, &c->listen_tproxy);
         }
+        if (strcmp(key, "max_connections") == 0) {
+            return set_int(st, sec, key, val, &c->listen_max_connections, 0, 10000000);
+        }
     } else if (strcmp(sec, "hsm") == 0 || strncmp(sec, "hsm.", 4) == 0) {
         struct px_hsm_member_cfg *m = member_for(st, sec);
         if (m == NULL) {
@@ -590,6 +593,7 @@ void px_cfg_defaults(struct px_cfg *c)
     snprintf(c->listen_explicit, sizeof(c->listen_explicit), "127.0.0.1:3128");
     snprintf(c->listen_transparent, sizeof(c->listen_transparent), "127.0.0.1:8443");
     c->threads = 0;
+    c->listen_max_connections = 0;
     c->hsm_workers = PX_HSM_WORKERS_AUTO;
     c->hsm_workers_min = 2;
     c->hsm_workers_max = 64;

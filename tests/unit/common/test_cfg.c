@@ -246,6 +246,7 @@ START_TEST(test_cfg_defaults)
     ck_assert_str_eq(d->listen_explicit, "127.0.0.1:3128");
     ck_assert_str_eq(d->listen_transparent, "127.0.0.1:8443");
     ck_assert_int_eq(d->threads, 0);
+    ck_assert_int_eq(d->listen_max_connections, 0);
     ck_assert_int_eq(d->hsm_workers, PX_HSM_WORKERS_AUTO);
     ck_assert_int_eq(d->hsm_workers_min, 2);
     ck_assert_int_eq(d->hsm_workers_max, 64);
@@ -449,6 +450,11 @@ static const struct int_case int_cases[] = {
     {"ca", "reminder_days", "0", 0, 0, 0},
     {"ca", "reminder_days", "3650", 1, offsetof(struct px_cfg, ca_reminder_days), 3650},
     {"ca", "reminder_days", "3651", 0, 0, 0},
+    {"listen", "max_connections", "-1", 0, 0, 0},
+    {"listen", "max_connections", "0", 1, offsetof(struct px_cfg, listen_max_connections), 0},
+    {"listen", "max_connections", "10000000", 1, offsetof(struct px_cfg, listen_max_connections),
+     10000000},
+    {"listen", "max_connections", "10000001", 0, 0, 0},
     {"cache", "size", "15", 0, 0, 0},
     {"cache", "size", "16", 1, offsetof(struct px_cfg, cache_size), 16},
     {"cache", "ttl_s", "0", 0, 0, 0},
