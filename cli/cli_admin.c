@@ -235,6 +235,10 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     fprintf(o, "tlsmint_connections_active %llu\n", (unsigned long long)ds.active);
     family(o, "tlsmint_connections_accepted_total", "counter", "Client connections accepted.");
     fprintf(o, "tlsmint_connections_accepted_total %llu\n", (unsigned long long)ds.accepted);
+    family(o, "tlsmint_connections_refused_total", "counter",
+           "New client connections closed at once (limit: [listen] max_connections reached).");
+    fprintf(o, "tlsmint_connections_refused_total{reason=\"limit\"} %llu\n",
+            (unsigned long long)ds.refused_limit);
     family(o, "tlsmint_connections_total", "counter",
            "Finished client connections by outcome (fail_open: passed uninspected while no HSM "
            "member could sign; refused_hsm: refused for the same reason).");

@@ -305,7 +305,8 @@ static int do_reload(void *ctx, char *msg, size_t len)
     bool hsm_same = same_hsm(r->first, cfg);
     bool listen_same = strcmp(r->first->listen_explicit, cfg->listen_explicit) == 0 &&
                        strcmp(r->first->listen_transparent, cfg->listen_transparent) == 0 &&
-                       r->first->threads == cfg->threads;
+                       r->first->threads == cfg->threads &&
+                       r->first->listen_max_connections == cfg->listen_max_connections;
     snprintf(msg, len, "reloaded %s: %s; upstream, policy and log settings apply to new "
              "connections%s%s",
              r->path, keep_cache ? "CA material unchanged, leaf cache kept"

@@ -29,6 +29,7 @@ struct dp_stats {
     uint64_t bytes_c2u, bytes_u2c;
     uint64_t cache_hit, cache_miss; /* coalesced waits: cc_stats */
     uint64_t upstream_resumed, upstream_full, fail_open;
+    uint64_t refused_limit; /* new connections closed at [listen] max_connections */
     uint64_t outcome[DP_OUTCOMES]; /* closed connections by outcome, see dp_outcome_name() */
 };
 

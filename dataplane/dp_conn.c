@@ -31,17 +31,50 @@ static const char *outcome_name[] = {"none", "ok", "bypass", "refused_hsm", "ups
                                      "client_error", "bad_request", "timeout", "shutdown",
                                      "fail_open", "dns_failed"};
 
-struct dp_conn *dp_conn_new(struct dp_loop *l, int fd)
+/* The handshake deadline until the relay starts, then the idle time of T_IDLE stages. */
+static void arm_deadline(struct dp_conn *c)
 {
-    struct dp_conn *c = l->free_list;
+    uint64_t at = c->deadline_ns;
+    if (dp_stages[c->state].timer == T_IDLE) {
+        uint64_t idle_at = c->last_ns + (uint64_t)DP_IDLE_MS * 1000000ull;
+        if (at == 0 || idle_at < at) {
+            at = idle_at;
+        }
+    }
+    if (at != 0) {
+        dp_timer_set(c, at + 1); /* a deadline has passed once now > it */
+    }
+}
+
+void dp_conn_on_timer(struct dp_conn *c, uint64_t now)
+{
+    if (c->state == S_FREE || c->state == S_CLOSING) {
+        return;
+    }
+    bool hs_late = c->deadline_ns != 0 && now > c->deadline_ns;
+    bool idle = dp_stages[c->state].timer == T_IDLE &&
+                now - c->last_ns > (uint64_t)DP_IDLE_MS * 1000000ull;
+    if (hs_late || idle) {
+        dp_conn_abort(c, O_TIMEOUT);
+        return;
+    }
+    arm_deadline(c); /* bytes moved since it was armed, or the relay started */
+}
+
+struct dp_conn *dp_conn_new(struct dp_loop *l, int fd, bool *at_limit)
+{
+    struct dp_server *srv = l->srv;
+    bool full = atomic_fetch_add_explicit(&srv->nconns, 1, memory_order_relaxed) >= srv->max_conns;
+    if (at_limit != NULL) {
+        *at_limit = full;
+    }
+    uint8_t *mem = full ? NULL : malloc(2 * DP_RBUF); /* send buffers come with sends */
+    struct dp_conn *c = mem != NULL ? dp_loop_slot_take(l) : NULL;
     if (c == NULL) {
+        free(mem);
+        atomic_fetch_sub_explicit(&srv->nconns, 1, memory_order_relaxed);
         return NULL;
     }
-    uint8_t *mem = malloc(2 * DP_RBUF); /* send buffers come and go with sends */
-    if (mem == NULL) {
-        return NULL;
-    }
-    l->free_list = c->next_free;
     uint32_t slot = c->slot;
     uint16_t gen = (uint16_t)(c->gen + 1);
     memset(c, 0, sizeof(*c));
@@ -60,6 +93,7 @@ struct dp_conn *dp_conn_new(struct dp_loop *l, int fd)
     c->deadline_ns = c->start_ns + (uint64_t)DP_HANDSHAKE_MS * 1000000ull;
     c->cache_result = "none";
     c->verify_result = -1;
+    arm_deadline(c);
     l->nactive++;
     atomic_fetch_add_explicit(&l->ctr.accepted, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&l->ctr.active, 1, memory_order_relaxed);
@@ -103,9 +137,10 @@ void dp_conn_release(struct dp_conn *c)
     free(c->hello);
     free(c->rj);
     c->rj = NULL;
+    dp_timer_cancel(c);
     dp_conn_enter(c, S_FREE);
-    c->next_free = l->free_list;
-    l->free_list = c;
+    dp_loop_slot_put(l, c);
+    atomic_fetch_sub_explicit(&l->srv->nconns, 1, memory_order_relaxed);
     l->nactive--;
     atomic_fetch_sub_explicit(&l->ctr.active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&l->ctr.closed, 1, memory_order_relaxed);
@@ -504,6 +539,25 @@ void dp_conn_run(struct dp_conn *c)
     dp_relay_arm(c);
 }
 
+/*
+ * Past [listen] max_connections: closed at once, after a 503 on the explicit listener. What
+ * the client sent already is read first, so that the close is a FIN, not a reset that could
+ * overtake the answer. Counted; logged as a summary (dp_loop_refused), never per connection.
+ */
+static void refuse(struct dp_loop *l, int which, int fd)
+{
+    static const char full[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                               "Connection: close\r\nProxy-Agent: tlsmint\r\n\r\n";
+    char sink[2048];
+    ssize_t n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+    if (which == 0) {
+        n = send(fd, full, sizeof(full) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    (void)n;
+    close(fd);
+    dp_loop_refused(l);
+}
+
 void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
 {
     if (!(flags & IORING_CQE_F_MORE)) {
@@ -521,11 +575,16 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
         close(fd);
         return;
     }
-    struct dp_conn *c = dp_conn_new(l, fd);
+    bool at_limit;
+    struct dp_conn *c = dp_conn_new(l, fd, &at_limit);
     if (c == NULL) {
-        PX_LOG_RL(PX_LOG_WARN, "dp", "loop %d: connection table full (%d): refusing", l->idx,
-                  DP_MAX_CONNS);
-        close(fd);
+        if (at_limit) {
+            refuse(l, which, fd);
+        } else {
+            PX_LOG_RL(PX_LOG_WARN, "dp", "loop %d: out of memory for a connection: refusing",
+                      l->idx);
+            close(fd);
+        }
         dp_loop_arm_accept(l, which);
         return;
     }

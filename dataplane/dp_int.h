@@ -162,7 +162,9 @@ void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 
 /* ---- connections, loops, server (dp_loop.c) ---------------------------------------------- */
 
-#define DP_MAX_CONNS 4096       /* per loop */
+#define DP_CHUNK 1024           /* connections per table chunk (the table grows by chunks) */
+#define DP_WHEEL 2048           /* timer wheel slots of DP_TICK_MS: 409.6 s > any deadline */
+#define DP_FD_RESERVE 64        /* descriptors kept for listeners, rings, logs, signers, admin */
 #define DP_RBUF 16384           /* recv buffer per side */
 #define DP_OBUF 16384           /* send buffer per side */
 #define DP_PENDING_MAX 65536    /* bytes waiting for a side before its peer is not read */
@@ -304,12 +306,14 @@ struct dp_conn {
     struct __kernel_timespec cto;   /* this attempt's share of it (read at submit) */
     struct dp_xflow xf;
     struct dp_conn *next_free;
+    struct dp_conn *t_next, **t_pprev; /* timer wheel slot list (t_pprev NULL: not armed) */
+    uint64_t t_tick;                   /* the tick it fires at */
 };
 
 struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
-        fail_open, up_resumed, up_full;
+        fail_open, up_resumed, up_full, refused_limit;
     _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 
@@ -331,9 +335,13 @@ struct dp_loop {
     bool ring_ok;
     int lfd[2];              /* explicit, transparent listeners (-1 = off) */
     bool accept_armed[2];
-    struct dp_conn *conns;
+    struct dp_conn **chunks;  /* the connection table: chunks of DP_CHUNK, made as it grows */
+    uint32_t nchunks;         /* room for nchunks * DP_CHUNK >= the server's max_conns */
+    uint32_t used;            /* slots handed out so far (high-water mark) */
     struct dp_conn *free_list;
     uint32_t nactive;
+    struct dp_conn *wheel[DP_WHEEL]; /* deadlines: one list per tick of DP_TICK_MS */
+    uint64_t wheel_tick;             /* the last tick whose list was run */
     struct cc_loop *ccl;      /* for the current generation's cache */
     struct dp_gen *g;         /* the generation new connections use */
     struct cc_loop *old_ccl;  /* previous cache's handle, polled until its mints are done */
@@ -362,6 +370,9 @@ struct dp_server {
     int nloops;
     struct dp_loop *loops;
     int port_explicit, port_transparent;
+    int max_conns;            /* [listen] max_connections, or what RLIMIT_NOFILE allows */
+    _Atomic int nconns;       /* client connections held now, all loops */
+    _Atomic uint64_t refused_unlogged, refused_log_ns; /* since the last summary line */
     _Atomic bool stop;
     _Atomic int drain_ms;
     pthread_mutex_t start_lock;
@@ -388,7 +399,8 @@ void dp_gen_switch(struct dp_loop *l);
 
 /* dp_loop.c: one loop */
 extern __thread struct dp_loop *dp_loop_cur; /* the loop of this thread */
-int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc);
+/* Table room for max connections (made as used), first generation g, cache handle of cc. */
+int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc, int max);
 void dp_loop_fini(struct dp_loop *l);
 /* The loop thread (arg: its struct dp_loop). */
 void *dp_loop_main(void *arg);
@@ -397,6 +409,15 @@ void dp_loop_arm_accept(struct dp_loop *l, int which);
 void dp_loop_arm_events(struct dp_loop *l, int which);
 /* The live connection a token names, or NULL when it has ended (or the slot was reused). */
 struct dp_conn *dp_conn_by_token(struct dp_loop *l, uint64_t tok);
+/* A free slot of the table (grown by a chunk when needed), or NULL when out of memory. */
+struct dp_conn *dp_loop_slot_take(struct dp_loop *l);
+void dp_loop_slot_put(struct dp_loop *l, struct dp_conn *c);
+/* Arms c's one timer for the first tick at or after at_ns (replacing an armed one). */
+void dp_timer_set(struct dp_conn *c, uint64_t at_ns);
+void dp_timer_cancel(struct dp_conn *c);
+/* A connection refused at the limit: counted; one summary line for the whole server at most
+ * every 10 s (the first refusal at once). */
+void dp_loop_refused(struct dp_loop *l);
 
 /* dp_conn.c: a connection from accept to close */
 /* Moves c to stage next: the only place c->state is written. */
@@ -406,11 +427,14 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags);
 void dp_conn_run(struct dp_conn *c);
 void dp_conn_on_connect(struct dp_conn *c, int res);
 void dp_conn_on_resolved(struct dp_loop *l);
+/* Its timer fired: ends it when a deadline has passed, else arms the next one. */
+void dp_conn_on_timer(struct dp_conn *c, uint64_t now);
 /* Opens the upstream socket and submits connect + link timeout (state S_UP_CONNECTING). */
 void dp_conn_connect(struct dp_conn *c);
-/* A connection from l's free list for socket fd (-1: none, as the fuzz targets use it), with
- * its buffers and output BIOs and a reference of l's generation; NULL when the table is full. */
-struct dp_conn *dp_conn_new(struct dp_loop *l, int fd);
+/* A connection from l's table for socket fd (-1: none, as the fuzz targets use it), with its
+ * buffers and output BIOs, a reference of l's generation and its handshake deadline armed; NULL
+ * (and *at_limit, when not NULL) when the server holds max_conns already, or out of memory. */
+struct dp_conn *dp_conn_new(struct dp_loop *l, int fd, bool *at_limit);
 /* Frees everything once no operation is in flight (else a later CQE does). */
 void dp_conn_release(struct dp_conn *c);
 /* Ends the connection now: pending operations are woken by shutdown and drained. */
@@ -490,6 +514,12 @@ static inline struct io_uring_sqe *dp_sqe(struct dp_loop *l)
 static inline size_t dp_pending_out(const struct dp_conn *c, int dir)
 {
     return BIO_ctrl_pending(c->s[dir].out) + (c->s[dir].olen - c->s[dir].ooff);
+}
+
+/* The connection in slot, or NULL past the slots handed out. */
+static inline struct dp_conn *dp_conn_at(struct dp_loop *l, uint32_t slot)
+{
+    return slot < l->used ? &l->chunks[slot / DP_CHUNK][slot % DP_CHUNK] : NULL;
 }
 
 /* {gen, slot} of a connection, for completions that come back from other threads. */

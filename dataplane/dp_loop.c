@@ -22,16 +22,135 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+/* ---- the connection table -------------------------------------------------------------- */
+
 struct dp_conn *dp_conn_by_token(struct dp_loop *l, uint64_t tok)
 {
-    uint32_t slot = (uint32_t)tok;
+    struct dp_conn *c = dp_conn_at(l, (uint32_t)tok);
     uint16_t gen = (uint16_t)(tok >> 32);
-    if (slot >= DP_MAX_CONNS) {
+    return (c != NULL && c->state != S_FREE && c->gen == gen) ? c : NULL;
+}
+
+/*
+ * Slots come from the free list, else from the next chunk: the table only holds memory for as
+ * many connections as were ever open at once (rounded up to a chunk), whatever the limit. A
+ * chunk is never freed while the loop runs (CQEs name slots, SSL ex_data points into chunks).
+ */
+struct dp_conn *dp_loop_slot_take(struct dp_loop *l)
+{
+    struct dp_conn *c = l->free_list;
+    if (c != NULL) {
+        l->free_list = c->next_free;
+        return c;
+    }
+    uint32_t k = l->used / DP_CHUNK;
+    if (k >= l->nchunks) {
+        return NULL; /* the server's limit is checked first: only when the limit was raised */
+    }
+    if (l->chunks[k] == NULL && (l->chunks[k] = calloc(DP_CHUNK, sizeof(struct dp_conn))) == NULL) {
         return NULL;
     }
-    struct dp_conn *c = &l->conns[slot];
-    return (c->state != S_FREE && c->gen == gen) ? c : NULL;
+    c = &l->chunks[k][l->used % DP_CHUNK];
+    c->slot = l->used++;
+    return c;
 }
+
+void dp_loop_slot_put(struct dp_loop *l, struct dp_conn *c)
+{
+    c->next_free = l->free_list;
+    l->free_list = c;
+}
+
+/* ---- deadlines: a timer wheel ----------------------------------------------------------- */
+
+/*
+ * One list per tick of DP_TICK_MS, DP_WHEEL ticks around: arming and cancelling are O(1), a
+ * tick costs what expires in it. Every deadline (handshake 10 s, idle 300 s) is shorter than a
+ * turn of the wheel; a later one is clamped to the last slot and simply re-armed when it fires.
+ * The idle clock is not re-armed per byte: when it fires, dp_conn_on_timer looks at the last
+ * byte's time and arms the rest, so a connection that moves data costs one wake-up per
+ * DP_IDLE_MS.
+ */
+void dp_timer_set(struct dp_conn *c, uint64_t at_ns)
+{
+    struct dp_loop *l = c->loop;
+    const uint64_t tick_ns = (uint64_t)DP_TICK_MS * 1000000ull;
+    uint64_t t = (at_ns + tick_ns - 1) / tick_ns;
+    if (t <= l->wheel_tick) {
+        t = l->wheel_tick + 1;
+    } else if (t > l->wheel_tick + DP_WHEEL - 1) {
+        t = l->wheel_tick + DP_WHEEL - 1;
+    }
+    dp_timer_cancel(c);
+    struct dp_conn **head = &l->wheel[t % DP_WHEEL];
+    c->t_next = *head;
+    if (*head != NULL) {
+        (*head)->t_pprev = &c->t_next;
+    }
+    *head = c;
+    c->t_pprev = head;
+    c->t_tick = t;
+}
+
+void dp_timer_cancel(struct dp_conn *c)
+{
+    if (c->t_pprev == NULL) {
+        return;
+    }
+    *c->t_pprev = c->t_next;
+    if (c->t_next != NULL) {
+        c->t_next->t_pprev = c->t_pprev;
+    }
+    c->t_next = NULL;
+    c->t_pprev = NULL;
+}
+
+/* Runs the lists of every tick up to now (at most one turn after a long stall). */
+static void run_wheel(struct dp_loop *l, uint64_t now)
+{
+    uint64_t target = now / ((uint64_t)DP_TICK_MS * 1000000ull);
+    if (target > l->wheel_tick + DP_WHEEL) {
+        l->wheel_tick = target - DP_WHEEL;
+    }
+    while (l->wheel_tick < target) {
+        l->wheel_tick++;
+        struct dp_conn **head = &l->wheel[l->wheel_tick % DP_WHEEL];
+        struct dp_conn *c = *head;
+        while (c != NULL) {
+            struct dp_conn *next = c->t_next;
+            if (c->t_tick <= l->wheel_tick) {
+                dp_timer_cancel(c);
+                dp_conn_on_timer(c, now); /* may end c, never another connection */
+            }
+            c = next;
+        }
+    }
+}
+
+/* ---- refusals at the limit -------------------------------------------------------------- */
+
+/* One line for what was refused since the last one, when 10 s have passed (any loop may). */
+static void refused_summary(struct dp_server *srv, uint64_t now)
+{
+    uint64_t last = atomic_load_explicit(&srv->refused_log_ns, memory_order_relaxed);
+    if (atomic_load_explicit(&srv->refused_unlogged, memory_order_relaxed) == 0 ||
+        (last != 0 && now - last < 10000000000ull) ||
+        !atomic_compare_exchange_strong(&srv->refused_log_ns, &last, now)) {
+        return;
+    }
+    uint64_t n = atomic_exchange(&srv->refused_unlogged, 0);
+    px_log(PX_LOG_WARN, "dp", "connection limit (%d) reached: %llu connection(s) refused since "
+           "the last report", srv->max_conns, (unsigned long long)n);
+}
+
+void dp_loop_refused(struct dp_loop *l)
+{
+    atomic_fetch_add_explicit(&l->ctr.refused_limit, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&l->srv->refused_unlogged, 1, memory_order_relaxed);
+    refused_summary(l->srv, px_now_ns());
+}
+
+/* ---- the ring --------------------------------------------------------------------------- */
 
 __thread struct dp_loop *dp_loop_cur;
 
@@ -72,19 +191,17 @@ static void arm_tick(struct dp_loop *l)
 static void handle_tick(struct dp_loop *l)
 {
     uint64_t now = px_now_ns();
-    for (uint32_t i = 0; i < DP_MAX_CONNS; i++) {
-        struct dp_conn *c = &l->conns[i];
-        if (c->state == S_FREE || c->state == S_CLOSING) {
-            continue;
-        }
-        bool hs_late = c->deadline_ns != 0 && now > c->deadline_ns;
-        bool idle = dp_stages[c->state].timer == T_IDLE &&
-                    now - c->last_ns > (uint64_t)DP_IDLE_MS * 1000000ull;
-        bool drain = l->stopping && now > l->drain_deadline_ns;
-        if (hs_late || idle || drain) {
-            dp_conn_abort(c, drain ? O_SHUTDOWN : O_TIMEOUT);
+    run_wheel(l, now);
+    if (l->stopping && now > l->drain_deadline_ns) {
+        /* drained for long enough: the rest goes (a scan, but only while stopping) */
+        for (uint32_t i = 0; i < l->used; i++) {
+            struct dp_conn *c = dp_conn_at(l, i);
+            if (c->state != S_FREE && c->state != S_CLOSING) {
+                dp_conn_abort(c, O_SHUTDOWN);
+            }
         }
     }
+    refused_summary(l->srv, now);
     arm_tick(l);
 }
 
@@ -118,11 +235,8 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         PX_LOG_RL(PX_LOG_WARN, "dp", "loop %d: CQE with unknown op %u dropped", l->idx, u.f.op);
         return;
     }
-    if (u.f.slot >= DP_MAX_CONNS) {
-        return;
-    }
-    struct dp_conn *c = &l->conns[u.f.slot];
-    if (c->gen != u.f.gen || c->state == S_FREE) {
+    struct dp_conn *c = dp_conn_at(l, u.f.slot);
+    if (c == NULL || c->gen != u.f.gen || c->state == S_FREE) {
         return; /* a late completion for a connection that is gone */
     }
     c->inflight--;
@@ -184,6 +298,7 @@ void *dp_loop_main(void *arg)
     dp_loop_arm_accept(l, 1);
     dp_loop_arm_events(l, 0);
     dp_loop_arm_events(l, 1);
+    l->wheel_tick = px_now_ns() / ((uint64_t)DP_TICK_MS * 1000000ull);
     arm_tick(l);
     bool stop_seen = false;
     for (;;) {
@@ -232,27 +347,24 @@ void *dp_loop_main(void *arg)
 }
 
 /*
- * The loop's own state, before its thread starts: connection table, upstream session cache,
- * cache handle of g (a reference of g is taken), resolver completion eventfd. -ENOMEM; what
- * was made is freed by dp_loop_fini.
+ * The loop's own state, before its thread starts: room in the connection table for max
+ * connections (chunks are made as they fill), upstream session cache, cache handle of g (a
+ * reference of g is taken), resolver completion eventfd. -ENOMEM; what was made is freed by
+ * dp_loop_fini.
  */
-int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc)
+int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc, int max)
 {
-    l->conns = calloc(DP_MAX_CONNS, sizeof(*l->conns));
+    l->nchunks = (uint32_t)((max + DP_CHUNK - 1) / DP_CHUNK);
+    l->chunks = calloc(l->nchunks, sizeof(*l->chunks));
     l->sess = calloc(DP_SESS_SLOTS, sizeof(*l->sess));
     l->g = g;
     dp_gen_ref(l->g);
     l->ccl = cc_loop_new(cc);
     l->res_done.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (l->conns == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
+    if (l->chunks == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
         return -ENOMEM;
     }
     atomic_init(&l->res_done.head, NULL);
-    for (uint32_t k = DP_MAX_CONNS; k-- > 0;) {
-        l->conns[k].slot = k;
-        l->conns[k].next_free = l->free_list;
-        l->free_list = &l->conns[k];
-    }
     return 0;
 }
 
@@ -262,17 +374,18 @@ void dp_loop_fini(struct dp_loop *l)
     if (l->ring_ok) {
         io_uring_queue_exit(&l->ring);
     }
-    if (l->conns != NULL) {
-        for (uint32_t k = 0; k < DP_MAX_CONNS; k++) {
-            struct dp_conn *c = &l->conns[k];
-            if (c->state != S_FREE) {
-                c->inflight = 0; /* the ring is gone: nothing will complete */
-                dp_conn_enter(c, S_CLOSING);
-                dp_conn_release(c);
-            }
+    for (uint32_t k = 0; k < l->used; k++) {
+        struct dp_conn *c = dp_conn_at(l, k);
+        if (c->state != S_FREE) {
+            c->inflight = 0; /* the ring is gone: nothing will complete */
+            dp_conn_enter(c, S_CLOSING);
+            dp_conn_release(c);
         }
     }
-    free(l->conns);
+    for (uint32_t k = 0; l->chunks != NULL && k < l->nchunks; k++) {
+        free(l->chunks[k]);
+    }
+    free(l->chunks);
     for (int k = 0; l->sess != NULL && k < DP_SESS_SLOTS; k++) {
         SSL_SESSION_free(l->sess[k].sess);
     }

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 void dp_gen_ref(struct dp_gen *g)
@@ -112,6 +113,44 @@ static int listen_on(const char *hostport, bool transparent, int *bound_port, ch
     return fd;
 }
 
+/*
+ * How many client connections the server holds: [listen] max_connections, or as many as the
+ * descriptor limit allows (two each: client and upstream, DP_FD_RESERVE kept for the rest).
+ * Raises RLIMIT_NOFILE to its hard limit first, and says what it got.
+ */
+static int conn_limit(const struct px_cfg *cfg, int nloops)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        rl.rlim_cur = rl.rlim_max = 1024;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+            rl = want;
+        } else {
+            px_log(PX_LOG_WARN, "dp", "cannot raise RLIMIT_NOFILE to %llu: %s",
+                   (unsigned long long)rl.rlim_max, strerror(errno));
+        }
+    }
+    uint64_t fds = rl.rlim_cur == RLIM_INFINITY ? 1u << 30 : (uint64_t)rl.rlim_cur;
+    uint64_t reserve = DP_FD_RESERVE + 8u * (uint64_t)nloops;
+    uint64_t by_fds = fds > reserve + 2 ? (fds - reserve) / 2 : 1;
+    if (by_fds > 10000000) {
+        by_fds = 10000000;
+    }
+    int max = cfg->listen_max_connections > 0 ? cfg->listen_max_connections : (int)by_fds;
+    if ((uint64_t)max > by_fds) {
+        px_log(PX_LOG_WARN, "dp", "[listen] max_connections %d: RLIMIT_NOFILE %llu allows %llu "
+               "(two descriptors each); accepts fail with EMFILE past that", max,
+               (unsigned long long)fds, (unsigned long long)by_fds);
+    }
+    px_log(PX_LOG_INFO, "dp", "connections: up to %d at once (%s; RLIMIT_NOFILE %llu)", max,
+           cfg->listen_max_connections > 0 ? "[listen] max_connections" : "two descriptors each",
+           (unsigned long long)fds);
+    return max;
+}
+
 /* A generation for cfg and cc: TLS contexts with the trust store loaded once, bypass list. */
 static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char *err, size_t errlen)
 {
@@ -203,6 +242,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         return NULL;
     }
     s->nloops = n;
+    s->max_conns = conn_limit(cfg, n);
     for (int i = 0; i < n; i++) {
         struct dp_loop *l = &s->loops[i];
         l->idx = i;
@@ -227,7 +267,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
                 return NULL;
             }
         }
-        if (dp_loop_init(l, s->gen, cc) != 0) {
+        if (dp_loop_init(l, s->gen, cc, s->max_conns) != 0) {
             snprintf(err, errlen, "out of memory");
             dp_server_free(s);
             return NULL;
@@ -321,6 +361,7 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
         o->upstream_resumed += atomic_load(&c->up_resumed);
         o->upstream_full += atomic_load(&c->up_full);
         o->fail_open += atomic_load(&c->fail_open);
+        o->refused_limit += atomic_load(&c->refused_limit);
         o->bytes_u2c += atomic_load(&c->bytes_u2c);
         for (int k = 0; k < DP_OUTCOMES; k++) {
             o->outcome[k] += atomic_load(&c->outcome[k]);

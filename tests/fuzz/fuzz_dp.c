@@ -58,7 +58,11 @@ void fz_dp_init(const char *upstream_ca)
     g_srv.alog = dp_alog_new("/dev/null", 0600, PX_SINK_ACCESS, err, sizeof(err));
     g_loop.srv = &g_srv;
     g_loop.g = g_gen;
-    g_loop.conns = &g_conn;
+    g_srv.max_conns = 1; /* the one connection below: a table of one slot, free */
+    static struct dp_conn *chunk[1] = {&g_conn};
+    g_loop.chunks = chunk;
+    g_loop.nchunks = 1;
+    g_loop.used = 1;
     g_loop.free_list = &g_conn;
     for (int i = 0; i < 2; i++) {
         g_leaf_key[i] = i == CC_KEY_EC ? fz_ec_key() : rsa_key();
@@ -68,7 +72,7 @@ void fz_dp_init(const char *upstream_ca)
 
 struct dp_conn *fz_dp_conn(void)
 {
-    struct dp_conn *c = dp_conn_new(&g_loop, -1);
+    struct dp_conn *c = dp_conn_new(&g_loop, -1, NULL);
     if (c == NULL) {
         abort(); /* the previous input's connection was not released */
     }
