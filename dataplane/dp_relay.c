@@ -99,6 +99,7 @@ void dp_relay_splice(struct dp_conn *c)
     cl->in = NULL;
     cl->out = pending;
     dp_conn_enter(c, S_SPLICE);
+    c->deadline_ns = 0; /* no handshake to wait for: only idle time ends it now */
     if (!c->fail_open) {
         c->outcome = O_BYPASS;
         atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
