@@ -7,7 +7,8 @@
 # usage: manyconns.py PROXY_PORT HOST ORIGIN_PORT CA_FILE N [WINDOW]
 #   1. opens N connections: CONNECT HOST:ORIGIN_PORT, "200", then a TLS handshake that verifies
 #      the proxy's leaf against CA_FILE (so the proxy's upstream TLS session is up too); at most
-#      WINDOW (default 200) are being opened at once. Prints "held OK FAILED SECONDS".
+#      WINDOW (default 100) are being opened at once; one that fails is tried again, twice at
+#      most. Prints "held OK FAILED SECONDS RETRIED".
 #   2. waits for a line on stdin ("relay", or anything else to quit).
 #   3. sends one GET /index.html on every held connection and reads the answer. Prints
 #      "relayed OK FAILED SECONDS", OK counting answers that hold the origin's body.
@@ -24,18 +25,19 @@ BODY = b"hello-from-origin"
 
 
 class Conn:
-    __slots__ = ("sock", "tls", "state", "buf")
+    __slots__ = ("sock", "tls", "state", "buf", "tries")
 
-    def __init__(self):
+    def __init__(self, tries=1):
         self.sock = None
         self.tls = None
         self.state = "connecting"
         self.buf = b""
+        self.tries = tries
 
 
 def main():
     pport, host, oport, cafile, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-    window = int(sys.argv[6]) if len(sys.argv) > 6 else 200
+    window = int(sys.argv[6]) if len(sys.argv) > 6 else 100
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -43,18 +45,22 @@ def main():
     ctx.set_alpn_protocols(["http/1.1"])
     sel = selectors.DefaultSelector()
     request = ("CONNECT %s:%s HTTP/1.1\r\nHost: %s:%s\r\n\r\n" % (host, oport, host, oport)).encode()
-    held, failed, opening, started = [], 0, 0, 0
+    held, failed, opening, started, retried = [], 0, 0, 0, 0
+    retry = []  # attempts of the connections to open again
     t0 = time.monotonic()
 
     def fail(c):
         nonlocal failed, opening
-        failed += 1
         opening -= 1
         try:
             sel.unregister(c.sock)
         except (KeyError, ValueError):
             pass
         c.sock.close()
+        if c.tries < 3:
+            retry.append(c.tries + 1)
+        else:
+            failed += 1
 
     def want(c, ev):
         sel.modify(c.sock, ev, c)
@@ -110,19 +116,23 @@ def main():
         elif c.state == "handshake":
             handshake(c)
 
-    while (started < n or opening > 0) and time.monotonic() - t0 < TIMEOUT:
-        while started < n and opening < window:
-            c = Conn()
+    while (started < n or opening > 0 or retry) and time.monotonic() - t0 < TIMEOUT:
+        while (started < n or retry) and opening < window:
+            if retry:
+                c = Conn(retry.pop())
+                retried += 1
+            else:
+                c = Conn()
+                started += 1
             c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             c.sock.setblocking(False)
             c.sock.connect_ex(("127.0.0.1", int(pport)))
             sel.register(c.sock, selectors.EVENT_WRITE, c)
-            started += 1
             opening += 1
         for key, _ in sel.select(timeout=1.0):
             step(key.data)
-    failed += n - started + opening
-    print("held %d %d %.1f" % (len(held), failed, time.monotonic() - t0), flush=True)
+    failed = n - len(held)
+    print("held %d %d %.1f %d" % (len(held), failed, time.monotonic() - t0, retried), flush=True)
 
     if sys.stdin.readline().strip() != "relay":
         return 0

@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# test_many.sh - tlsmint holds many intercepted connections: TLSMINT_MANY (default 9000) TLS
-# connections through the explicit listener, both TLS sessions up (real nginx origin), kept
+# test_many.sh [N] - tlsmint holds many intercepted connections: TLSMINT_MANY, else N, else
+# 9000 TLS connections through the explicit listener, both TLS sessions up (real nginx origin), kept
 # idle; meanwhile a new connection is still intercepted within 1 s; then every held one relays
 # a request. Prints the proxy's RSS per held connection (VmRSS delta / connections). Then
 # [listen] max_connections: past it a new connection is refused cleanly, counted in the
@@ -9,7 +9,7 @@
 # The machine's hard descriptor limit bounds the size: the proxy needs two per connection.
 . "$(dirname "$0")/lib.sh"
 
-N=${TLSMINT_MANY:-9000}
+N=${TLSMINT_MANY:-${1:-9000}}
 HARD=$(ulimit -Hn)
 if [ "$HARD" != unlimited ] && [ "$HARD" -lt $((2 * N + 200)) ]; then
     echo "SKIP: the hard descriptor limit ($HARD) is too low for $N connections (TLSMINT_MANY)"
@@ -83,8 +83,8 @@ rss0=$(rss)
 
 echo "== hold $N connections"
 coproc MANY { exec python3 "$(dirname "$0")/manyconns.py" "$PPORT" localhost "$OPORT" "$CA" "$N"; }
-read -r -t 170 word held failed secs <&"${MANY[0]}"
-check_eq "$N TLS connections intercepted and held (${secs:-?} s, ${failed:-?} failed)" "held $N" "$word $held"
+read -r -t 170 word held failed secs retried <&"${MANY[0]}"
+check_eq "$N TLS connections intercepted and held (${secs:-?} s, ${failed:-?} failed, ${retried:-?} opened again)" "held $N" "$word $held"
 sleep 1
 rss1=$(rss)
 active=$(curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" | awk '$1 == "tlsmint_connections_active" {print $2}')
@@ -117,7 +117,7 @@ curl -sS --max-time 40 --cacert "$WORK/pki/root.pem" -x "$PROXY" -o "$WORK/slow.
 SLOW=$!
 sleep 1
 coproc FEW { exec python3 "$(dirname "$0")/manyconns.py" "$PPORT" localhost "$OPORT" "$CA" 3; }
-read -r -t 60 word held failed secs <&"${FEW[0]}"
+read -r -t 60 word held failed secs retried <&"${FEW[0]}"
 check_eq "3 connections held (the 4th is the download)" "held 3" "$word $held"
 for _ in $(seq 1 20); do
     curl -sS --max-time 5 --cacert "$CA" -x "$PROXY" -o /dev/null "https://localhost:$OPORT/" 2>/dev/null
