@@ -60,6 +60,16 @@ static void text_status(struct cli_admin *a, FILE *o)
         fprintf(o, " %s=%llu", dp_dns_result_name(k), (unsigned long long)dns.lookups[k]);
     }
     fputc('\n', o);
+    struct dp_policy_info pi;
+    dp_server_policy_info(a->dp, &pi);
+    fprintf(o, "policy        %d rules, default %s%s\n", pi.rules, px_action_name(pi.def),
+            pi.bypass_list ? ", bypass list" : "");
+    uint64_t xn, xadded[DP_EXCL_REASONS];
+    dp_server_exclusions_stats(a->dp, &xn, xadded);
+    fprintf(o, "exclusions    %llu entries (ttl %d s, pinned apps %s%d alert%s)\n",
+            (unsigned long long)xn, pi.excl_ttl_s,
+            pi.excl_pinned_alerts == 0 ? "not learned, " : "after ",
+            pi.excl_pinned_alerts, pi.excl_pinned_alerts == 1 ? "" : "s");
     fprintf(o, "hsm           %d/%d members up, fail_mode %s\n", hsm_pool_members_up(a->pool),
             hsm_pool_members(a->pool), a->cfg->fail_mode == PX_FAIL_OPEN ? "open" : "closed");
     int left = cli_mk_days_left(a->cfg);
@@ -181,6 +191,22 @@ static void text_cache(struct cli_admin *a, FILE *o)
     }
 }
 
+static void text_exclusions(struct cli_admin *a, FILE *o)
+{
+    struct dp_excl_info *x = calloc(1000, sizeof(*x));
+    int n = x != NULL ? dp_server_exclusions(a->dp, x, 1000) : 0;
+    fprintf(o, "%-40s %5s %-12s %8s %10s %8s\n", "host", "port", "reason", "age_s", "expires_s",
+            "hits");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "%-40s %5u %-12s %8lld %10lld %8llu\n", x[i].host, x[i].port,
+                dp_excl_reason_name(x[i].reason), (long long)x[i].age_s,
+                (long long)x[i].expires_in_s, (unsigned long long)x[i].hits);
+    }
+    if (n == 1000) {
+        fprintf(o, "(the first 1000, most recently used first)\n");
+    }
+    free(x);
+}
 
 /* One metric family's header: the text format wants HELP and TYPE once, before its samples. */
 static void family(FILE *o, const char *name, const char *type, const char *help)
@@ -245,6 +271,44 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     for (int k = 1; k < DP_OUTCOMES; k++) {
         fprintf(o, "tlsmint_connections_total{outcome=\"%s\"} %llu\n", dp_outcome_name(k),
                 (unsigned long long)ds.outcome[k]);
+    }
+    struct dp_policy_count *pc = calloc(PX_RULES_MAX + 2, sizeof(*pc));
+    int npc = pc != NULL ? dp_server_policy_counts(a->dp, pc, PX_RULES_MAX + 2) : 0;
+    family(o, "tlsmint_policy_decisions_total", "counter",
+           "Policy decisions per rule (since the last reload).");
+    for (int k = 0; k < npc; k++) {
+        fprintf(o, "tlsmint_policy_decisions_total{rule=\"%s\",action=\"%s\"} %llu\n",
+                pc[k].rule, pc[k].action, (unsigned long long)pc[k].n);
+    }
+    free(pc);
+    uint64_t xn, xadded[DP_EXCL_REASONS];
+    dp_server_exclusions_stats(a->dp, &xn, xadded);
+    family(o, "tlsmint_exclusions_entries", "gauge", "Hosts in the exclusion cache.");
+    fprintf(o, "tlsmint_exclusions_entries %llu\n", (unsigned long long)xn);
+    family(o, "tlsmint_exclusions_added_total", "counter",
+           "Hosts added to the exclusion cache, by reason.");
+    for (int k = DP_EXCL_CLIENT_AUTH; k < DP_EXCL_REASONS; k++) {
+        fprintf(o, "tlsmint_exclusions_added_total{reason=\"%s\"} %llu\n",
+                dp_excl_reason_name(k), (unsigned long long)xadded[k]);
+    }
+    family(o, "tlsmint_name_proofs_total", "counter",
+           "Handshakes made to prove a bypassed name for its destination, by result.");
+    fprintf(o, "tlsmint_name_proofs_total{result=\"proven\"} %llu\n"
+               "tlsmint_name_proofs_total{result=\"not_proven\"} %llu\n",
+            (unsigned long long)ds.proofs[0], (unsigned long long)ds.proofs[1]);
+    family(o, "tlsmint_policy_unproven_total", "counter",
+           "Name-based bypasses refused because the name was not proven, by reason.");
+    fprintf(o, "tlsmint_policy_unproven_total{reason=\"sni-mismatch\"} %llu\n"
+               "tlsmint_policy_unproven_total{reason=\"unproven-name\"} %llu\n",
+            (unsigned long long)ds.unproven[0], (unsigned long long)ds.unproven[1]);
+    family(o, "tlsmint_non_tls_total", "counter",
+           "Connections that were not TLS, by reason and action.");
+    for (int r = 0; r < 2; r++) {
+        for (int k = 0; k < 2; k++) {
+            fprintf(o, "tlsmint_non_tls_total{reason=\"%s\",action=\"%s\"} %llu\n",
+                    r == 0 ? "not-tls" : "server-first", k == 0 ? "tunnel" : "block",
+                    (unsigned long long)ds.non_tls[r][k]);
+        }
     }
     family(o, "tlsmint_handshakes_total", "counter", "Client-side TLS handshakes by result.");
     fprintf(o, "tlsmint_handshakes_total{result=\"ok\"} %llu\n"
@@ -399,13 +463,17 @@ static void text_metrics(struct cli_admin *a, FILE *o)
 
 static void serve_ctl(struct cli_admin *a, int fd)
 {
-    char cmd[128];
+    char cmd[400];
     ssize_t n = recv(fd, cmd, sizeof(cmd) - 1, 0);
     if (n <= 0) {
         return;
     }
     cmd[n] = '\0';
-    cmd[strcspn(cmd, "\r\n ")] = '\0';
+    cmd[strcspn(cmd, "\r\n")] = '\0';
+    char *arg = strchr(cmd, ' '); /* "exclusions-clear HOST" */
+    if (arg != NULL) {
+        *arg++ = '\0';
+    }
     char *buf = NULL;
     size_t len = 0;
     FILE *o = open_memstream(&buf, &len);
@@ -433,12 +501,18 @@ static void serve_ctl(struct cli_admin *a, int fd)
         fprintf(o, "clearing every HSM session of %d member(s); signers reopen theirs on their "
                    "next signature (watch: tlsmint ctl hsm)\n",
                 hsm_pool_members_up(a->pool));
+    } else if (strcmp(cmd, "exclusions") == 0) {
+        text_exclusions(a, o);
+    } else if (strcmp(cmd, "exclusions-clear") == 0) {
+        int removed = dp_server_exclusions_clear(a->dp, arg);
+        fprintf(o, "%d exclusion%s removed%s%s\n", removed, removed == 1 ? "" : "s",
+                arg != NULL && arg[0] ? " for " : "", arg != NULL ? arg : "");
     } else if (strcmp(cmd, "hsm-recover") == 0) {
         hsm_pool_recover(a->pool);
         fprintf(o, "recovery requested for members that are down\n");
     } else {
         fprintf(o, "error: unknown command '%s' (status, hsm, hsm recover, cache, metrics, "
-                   "reload, clear-hsm-sessions)\n",
+                   "reload, clear-hsm-sessions, exclusions, exclusions clear [HOST])\n",
                 cmd);
     }
     fclose(o);
@@ -681,7 +755,7 @@ void cli_admin_stop(struct cli_admin *a)
 
 static const char ctl_usage[] =
     "usage: tlsmint [-c CONFIG] ctl status|hsm|hsm recover|cache|metrics|reload|"
-    "clear-hsm-sessions\n"
+    "clear-hsm-sessions|exclusions [clear [HOST]]\n"
     "\n"
     "Talks to a running proxy over its admin socket ([admin] socket).\n"
     "  status    listeners, connections by outcome, bytes, cache and HSM summary\n"
@@ -690,7 +764,10 @@ static const char ctl_usage[] =
     "  metrics   the Prometheus text the metrics endpoint serves\n"
     "  reload    re-read CONFIG: CA material, cache, upstream, policy, log (as SIGHUP)\n"
     "  hsm recover          restart members that are down (out of recovery retries)\n"
-    "  clear-hsm-sessions   close every HSM session on purpose, to observe recovery\n";
+    "  clear-hsm-sessions   close every HSM session on purpose, to observe recovery\n"
+    "  exclusions           hosts passed through because they cannot be decrypted (client\n"
+    "                       certificate, pinned app): host, port, reason, age, expiry, hits\n"
+    "  exclusions clear [HOST]  remove them (all, or those of HOST)\n";
 
 /* Finds [admin] socket in a file that does not parse as a whole; default when absent. */
 static int admin_socket_scan(const char *path, char *out, size_t cap)
@@ -730,6 +807,7 @@ int cli_ctl(int argc, char **argv)
 {
     const char *conf = "./var/tlsmint.conf";
     const char *cmd = NULL;
+    const char *xhost = NULL; /* ctl exclusions clear HOST */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             conf = argv[++i];
@@ -740,6 +818,11 @@ int cli_ctl(int argc, char **argv)
             cmd = argv[i];
         } else if (strcmp(cmd, "hsm") == 0 && strcmp(argv[i], "recover") == 0) {
             cmd = "hsm-recover";
+        } else if (strcmp(cmd, "exclusions") == 0 && strcmp(argv[i], "clear") == 0) {
+            cmd = "exclusions-clear";
+        } else if (strcmp(cmd, "exclusions-clear") == 0 && xhost == NULL &&
+                   strlen(argv[i]) < 256 && strpbrk(argv[i], " \r\n") == NULL) {
+            xhost = argv[i];
         } else {
             fputs(ctl_usage, stderr);
             return 2;
@@ -769,8 +852,9 @@ int cli_ctl(int argc, char **argv)
         }
         return 1;
     }
-    char line[160];
-    int n = snprintf(line, sizeof(line), "%s\n", cmd);
+    char line[400];
+    int n = snprintf(line, sizeof(line), "%s%s%s\n", cmd, xhost != NULL ? " " : "",
+                     xhost != NULL ? xhost : "");
     if (send(fd, line, (size_t)n, MSG_NOSIGNAL) != n) {
         close(fd);
         fprintf(stderr, "tlsmint ctl: send failed\n");

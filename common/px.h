@@ -192,6 +192,86 @@ PX_MUST_CHECK int px_read_secret_file(const char *path, char *buf, size_t cap, c
 
 enum px_fail_mode { PX_FAIL_CLOSED = 0, PX_FAIL_OPEN };
 
+/* ---- decryption policy: [policy], [rule.NAME], [profile.NAME] ---------------------------- */
+
+#define PX_RULES_MAX 256    /* [rule.NAME] sections */
+#define PX_PROFILES_MAX 32  /* [profile.NAME] sections */
+#define PX_RULE_HOSTS 64    /* host patterns per rule (they share one 200-byte line) */
+#define PX_RULE_NETS 16     /* CIDRs per dst or clients key */
+
+/* PX_ACT_TUNNEL is never configured: traffic that is not TLS, passed through ([policy] non_tls) */
+enum px_action { PX_ACT_INSPECT = 0, PX_ACT_BYPASS, PX_ACT_BLOCK, PX_ACT_TUNNEL };
+enum px_non_tls { PX_NON_TLS_TUNNEL = 0, PX_NON_TLS_BLOCK };
+/* "inspect", "bypass", "block", "tunnel" */
+const char *px_action_name(enum px_action a);
+
+/* An address block: family 4 or 6, prefix bits, port (0 = any port). addr in network order. */
+struct px_cidr {
+    uint8_t family;
+    uint8_t bits;
+    uint16_t port;
+    uint8_t addr[16];
+};
+
+/*
+ * "192.0.2.0/24", "192.0.2.1", "10.0.0.0/8:443", "[2001:db8::]/32:443", "[::1]:8443",
+ * "2001:db8::/32" into *out. with_port false refuses a port. 0, or PX_E_INVAL (host bits set
+ * beyond the prefix, bits out of range, bad address or port).
+ */
+PX_MUST_CHECK int px_cidr_parse(const char *s, bool with_port, struct px_cidr *out);
+/* Whether the address (4 or 16 bytes, family 4 or 6) and port are inside the block. */
+bool px_cidr_match(const struct px_cidr *c, int family, const uint8_t *addr, uint16_t port);
+
+/*
+ * Host patterns, lowercased, NUL-separated in one buffer: "name" (exactly that name),
+ * "*.domain" or ".domain" (the domain and every name under it), IP literals as written.
+ */
+struct px_hosts {
+    char buf[200];
+    uint8_t off[PX_RULE_HOSTS], len[PX_RULE_HOSTS];
+    bool suffix[PX_RULE_HOSTS]; /* ".domain": off/len name the ".domain" part */
+    uint8_t n;
+};
+/*
+ * A list separated by commas or spaces into *out. 0; PX_E_INVAL for a bad pattern, PX_E_FULL
+ * for too many; the offending pattern is copied into bad.
+ */
+PX_MUST_CHECK int px_hosts_parse(const char *list, struct px_hosts *out, char *bad,
+                                 size_t badcap);
+/* Whether host (any case, at most 255 bytes) matches one of the patterns. */
+bool px_hosts_match(const struct px_hosts *h, const char *host);
+/* host lowercased (ASCII) into out, a trailing dot dropped: its length, or -1 when longer
+ * than 255 bytes. Done once per connection, then px_hosts_match_lower for every rule. */
+int px_host_lower(const char *host, char out[256]);
+bool px_hosts_match_lower(const struct px_hosts *h, const char *low, size_t len);
+
+enum px_cert_action { PX_CERT_UNTRUST = 0, PX_CERT_BLOCK };
+
+/* [profile.NAME]: what an inspected connection's upstream certificate must pass. */
+struct px_profile {
+    char name[48];
+    enum px_cert_action expired;          /* expired or not yet valid */
+    enum px_cert_action untrusted_issuer; /* the chain does not verify */
+    bool client_auth_block;               /* the upstream asks for a client certificate:
+                                             block (else bypass, and remember) */
+    int line;
+};
+
+/* [rule.NAME]: every key given must match; the first matching rule in file order decides. */
+struct px_rule {
+    char name[48];
+    enum px_action action;
+    bool has_action;
+    int profile;                  /* index in px_cfg.profiles, -1: built-in defaults */
+    char profile_name[48];
+    int profile_line;
+    struct px_hosts hosts;
+    struct px_cidr dst[PX_RULE_NETS];
+    struct px_cidr clients[PX_RULE_NETS];
+    uint8_t ndst, nclients;
+    int line;                     /* of the section header */
+};
+
 /* One HSM member: [hsm] itself, or an [hsm.NAME] section. */
 #define PX_HSM_WORKERS_AUTO 0
 #define PX_HSM_WORKERS_LIMIT 64
@@ -257,6 +337,23 @@ struct px_cfg {
 
     /* [policy] */
     char policy_bypass[1024];
+    struct px_hosts policy_bypass_hosts; /* the list parsed: a bypass rule evaluated first */
+    enum px_action policy_default;
+    enum px_non_tls policy_non_tls;     /* first client bytes are not a ClientHello */
+    int policy_first_byte_ms;           /* client silent this long: maybe server-first; 0 = off */
+    int policy_proof_ttl_s;             /* how long a proven (or failed) name is remembered */
+    bool policy_unproven_block;         /* a name-based bypass whose name is not proven: block
+                                           (else inspect) */
+    struct px_rule rules[PX_RULES_MAX]; /* file order */
+    int n_rules;
+    struct px_profile profiles[PX_PROFILES_MAX];
+    int n_profiles;
+    int default_profile;                /* index of [profile.default], or -1: built-in */
+
+    /* [exclusions] */
+    int excl_ttl_s;        /* an exclusion's life */
+    int excl_pinned_alerts; /* pinned-client events before a host is excluded; 0 = off */
+    int excl_size;         /* entries at most (LRU); read at start only */
 
     /* [log] */
     enum px_log_level log_level;

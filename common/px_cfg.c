@@ -40,13 +40,89 @@ static int fail(struct parse_state *st, const char *section, const char *key, co
 static bool known_section(const char *name, size_t len)
 {
     static const char *known[] = {"listen", "hsm", "ca", "cache", "upstream", "policy", "log",
-                                  "admin", "master_key", "run", "export"};
+                                  "admin", "master_key", "run", "export",
+                                  "exclusions"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if (strlen(known[i]) == len && strncmp(name, known[i], len) == 0) {
             return true;
         }
     }
-    return len >= 4 && strncmp(name, "hsm.", 4) == 0; /* member names are checked later */
+    /* member, rule and profile names are checked when the section is registered */
+    return (len >= 4 && strncmp(name, "hsm.", 4) == 0) ||
+           (len >= 5 && strncmp(name, "rule.", 5) == 0) ||
+           (len >= 8 && strncmp(name, "profile.", 8) == 0);
+}
+
+static bool name_ok(const char *n)
+{
+    size_t l = strlen(n);
+    if (l == 0 || l >= 48) {
+        return false;
+    }
+    for (size_t i = 0; i < l; i++) {
+        unsigned char ch = (unsigned char)n[i];
+        if (!isalnum(ch) && ch != '_' && ch != '-') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The [rule.NAME] of sec ("rule.NAME"); create: registered at its header, in file order. */
+static struct px_rule *rule_for(struct parse_state *st, const char *sec, bool create)
+{
+    struct px_cfg *c = st->cfg;
+    const char *name = sec + 5;
+    for (int i = 0; i < c->n_rules; i++) {
+        if (strcmp(c->rules[i].name, name) == 0) {
+            return &c->rules[i];
+        }
+    }
+    if (!create) {
+        return NULL;
+    }
+    if (!name_ok(name) || strcmp(name, "bypass") == 0 || strcmp(name, "default") == 0) {
+        fail(st, sec, "-", "rule name must be 1-47 letters, digits, '-' or '_' (and not "
+             "bypass or default, the names of [policy] bypass and default)");
+        return NULL;
+    }
+    if (c->n_rules >= PX_RULES_MAX) {
+        fail(st, sec, "-", "at most %d rules", PX_RULES_MAX);
+        return NULL;
+    }
+    struct px_rule *r = &c->rules[c->n_rules++];
+    memset(r, 0, sizeof(*r));
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    r->profile = -1;
+    r->line = st->line;
+    return r;
+}
+
+static struct px_profile *profile_for(struct parse_state *st, const char *sec, bool create)
+{
+    struct px_cfg *c = st->cfg;
+    const char *name = sec + 8;
+    for (int i = 0; i < c->n_profiles; i++) {
+        if (strcmp(c->profiles[i].name, name) == 0) {
+            return &c->profiles[i];
+        }
+    }
+    if (!create) {
+        return NULL;
+    }
+    if (!name_ok(name)) {
+        fail(st, sec, "-", "profile name must be 1-47 letters, digits, '-' or '_'");
+        return NULL;
+    }
+    if (c->n_profiles >= PX_PROFILES_MAX) {
+        fail(st, sec, "-", "at most %d profiles", PX_PROFILES_MAX);
+        return NULL;
+    }
+    struct px_profile *p = &c->profiles[c->n_profiles++];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->line = st->line;
+    return p;
 }
 
 /*
@@ -71,6 +147,14 @@ static char *filter_line(struct parse_state *st, char *buf, int num, size_t len,
                 char name[64];
                 snprintf(name, sizeof(name), "%.*s", (int)(end - p - 1), p + 1);
                 fail(st, name, "-", "unknown section");
+            } else {
+                char name[80];
+                snprintf(name, sizeof(name), "%.*s", (int)(end - p - 1), p + 1);
+                if (strncmp(name, "rule.", 5) == 0) {
+                    rule_for(st, name, true);
+                } else if (strncmp(name, "profile.", 8) == 0) {
+                    profile_for(st, name, true);
+                }
             }
         }
     }
@@ -247,6 +331,101 @@ static int set_shared_url(struct parse_state *st, const char *sec, const char *k
     c->cache_shared_port = (int)port;
     c->cache_shared_db = (int)db;
     return set_str(st, sec, key, val, c->cache_shared, sizeof(c->cache_shared));
+}
+
+static int set_action(struct parse_state *st, const char *sec, const char *key, const char *val,
+                      enum px_action *dst)
+{
+    static const enum px_action acts[] = {PX_ACT_INSPECT, PX_ACT_BYPASS, PX_ACT_BLOCK};
+    for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++) {
+        if (strcmp(val, px_action_name(acts[i])) == 0) {
+            *dst = acts[i];
+            return 1;
+        }
+    }
+    return fail(st, sec, key, "'%s' is not inspect, bypass or block", val);
+}
+
+static int set_cert_action(struct parse_state *st, const char *sec, const char *key,
+                           const char *val, enum px_cert_action *dst)
+{
+    if (strcmp(val, "untrust") == 0) {
+        *dst = PX_CERT_UNTRUST;
+        return 1;
+    }
+    if (strcmp(val, "block") == 0) {
+        *dst = PX_CERT_BLOCK;
+        return 1;
+    }
+    return fail(st, sec, key, "'%s' is not untrust or block", val);
+}
+
+/* dst / clients: CIDRs separated by commas or spaces, at most PX_RULE_NETS. */
+static int set_nets(struct parse_state *st, const char *sec, const char *key, const char *val,
+                    bool with_port, struct px_cidr *out, uint8_t *n)
+{
+    *n = 0;
+    const char *p = val;
+    for (;;) {
+        p += strspn(p, ", \t");
+        if (*p == '\0') {
+            break;
+        }
+        size_t l = strcspn(p, ", \t");
+        char one[96];
+        snprintf(one, sizeof(one), "%.*s", (int)l, p);
+        if (*n >= PX_RULE_NETS) {
+            return fail(st, sec, key, "at most %d address blocks", PX_RULE_NETS);
+        }
+        if (px_cidr_parse(one, with_port, &out[*n]) != 0) {
+            return fail(st, sec, key, "'%s' is not %s", one,
+                        with_port ? "an address block (192.0.2.0/24, [2001:db8::]/32, with an "
+                                    "optional :PORT; no host bits past the prefix)"
+                                  : "an address block (10.1.0.0/16, [2001:db8::]/32; no port, "
+                                    "no host bits past the prefix)");
+        }
+        (*n)++;
+        p += l;
+    }
+    if (*n == 0) {
+        return fail(st, sec, key, "empty (give at least one address block)");
+    }
+    return 1;
+}
+
+static int rule_key(struct parse_state *st, const char *sec, struct px_rule *r, const char *key,
+                    const char *val)
+{
+    if (strcmp(key, "hosts") == 0) {
+        char bad[256];
+        int rc = px_hosts_parse(val, &r->hosts, bad, sizeof(bad));
+        if (rc == PX_E_FULL) {
+            return fail(st, sec, key, "too many names (at most %d, %zu bytes)", PX_RULE_HOSTS,
+                        sizeof(r->hosts.buf));
+        }
+        if (rc < 0) {
+            return fail(st, sec, key, "'%s' is not a host name, *.domain or .domain", bad);
+        }
+        if (r->hosts.n == 0) {
+            return fail(st, sec, key, "empty (give at least one name)");
+        }
+        return 1;
+    }
+    if (strcmp(key, "dst") == 0) {
+        return set_nets(st, sec, key, val, true, r->dst, &r->ndst);
+    }
+    if (strcmp(key, "clients") == 0) {
+        return set_nets(st, sec, key, val, false, r->clients, &r->nclients);
+    }
+    if (strcmp(key, "action") == 0) {
+        r->has_action = true;
+        return set_action(st, sec, key, val, &r->action);
+    }
+    if (strcmp(key, "profile") == 0) {
+        r->profile_line = st->line;
+        return set_str(st, sec, key, val, r->profile_name, sizeof(r->profile_name));
+    }
+    return fail(st, sec, key, "unknown key");
 }
 
 static int hsm_member_key(struct parse_state *st, const char *sec, struct px_hsm_member_cfg *m,
@@ -524,7 +703,73 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         }
     } else if (strcmp(sec, "policy") == 0) {
         if (strcmp(key, "bypass") == 0) {
+            char bad[256];
+            int r = px_hosts_parse(val, &c->policy_bypass_hosts, bad, sizeof(bad));
+            if (r == PX_E_FULL) {
+                return fail(st, sec, key, "too many names (at most %d, %zu bytes)",
+                            PX_RULE_HOSTS, sizeof(c->policy_bypass_hosts.buf));
+            }
+            if (r < 0) {
+                return fail(st, sec, key, "'%s' is not a host name, *.domain or .domain", bad);
+            }
             return set_str(st, sec, key, val, c->policy_bypass, sizeof(c->policy_bypass));
+        }
+        if (strcmp(key, "default") == 0) {
+            return set_action(st, sec, key, val, &c->policy_default);
+        }
+        if (strcmp(key, "non_tls") == 0) {
+            if (strcmp(val, "tunnel") == 0 || strcmp(val, "block") == 0) {
+                c->policy_non_tls = val[0] == 't' ? PX_NON_TLS_TUNNEL : PX_NON_TLS_BLOCK;
+                return 1;
+            }
+            return fail(st, sec, key, "'%s' is not tunnel or block", val);
+        }
+        if (strcmp(key, "proof_ttl_s") == 0) {
+            return set_int(st, sec, key, val, &c->policy_proof_ttl_s, 1, 86400);
+        }
+        if (strcmp(key, "unproven") == 0) {
+            if (strcmp(val, "inspect") == 0 || strcmp(val, "block") == 0) {
+                c->policy_unproven_block = val[0] == 'b';
+                return 1;
+            }
+            return fail(st, sec, key, "'%s' is not inspect or block", val);
+        }
+        if (strcmp(key, "first_byte_ms") == 0) {
+            return set_int(st, sec, key, val, &c->policy_first_byte_ms, 0, 60000);
+        }
+    } else if (strncmp(sec, "rule.", 5) == 0) {
+        struct px_rule *r = rule_for(st, sec, false);
+        if (r == NULL) {
+            return 0; /* its header failed */
+        }
+        return rule_key(st, sec, r, key, val);
+    } else if (strncmp(sec, "profile.", 8) == 0) {
+        struct px_profile *p = profile_for(st, sec, false);
+        if (p == NULL) {
+            return 0;
+        }
+        if (strcmp(key, "expired") == 0) {
+            return set_cert_action(st, sec, key, val, &p->expired);
+        }
+        if (strcmp(key, "untrusted_issuer") == 0) {
+            return set_cert_action(st, sec, key, val, &p->untrusted_issuer);
+        }
+        if (strcmp(key, "client_auth") == 0) {
+            if (strcmp(val, "bypass") == 0 || strcmp(val, "block") == 0) {
+                p->client_auth_block = val[1] == 'l';
+                return 1;
+            }
+            return fail(st, sec, key, "'%s' is not bypass or block", val);
+        }
+    } else if (strcmp(sec, "exclusions") == 0) {
+        if (strcmp(key, "ttl_s") == 0) {
+            return set_int(st, sec, key, val, &c->excl_ttl_s, 1, 86400 * 30);
+        }
+        if (strcmp(key, "pinned_alerts") == 0) {
+            return set_int(st, sec, key, val, &c->excl_pinned_alerts, 0, 1000);
+        }
+        if (strcmp(key, "size") == 0) {
+            return set_int(st, sec, key, val, &c->excl_size, 16, 1000000);
         }
     } else if (strcmp(sec, "log") == 0) {
         if (strcmp(key, "level") == 0) {
@@ -625,13 +870,63 @@ void px_cfg_defaults(struct px_cfg *c)
     c->dns_negative_ttl_s = 5;
     c->connect_timeout_ms = 5000;
     c->log_level = PX_LOG_INFO;
+    c->policy_default = PX_ACT_INSPECT;
+    c->policy_non_tls = PX_NON_TLS_TUNNEL;
+    c->policy_first_byte_ms = 500;
+    c->policy_proof_ttl_s = 600;
+    c->excl_ttl_s = 43200;
+    c->excl_pinned_alerts = 0;
+    c->excl_size = 10000;
+    c->default_profile = -1;
     snprintf(c->admin_socket, sizeof(c->admin_socket), "var/run/tlsmint.sock");
     snprintf(c->admin_metrics, sizeof(c->admin_metrics), "127.0.0.1:9120");
+}
+
+/* Rules: a match key and an action each; profiles named exist ([profile.default] optional). */
+static int validate_policy(struct parse_state *st)
+{
+    struct px_cfg *c = st->cfg;
+    c->default_profile = -1;
+    for (int i = 0; i < c->n_profiles; i++) {
+        if (strcmp(c->profiles[i].name, "default") == 0) {
+            c->default_profile = i;
+        }
+    }
+    for (int i = 0; i < c->n_rules; i++) {
+        struct px_rule *r = &c->rules[i];
+        char sec[64];
+        snprintf(sec, sizeof(sec), "rule.%s", r->name);
+        st->line = r->line;
+        if (r->hosts.n == 0 && r->ndst == 0 && r->nclients == 0) {
+            return fail(st, sec, "-", "no match key: a rule needs hosts, dst or clients");
+        }
+        if (!r->has_action) {
+            return fail(st, sec, "action", "missing (inspect, bypass or block)");
+        }
+        r->profile = c->default_profile;
+        if (r->profile_name[0] != '\0') {
+            r->profile = -2;
+            for (int k = 0; k < c->n_profiles; k++) {
+                if (strcmp(c->profiles[k].name, r->profile_name) == 0) {
+                    r->profile = k;
+                }
+            }
+            if (r->profile == -2) {
+                st->line = r->profile_line;
+                return fail(st, sec, "profile", "'%s' is not defined (no [profile.%s] section)",
+                            r->profile_name, r->profile_name);
+            }
+        }
+    }
+    return 1;
 }
 
 static int validate(struct parse_state *st)
 {
     struct px_cfg *c = st->cfg;
+    if (!validate_policy(st)) {
+        return 0;
+    }
     if (c->hsm_workers_min > c->hsm_workers_max) {
         st->line = st->workers_line;
         return fail(st, "hsm", "workers_min", "%d is above workers_max %d", c->hsm_workers_min,

@@ -16,10 +16,68 @@
 
 struct dp_server;
 
-#define DP_OUTCOMES 11
+#define DP_OUTCOMES 13
 /* "none", "ok", "bypass", "refused_hsm", "upstream_failed", "client_error", "bad_request",
- * "timeout", "shutdown", "fail_open", "dns_failed" */
+ * "timeout", "shutdown", "fail_open", "dns_failed", "blocked", "excluded" */
 const char *dp_outcome_name(int outcome);
+
+struct sockaddr;
+
+/* What the policy decided for a connection, and which rule said so. */
+struct dp_decision {
+    enum px_action action;
+    int index;        /* in cfg->rules; DP_RULE_BYPASS_LIST or DP_RULE_DEFAULT */
+    const char *rule; /* the rule's name, "bypass" or "default" (borrowed from cfg or static) */
+    int profile;      /* in cfg->profiles, -1: the built-in profile */
+};
+#define DP_RULE_BYPASS_LIST (-1) /* [policy] bypass */
+#define DP_RULE_DEFAULT (-2)     /* [policy] default */
+
+/*
+ * The decision for a connection to host (SNI or CONNECT host; NULL or "" when there is none),
+ * at dst (its original destination, AF_INET or AF_INET6, IPv4-mapped IPv6 counts as IPv4),
+ * from client: the [policy] bypass list first, then [rule.NAME] in file order (every key a
+ * rule gives must match), else [policy] default. Pure: reads cfg only (borrowed), any thread.
+ */
+struct dp_decision dp_policy_decide(const struct px_cfg *cfg, const char *host,
+                                    const struct sockaddr *dst, const struct sockaddr *client);
+
+/* One line of tlsmint_policy_decisions_total. */
+struct dp_policy_count {
+    char rule[48];      /* copied: a reload may free the configuration it came from */
+    const char *action; /* static */
+    uint64_t n;
+};
+/* Decisions taken under the configuration in use (a reload starts them from zero): at most
+ * cap entries (rules in file order, then "bypass" and "default"); returns how many. */
+int dp_server_policy_counts(struct dp_server *s, struct dp_policy_count *out, int cap);
+/* The exclusion cache: hosts learned as impossible to decrypt, passed through until expiry. */
+enum dp_excl_reason { DP_EXCL_NONE = 0, DP_EXCL_CLIENT_AUTH, DP_EXCL_PINNED, DP_EXCL_REASONS };
+/* "none", "client-auth", "pinned" */
+const char *dp_excl_reason_name(int reason);
+struct dp_excl_info {
+    char host[256]; /* SNI, or the destination address */
+    uint16_t port;
+    int reason;
+    int64_t age_s, expires_in_s;
+    uint64_t hits;  /* connections passed through because of it */
+};
+/* At most cap entries, most recently used first; returns how many. */
+int dp_server_exclusions(struct dp_server *s, struct dp_excl_info *out, int cap);
+/* Removes the entries of host (all of them when NULL or ""); returns how many. */
+int dp_server_exclusions_clear(struct dp_server *s, const char *host);
+/* Entries now, and entries added since start by reason. */
+void dp_server_exclusions_stats(struct dp_server *s, uint64_t *entries,
+                                uint64_t added[DP_EXCL_REASONS]);
+
+/* The policy settings new connections use (a copy: the configuration may go on a reload). */
+struct dp_policy_info {
+    int rules;
+    enum px_action def;
+    bool bypass_list;
+    int excl_ttl_s, excl_pinned_alerts;
+};
+void dp_server_policy_info(struct dp_server *s, struct dp_policy_info *out);
 
 /* Counters summed over all loops (a consistent-enough snapshot). */
 struct dp_stats {
@@ -31,6 +89,9 @@ struct dp_stats {
     uint64_t upstream_resumed, upstream_full, fail_open;
     uint64_t refused_limit; /* new connections closed at [listen] max_connections */
     uint64_t outcome[DP_OUTCOMES]; /* closed connections by outcome, see dp_outcome_name() */
+    uint64_t non_tls[2][2];        /* [not-tls, server-first][tunnel, block] */
+    uint64_t proofs[2];            /* name-proof handshakes: [proven, not proven] */
+    uint64_t unproven[2];          /* name-based bypasses refused: [sni-mismatch, unproven-name] */
 };
 
 /* Name resolution for CONNECT targets (one c-ares thread), a snapshot. */

@@ -213,14 +213,17 @@ void dp_alog_conn(struct dp_conn *c)
                      "\"mode\":\"%s\",\"upstream_verify\":\"%s\",\"upstream_resumed\":%s,"
                      "\"cache\":\"%s\","
                      "\"hsm_wait_ms\":%.3f,\"bytes_up\":%llu,\"bytes_down\":%llu,"
-                     "\"duration_ms\":%.3f,\"outcome\":\"%s\"}\n",
+                     "\"duration_ms\":%.3f,\"rule\":\"%s\",\"action\":\"%s\","
+                     "\"reason\":\"%s\",\"outcome\":\"%s\"}\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, client, dst, host, c->port, sni, alpn,
                      c->transparent ? "transparent" : "explicit", ver,
                      c->up_resumed ? "true" : "false", c->cache_result,
                      (double)c->hsm_wait_ns / 1e6, (unsigned long long)c->bytes_c2u,
                      (unsigned long long)c->bytes_u2c,
-                     (double)(px_now_ns() - c->start_ns) / 1e6, dp_outcome_name(c->outcome));
+                     (double)(px_now_ns() - c->start_ns) / 1e6, c->rule ? c->rule : "",
+                     c->rule ? px_action_name(c->action) : "", c->reason ? c->reason : "",
+                     dp_outcome_name(c->outcome));
     if (n > 0) {
         dp_alog_write(srv->alog, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }

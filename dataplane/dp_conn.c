@@ -10,7 +10,7 @@
  * only when none of its operations is in flight; every accepted connection ends with one
  * outcome, counted and logged once.
  * Not here: TLS objects and callbacks (dp_tls.c), the leaf and the HSM failure policy
- * (dp_leaf.c), moving bytes (dp_relay.c), the bypass decision (dp_policy.c), the log line
+ * (dp_leaf.c), moving bytes (dp_relay.c), the policy decision (dp_policy.c), the log line
  * (dp_alog.c).
  */
 #include "dp_int.h"
@@ -29,7 +29,7 @@
 
 static const char *outcome_name[] = {"none", "ok", "bypass", "refused_hsm", "upstream_failed",
                                      "client_error", "bad_request", "timeout", "shutdown",
-                                     "fail_open", "dns_failed"};
+                                     "fail_open", "dns_failed", "blocked", "excluded"};
 
 /* The handshake deadline until the relay starts, then the idle time of T_IDLE stages. */
 static void arm_deadline(struct dp_conn *c)
@@ -155,6 +155,7 @@ void dp_conn_abort(struct dp_conn *c, enum dp_outcome why)
         }
     }
     dp_conn_enter(c, S_CLOSING);
+    dp_policy_first_byte_cancel(c);
     for (int d = 0; d < 2; d++) {
         if (c->s[d].fd >= 0) {
             shutdown(c->s[d].fd, SHUT_RDWR);
@@ -172,6 +173,7 @@ void dp_conn_finish(struct dp_conn *c, enum dp_outcome why)
         c->outcome = why;
     }
     dp_conn_enter(c, S_CLOSING);
+    dp_policy_first_byte_cancel(c);
     dp_conn_run(c);
 }
 
@@ -362,6 +364,13 @@ static void step_connect_req(struct dp_conn *c)
  * known (dp_tls.c), and the policy decides. */
 static void step_client_hello(struct dp_conn *c)
 {
+    if (c->hello_len > 0) {
+        dp_policy_first_byte_cancel(c);
+        if (!dp_policy_looks_tls(c->hello, c->hello_len)) {
+            dp_policy_not_tls(c); /* a tunnel, or blocked: [policy] non_tls */
+            return;
+        }
+    }
     SSL *s = c->s[D_CLIENT].ssl;
     int r = SSL_do_handshake(s);
     int e = SSL_get_error(s, r);
@@ -391,6 +400,10 @@ static void step_up_handshake(struct dp_conn *c)
     if (e == SSL_ERROR_WANT_READ && !c->s[D_UP].eof) {
         return;
     }
+    if (e == SSL_ERROR_WANT_X509_LOOKUP && c->up_client_auth) {
+        dp_leaf_client_auth(c); /* a CertificateRequest: we have no certificate to give */
+        return;
+    }
     unsigned long oe = ERR_peek_error();
     char eb[160] = "closed";
     if (oe) {
@@ -408,6 +421,11 @@ static void step_client_handshake(struct dp_conn *c)
 {
     SSL *s = c->s[D_CLIENT].ssl;
     int r = SSL_do_handshake(s);
+    if (r == 1 && c->block_page) {
+        dp_conn_enter(c, S_BLOCK_PAGE); /* our leaf, only to say why: no upstream bytes */
+        atomic_fetch_add_explicit(&c->loop->ctr.handshakes_ok, 1, memory_order_relaxed);
+        return;
+    }
     if (r == 1) {
         dp_conn_enter(c, S_RELAY);
         dp_export_begin(c->loop->srv->exp, c);
@@ -426,6 +444,13 @@ static void step_client_handshake(struct dp_conn *c)
     }
     ERR_clear_error();
     atomic_fetch_add_explicit(&c->loop->ctr.handshakes_failed, 1, memory_order_relaxed);
+    /* a client that refuses our forward-trust leaf with bad_certificate,
+     * unsupported_certificate, certificate_unknown or unknown_ca: a pinned app. A client that
+     * just goes away is not one; refusing a forward-untrust leaf is what that leaf is for */
+    if (c->leaf_ready && c->verified && !c->fail_hello && !c->block_page &&
+        dp_policy_pinning_alert(c->client_alert)) {
+        dp_policy_pinned_event(c);
+    }
     dp_conn_finish(c, c->fail_hello && c->outcome != O_NONE ? c->outcome : O_CLIENT_ERROR);
 }
 
@@ -461,9 +486,14 @@ static void step_closing(struct dp_conn *c)
  *         | connected: "200 Connection established"              |
  *         v                                                      v
  *   CLIENT_HELLO <-----------------------------------------------+
+ *         |  `--not TLS ([policy] non_tls)--> (UP_CONNECTING) --> SPLICE, or closed
+ *         |  `--silent for first_byte_ms--> (UP_CONNECTING) --> FIRST_BYTE: the server
+ *         |       speaks first: SPLICE; the client does: back to CLIENT_HELLO (or not TLS)
  *         | SNI and ALPN known (the ClientHello callback pauses the handshake)
  *         v
  *      POLICY --bypass--> (transparent: UP_CONNECTING) --> SPLICE
+ *         |  `--block--> alert: CLIENT_HANDSHAKE (fails with access_denied)
+ *         |              a page: (MINTING) --> CLIENT_HANDSHAKE --> BLOCK_PAGE (403, close)
  *         | inspect
  *         v
  *   (transparent: UP_CONNECTING) --> UP_HANDSHAKE --cache miss--> MINTING
@@ -492,23 +522,29 @@ const struct dp_stage dp_stages[DP_STATES] = {
                        TO(S_RESOLVING) | TO(S_UP_CONNECTING) | TO(S_CLOSING)},
     [S_RESOLVING] = {"resolving", NULL, R_NONE, T_HANDSHAKE, TO(S_UP_CONNECTING) | TO(S_CLOSING)},
     [S_CLIENT_HELLO] = {"client_hello", step_client_hello, R_CLIENT, T_HANDSHAKE,
-                        TO(S_POLICY) | TO(S_CLOSING)},
+                        TO(S_POLICY) | TO(S_FIRST_BYTE) | TO(S_UP_CONNECTING) | TO(S_SPLICE) |
+                            TO(S_CLOSING)},
     [S_POLICY] = {"policy", dp_policy_step, R_NONE, T_HANDSHAKE,
-                  TO(S_UP_CONNECTING) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) | TO(S_CLOSING)},
+                  TO(S_UP_CONNECTING) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) | TO(S_MINTING) |
+                      TO(S_CLIENT_HANDSHAKE) | TO(S_CLOSING)},
     [S_UP_CONNECTING] = {"up_connecting", NULL, R_NONE, T_HANDSHAKE,
-                         TO(S_UP_CONNECTING) | TO(S_CLIENT_HELLO) | TO(S_UP_HANDSHAKE) | TO(S_SPLICE) |
-                             TO(S_CLIENT_HANDSHAKE) | TO(S_CLOSING)},
+                         TO(S_UP_CONNECTING) | TO(S_CLIENT_HELLO) | TO(S_UP_HANDSHAKE) |
+                             TO(S_SPLICE) | TO(S_CLIENT_HANDSHAKE) | TO(S_FIRST_BYTE) |
+                             TO(S_CLOSING)},
     [S_UP_HANDSHAKE] = {"up_handshake", step_up_handshake, R_UP, T_HANDSHAKE,
                         TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
     [S_MINTING] = {"minting", NULL, R_NONE, T_HANDSHAKE,
                    TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
     [S_CLIENT_HANDSHAKE] = {"client_handshake", step_client_handshake, R_CLIENT, T_HANDSHAKE,
-                            TO(S_RELAY) | TO(S_CLOSING)},
+                            TO(S_RELAY) | TO(S_BLOCK_PAGE) | TO(S_CLOSING)},
     [S_RELAY] = {"relay", dp_relay_step, R_BOTH, T_IDLE, TO(S_CLOSING)},
     [S_SPLICE] = {"splice", dp_relay_splice_step, R_BOTH, T_IDLE, TO(S_CLOSING)},
     [S_REOPEN] = {"reopen", dp_leaf_reopen, R_NONE, T_HANDSHAKE,
                   TO(S_UP_CONNECTING) | TO(S_CLOSING)},
     [S_CLOSING] = {"closing", step_closing, R_NONE, T_NONE, TO(S_CLOSING) | TO(S_FREE)},
+    [S_BLOCK_PAGE] = {"block_page", dp_policy_page_step, R_CLIENT, T_HANDSHAKE, TO(S_CLOSING)},
+    [S_FIRST_BYTE] = {"first_byte", dp_policy_first_byte_step, R_BOTH, T_HANDSHAKE,
+                      TO(S_CLIENT_HELLO) | TO(S_SPLICE) | TO(S_CLOSING)},
 };
 #undef TO
 
@@ -639,6 +675,7 @@ void dp_conn_accept(struct dp_loop *l, int which, int res, uint32_t flags)
             return;
         }
         dp_conn_enter(c, S_CLIENT_HELLO);
+        dp_policy_first_byte_arm(c);
     }
     dp_conn_run(c);
     dp_loop_arm_accept(l, which);
@@ -684,13 +721,20 @@ void dp_conn_on_connect(struct dp_conn *c, int res)
         dp_relay_queue(c, D_CLIENT, ok, sizeof(ok) - 1);
         c->sent_200 = true;
         dp_conn_enter(c, S_CLIENT_HELLO);
+        dp_policy_first_byte_arm(c);
         dp_conn_run(c);
         return;
     }
-    if (c->fail_open) {
+    if (c->tunnel && c->hello_overflow) {
+        dp_conn_abort(c, O_CLIENT_ERROR); /* more than could be kept while connecting */
+        return;
+    }
+    if (c->fb_wait) {
+        dp_conn_enter(c, S_FIRST_BYTE); /* whichever side speaks first */
+    } else if (c->fail_open && !c->excluding) {
         dp_relay_splice(c);
         c->outcome = O_FAIL_OPEN;
-    } else if (c->outcome == O_BYPASS) {
+    } else if (c->outcome == O_BYPASS || c->excluding) {
         dp_relay_splice(c);
     } else if (dp_tls_upstream_start(c) != 0) {
         dp_conn_abort(c, O_UPSTREAM_FAILED);

@@ -6,7 +6,7 @@
  *   dp_loop.c    one loop: the ring, CQE dispatch by user_data, the connection table, the tick
  *   dp_conn.c    the connection's state machine, accept to close; CONNECT, destination, connect
  *   dp_connect.c the CONNECT request head (http-parser)     dp_resolve.c  names, off the loops
- *   dp_policy.c  the decision for a new connection (bypass list)
+ *   dp_policy.c  the decision for a new connection (rules, bypass list, default), block page
  *   dp_tls.c     both SSL_CTXs, ClientHello callback, ALPN, upstream SSL, session cache, keylog
  *   dp_leaf.c    certcache lookup, the wait for a mint, the HSM failure policy (closed / open)
  *   dp_relay.c   the pump: recv/send, backpressure, TLS relay, splice, half-close
@@ -173,7 +173,10 @@ void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 #define DP_IDLE_MS 300000
 #define DP_TICK_MS 200
 
-enum dp_op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES };
+enum dp_op {
+    OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES,
+    OP_FIRSTBYTE /* dir 0: the first-byte timer of a connection; dir 1: its removal */
+};
 enum dp_dir { D_CLIENT = 0, D_UP = 1 };
 
 /* The stages of a connection; dp_conn.c draws them and holds their table (dp_stages). */
@@ -191,6 +194,8 @@ enum dp_state {
     S_SPLICE,        /* bypass: raw bytes both ways */
     S_REOPEN,        /* fail open: waiting for the first upstream's operations to end */
     S_CLOSING,       /* flushing what is queued, then close */
+    S_BLOCK_PAGE,    /* blocked, on a leaf of ours: read the request, answer 403 (dp_policy.c) */
+    S_FIRST_BYTE,    /* the client said nothing for first_byte_ms: whichever side speaks first */
     DP_STATES
 };
 
@@ -212,7 +217,7 @@ extern const struct dp_stage dp_stages[DP_STATES];
 
 enum dp_outcome {
     O_NONE = 0, O_OK, O_BYPASS, O_REFUSED_HSM, O_UPSTREAM_FAILED, O_CLIENT_ERROR, O_BAD_REQUEST,
-    O_TIMEOUT, O_SHUTDOWN, O_FAIL_OPEN, O_DNS_FAILED
+    O_TIMEOUT, O_SHUTDOWN, O_FAIL_OPEN, O_DNS_FAILED, O_BLOCKED, O_EXCLUDED
 };
 
 union dp_ud {
@@ -252,8 +257,8 @@ struct dp_gen {
     struct cc_ctx *cc;        /* one reference */
     SSL_CTX *sctx;            /* client-facing (server role) */
     SSL_CTX *uctx;            /* upstream-facing (client role) */
-    char bypass[64][128];
-    int nbypass;
+    _Atomic uint64_t *decisions; /* per rule, then bypass list, then default (n_rules + 2) */
+    EVP_PKEY *page_key;          /* signs the stand-in upstream certificates of block pages */
 };
 
 /* A connection as an exported TCP conversation (dp_export.c); kept by its loop. */
@@ -280,6 +285,25 @@ struct dp_conn {
     bool up_shut_sent, cl_shut_sent;
     bool up_resumed;
     bool fail_open;        /* replay the ClientHello on a new upstream connection and splice */
+    bool block_page;       /* blocked: the client handshake ends on our leaf, then a 403 */
+    uint8_t fail_alert;    /* the alert fail_hello sends (0: handshake_failure) */
+    uint8_t page_crlf;     /* S_BLOCK_PAGE: how much of "\r\n\r\n" the request has shown */
+    uint32_t page_read;    /* S_BLOCK_PAGE: request bytes read */
+    bool fb_armed;         /* the first-byte timer is in flight (counted in inflight) */
+    bool fb_removing;      /* its removal is submitted */
+    bool decided;          /* the decision is counted (once per connection) */
+    bool fb_wait;          /* it fired: once connected, wait in S_FIRST_BYTE */
+    bool tunnel;           /* not TLS: bytes kept for the replay until spliced */
+    bool excluding;        /* in the exclusion cache (or just added): spliced, outcome excluded */
+    bool proving;          /* a name-based bypass waits for its proof: the upstream handshake */
+    bool proof_excl;       /* ... and it came from the exclusion cache */
+    bool up_client_auth;   /* the upstream asked for a client certificate */
+    uint8_t client_alert;  /* the last alert the client sent us (0: none) */
+    struct __kernel_timespec fb_ts;
+    enum px_action action; /* the policy's decision */
+    int profile;           /* its profile (cfg->profiles index, -1: built-in) */
+    const char *rule;      /* the rule that decided (borrowed from the generation's cfg) */
+    const char *reason;    /* why: "rule", "default", "expired", ... (static) */
     enum cc_key_kind keykind;
     struct side s[2];
     struct sockaddr_storage client_addr, dst;
@@ -314,6 +338,9 @@ struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
         fail_open, up_resumed, up_full, refused_limit;
+    _Atomic uint64_t non_tls[2][2]; /* [not-tls, server-first][tunnel, block] */
+    _Atomic uint64_t proofs[2];     /* proof handshakes: [proven, not proven] */
+    _Atomic uint64_t unproven[2];   /* name-based bypasses refused: [sni-mismatch, unproven-name] */
     _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 
@@ -364,6 +391,9 @@ struct dp_server {
     struct dp_gen *gen;       /* current generation, under gen_lock */
     _Atomic unsigned gen_id;
     struct dp_resolver *res;
+    struct dp_excl *excl;     /* the exclusion cache, kept across reloads */
+    struct dp_excl *proofs;   /* names proven per (address, port): the same table, reason 1 =
+                                 proven, 2 = not proven */
     struct dp_alog *alog;
     struct dp_alog *keylog;
     struct dp_export *exp;    /* NULL when no [export] sink is configured */
@@ -455,6 +485,8 @@ int dp_tls_upstream_start(struct dp_conn *c);
 void dp_tls_client_bytes(struct dp_conn *c, const uint8_t *p, size_t n);
 /* Makes the client handshake fail with handshake_failure, outcome why (S_CLIENT_HANDSHAKE). */
 void dp_tls_refuse(struct dp_conn *c, enum dp_outcome why);
+/* The same with an access_denied alert, outcome blocked. */
+void dp_tls_deny(struct dp_conn *c);
 /* Keeps the upstream session of a cleanly finished connection for the next one. */
 void dp_tls_sess_store(struct dp_conn *c);
 
@@ -463,6 +495,13 @@ void dp_tls_sess_store(struct dp_conn *c);
 void dp_leaf_get(struct dp_conn *c);
 /* S_REOPEN: once nothing of the old upstream is in flight, connects a new one. */
 void dp_leaf_reopen(struct dp_conn *c);
+/* The upstream asked for a client certificate (the upstream handshake is paused): [profile]
+ * client_auth = block blocks; bypass excludes the host and replays the kept ClientHello on a
+ * fresh upstream connection, spliced (the fail-open route). */
+void dp_leaf_client_auth(struct dp_conn *c);
+/* A forward-trust leaf for c's name alone (no upstream), for a block page: resumes the client
+ * handshake with it (S_CLIENT_HANDSHAKE, maybe through S_MINTING), or denies when none. */
+void dp_leaf_for_page(struct dp_conn *c);
 
 /* dp_relay.c: moving bytes */
 void dp_relay_queue(struct dp_conn *c, int dir, const void *p, size_t n);
@@ -478,11 +517,56 @@ void dp_relay_on_recv(struct dp_conn *c, int dir, int res);
 void dp_relay_on_send(struct dp_conn *c, int dir, int res);
 
 /* dp_policy.c: the decision for a new connection */
-void dp_policy_load(struct dp_gen *g, const struct px_cfg *cfg);
+/* The generation's policy state: decision counters, the block pages' signing key. */
+int dp_policy_load(struct dp_gen *g, const struct px_cfg *cfg, char *err, size_t errlen);
+void dp_policy_unload(struct dp_gen *g);
+/* Whether host is on g's [policy] bypass list (the fuzz targets check the stage against it). */
+bool dp_policy_bypassed(const struct dp_gen *g, const char *host);
 /* S_POLICY: names the connection (SNI, else CONNECT host or destination) and routes it. */
 void dp_policy_step(struct dp_conn *c);
-/* [policy] bypass: exact names, or "*.suffix" / ".suffix" for a domain and its subdomains. */
-bool dp_policy_bypassed(const struct dp_gen *g, const char *host);
+/* Blocks c (reason: static string): a 403 page on our leaf when the client offered http/1.1,
+ * else an access_denied alert. From S_POLICY or once the upstream is checked. */
+void dp_policy_block(struct dp_conn *c, const char *reason);
+/* The exclusion cache's key of c: SNI, else the destination address (no port). */
+void dp_policy_excl_key(const struct dp_conn *c, char *out, size_t cap);
+/* The upstream handshake of a connection that was proving its name is done: records the proof.
+ * Proven: the bypass goes ahead (S_REOPEN, then spliced); returns true. Not proven: false, and
+ * the connection is inspected (or blocked, [policy] unproven = block: state changed). */
+bool dp_policy_proof_done(struct dp_conn *c);
+/* Whether a client's alert is how pinned apps refuse a leaf (42, 43, 46, 48). */
+bool dp_policy_pinning_alert(uint8_t alert);
+/* The client gave up on our leaf (a pinning alert, or closed before any data): one event. */
+void dp_policy_pinned_event(struct dp_conn *c);
+/* S_BLOCK_PAGE: reads the request head, answers 403 naming the rule and reason, closes. */
+void dp_policy_page_step(struct dp_conn *c);
+/* Entering S_CLIENT_HELLO with nothing read yet: starts the [policy] first_byte_ms timer. */
+void dp_policy_first_byte_arm(struct dp_conn *c);
+/* Stops the timer (the first byte came, or the connection ends); its CQE still comes back. */
+void dp_policy_first_byte_cancel(struct dp_conn *c);
+/* The timer's CQE (res -ETIME when it fired). */
+void dp_policy_first_byte_done(struct dp_conn *c, int res);
+/* Whether the first client bytes can be a TLS record (handshake, version 3.x). */
+bool dp_policy_looks_tls(const uint8_t *p, uint32_t n);
+/* The client's first bytes are not TLS: tunnel or block ([policy] non_tls, rules). */
+void dp_policy_not_tls(struct dp_conn *c);
+/* S_FIRST_BYTE: the client spoke first (TLS: back to S_CLIENT_HELLO; else not_tls). */
+void dp_policy_first_byte_step(struct dp_conn *c);
+/* S_FIRST_BYTE: the upstream spoke first: tunnel (spliced, state S_SPLICE) or block. */
+void dp_policy_server_first(struct dp_conn *c);
+
+/* dp_excl.c: the exclusion cache (shared by the loops, kept across reloads) */
+struct dp_excl;
+struct dp_excl *dp_excl_new(uint32_t cap);
+void dp_excl_free(struct dp_excl *x);
+/* The reason (host, port) is excluded, or DP_EXCL_NONE; counts a hit. */
+int dp_excl_lookup(struct dp_excl *x, const char *host, uint16_t port);
+void dp_excl_add(struct dp_excl *x, const char *host, uint16_t port, int reason, int ttl_s);
+/* One pinned-client event; true when it made (host, port) an exclusion (threshold reached). */
+bool dp_excl_pinned_event(struct dp_excl *x, const char *host, uint16_t port, int threshold,
+                          int ttl_s);
+int dp_excl_list(struct dp_excl *x, struct dp_excl_info *out, int cap);
+int dp_excl_clear(struct dp_excl *x, const char *host);
+void dp_excl_stats(struct dp_excl *x, uint64_t *entries, uint64_t added[DP_EXCL_REASONS]);
 
 /* dp_alog.c: the access-log line of a connection that ends */
 void dp_alog_conn(struct dp_conn *c);

@@ -226,6 +226,11 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         dp_conn_on_resolved(l);
         dp_loop_arm_events(l, 1);
         return;
+    case OP_FIRSTBYTE:
+        if (u.f.dir == 1) {
+            return; /* the removal's own answer: the timer's comes separately */
+        }
+        break;
     case OP_RECV:
     case OP_SEND:
     case OP_CONNECT:
@@ -254,6 +259,9 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         if (c->state == S_CLOSING) {
             dp_conn_release(c);
         }
+        break;
+    case OP_FIRSTBYTE:
+        dp_policy_first_byte_done(c, cqe->res);
         break;
     default:
         break;

@@ -100,7 +100,10 @@ void dp_relay_splice(struct dp_conn *c)
     cl->out = pending;
     dp_conn_enter(c, S_SPLICE);
     c->deadline_ns = 0; /* no handshake to wait for: only idle time ends it now */
-    if (!c->fail_open) {
+    if (c->excluding) {
+        c->outcome = O_EXCLUDED;
+        atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
+    } else if (!c->fail_open) {
         c->outcome = O_BYPASS;
         atomic_fetch_add_explicit(&c->loop->ctr.bypassed, 1, memory_order_relaxed);
     }
@@ -154,8 +157,16 @@ static void relay_tls(struct dp_conn *c, int from)
             }
             return;
         }
-        /* alert or reset from this side: end the other side cleanly */
+        /* alert or reset from this side: end the other side cleanly. Not a success, even
+         * after a good handshake (an upstream that wants a client certificate says so here) */
         ERR_clear_error();
+        if (c->outcome == O_OK) {
+            c->outcome = from == D_UP ? O_UPSTREAM_FAILED : O_CLIENT_ERROR;
+        }
+        if (from == D_CLIENT && c->bytes_c2u == 0 && c->verified &&
+            dp_policy_pinning_alert(c->client_alert)) {
+            dp_policy_pinned_event(c); /* our leaf was refused after the handshake */
+        }
         if (!(from == D_CLIENT ? c->up_shut_sent : c->cl_shut_sent)) {
             SSL_shutdown(b->ssl);
         }
@@ -199,6 +210,12 @@ void dp_relay_on_recv(struct dp_conn *c, int dir, int res)
     size_t n = (size_t)res;
     if (c->state == S_CONNECT_REQ && dir == D_CLIENT && sd->ssl == NULL) {
         sd->rlen += (uint32_t)n;
+    } else if (c->state == S_FIRST_BYTE && dir == D_UP) {
+        dp_policy_server_first(c); /* the server spoke first: a tunnel, or closed */
+        if (c->state == S_SPLICE) {
+            dp_relay_queue(c, D_CLIENT, p, n);
+            c->bytes_u2c += n;
+        }
     } else if (c->state == S_SPLICE) {
         dp_relay_queue(c, dir ^ 1, p, n);
         if (dir == D_CLIENT) {

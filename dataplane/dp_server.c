@@ -4,7 +4,7 @@
  * start, stop and drain, counters.
  * Owns the listening sockets (one per loop and mode, SO_REUSEPORT), the loops, the resolver
  * and log threads, and struct dp_gen: what a reload replaces (configuration, certificate cache,
- * TLS contexts, bypass list), refcounted so that a connection keeps the generation it was
+ * TLS contexts, policy counters), refcounted so that a connection keeps the generation it was
  * accepted in.
  * Threads: dp_server_* run on the main or admin thread; dp_gen_switch runs on a loop thread
  * between two batches of completions. s->gen is read and replaced under gen_lock only.
@@ -33,6 +33,7 @@ void dp_gen_unref(struct dp_gen *g)
         SSL_CTX_free(g->sctx);
         SSL_CTX_free(g->uctx);
         cc_free(g->cc); /* its reference */
+        dp_policy_unload(g);
         free(g);
     }
 }
@@ -151,7 +152,8 @@ static int conn_limit(const struct px_cfg *cfg, int nloops)
     return max;
 }
 
-/* A generation for cfg and cc: TLS contexts with the trust store loaded once, bypass list. */
+/* A generation for cfg and cc: TLS contexts with the trust store loaded once, the policy's
+ * state. */
 static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char *err, size_t errlen)
 {
     struct dp_gen *g = calloc(1, sizeof(*g));
@@ -168,7 +170,11 @@ static struct dp_gen *gen_new(const struct px_cfg *cfg, struct cc_ctx *cc, char 
         dp_gen_unref(g);
         return NULL;
     }
-    dp_policy_load(g, cfg);
+    if (dp_policy_load(g, cfg, err, errlen) != 0) {
+        g->cc = NULL;
+        dp_gen_unref(g);
+        return NULL;
+    }
     return g;
 }
 
@@ -204,6 +210,8 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
     pthread_cond_init(&s->start_cond, NULL);
     pthread_mutex_init(&s->gen_lock, NULL);
     s->res = dp_resolver_new(cfg, err, errlen);
+    s->excl = dp_excl_new((uint32_t)cfg->excl_size);
+    s->proofs = dp_excl_new(4096);
     s->alog = dp_alog_new(cfg->log_access, 0640, PX_SINK_ACCESS, err, errlen);
     if (s->alog != NULL && cfg->log_keylog[0]) {
         /* debugging only: these lines decrypt captured traffic, so the file is 0600 */
@@ -220,7 +228,10 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         dp_server_free(s);
         return NULL;
     }
-    if (s->res == NULL || s->alog == NULL) {
+    if (s->res == NULL || s->alog == NULL || s->excl == NULL || s->proofs == NULL) {
+        if (s->res != NULL && s->alog != NULL) {
+            snprintf(err, errlen, "out of memory (exclusion cache)");
+        }
         dp_server_free(s);
         return NULL;
     }
@@ -331,6 +342,8 @@ void dp_server_free(struct dp_server *s)
         dp_loop_fini(l);
     }
     dp_export_free(s->exp); /* after the loops: closing connections still reports their end */
+    dp_excl_free(s->excl);
+    dp_excl_free(s->proofs);
     dp_alog_free(s->alog);
     if (s->keylog != NULL) {
         dp_tls_keylog_set(NULL);
@@ -366,6 +379,13 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
         for (int k = 0; k < DP_OUTCOMES; k++) {
             o->outcome[k] += atomic_load(&c->outcome[k]);
         }
+        for (int r = 0; r < 2; r++) {
+            for (int a = 0; a < 2; a++) {
+                o->non_tls[r][a] += atomic_load(&c->non_tls[r][a]);
+            }
+            o->proofs[r] += atomic_load(&c->proofs[r]);
+            o->unproven[r] += atomic_load(&c->unproven[r]);
+        }
     }
 }
 
@@ -387,6 +407,60 @@ void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out)
 void dp_server_export_stats(struct dp_server *s, struct dp_export_stats *out)
 {
     dp_export_stats(s->exp, out);
+}
+
+int dp_server_policy_counts(struct dp_server *s, struct dp_policy_count *out, int cap)
+{
+    pthread_mutex_lock(&s->gen_lock);
+    struct dp_gen *g = s->gen;
+    dp_gen_ref(g);
+    pthread_mutex_unlock(&s->gen_lock);
+    const struct px_cfg *cfg = g->cfg;
+    int n = 0;
+    for (int i = 0; i < cfg->n_rules + 2 && n < cap; i++) {
+        if (i < cfg->n_rules) {
+            snprintf(out[n].rule, sizeof(out[n].rule), "%s", cfg->rules[i].name);
+            out[n].action = px_action_name(cfg->rules[i].action);
+        } else if (i == cfg->n_rules) {
+            snprintf(out[n].rule, sizeof(out[n].rule), "bypass");
+            out[n].action = "bypass";
+        } else {
+            snprintf(out[n].rule, sizeof(out[n].rule), "default");
+            out[n].action = px_action_name(cfg->policy_default);
+        }
+        out[n].n = atomic_load_explicit(&g->decisions[i], memory_order_relaxed);
+        n++;
+    }
+    dp_gen_unref(g);
+    return n;
+}
+
+int dp_server_exclusions(struct dp_server *s, struct dp_excl_info *out, int cap)
+{
+    return dp_excl_list(s->excl, out, cap);
+}
+
+int dp_server_exclusions_clear(struct dp_server *s, const char *host)
+{
+    return dp_excl_clear(s->excl, host);
+}
+
+void dp_server_exclusions_stats(struct dp_server *s, uint64_t *entries,
+                                uint64_t added[DP_EXCL_REASONS])
+{
+    dp_excl_stats(s->excl, entries, added);
+}
+
+void dp_server_policy_info(struct dp_server *s, struct dp_policy_info *out)
+{
+    pthread_mutex_lock(&s->gen_lock);
+    const struct px_cfg *cfg = s->gen->cfg;
+    out->rules = cfg->n_rules;
+    out->def = cfg->policy_default;
+    out->bypass_list = cfg->policy_bypass_hosts.n > 0;
+    out->excl_ttl_s = cfg->excl_ttl_s;
+    out->excl_pinned_alerts = cfg->excl_pinned_alerts;
+    pthread_mutex_unlock(&s->gen_lock);
 }
 
 unsigned dp_server_generation(struct dp_server *s)

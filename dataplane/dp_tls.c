@@ -113,6 +113,7 @@ int dp_tls_upstream_start(struct dp_conn *c)
     }
     BIO_set_mem_eof_return(rb, -1);
     SSL_set_bio(u->ssl, rb, wb);
+    SSL_set_ex_data(u->ssl, g_conn_idx, c);
     u->in = rb;
     u->out = wb;
     SSL_set_connect_state(u->ssl);
@@ -152,6 +153,14 @@ void dp_tls_refuse(struct dp_conn *c, enum dp_outcome why)
     dp_conn_enter(c, S_CLIENT_HANDSHAKE);
 }
 
+void dp_tls_deny(struct dp_conn *c)
+{
+    c->fail_hello = true;
+    c->fail_alert = SSL_AD_ACCESS_DENIED;
+    c->outcome = O_BLOCKED;
+    dp_conn_enter(c, S_CLIENT_HANDSHAKE);
+}
+
 /* Reads SNI, ALPN and signature algorithms; pauses the handshake until the leaf is there. */
 static int client_hello_cb(SSL *s, int *al, void *arg)
 {
@@ -162,7 +171,7 @@ static int client_hello_cb(SSL *s, int *al, void *arg)
         return SSL_CLIENT_HELLO_ERROR;
     }
     if (c->fail_hello) {
-        *al = SSL_AD_HANDSHAKE_FAILURE;
+        *al = c->fail_alert != 0 ? c->fail_alert : SSL_AD_HANDSHAKE_FAILURE;
         return SSL_CLIENT_HELLO_ERROR;
     }
     if (c->leaf_ready) {
@@ -208,6 +217,31 @@ static int client_hello_cb(SSL *s, int *al, void *arg)
         }
     }
     return SSL_CLIENT_HELLO_RETRY;
+}
+
+/* The upstream sent a CertificateRequest: pause its handshake (SSL_ERROR_WANT_X509_LOOKUP), so
+ * the leaf stage can pass the connection through instead of failing it (dp_leaf_client_auth). */
+static int client_cert_cb(SSL *s, X509 **x509, EVP_PKEY **pkey)
+{
+    (void)x509;
+    (void)pkey;
+    struct dp_conn *c = SSL_get_ex_data(s, g_conn_idx);
+    if (c == NULL) {
+        return 0;
+    }
+    c->up_client_auth = true;
+    return -1;
+}
+
+/* Notes the alerts a client sends: a pinned app rejects our leaf with one. */
+static void info_cb(const SSL *s, int where, int ret)
+{
+    if (where & SSL_CB_READ_ALERT) {
+        struct dp_conn *c = SSL_get_ex_data(s, g_conn_idx);
+        if (c != NULL) {
+            c->client_alert = (uint8_t)(ret & 0xff);
+        }
+    }
 }
 
 static int alpn_select_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
@@ -258,7 +292,8 @@ int dp_tls_client_start(struct dp_conn *c)
 /* Client bytes that arrive before the handshake is decided are kept for a replay (bypass). */
 void dp_tls_client_bytes(struct dp_conn *c, const uint8_t *p, size_t n)
 {
-    if (c->state == S_CLIENT_HELLO && c->hello != NULL) {
+    if ((c->state == S_CLIENT_HELLO || c->state == S_FIRST_BYTE || c->tunnel) &&
+        c->hello != NULL) {
         if (c->hello_len + n <= DP_HELLO_MAX) {
             memcpy(c->hello + c->hello_len, p, n);
             c->hello_len += (uint32_t)n;
@@ -297,6 +332,8 @@ int dp_tls_ctx_init(struct dp_gen *g, const struct px_cfg *cfg, char *err, size_
     SSL_CTX_set_options(g->sctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_client_hello_cb(g->sctx, client_hello_cb, NULL);
     SSL_CTX_set_alpn_select_cb(g->sctx, alpn_select_cb, NULL);
+    SSL_CTX_set_info_callback(g->sctx, info_cb);
+    SSL_CTX_set_client_cert_cb(g->uctx, client_cert_cb);
     SSL_CTX_set_verify(g->uctx, SSL_VERIFY_NONE, NULL); /* verified, recorded, decided by us */
     if (SSL_CTX_load_verify_locations(g->uctx, cfg->upstream_ca_file, NULL) != 1) {
         ERR_clear_error();

@@ -64,7 +64,9 @@ echo "     $r"
 check_eq "CONNECT answered 200" "200" "$(kv status "$r")"
 check_eq "the proxy closes the connection" "1" "$(kv closed "$r")"
 check_secs "... promptly" "$(kv secs "$r")" 3
-check_eq "access log: client_error" "client_error" "$(outcome_of "$(kv lport "$r")")"
+line=$(alog_client "$ALOG" "127.0.0.1:$(kv lport "$r")")
+check_eq "access log: tunnelled as not TLS ([policy] non_tls = tunnel), the origin closed it" \
+    "tunnel not-tls" "$(jf action "$line") $(jf reason "$line")"
 serving "after garbage"
 
 echo "== truncated ClientHello (first 40 bytes, then FIN)"

@@ -53,8 +53,16 @@ void fz_dp_init(const char *upstream_ca)
         fprintf(stderr, "fuzz_dp: %s\n", err);
         abort();
     }
-    dp_policy_load(g_gen, &g_cfg);
+    if (dp_policy_load(g_gen, &g_cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "fuzz_dp: %s\n", err);
+        abort();
+    }
     g_srv.cfg = &g_cfg;
+    g_srv.excl = dp_excl_new(64); /* the exclusion cache the policy stage consults */
+    g_srv.proofs = dp_excl_new(64); /* and the names proven for their destinations */
+    if (g_srv.excl == NULL || g_srv.proofs == NULL) {
+        abort();
+    }
     g_srv.alog = dp_alog_new("/dev/null", 0600, PX_SINK_ACCESS, err, sizeof(err));
     g_loop.srv = &g_srv;
     g_loop.g = g_gen;
@@ -72,6 +80,10 @@ void fz_dp_init(const char *upstream_ca)
 
 struct dp_conn *fz_dp_conn(void)
 {
+    /* what one input taught the exclusion cache (a handshake that ended on EOF counts as a
+     * pinned app) must not change how the next input is decided: deterministic */
+    dp_excl_clear(g_srv.excl, NULL);
+    dp_excl_clear(g_srv.proofs, NULL);
     struct dp_conn *c = dp_conn_new(&g_loop, -1, NULL);
     if (c == NULL) {
         abort(); /* the previous input's connection was not released */

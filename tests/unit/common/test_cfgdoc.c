@@ -116,7 +116,9 @@ static void parser_keys(struct names *out)
     ck_assert_int_gt(lits.n, 10);
     static struct names secs;
     secs.n = 0;
-    names_add(&secs, "hsm.x"); /* [hsm.NAME] */
+    names_add(&secs, "hsm.x");     /* [hsm.NAME] */
+    names_add(&secs, "rule.x");    /* [rule.NAME] */
+    names_add(&secs, "profile.x"); /* [profile.NAME] */
     for (int i = 0; i < lits.n; i++) {
         char text[512], err[600] = "";
         static struct px_cfg cfg;
@@ -132,8 +134,13 @@ static void parser_keys(struct names *out)
         for (int k = 0; k < lits.n; k++) {
             if (strchr(lits.v[k], '.') == NULL && accepted(secs.v[s], lits.v[k])) {
                 char pair[140];
-                snprintf(pair, sizeof(pair), "[%s] %s", strcmp(secs.v[s], "hsm.x") == 0 ?
-                         "hsm.NAME" : secs.v[s], lits.v[k]);
+                const char *sn = secs.v[s];
+                snprintf(pair, sizeof(pair), "[%s] %s",
+                         strcmp(sn, "hsm.x") == 0       ? "hsm.NAME"
+                         : strcmp(sn, "rule.x") == 0    ? "rule.NAME"
+                         : strcmp(sn, "profile.x") == 0 ? "profile.NAME"
+                                                        : sn,
+                         lits.v[k]);
                 names_add(out, pair);
             }
         }

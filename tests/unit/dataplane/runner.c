@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * runner.c - the unit test runner of the dataplane module (resolver names and resolver).
+ * runner.c - the unit test runner of the dataplane module (resolver names, resolver, policy).
  * Owns the SRunner; exits 0 when every test passed, 1 otherwise.
  * Tests fork by default; CK_FORK=no runs them in-process (for gdb), and CK_RUN_SUITE /
  * CK_RUN_CASE select one suite or test case.
- * Not here: the tests themselves (test_rcache.c, test_resolve.c); the connection state machine
+ * Not here: the tests themselves (test_rcache.c, test_resolve.c, test_policy.c); the connection state machine
  * is tested end to end (tests/e2e).
  */
 #include <check.h>
@@ -12,11 +12,13 @@
 
 Suite *rcache_suite(void);
 Suite *resolve_suite(void);
+Suite *policy_suite(void);
 
 int main(void)
 {
     SRunner *sr = srunner_create(rcache_suite());
     srunner_add_suite(sr, resolve_suite());
+    srunner_add_suite(sr, policy_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failures = srunner_ntests_failed(sr);
     srunner_free(sr);
