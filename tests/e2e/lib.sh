@@ -43,6 +43,12 @@ finish() {
     [ "$FAILS" -eq 0 ]
 }
 
+# flip_byte FILE POS: inverts every bit of one byte, so the file always changes (writing a
+# fixed value left it unchanged when the byte already had that value, 1 time in 256)
+flip_byte() {
+    python3 -c 'import sys; f=open(sys.argv[1],"r+b"); p=int(sys.argv[2]); f.seek(p); b=f.read(1); f.seek(p); f.write(bytes([b[0]^0xff]))' "$1" "$2"
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

@@ -55,7 +55,7 @@ echo "== refused bundles change nothing"
 size=$(stat -c %s "$WORK/a.bundle")
 for pos in 2 10 40 $((size / 2)) $((size - 3)); do
     cp "$WORK/a.bundle" "$WORK/t.bundle"
-    printf '\x55' | dd of="$WORK/t.bundle" bs=1 seek="$pos" conv=notrunc status=none
+    flip_byte "$WORK/t.bundle" "$pos"
     out=$("$TLSMINT" restore --in "$WORK/t.bundle" --dir "$B" --master-key-file "$WORK/mk" 2>&1)
     rc=$?
     check "tampered byte at $pos: refused (rc=$rc)" test "$rc" -ne 0

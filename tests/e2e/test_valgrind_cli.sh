@@ -84,7 +84,7 @@ B0="$WORK/nodeB0"
 vg 0 restore restore --in "$WORK/b.bundle" --dir "$WORK/nodeB" --master-key-file "$WORK/mk"
 check_contains "restore says so" "trust infrastructure restored into" "$(cat "$WORK/out.restore")"
 cp "$WORK/b.bundle" "$WORK/t.bundle"
-printf '\x55' | dd of="$WORK/t.bundle" bs=1 seek=$(($(stat -c %s "$WORK/b.bundle") / 2)) conv=notrunc status=none
+flip_byte "$WORK/t.bundle" $(($(stat -c %s "$WORK/b.bundle") / 2))
 vg 1 restore-tampered restore --in "$WORK/t.bundle" --dir "$WORK/nodeC" --master-key-file "$WORK/mk"
 check_contains "tampered: refused" "does not open" "$(cat "$WORK/out.restore-tampered")"
 vg 1 restore-wrong-key restore --in "$WORK/b.bundle" --dir "$WORK/nodeC" --master-key-file "$WORK/mk.wrong"
