@@ -37,11 +37,11 @@ check_contains "start-up says the export holds secrets" "reads every intercepted
     "$(cat "$WORK/tlsmint.log")"
 
 echo "== PCAP-over-IP: two readers, and one that never reads"
-$XC reader 127.0.0.1 "$XPORT" "$WORK/r1.pcap" 25 &
+$XC reader 127.0.0.1 "$XPORT" "$WORK/r1.pcap" 120 &
 R1=$!
-$XC reader 127.0.0.1 "$XPORT" "$WORK/r2.pcap" 25 &
+$XC reader 127.0.0.1 "$XPORT" "$WORK/r2.pcap" 120 &
 R2=$!
-$XC stalled 127.0.0.1 "$XPORT" 12 >"$WORK/stalled.out" &
+$XC stalled 127.0.0.1 "$XPORT" "$WORK/stalled.go" >"$WORK/stalled.out" &
 R3=$!
 for _ in $(seq 1 50); do
     "$TLSMINT" -c "$C" ctl status | grep -q 'listening, 3 readers' && break
@@ -72,6 +72,7 @@ echo "     20 MiB in $(python3 -c "print(round($t1-$t0,2))") s with a stalled re
 bypass=$(curl -sS --max-time 10 --cacert "$WORK/pki/root.pem" -x "$PROXY" \
     "https://127.0.0.1:$OPORT/index.html?TLSMINTBYPASSED" -w ' %{local_port}')
 check_contains "a bypassed connection works" "hello-from-origin" "$bypass"
+touch "$WORK/stalled.go" # the 20 MiB went past it: now it may look
 wait "$R3"
 check_eq "the reader that never read was dropped" "dropped" "$(cat "$WORK/stalled.out")"
 check_contains "and the log says why" "behind: dropped" "$(cat "$WORK/tlsmint.log")"

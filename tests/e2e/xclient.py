@@ -7,12 +7,13 @@
 #       prints the local port of the proxy connection.
 #   xclient.py reader HOST PORT OUT SECONDS
 #       a PCAP-over-IP reader: copies the stream to OUT for SECONDS (or until the peer closes).
-#   xclient.py stalled HOST PORT SECONDS
+#   xclient.py stalled HOST PORT GOFILE
 #       a reader that connects and never reads (tiny receive buffer); prints whether the
 #       proxy dropped it (the connection closed or reset by the other side).
 #   xclient.py streams PCAP PORT
 #       prints, per TCP conversation whose client port is PORT, the payload bytes each way as
 #       "c2s_hex s2c_hex" reassembled from tshark's fields.
+import os
 import socket
 import ssl
 import subprocess
@@ -66,11 +67,14 @@ def reader(host, port, out, secs):
             f.flush()
 
 
-def stalled(host, port, secs):
+def stalled(host, port, gofile):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect((host, int(port)))
-    time.sleep(float(secs))
+    # never reads until the test has pushed its 20 MiB through (bounded wait)
+    end = time.time() + 120
+    while not os.path.exists(gofile) and time.time() < end:
+        time.sleep(0.1)
     # now read what is there: a dropped reader ends in EOF or a reset
     s.settimeout(2)
     try:
