@@ -181,7 +181,7 @@ if [ "$storm" -ne 1 ]; then
     echo "  BUG: one direct connection to the transparent port produced $storm access-log lines:"
     echo "       the proxy took its own listener (SO_ORIGINAL_DST) for the original destination and"
     echo "       connected to itself, again and again, until its connection table was full."
-    echo "       proxy log: $(grep -c 'connection table full' "$WORK/tlsmint.out") x 'connection table full'"
+    echo "       proxy log: $(grep -c 'connection limit' "$WORK/tlsmint.out") x 'connection limit (N) reached'"
 fi
 check_eq "one direct connection makes one access-log line (no self-connection loop)" "1" "$storm"
 check_eq "the proxy never connects to its own transparent listener" "0" \

@@ -1,0 +1,83 @@
+#!/bin/bash
+# tools/fuzz-campaign.sh BUILD_DIR WORK_DIR [CPU_SECONDS] [JOBS] [TARGET...]
+# A long libFuzzer campaign on a shared machine: each target of a -Dfuzz=true build runs until
+# its own process has used CPU_SECONDS of CPU time (default 3600, user + system, read from
+# /proc; wall-clock time does not count, so a loaded machine only makes the run longer), JOBS
+# targets at a time (default 2), at SCHED_IDLE so that it only takes CPU nobody else wants.
+# While the file WORK_DIR/../FUZZ_PAUSE (or $FUZZ_PAUSE) exists the fuzzers are stopped
+# (SIGSTOP), so a benchmark can have the machine; they go on when it is removed.
+# The corpus of each target grows in WORK_DIR/corpus/TARGET (seeded from tests/fuzz/corpus/),
+# crash inputs go to WORK_DIR/artifacts/, the log to WORK_DIR/TARGET.log, and one line per
+# finished target to WORK_DIR/summary.txt: CPU s, wall s, executions, exec/s per CPU second,
+# coverage (cov, ft), corpus size, crashes.
+set -uo pipefail
+build="$(cd "${1:?usage: fuzz-campaign.sh BUILD_DIR WORK_DIR [CPU_SECONDS] [JOBS] [TARGET...]}" && pwd)"
+work="${2:?work directory}"
+budget="${3:-3600}"
+jobs="${4:-2}"
+shift 4 2>/dev/null || shift $#
+root="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$work/corpus" "$work/artifacts" "$work/tmp"
+work="$(cd "$work" && pwd)"
+pause="${FUZZ_PAUSE:-$(dirname "$work")/FUZZ_PAUSE}"
+hz="$(getconf CLK_TCK)"
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    for b in "$build"/tests/fuzz/fuzz_*; do
+        [ -x "$b" ] && [ -f "$b" ] && targets+=("$(basename "$b" | sed 's/^fuzz_//')")
+    done
+fi
+
+cpu_s() { # CPU seconds used by process $1 (fields 14 and 15 of /proc/PID/stat)
+    awk -v hz="$hz" '{ sub(/^.*\) /, ""); print int(($12 + $13) / hz) }' "/proc/$1/stat" 2>/dev/null
+}
+
+run_one() {
+    local t="$1" bin="$build/tests/fuzz/fuzz_$1" log="$work/$1.log" extra=()
+    mkdir -p "$work/corpus/$t" "$work/tmp/$t"
+    case "$t" in tls_*) extra=(-detect_leaks=0) ;; esac
+    local start=$SECONDS
+    TMPDIR="$work/tmp/$t" TLSMINT_BIN="$build/cli/tlsmint" \
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
+    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+        chrt -i 0 "$bin" -max_total_time=86400 -timeout=25 -rss_limit_mb=2560 \
+        -print_final_stats=1 "${extra[@]}" -artifact_prefix="$work/artifacts/$t-" \
+        "$work/corpus/$t" "$root/tests/fuzz/corpus/$t" >"$log" 2>&1 &
+    local pid=$! used=0 stopped=0
+    while kill -0 $pid 2>/dev/null; do
+        if [ -e "$pause" ]; then
+            [ $stopped = 1 ] || { kill -STOP $pid; stopped=1; }
+        elif [ $stopped = 1 ]; then
+            kill -CONT $pid; stopped=0
+        fi
+        used="$(cpu_s $pid)"; used="${used:-0}"
+        if [ "$used" -ge "$budget" ]; then
+            kill -CONT $pid 2>/dev/null; kill -INT $pid 2>/dev/null; break
+        fi
+        sleep 2
+    done
+    wait $pid
+    local rc=$?
+    local last execs cov ft corp crashes
+    last="$(grep -aE '^#[0-9]+' "$log" | tail -1)"
+    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
+    [ -n "$execs" ] || execs="$(echo "$last" | sed -E 's/^#([0-9]+).*/\1/')"
+    cov="$(echo "$last" | grep -oE 'cov: [0-9]+' | cut -d' ' -f2)"
+    ft="$(echo "$last" | grep -oE 'ft: [0-9]+' | cut -d' ' -f2)"
+    corp="$(ls "$work/corpus/$t" | wc -l)"
+    crashes="$(ls "$work/artifacts" | grep -c "^$t-")"
+    [ "$used" -gt 0 ] || used=1
+    printf '%-13s cpu %5ss wall %6ss execs %11s exec/cpu-s %6s cov %5s ft %6s corpus %6s crashes %s rc %s\n' \
+        "$t" "$used" "$((SECONDS - start))" "${execs:-?}" "$(( ${execs:-0} / used ))" "${cov:-?}" \
+        "${ft:-?}" "$corp" "$crashes" "$rc" | tee -a "$work/summary.txt"
+}
+
+running=0
+for t in "${targets[@]}"; do
+    [ -x "$build/tests/fuzz/fuzz_$t" ] || { echo "fuzz-campaign: no target fuzz_$t"; continue; }
+    run_one "$t" &
+    running=$((running + 1))
+    if [ $running -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+done
+wait
