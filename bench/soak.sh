@@ -13,6 +13,9 @@
 #   SOAK_MISS_RATE  connections per second to never-seen hosts, each a mint (default 2)
 #   SOAK_CACHE      [cache] size (default 200: full during the warm-up, then the LRU evicts,
 #                   so memory must stop growing)
+#   SOAK_SESSIONS   [upstream] session_cache (default 64: also full during the warm-up; the
+#                   default 1024 slots fill only after about 1000 new hosts, longer than the
+#                   soak, and each holds an origin's certificates, about 11 KiB)
 #   SOAK_OUT        output directory (default bench/results)
 #   KEEP=1          keep the temporary directory
 #
@@ -43,6 +46,7 @@ WARM_S=${SOAK_WARM_S:-$((SOAK_S / 5 > 60 ? SOAK_S / 5 : 60))}
 HIT_RATE=${SOAK_HIT_RATE:-20}
 MISS_RATE=${SOAK_MISS_RATE:-2}
 CACHE=${SOAK_CACHE:-200}
+SESSIONS=${SOAK_SESSIONS:-64}
 OUT=${SOAK_OUT:-$ROOT/bench/results}
 BUILD=${BUILD_DIR:-$ROOT/build/release}
 TLSMINT=$BUILD/cli/tlsmint
@@ -56,7 +60,7 @@ die() {
     echo "soak: $*" >&2
     exit 2
 }
-for v in "$SOAK_S" "$WARM_S" "$HIT_RATE" "$MISS_RATE" "$CACHE"; do
+for v in "$SOAK_S" "$WARM_S" "$HIT_RATE" "$MISS_RATE" "$CACHE" "$SESSIONS"; do
     [[ $v =~ ^[0-9]+$ ]] || die "not a whole number: '$v'"
 done
 [ "$SOAK_S" -ge 60 ] || die "SOAK_S must be at least 60"
@@ -154,6 +158,7 @@ set_conf "$CONF" listen explicit "127.0.0.1:$PPORT"
 set_conf "$CONF" listen transparent "127.0.0.1:$TPORT"
 set_conf "$CONF" upstream ca_file "$ORIGIN/root.pem"
 set_conf "$CONF" cache size "$CACHE"
+set_conf "$CONF" upstream session_cache "$SESSIONS"
 set_conf "$CONF" log access "$WORK/access.log"
 set_conf "$CONF" admin socket "$WORK/run/tlsmint.sock"
 set_conf "$CONF" admin metrics "127.0.0.1:$MPORT"
@@ -299,7 +304,7 @@ echo "soak: load done; fds $FD0 -> $FD1, RSS $RSS0 -> $RSS1 KiB, proxy exit stat
 echo "$M_END" >"$WORK/metrics-end.txt"
 
 python3 - "$WORK" "$OUT" "$T0" "$SOAK_S" "$WARM_S" "$FD0" "$FD1" "$RSS0" "$ALIVE" "$STOP" \
-    "$HIT_RATE" "$MISS_RATE" "$CACHE" "$N_MISS" <<'PY'
+    "$HIT_RATE" "$MISS_RATE" "$CACHE, upstream session_cache $SESSIONS" "$N_MISS" <<'PY'
 import csv, json, os, sys
 (work, out, t0, soak_s, warm_s, fd0, fd1, rss0, alive, stop, hit_rate, miss_rate, cache,
  n_miss) = sys.argv[1:]

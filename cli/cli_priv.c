@@ -127,7 +127,7 @@ static int switch_ids(const char *user, uid_t uid, gid_t gid, char *err, size_t 
 /* Effective, permitted, inheritable and ambient sets reduced to keep (a bit mask). */
 static int caps_limit(uint64_t keep, char *err, size_t errlen)
 {
-    struct caps c;
+    struct caps c = {0};
     int r = caps_get(&c);
     if (r == 0) {
         c.prm &= keep;
@@ -163,7 +163,7 @@ int cli_priv_drop(const struct px_cfg *cfg, char *err, size_t errlen)
     if (cfg->run_user[0] == '\0' || geteuid() != 0) {
         /* not asked to switch, or started unprivileged (systemd User=): shed what is not
          * needed; a process without capabilities has nothing to shed */
-        struct caps c;
+        struct caps c = {0};
         if (caps_get(&c) == 0 && (c.prm & ~keep) != 0 && geteuid() != 0) {
             PX_TRY(caps_limit(keep, err, errlen));
             px_log(PX_LOG_INFO, "main", "capabilities reduced to %s",
@@ -220,7 +220,7 @@ int cli_priv_drop_child(const struct px_cfg *cfg, char *err, size_t errlen)
     }
     if (geteuid() != 0) {
         /* a signer needs no capability, whatever its parent thread had (ambient, systemd) */
-        struct caps c;
+        struct caps c = {0};
         if (caps_get(&c) == 0 && (c.prm | c.inh) != 0) {
             PX_TRY(caps_limit(0, err, errlen));
         }

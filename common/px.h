@@ -331,6 +331,7 @@ struct px_cfg {
     bool upstream_verify;
     uint32_t upstream_mark;
     int resolve_timeout_ms;  /* a CONNECT name's lookup as a whole */
+    int upstream_session_cache; /* upstream TLS sessions kept per loop (0 = none) */
     int dns_cache_max_ttl_s; /* answers kept for their TTL, at most this */
     int dns_negative_ttl_s;  /* "no such name" kept this long */
     int connect_timeout_ms;  /* connecting upstream, every address of the name included */

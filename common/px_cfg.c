@@ -689,6 +689,9 @@ static int handler(void *user, const char *sec, const char *key, const char *val
             c->upstream_mark = (uint32_t)v;
             return 1;
         }
+        if (strcmp(key, "session_cache") == 0) {
+            return set_int(st, sec, key, val, &c->upstream_session_cache, 0, 1048576);
+        }
         if (strcmp(key, "resolve_timeout_ms") == 0) {
             return set_int(st, sec, key, val, &c->resolve_timeout_ms, 100, 60000);
         }
@@ -866,6 +869,7 @@ void px_cfg_defaults(struct px_cfg *c)
              "/etc/ssl/certs/ca-certificates.crt");
     c->upstream_verify = true;
     c->resolve_timeout_ms = 2000;
+    c->upstream_session_cache = 1024;
     c->dns_cache_max_ttl_s = 300;
     c->dns_negative_ttl_s = 5;
     c->connect_timeout_ms = 5000;

@@ -344,10 +344,10 @@ struct dp_counters {
     _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 
-#define DP_SESS_SLOTS 1024
-
 /* Upstream TLS sessions, per loop, keyed by name + address: a resumed upstream handshake costs
- * a third of a full one (OPENSSL-NOTES.md). Direct-mapped: a collision replaces. */
+ * a third of a full one (OPENSSL-NOTES.md). Direct-mapped ([upstream] session_cache slots,
+ * fixed at start): a collision replaces. A kept session holds the upstream's certificates,
+ * about 11 KiB each (bench/results/soak.md), so the slots bound that memory. */
 struct sess_slot {
     char key[300];
     SSL_SESSION *sess;
@@ -356,6 +356,7 @@ struct sess_slot {
 struct dp_loop {
     int idx;
     struct sess_slot *sess;
+    uint32_t nsess; /* slots in sess (0: no upstream session cache) */
     uint64_t sess_resumed, sess_full;
     struct dp_server *srv;
     struct io_uring ring;

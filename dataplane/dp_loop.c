@@ -364,7 +364,8 @@ int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc, int max
 {
     l->nchunks = (uint32_t)((max + DP_CHUNK - 1) / DP_CHUNK);
     l->chunks = calloc(l->nchunks, sizeof(*l->chunks));
-    l->sess = calloc(DP_SESS_SLOTS, sizeof(*l->sess));
+    l->nsess = (uint32_t)g->cfg->upstream_session_cache;
+    l->sess = l->nsess > 0 ? calloc(l->nsess, sizeof(*l->sess)) : NULL;
     l->g = g;
     dp_gen_ref(l->g);
     l->ccl = cc_loop_new(cc);
@@ -394,7 +395,7 @@ void dp_loop_fini(struct dp_loop *l)
         free(l->chunks[k]);
     }
     free(l->chunks);
-    for (int k = 0; l->sess != NULL && k < DP_SESS_SLOTS; k++) {
+    for (int k = 0; l->sess != NULL && k < (int)l->nsess; k++) {
         SSL_SESSION_free(l->sess[k].sess);
     }
     free(l->sess);

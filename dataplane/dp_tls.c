@@ -73,7 +73,7 @@ static struct sess_slot *sess_slot_for(struct dp_loop *l, const char *key)
     for (const char *p = key; *p; p++) {
         h = (h ^ (uint8_t)*p) * 1099511628211ull;
     }
-    return &l->sess[h & (DP_SESS_SLOTS - 1)];
+    return &l->sess[h % l->nsess];
 }
 
 /* Keeps the upstream session of a cleanly finished connection for the next one. */

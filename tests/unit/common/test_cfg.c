@@ -258,6 +258,7 @@ START_TEST(test_cfg_defaults)
     ck_assert(d->upstream_verify);
     ck_assert_uint_eq(d->upstream_mark, 0);
     ck_assert_int_eq(d->resolve_timeout_ms, 2000);
+    ck_assert_int_eq(d->upstream_session_cache, 1024);
     ck_assert_int_eq(d->dns_cache_max_ttl_s, 300);
     ck_assert_int_eq(d->dns_negative_ttl_s, 5);
     ck_assert_int_eq(d->connect_timeout_ms, 5000);
@@ -478,6 +479,11 @@ static const struct int_case int_cases[] = {
     {"upstream", "connect_timeout_ms", "120000", 1, offsetof(struct px_cfg, connect_timeout_ms),
      120000},
     {"upstream", "connect_timeout_ms", "120001", 0, 0, 0},
+    {"upstream", "session_cache", "-1", 0, 0, 0},
+    {"upstream", "session_cache", "0", 1, offsetof(struct px_cfg, upstream_session_cache), 0},
+    {"upstream", "session_cache", "1048576", 1, offsetof(struct px_cfg, upstream_session_cache),
+     1048576},
+    {"upstream", "session_cache", "1048577", 0, 0, 0},
 };
 
 START_TEST(test_cfg_int_range)
