@@ -6,6 +6,10 @@
 # targets at a time (default 2), at SCHED_IDLE so that it only takes CPU nobody else wants.
 # While the file WORK_DIR/../FUZZ_PAUSE (or $FUZZ_PAUSE) exists the fuzzers are stopped
 # (SIGSTOP), so a benchmark can have the machine; they go on when it is removed.
+# The CPU time is kept per target in WORK_DIR/cpu/TARGET, so a campaign that was stopped goes on
+# where it was when started again (a target whose budget is spent is skipped).
+# A starved SCHED_IDLE process can sit for minutes without CPU, and libFuzzer's -timeout is
+# wall-clock time: it is FUZZ_TIMEOUT (default 900 s) here, not the 25 s of tools/fuzz-run.sh.
 # The corpus of each target grows in WORK_DIR/corpus/TARGET (seeded from tests/fuzz/corpus/),
 # crash inputs go to WORK_DIR/artifacts/, the log to WORK_DIR/TARGET.log, and one line per
 # finished target to WORK_DIR/summary.txt: CPU s, wall s, executions, exec/s per CPU second,
@@ -17,10 +21,11 @@ budget="${3:-3600}"
 jobs="${4:-2}"
 shift 4 2>/dev/null || shift $#
 root="$(cd "$(dirname "$0")/.." && pwd)"
-mkdir -p "$work/corpus" "$work/artifacts" "$work/tmp"
+mkdir -p "$work/corpus" "$work/artifacts" "$work/tmp" "$work/cpu"
 work="$(cd "$work" && pwd)"
 pause="${FUZZ_PAUSE:-$(dirname "$work")/FUZZ_PAUSE}"
 hz="$(getconf CLK_TCK)"
+timeout="${FUZZ_TIMEOUT:-900}"
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -35,23 +40,35 @@ cpu_s() { # CPU seconds used by process $1 (fields 14 and 15 of /proc/PID/stat)
 
 run_one() {
     local t="$1" bin="$build/tests/fuzz/fuzz_$1" log="$work/$1.log" extra=()
+    local before=0
+    [ -f "$work/cpu/$t" ] && before="$(cat "$work/cpu/$t")"
+    if [ "$before" -ge "$budget" ]; then
+        echo "$t: $before s of CPU already, budget $budget s: skipped"
+        return 0
+    fi
+    [ -f "$log" ] && mv "$log" "$log.$before"
     mkdir -p "$work/corpus/$t" "$work/tmp/$t"
     case "$t" in tls_*) extra=(-detect_leaks=0) ;; esac
     local start=$SECONDS
     TMPDIR="$work/tmp/$t" TLSMINT_BIN="$build/cli/tlsmint" \
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
-        chrt -i 0 "$bin" -max_total_time=86400 -timeout=25 -rss_limit_mb=2560 \
+        chrt -i 0 "$bin" -max_total_time=86400 -timeout="$timeout" -rss_limit_mb=2560 \
         -print_final_stats=1 "${extra[@]}" -artifact_prefix="$work/artifacts/$t-" \
         "$work/corpus/$t" "$root/tests/fuzz/corpus/$t" >"$log" 2>&1 &
-    local pid=$! used=0 stopped=0
+    local pid=$! used=$before stopped=0
     while kill -0 $pid 2>/dev/null; do
         if [ -e "$pause" ]; then
             [ $stopped = 1 ] || { kill -STOP $pid; stopped=1; }
         elif [ $stopped = 1 ]; then
             kill -CONT $pid; stopped=0
         fi
-        used="$(cpu_s $pid)"; used="${used:-0}"
+        local now_cpu
+        now_cpu="$(cpu_s $pid)"
+        if [ -n "$now_cpu" ]; then
+            used=$((before + now_cpu))
+            echo "$used" >"$work/cpu/$t"
+        fi
         if [ "$used" -ge "$budget" ]; then
             kill -CONT $pid 2>/dev/null; kill -INT $pid 2>/dev/null; break
         fi
@@ -66,7 +83,7 @@ run_one() {
     cov="$(echo "$last" | grep -oE 'cov: [0-9]+' | cut -d' ' -f2)"
     ft="$(echo "$last" | grep -oE 'ft: [0-9]+' | cut -d' ' -f2)"
     corp="$(ls "$work/corpus/$t" | wc -l)"
-    crashes="$(ls "$work/artifacts" | grep -c "^$t-")"
+    crashes="$(ls "$work/artifacts" | grep -cE "^$t-(crash|leak|timeout|oom)-")"
     [ "$used" -gt 0 ] || used=1
     printf '%-13s cpu %5ss wall %6ss execs %11s exec/cpu-s %6s cov %5s ft %6s corpus %6s crashes %s rc %s\n' \
         "$t" "$used" "$((SECONDS - start))" "${execs:-?}" "$(( ${execs:-0} / used ))" "${cov:-?}" \
