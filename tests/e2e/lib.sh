@@ -10,13 +10,34 @@ chmod 755 "$WORK" # nginx workers read the origin's files
 PIDS=()
 TLSMINT=${TLSMINT_BIN:?TLSMINT_BIN must point at the tlsmint binary}
 
+# gone_within TENTHS PID...: true once none of the processes is left, false after TENTHS x 0.1 s
+gone_within() {
+    local n=$1 p left
+    shift
+    for _ in $(seq 1 "$n"); do
+        left=0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && left=1; done
+        [ $left = 0 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# An nginx master killed before its workers have stopped leaves them running, and a worker still
+# holding the test's stdout makes meson wait for the test's timeout (e2e_systemd once sat 300 s
+# after its last check): SIGTERM first and wait for them (bounded), only then SIGKILL.
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    sleep 0.2
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    gone_within 30 "${PIDS[@]}" || for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
     # servers started in subshells ($(...)) are not in PIDS: everything that runs from $WORK goes
-    pkill -TERM -f -- "$WORK/" 2>/dev/null && sleep 0.3 # nginx masters stop their workers
-    pkill -9 -f -- "$WORK/" 2>/dev/null
+    local rest
+    rest=$(pgrep -f -- "$WORK/")
+    if [ -n "$rest" ]; then
+        # shellcheck disable=SC2086
+        kill $rest 2>/dev/null
+        # shellcheck disable=SC2086
+        gone_within 30 $rest || pkill -9 -f -- "$WORK/" 2>/dev/null
+    fi
     [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -83,6 +104,7 @@ start_nginx() {
     cat >"$d/nginx.conf" <<EOF
 daemon off;
 worker_processes 1;
+worker_shutdown_timeout 2s;
 pid $d/nginx.pid;
 error_log $d/logs/error.log;
 events { worker_connections 512; }
@@ -104,7 +126,8 @@ http {
 EOF
     mkdir -p "$d/tmp"
     chmod -R a+rX "$d"
-    nginx -c "$d/nginx.conf" -e "$d/logs/error.log" &
+    # not the test's stdout: a worker that outlives the test must not hold meson's pipe
+    nginx -c "$d/nginx.conf" -e "$d/logs/error.log" >>"$d/logs/stdout.log" 2>&1 &
     PIDS+=($!)
     wait_port "$port"
 }

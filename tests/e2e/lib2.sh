@@ -52,6 +52,7 @@ write_nginx() {
     cat >"$d/nginx.conf" <<EOF
 daemon off;
 worker_processes 1;
+worker_shutdown_timeout 2s;
 pid $d/nginx.pid;
 error_log $d/logs/error.log;
 events { worker_connections 512; }
@@ -78,7 +79,7 @@ EOF
 # start_nginx2 DIR PORT CERT KEY [EXTRA]: write_nginx on 127.0.0.1:PORT, started in the background
 start_nginx2() {
     write_nginx "$1" "127.0.0.1:$2" "$3" "$4" "${5:-}"
-    nginx -c "$1/nginx.conf" -e "$1/logs/error.log" &
+    nginx -c "$1/nginx.conf" -e "$1/logs/error.log" >>"$1/logs/stdout.log" 2>&1 &
     PIDS+=($!)
     wait_port "$2"
 }
