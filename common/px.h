@@ -272,6 +272,28 @@ struct px_rule {
     int line;                     /* of the section header */
 };
 
+/* ---- inbound inspection: [inbound], [inbound.NAME] ---------------------------------------- */
+
+#define PX_INBOUND_MAX 16 /* [inbound.NAME] sections (each one key in the HSM) */
+
+/* [inbound.NAME]: one of our own servers; its key lives in the HSM ([hsm] token). */
+struct px_inbound_cfg {
+    char name[48];
+    char listen[128];      /* HOST:PORT clients connect to */
+    char cert[256];        /* the server's certificate (PEM) */
+    char chain[256];       /* intermediates sent after it (PEM), may be empty */
+    char key_label[64];    /* its private key in the token, by label ... */
+    char key_id[64];       /* ... or by hex CKA_ID */
+    char backend[128];     /* IP:PORT the decrypted traffic goes to */
+    bool backend_tls;      /* re-encrypt to the backend, verified */
+    char backend_ca[256];  /* trust store for the backend (empty: [upstream] ca_file) */
+    char backend_sni[256]; /* SNI and name checked on the backend (empty: none sent, IP) */
+    char alpn[128];        /* as written: "h2,http/1.1" */
+    uint8_t alpn_wire[128]; /* the same as ALPN wire bytes (length-prefixed names) */
+    uint8_t alpn_wire_len;
+    int line;              /* of the section header */
+};
+
 /* One HSM member: [hsm] itself, or an [hsm.NAME] section. */
 #define PX_HSM_WORKERS_AUTO 0
 #define PX_HSM_WORKERS_LIMIT 64
@@ -396,6 +418,11 @@ struct px_cfg {
     char export_mirror_if[16];  /* live copy on this interface */
     int export_max_bytes;       /* per connection and direction; 0 = all */
     int export_queue_mb;
+
+    /* [inbound] and [inbound.NAME] (file order) */
+    int inbound_ticket_rotate_s; /* session ticket keys: a new one this often */
+    struct px_inbound_cfg inbound[PX_INBOUND_MAX];
+    int n_inbound;
 
     /* [admin] */
     char admin_socket[256];

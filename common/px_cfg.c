@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+
 #include <ini.h>
 
 #define CFG_MAX_LINE 4096
@@ -41,7 +43,7 @@ static bool known_section(const char *name, size_t len)
 {
     static const char *known[] = {"listen", "hsm", "ca", "cache", "upstream", "policy", "log",
                                   "admin", "master_key", "run", "export",
-                                  "exclusions"};
+                                  "exclusions", "inbound"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if (strlen(known[i]) == len && strncmp(name, known[i], len) == 0) {
             return true;
@@ -50,7 +52,8 @@ static bool known_section(const char *name, size_t len)
     /* member, rule and profile names are checked when the section is registered */
     return (len >= 4 && strncmp(name, "hsm.", 4) == 0) ||
            (len >= 5 && strncmp(name, "rule.", 5) == 0) ||
-           (len >= 8 && strncmp(name, "profile.", 8) == 0);
+           (len >= 8 && strncmp(name, "profile.", 8) == 0) ||
+           (len >= 8 && strncmp(name, "inbound.", 8) == 0);
 }
 
 static bool name_ok(const char *n)
@@ -125,6 +128,38 @@ static struct px_profile *profile_for(struct parse_state *st, const char *sec, b
     return p;
 }
 
+/* The [inbound.NAME] of sec; create: registered at its header, in file order. */
+static struct px_inbound_cfg *inbound_for(struct parse_state *st, const char *sec, bool create)
+{
+    struct px_cfg *c = st->cfg;
+    const char *name = sec + 8;
+    for (int i = 0; i < c->n_inbound; i++) {
+        if (strcmp(c->inbound[i].name, name) == 0) {
+            return &c->inbound[i];
+        }
+    }
+    if (!create) {
+        return NULL;
+    }
+    if (!name_ok(name)) {
+        fail(st, sec, "-", "inbound listener name must be 1-47 letters, digits, '-' or '_'");
+        return NULL;
+    }
+    if (c->n_inbound >= PX_INBOUND_MAX) {
+        fail(st, sec, "-", "at most %d inbound listeners", PX_INBOUND_MAX);
+        return NULL;
+    }
+    struct px_inbound_cfg *ib = &c->inbound[c->n_inbound++];
+    memset(ib, 0, sizeof(*ib));
+    snprintf(ib->name, sizeof(ib->name), "%s", name);
+    snprintf(ib->alpn, sizeof(ib->alpn), "http/1.1");
+    ib->alpn_wire[0] = 8;
+    memcpy(ib->alpn_wire + 1, "http/1.1", 8);
+    ib->alpn_wire_len = 9;
+    ib->line = st->line;
+    return ib;
+}
+
 /*
  * Every line passes here before inih sees it: counts lines (for messages), notes section
  * headers (so an empty unknown section is still an error and HA members report their header
@@ -154,6 +189,8 @@ static char *filter_line(struct parse_state *st, char *buf, int num, size_t len,
                     rule_for(st, name, true);
                 } else if (strncmp(name, "profile.", 8) == 0) {
                     profile_for(st, name, true);
+                } else if (strncmp(name, "inbound.", 8) == 0) {
+                    inbound_for(st, name, true);
                 }
             }
         }
@@ -424,6 +461,121 @@ static int rule_key(struct parse_state *st, const char *sec, struct px_rule *r, 
     if (strcmp(key, "profile") == 0) {
         r->profile_line = st->line;
         return set_str(st, sec, key, val, r->profile_name, sizeof(r->profile_name));
+    }
+    return fail(st, sec, key, "unknown key");
+}
+
+/* alpn = h2,http/1.1: protocol names (1-255 printable bytes, no comma) into wire form. */
+static int set_alpn(struct parse_state *st, const char *sec, const char *key, const char *val,
+                    struct px_inbound_cfg *ib)
+{
+    uint8_t wire[sizeof(ib->alpn_wire)];
+    size_t wl = 0;
+    const char *p = val;
+    for (;;) {
+        p += strspn(p, ", \t");
+        if (*p == '\0') {
+            break;
+        }
+        size_t l = strcspn(p, ", \t");
+        for (size_t i = 0; i < l; i++) {
+            if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] >= 0x7f) {
+                return fail(st, sec, key, "'%.*s' is not a protocol name", (int)l, p);
+            }
+        }
+        if (l > 255 || wl + 1 + l > sizeof(wire)) {
+            return fail(st, sec, key, "the list is longer than %zu bytes", sizeof(wire));
+        }
+        wire[wl++] = (uint8_t)l;
+        memcpy(wire + wl, p, l);
+        wl += l;
+        p += l;
+    }
+    if (wl == 0) {
+        return fail(st, sec, key, "empty (give at least one protocol, e.g. http/1.1)");
+    }
+    if (!set_str(st, sec, key, val, ib->alpn, sizeof(ib->alpn))) {
+        return 0;
+    }
+    memcpy(ib->alpn_wire, wire, wl);
+    ib->alpn_wire_len = (uint8_t)wl;
+    return 1;
+}
+
+/* An IP:PORT or [IPv6]:PORT literal (no names: a backend is reached without DNS). */
+static int set_ip_port(struct parse_state *st, const char *sec, const char *key, const char *val,
+                       char *dst, size_t cap)
+{
+    const char *colon = strrchr(val, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    const char *h = val;
+    size_t hl = colon ? (size_t)(colon - val) : 0;
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    char host[64];
+    uint8_t a[16];
+    bool ok = colon != NULL && hl > 0 && hl < sizeof(host) && end != colon + 1 && *end == '\0' &&
+              port >= 1 && port <= 65535;
+    if (ok) {
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+        ok = inet_pton(AF_INET, host, a) == 1 ||
+             (h != val && inet_pton(AF_INET6, host, a) == 1);
+    }
+    if (!ok) {
+        return fail(st, sec, key, "'%s' is not IP:PORT or [IPv6]:PORT (an address, not a name)",
+                    val);
+    }
+    return set_str(st, sec, key, val, dst, cap);
+}
+
+static int inbound_key(struct parse_state *st, const char *sec, struct px_inbound_cfg *ib,
+                       const char *key, const char *val)
+{
+    if (strcmp(key, "listen") == 0) {
+        if (*val == '\0') {
+            return fail(st, sec, key, "empty (an inbound listener needs HOST:PORT)");
+        }
+        return set_addr(st, sec, key, val, ib->listen, sizeof(ib->listen));
+    }
+    if (strcmp(key, "cert") == 0) {
+        return set_str(st, sec, key, val, ib->cert, sizeof(ib->cert));
+    }
+    if (strcmp(key, "chain") == 0) {
+        return set_str(st, sec, key, val, ib->chain, sizeof(ib->chain));
+    }
+    if (strcmp(key, "key_label") == 0) {
+        return set_str(st, sec, key, val, ib->key_label, sizeof(ib->key_label));
+    }
+    if (strcmp(key, "key_id") == 0) {
+        size_t n = strlen(val);
+        for (size_t i = 0; i < n; i++) {
+            if (!isxdigit((unsigned char)val[i])) {
+                return fail(st, sec, key, "'%s' is not hex", val);
+            }
+        }
+        if (n % 2 != 0) {
+            return fail(st, sec, key, "odd number of hex digits");
+        }
+        return set_str(st, sec, key, val, ib->key_id, sizeof(ib->key_id));
+    }
+    if (strcmp(key, "backend") == 0) {
+        return set_ip_port(st, sec, key, val, ib->backend, sizeof(ib->backend));
+    }
+    if (strcmp(key, "backend_tls") == 0) {
+        return set_bool(st, sec, key, val, &ib->backend_tls);
+    }
+    if (strcmp(key, "backend_ca") == 0) {
+        return set_str(st, sec, key, val, ib->backend_ca, sizeof(ib->backend_ca));
+    }
+    if (strcmp(key, "backend_sni") == 0) {
+        return set_str(st, sec, key, val, ib->backend_sni, sizeof(ib->backend_sni));
+    }
+    if (strcmp(key, "alpn") == 0) {
+        return set_alpn(st, sec, key, val, ib);
     }
     return fail(st, sec, key, "unknown key");
 }
@@ -764,6 +916,16 @@ static int handler(void *user, const char *sec, const char *key, const char *val
             }
             return fail(st, sec, key, "'%s' is not bypass or block", val);
         }
+    } else if (strncmp(sec, "inbound.", 8) == 0) {
+        struct px_inbound_cfg *ib = inbound_for(st, sec, false);
+        if (ib == NULL) {
+            return 0; /* its header failed */
+        }
+        return inbound_key(st, sec, ib, key, val);
+    } else if (strcmp(sec, "inbound") == 0) {
+        if (strcmp(key, "ticket_rotate_s") == 0) {
+            return set_int(st, sec, key, val, &c->inbound_ticket_rotate_s, 1, 86400 * 7);
+        }
     } else if (strcmp(sec, "exclusions") == 0) {
         if (strcmp(key, "ttl_s") == 0) {
             return set_int(st, sec, key, val, &c->excl_ttl_s, 1, 86400 * 30);
@@ -881,6 +1043,7 @@ void px_cfg_defaults(struct px_cfg *c)
     c->excl_ttl_s = 43200;
     c->excl_pinned_alerts = 0;
     c->excl_size = 10000;
+    c->inbound_ticket_rotate_s = 3600;
     c->default_profile = -1;
     snprintf(c->admin_socket, sizeof(c->admin_socket), "var/run/tlsmint.sock");
     snprintf(c->admin_metrics, sizeof(c->admin_metrics), "127.0.0.1:9120");
@@ -925,10 +1088,53 @@ static int validate_policy(struct parse_state *st)
     return 1;
 }
 
+/* Each inbound listener: an address of its own, a certificate, a key, a backend. */
+static int validate_inbound(struct parse_state *st)
+{
+    struct px_cfg *c = st->cfg;
+    for (int i = 0; i < c->n_inbound; i++) {
+        struct px_inbound_cfg *ib = &c->inbound[i];
+        char sec[64];
+        snprintf(sec, sizeof(sec), "inbound.%s", ib->name);
+        st->line = ib->line;
+        if (ib->listen[0] == '\0') {
+            return fail(st, sec, "listen", "missing (HOST:PORT clients connect to)");
+        }
+        if (ib->cert[0] == '\0') {
+            return fail(st, sec, "cert", "missing (the server's certificate, PEM)");
+        }
+        if (ib->key_label[0] == '\0' && ib->key_id[0] == '\0') {
+            return fail(st, sec, "key_label", "missing (label of its private key in the HSM, "
+                        "or key_id)");
+        }
+        if (ib->backend[0] == '\0') {
+            return fail(st, sec, "backend", "missing (IP:PORT the decrypted traffic goes to)");
+        }
+        if (!ib->backend_tls && (ib->backend_ca[0] != '\0' || ib->backend_sni[0] != '\0')) {
+            return fail(st, sec, ib->backend_ca[0] ? "backend_ca" : "backend_sni",
+                        "set, but backend_tls = no (the backend is plain TCP)");
+        }
+        const char *others[] = {c->listen_explicit, c->listen_transparent};
+        for (int k = 0; k < 2; k++) {
+            if (strcmp(others[k], ib->listen) == 0) {
+                return fail(st, sec, "listen", "%s is also [listen] %s", ib->listen,
+                            k == 0 ? "explicit" : "transparent");
+            }
+        }
+        for (int k = 0; k < i; k++) {
+            if (strcmp(c->inbound[k].listen, ib->listen) == 0) {
+                return fail(st, sec, "listen", "%s is also [inbound.%s] listen", ib->listen,
+                            c->inbound[k].name);
+            }
+        }
+    }
+    return 1;
+}
+
 static int validate(struct parse_state *st)
 {
     struct px_cfg *c = st->cfg;
-    if (!validate_policy(st)) {
+    if (!validate_policy(st) || !validate_inbound(st)) {
         return 0;
     }
     if (c->hsm_workers_min > c->hsm_workers_max) {

@@ -146,6 +146,86 @@ static void expect_ok(const char *text)
     ck_assert_msg(r == 0, "expected success, got %d '%s' for:\n%s", r, g_err, text);
 }
 
+/* [inbound.NAME]: the example, defaults, required keys, bad values with their line. */
+#define INB "[inbound.web]\nlisten = 127.0.0.1:8444\ncert = web.pem\nkey_label = inbound-web\n" \
+            "backend = 10.0.0.5:8080\n"
+START_TEST(test_cfg_inbound)
+{
+    expect_ok(HSM_REQ "[inbound]\nticket_rotate_s = 60\n"
+                      "[inbound.web]\n"
+                      "listen      = 0.0.0.0:443          ; any number of [inbound.NAME] sections\n"
+                      "cert        = /etc/tlsmint/web.pem\n"
+                      "chain       = /etc/tlsmint/web-chain.pem\n"
+                      "key_label   = inbound-web\n"
+                      "backend     = 10.0.0.5:8080\n"
+                      "backend_tls = no\n"
+                      "backend_ca  =\n"
+                      "backend_sni =\n"
+                      "alpn        = h2,http/1.1\n"
+                      "[inbound.api]\nlisten = [::1]:8443\ncert = a.pem\nkey_id = 0a0b\n"
+                      "backend = [2001:db8::5]:443\nbackend_tls = yes\nbackend_ca = ca.pem\n"
+                      "backend_sni = api.internal\n");
+    ck_assert_int_eq(g_cfg.n_inbound, 2);
+    ck_assert_int_eq(g_cfg.inbound_ticket_rotate_s, 60);
+    const struct px_inbound_cfg *w = &g_cfg.inbound[0], *a = &g_cfg.inbound[1];
+    ck_assert_str_eq(w->name, "web");
+    ck_assert_int_eq(w->line, 8);
+    ck_assert_str_eq(w->listen, "0.0.0.0:443");
+    ck_assert_str_eq(w->chain, "/etc/tlsmint/web-chain.pem");
+    ck_assert_str_eq(w->key_label, "inbound-web");
+    ck_assert_str_eq(w->backend, "10.0.0.5:8080");
+    ck_assert(!w->backend_tls);
+    ck_assert_int_eq(w->alpn_wire_len, 12);
+    ck_assert_mem_eq(w->alpn_wire, "\x02h2\x08http/1.1", 12);
+    ck_assert_str_eq(a->name, "api");
+    ck_assert_str_eq(a->key_id, "0a0b");
+    ck_assert(a->backend_tls);
+    ck_assert_str_eq(a->backend_sni, "api.internal");
+    /* defaults */
+    expect_ok(HSM_REQ INB);
+    ck_assert_int_eq(g_cfg.inbound_ticket_rotate_s, 3600);
+    ck_assert_str_eq(g_cfg.inbound[0].alpn, "http/1.1");
+    ck_assert_int_eq(g_cfg.inbound[0].alpn_wire_len, 9);
+    /* required keys: the error names the section header's line */
+    expect_err(HSM_REQ "[inbound.web]\ncert = c\nkey_label = k\nbackend = 10.0.0.1:1\n",
+               "t.conf:6: [inbound.web] listen: ", "missing");
+    expect_err(HSM_REQ "[inbound.web]\nlisten = 127.0.0.1:1\nkey_label = k\nbackend = 10.0.0.1:1\n",
+               "t.conf:6: [inbound.web] cert: ", "missing");
+    expect_err(HSM_REQ "[inbound.web]\nlisten = 127.0.0.1:1\ncert = c\nbackend = 10.0.0.1:1\n",
+               "t.conf:6: [inbound.web] key_label: ", "missing");
+    expect_err(HSM_REQ "[inbound.web]\nlisten = 127.0.0.1:1\ncert = c\nkey_label = k\n",
+               "t.conf:6: [inbound.web] backend: ", "missing");
+    /* bad values: their own line */
+    expect_err(HSM_REQ INB "backend = web.internal:80\n", "t.conf:11: [inbound.web] backend: ",
+               "is not IP:PORT");
+    expect_err(HSM_REQ INB "backend = 10.0.0.5\n", "t.conf:11: [inbound.web] backend: ",
+               "is not IP:PORT");
+    expect_err(HSM_REQ INB "backend = ::1:80\n", "t.conf:11: [inbound.web] backend: ",
+               "is not IP:PORT");
+    expect_err(HSM_REQ INB "listen = nowhere\n", "t.conf:11: [inbound.web] listen: ",
+               "is not HOST:PORT");
+    expect_err(HSM_REQ INB "listen =\n", "t.conf:11: [inbound.web] listen: ", "empty");
+    expect_err(HSM_REQ INB "backend_tls = maybe\n", "t.conf:11: [inbound.web] backend_tls: ",
+               "is not yes or no");
+    expect_err(HSM_REQ INB "alpn = ,\n", "t.conf:11: [inbound.web] alpn: ", "empty");
+    expect_err(HSM_REQ INB "alpn = h2,http/\x01\n", "t.conf:11: [inbound.web] alpn: ",
+               "is not a protocol name");
+    expect_err(HSM_REQ INB "key_id = 0g\n", "t.conf:11: [inbound.web] key_id: ", "not hex");
+    expect_err(HSM_REQ INB "colour = red\n", "t.conf:11: [inbound.web] colour: ", "unknown key");
+    expect_err(HSM_REQ INB "backend_ca = ca.pem\n", "t.conf:6: [inbound.web] backend_ca: ",
+               "backend_tls = no");
+    expect_err(HSM_REQ "[inbound]\nticket_rotate_s = 0\n", "t.conf:7: [inbound] ticket_rotate_s: ",
+               "out of range");
+    expect_err(HSM_REQ "[inbound.w b]\n", "t.conf:6: [inbound.w b] -: ", "name must be");
+    /* one address per listener */
+    expect_err(HSM_REQ INB "[inbound.two]\nlisten = 127.0.0.1:8444\ncert = c\nkey_label = k\n"
+                           "backend = 10.0.0.1:1\n",
+               "t.conf:11: [inbound.two] listen: ", "also [inbound.web] listen");
+    expect_err(HSM_REQ "[listen]\nexplicit = 127.0.0.1:8444\n" INB,
+               "t.conf:8: [inbound.web] listen: ", "also [listen] explicit");
+}
+END_TEST
+
 START_TEST(test_cfg_design_example)
 {
     expect_ok(design_example);
@@ -982,6 +1062,7 @@ Suite *cfg_suite(void)
     tcase_add_test(tc, test_cfg_syntax_error);
     tcase_add_test(tc, test_cfg_first_error_wins);
     tcase_add_test(tc, test_cfg_small_errbuf);
+    tcase_add_test(tc, test_cfg_inbound);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("file");

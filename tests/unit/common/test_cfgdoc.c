@@ -119,6 +119,7 @@ static void parser_keys(struct names *out)
     names_add(&secs, "hsm.x");     /* [hsm.NAME] */
     names_add(&secs, "rule.x");    /* [rule.NAME] */
     names_add(&secs, "profile.x"); /* [profile.NAME] */
+    names_add(&secs, "inbound.x"); /* [inbound.NAME] */
     for (int i = 0; i < lits.n; i++) {
         char text[512], err[600] = "";
         static struct px_cfg cfg;
@@ -139,6 +140,7 @@ static void parser_keys(struct names *out)
                          strcmp(sn, "hsm.x") == 0       ? "hsm.NAME"
                          : strcmp(sn, "rule.x") == 0    ? "rule.NAME"
                          : strcmp(sn, "profile.x") == 0 ? "profile.NAME"
+                         : strcmp(sn, "inbound.x") == 0 ? "inbound.NAME"
                                                         : sn,
                          lits.v[k]);
                 names_add(out, pair);
