@@ -63,6 +63,23 @@ struct hsm_token_info {
     uint16_t pub_len;
 };
 
+/*
+ * Keys a signer signs with besides the forward-trust key (job key 0): key 1 + i is the server
+ * key of the configuration's [inbound.NAME] number i (file order).
+ */
+#define HSM_XKEYS_MAX 16
+
+/* What a signer found for one extra key, reported once per (re)start. */
+struct hsm_key_info {
+    bool found;                   /* private key there, public key readable */
+    enum hsm_key_type key_type;
+    int key_bits;
+    char label[64];               /* label (or hex id) looked for */
+    char err[160];                /* why not found */
+    uint16_t pub_len;
+    uint8_t pub_der[HSM_PUB_MAX]; /* SubjectPublicKeyInfo */
+};
+
 /* One member's statistics, a consistent snapshot. */
 struct hsm_member_stats {
     char name[32];
@@ -70,6 +87,8 @@ struct hsm_member_stats {
     int pid;                 /* signer pid, 0 when none */
     uint64_t ops;            /* successful signatures */
     uint64_t errors;         /* jobs that failed in the signer */
+    uint64_t ops_inbound;    /* of ops: by [inbound.NAME] server keys (the rest: minting) */
+    uint64_t errors_inbound; /* of errors: the same */
     uint64_t timeouts;       /* jobs whose deadline passed while at this member */
     uint64_t gone;           /* jobs lost with a dead signer */
     uint64_t respawns;       /* signer (re)starts after the first */
@@ -163,6 +182,19 @@ PX_MUST_CHECK int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum
                                   const uint8_t *digest, size_t digest_len, uint32_t timeout_ms,
                                   void *user);
 
+/*
+ * The same with extra key `key` (1..HSM_XKEYS_MAX, an [inbound.NAME] server key; 0 is the
+ * forward-trust key, as hsm_sign_submit). PX_E_INVAL also when no member found that key.
+ */
+PX_MUST_CHECK int hsm_sign_submit_key(struct hsm_pool *pool, struct hsm_cq *cq, int key,
+                                      enum hsm_alg alg, const uint8_t *digest, size_t digest_len,
+                                      uint32_t timeout_ms, void *user);
+/*
+ * What the first member that came up found for extra key `key` (1..the configuration's
+ * [inbound.NAME] count): 0 and *out filled, or PX_E_INVAL for a key index not configured.
+ */
+PX_MUST_CHECK int hsm_pool_key_info(struct hsm_pool *pool, int key, struct hsm_key_info *out);
+
 /* The signature algorithm matching the pool's key (first member that reported one). */
 PX_MUST_CHECK int hsm_pool_alg(const struct hsm_pool *pool, enum hsm_alg *out);
 int hsm_pool_members(const struct hsm_pool *pool);
@@ -229,5 +261,15 @@ PX_MUST_CHECK int hsm_mgmt_create_token_and_key(const char *module, const char *
                                                 const char *so_pin, const char *user_pin,
                                                 const char *key_label, enum hsm_keygen kind,
                                                 uint8_t *pub, char *err, size_t errlen);
+
+/*
+ * Generates a key pair labelled key_label with CKA_ID id inside member's existing token (login
+ * with its PIN file): sensitive, never extractable, signing only. Refuses (PX_E_EXISTS) when a
+ * private key of that label is there already. Module environment must be set by the caller.
+ * Writes the SubjectPublicKeyInfo into pub (HSM_PUB_MAX); returns its length.
+ */
+PX_MUST_CHECK int hsm_mgmt_keygen(const struct px_hsm_member_cfg *member, const char *key_label,
+                                  enum hsm_keygen kind, uint8_t *id, size_t idlen, uint8_t *pub,
+                                  char *err, size_t errlen);
 
 #endif /* HSM_H */

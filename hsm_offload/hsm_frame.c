@@ -60,6 +60,15 @@ int hsm_frame__parse_hello(const uint8_t *buf, size_t n, struct hsm_hello *out)
     /* the enum came from another process: only the values this binary knows */
     int kt = (int)i->key_type;
     PX_ENSURE(kt == HSM_KEY_NONE || kt == HSM_KEY_EC || kt == HSM_KEY_RSA, PX_E_PROTO);
+    PX_ENSURE(out->nx <= HSM_XKEYS_MAX, PX_E_PROTO);
+    for (uint32_t k = 0; k < out->nx; k++) {
+        const struct hsm_key_info *x = &out->xinfo[k];
+        int xt = (int)x->key_type;
+        PX_ENSURE(terminated(x->label, sizeof(x->label)) && terminated(x->err, sizeof(x->err)) &&
+                      x->pub_len <= HSM_PUB_MAX &&
+                      (xt == HSM_KEY_NONE || xt == HSM_KEY_EC || xt == HSM_KEY_RSA),
+                  PX_E_PROTO);
+    }
     return 0;
 }
 

@@ -50,7 +50,8 @@ struct hsm_req {
     uint64_t id;
     uint8_t alg;
     uint8_t dlen;
-    uint8_t pad[6];
+    uint8_t key; /* 0: the forward-trust key; 1..HSM_XKEYS_MAX: an [inbound.NAME] key */
+    uint8_t pad[5];
     uint8_t digest[64];
 };
 
@@ -73,11 +74,17 @@ struct hsm_hello {
     uint64_t rv;
     char err[256];
     struct hsm_token_info info;
+    uint32_t nx;                               /* extra keys looked for */
+    struct hsm_key_info xinfo[HSM_XKEYS_MAX];  /* ... and what was found */
 };
 
 #define HSM_REQ_FRAME_MAX (sizeof(struct hsm_frame_hdr) + HSM_BATCH_MAX * sizeof(struct hsm_req))
 #define HSM_RESP_FRAME_MAX                                                                         \
     (sizeof(struct hsm_frame_hdr) + HSM_BATCH_MAX * (sizeof(struct hsm_resp) + HSM_SIG_MAX))
+
+/* the proxy reads every frame, a hello too, into one buffer of HSM_RESP_FRAME_MAX + 64 */
+_Static_assert(sizeof(struct hsm_frame_hdr) + sizeof(struct hsm_hello) <= HSM_RESP_FRAME_MAX,
+               "a hello must fit the proxy's receive buffer");
 
 /* ---- decoding (hsm_frame.c) ---------------------------------------------------------------- */
 

@@ -221,6 +221,49 @@ static int find_slot_by_label(CK_FUNCTION_LIST *f, const char *label, bool initi
     return PX_E_HSM;
 }
 
+/*
+ * Generates a key pair in the logged-in rw session h: token objects labelled label with CKA_ID
+ * id, the private half sensitive and never extractable, signing only.
+ */
+static CK_RV gen_pair(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE h, const char *key_label,
+                      const CK_BYTE *id, CK_ULONG idlen, enum hsm_keygen kind,
+                      CK_OBJECT_HANDLE *hpriv)
+{
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    static const uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const uint8_t p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+    CK_BYTE exp[] = {0x01, 0x00, 0x01};
+    CK_ULONG bits = kind == HSM_KEYGEN_RSA_3072 ? 3072 : 2048;
+    CK_MECHANISM mech;
+    CK_ATTRIBUTE pubt[8], privt[8];
+    CK_ULONG np = 0, nq = 0;
+    pubt[np++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
+    pubt[np++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, sizeof(yes)};
+    pubt[np++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)key_label, strlen(key_label)};
+    pubt[np++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, idlen};
+    if (kind == HSM_KEYGEN_EC_P256 || kind == HSM_KEYGEN_EC_P384) {
+        mech = (CK_MECHANISM){CKM_EC_KEY_PAIR_GEN, NULL, 0};
+        if (kind == HSM_KEYGEN_EC_P256) {
+            pubt[np++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)p256, sizeof(p256)};
+        } else {
+            pubt[np++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)p384, sizeof(p384)};
+        }
+    } else {
+        mech = (CK_MECHANISM){CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+        pubt[np++] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
+        pubt[np++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exp, sizeof(exp)};
+    }
+    privt[nq++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_PRIVATE, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, sizeof(yes)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)key_label, strlen(key_label)};
+    privt[nq++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, idlen};
+    CK_OBJECT_HANDLE hpub;
+    return f->C_GenerateKeyPair(h, &mech, pubt, np, privt, nq, &hpub, hpriv);
+}
+
 int hsm_mgmt_create_token_and_key(const char *module, const char *token_label, const char *so_pin,
                                   const char *user_pin, const char *key_label,
                                   enum hsm_keygen kind, uint8_t *pub, char *err, size_t errlen)
@@ -285,41 +328,10 @@ int hsm_mgmt_create_token_and_key(const char *module, const char *token_label, c
         goto fail;
     }
 
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_BYTE id[] = {0x01};
-    static const uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-    static const uint8_t p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
-    CK_BYTE exp[] = {0x01, 0x00, 0x01};
-    CK_ULONG bits = kind == HSM_KEYGEN_RSA_3072 ? 3072 : 2048;
-    CK_MECHANISM mech;
-    CK_ATTRIBUTE pubt[8], privt[8];
-    CK_ULONG np = 0, nq = 0;
-    pubt[np++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
-    pubt[np++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, sizeof(yes)};
-    pubt[np++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)key_label, strlen(key_label)};
-    pubt[np++] = (CK_ATTRIBUTE){CKA_ID, id, sizeof(id)};
-    if (kind == HSM_KEYGEN_EC_P256 || kind == HSM_KEYGEN_EC_P384) {
-        mech = (CK_MECHANISM){CKM_EC_KEY_PAIR_GEN, NULL, 0};
-        if (kind == HSM_KEYGEN_EC_P256) {
-            pubt[np++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)p256, sizeof(p256)};
-        } else {
-            pubt[np++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)p384, sizeof(p384)};
-        }
-    } else {
-        mech = (CK_MECHANISM){CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
-        pubt[np++] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
-        pubt[np++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exp, sizeof(exp)};
-    }
-    privt[nq++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
-    privt[nq++] = (CK_ATTRIBUTE){CKA_PRIVATE, &yes, sizeof(yes)};
-    privt[nq++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
-    privt[nq++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
-    privt[nq++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, sizeof(yes)};
-    privt[nq++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)key_label, strlen(key_label)};
-    privt[nq++] = (CK_ATTRIBUTE){CKA_ID, id, sizeof(id)};
-    CK_OBJECT_HANDLE hpub, hpriv;
+    CK_OBJECT_HANDLE hpriv;
     step = "C_GenerateKeyPair";
-    rv = f->C_GenerateKeyPair(h, &mech, pubt, np, privt, nq, &hpub, &hpriv);
+    rv = gen_pair(f, h, key_label, id, sizeof(id), kind, &hpriv);
     if (rv != CKR_OK) {
         goto fail;
     }
@@ -350,6 +362,85 @@ out:
     if (h != CK_INVALID_HANDLE) {
         f->C_CloseSession(h);
     }
+    hsm_p11__unload(&mod);
+    return ret;
+}
+
+int hsm_mgmt_keygen(const struct px_hsm_member_cfg *member, const char *key_label,
+                    enum hsm_keygen kind, uint8_t *id, size_t idlen, uint8_t *pub, char *err,
+                    size_t errlen)
+{
+    struct hsm_mod mod;
+    struct px_hsm_member_cfg m = *member;
+    struct hsm_tok tok;
+    struct hsm_sess s = {0};
+    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = CKR_OK;
+    int ret = PX_E_HSM;
+    const char *step = "";
+
+    memset(&tok, 0, sizeof(tok));
+    snprintf(m.key_label, sizeof(m.key_label), "%s", key_label);
+    m.key_id[0] = '\0';
+    tok.m = &m;
+    tok.mod = &mod;
+    if (px_read_secret_file(m.pin_file, tok.pin, sizeof(tok.pin), err, errlen) < 0) {
+        return PX_E_CONFIG;
+    }
+    if (hsm_p11__load(&mod, m.module, err, errlen) != 0) {
+        px_wipe(tok.pin, sizeof(tok.pin));
+        return PX_E_HSM;
+    }
+    CK_FUNCTION_LIST *f = mod.f;
+    if (hsm_p11__find_token(&tok, err, errlen) != 0) {
+        goto out;
+    }
+    /* an existing key of that label would make the label ambiguous: refuse */
+    if (hsm_p11__session_open(&tok, &s, &rv, err, errlen) == 0) {
+        hsm_p11__session_close(&tok, &s);
+        snprintf(err, errlen, "a private key labelled '%s' already exists on token '%s': "
+                 "refusing to make another", key_label, tok.info.label);
+        ret = PX_E_EXISTS;
+        goto out;
+    }
+    step = "C_OpenSession (rw)";
+    rv = f->C_OpenSession(tok.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+    step = "C_Login";
+    rv = f->C_Login(h, CKU_USER, (CK_UTF8CHAR *)tok.pin, strlen(tok.pin));
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        goto fail;
+    }
+    CK_OBJECT_HANDLE hpriv;
+    step = "C_GenerateKeyPair";
+    rv = gen_pair(f, h, key_label, id, idlen, kind, &hpriv);
+    if (rv != CKR_OK) {
+        goto fail;
+    }
+    s.h = h;
+    s.key = hpriv;
+    if (hsm_p11__key_info(&tok, &s, err, errlen) != 0) {
+        goto out;
+    }
+    if (tok.info.pub_len == 0) {
+        snprintf(err, errlen, "could not read the generated public key back");
+        goto out;
+    }
+    memcpy(pub, tok.info.pub_der, tok.info.pub_len);
+    ret = tok.info.pub_len;
+    goto out;
+
+fail:
+    snprintf(err, errlen, "[%s] %s on token '%s': %s", m.name, step, tok.info.label,
+             hsm_ckr_name(rv));
+    ret = PX_E_HSM;
+out:
+    if (h != CK_INVALID_HANDLE) {
+        f->C_CloseSession(h);
+    }
+    px_wipe(tok.pin, sizeof(tok.pin));
     hsm_p11__unload(&mod);
     return ret;
 }

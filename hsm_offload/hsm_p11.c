@@ -236,19 +236,20 @@ static int hex_to_bin(const char *hex, uint8_t *out, size_t cap)
     return (int)n;
 }
 
-/* Finds one object of class cls by the member's label (or id). */
+/* Finds one object of class cls by label (or, when label is empty, by hex id). */
 static CK_RV find_object(struct hsm_tok *tok, CK_SESSION_HANDLE h, CK_OBJECT_CLASS cls,
-                         CK_OBJECT_HANDLE *out, CK_ULONG *count)
+                         const char *label, const char *idhex, CK_OBJECT_HANDLE *out,
+                         CK_ULONG *count)
 {
     CK_FUNCTION_LIST *f = tok->mod->f;
-    const struct px_hsm_member_cfg *m = tok->m;
     uint8_t id[32];
     CK_ATTRIBUTE tmpl[2] = {{CKA_CLASS, &cls, sizeof(cls)}};
-    if (m->key_label[0]) {
-        tmpl[1] = (CK_ATTRIBUTE){CKA_LABEL, (void *)m->key_label, strlen(m->key_label)};
+    *count = 0;
+    if (label[0]) {
+        tmpl[1] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
     } else {
-        int n = hex_to_bin(m->key_id, id, sizeof(id));
-        if (n < 0) {
+        int n = hex_to_bin(idhex, id, sizeof(id));
+        if (n <= 0) {
             return CKR_ARGUMENTS_BAD;
         }
         tmpl[1] = (CK_ATTRIBUTE){CKA_ID, id, (CK_ULONG)n};
@@ -258,13 +259,27 @@ static CK_RV find_object(struct hsm_tok *tok, CK_SESSION_HANDLE h, CK_OBJECT_CLA
         return rv;
     }
     CK_OBJECT_HANDLE objs[2];
-    *count = 0;
     rv = f->C_FindObjects(h, objs, 2, count);
     f->C_FindObjectsFinal(h);
     if (rv == CKR_OK && *count > 0) {
         *out = objs[0];
     }
     return rv;
+}
+
+/* The extra keys (tok->x) in session s; a key that is not there gets CK_INVALID_HANDLE. */
+static void find_xkeys(struct hsm_tok *tok, struct hsm_sess *s)
+{
+    for (int i = 0; i < tok->nx && i < HSM_XKEYS_MAX; i++) {
+        CK_ULONG count = 0;
+        s->xkey[i] = CK_INVALID_HANDLE;
+        CK_OBJECT_HANDLE k;
+        if (find_object(tok, s->h, CKO_PRIVATE_KEY, tok->x[i].label, tok->x[i].id, &k, &count) ==
+                CKR_OK &&
+            count > 0) {
+            s->xkey[i] = k;
+        }
+    }
 }
 
 int hsm_p11__session_open(struct hsm_tok *tok, struct hsm_sess *s, CK_RV *rvp, char *err,
@@ -296,7 +311,7 @@ int hsm_p11__session_open(struct hsm_tok *tok, struct hsm_sess *s, CK_RV *rvp, c
     }
     tok->info.logged_in = true;
     CK_ULONG count = 0;
-    rv = find_object(tok, s->h, CKO_PRIVATE_KEY, &s->key, &count);
+    rv = find_object(tok, s->h, CKO_PRIVATE_KEY, m->key_label, m->key_id, &s->key, &count);
     if (rv != CKR_OK || count == 0) {
         *rvp = rv;
         if (rv == CKR_OK) {
@@ -310,6 +325,7 @@ int hsm_p11__session_open(struct hsm_tok *tok, struct hsm_sess *s, CK_RV *rvp, c
         hsm_p11__session_close(tok, s);
         return PX_E_HSM;
     }
+    find_xkeys(tok, s);
     return 0;
 }
 
@@ -330,13 +346,13 @@ static CK_RV get_attr(struct hsm_tok *tok, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE
     return rv;
 }
 
-/* SubjectPublicKeyInfo from the token's public key object. */
-static int build_spki(struct hsm_tok *tok, struct hsm_sess *s, CK_OBJECT_HANDLE pub)
+/* SubjectPublicKeyInfo of a key_type key from the token's public key object, into out. */
+static int build_spki(struct hsm_tok *tok, struct hsm_sess *s, CK_OBJECT_HANDLE pub,
+                      enum hsm_key_type key_type, uint8_t *out, uint16_t *out_len)
 {
-    struct hsm_token_info *info = &tok->info;
     uint8_t body[HSM_PUB_MAX], alg[64];
     int alen, blen;
-    if (info->key_type == HSM_KEY_EC) {
+    if (key_type == HSM_KEY_EC) {
         uint8_t params[64], point[160];
         CK_ULONG plen = sizeof(params), qlen = sizeof(point);
         if (get_attr(tok, s->h, pub, CKA_EC_PARAMS, params, &plen) != CKR_OK ||
@@ -385,71 +401,118 @@ static int build_spki(struct hsm_tok *tok, struct hsm_sess *s, CK_OBJECT_HANDLE 
         memcpy(alg, rsa_alg, sizeof(rsa_alg));
         alen = sizeof(rsa_alg);
     }
-    if (alen < 0 || blen < 0 || (size_t)(alen + blen) > sizeof(info->pub_der)) {
+    if (alen < 0 || blen < 0 || (size_t)(alen + blen) > HSM_PUB_MAX) {
         return PX_E_HSM;
     }
-    memcpy(info->pub_der, alg, (size_t)alen);
-    memcpy(info->pub_der + alen, body, (size_t)blen);
-    int r = px_der_wrap(info->pub_der, sizeof(info->pub_der), 0x30, info->pub_der,
-                        (size_t)(alen + blen));
+    memcpy(out, alg, (size_t)alen);
+    memcpy(out + alen, body, (size_t)blen);
+    int r = px_der_wrap(out, HSM_PUB_MAX, 0x30, out, (size_t)(alen + blen));
     if (r < 0) {
         return PX_E_HSM;
     }
-    info->pub_len = (uint16_t)r;
+    *out_len = (uint16_t)r;
+    return 0;
+}
+
+/*
+ * Type, size and public key (when the token has the public object of the same label or id) of
+ * the private key `key`. what names it in messages.
+ */
+static int key_props(struct hsm_tok *tok, struct hsm_sess *s, CK_OBJECT_HANDLE key,
+                     const char *label, const char *idhex, const char *what,
+                     enum hsm_key_type *type, int *bits, uint8_t *pub, uint16_t *pub_len,
+                     char *err, size_t errlen)
+{
+    CK_KEY_TYPE kt = 0;
+    CK_ULONG len = sizeof(kt);
+    *bits = 0;
+    CK_RV rv = get_attr(tok, s->h, key, CKA_KEY_TYPE, &kt, &len);
+    if (rv != CKR_OK) {
+        snprintf(err, errlen, "[%s] %s: reading key type: %s", tok->m->name, what,
+                 hsm_ckr_name(rv));
+        return PX_E_HSM;
+    }
+    if (kt == CKK_EC) {
+        *type = HSM_KEY_EC;
+        uint8_t params[64];
+        CK_ULONG plen = sizeof(params);
+        static const uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+        static const uint8_t p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+        if (get_attr(tok, s->h, key, CKA_EC_PARAMS, params, &plen) == CKR_OK) {
+            if (plen == sizeof(p256) && memcmp(params, p256, plen) == 0) {
+                *bits = 256;
+            } else if (plen == sizeof(p384) && memcmp(params, p384, plen) == 0) {
+                *bits = 384;
+            }
+        }
+        if (*bits == 0) {
+            snprintf(err, errlen, "[%s] %s: EC key on an unsupported curve (P-256 and P-384 only)",
+                     tok->m->name, what);
+            return PX_E_HSM;
+        }
+    } else if (kt == CKK_RSA) {
+        *type = HSM_KEY_RSA;
+        uint8_t n[1024];
+        CK_ULONG nl = sizeof(n);
+        if (get_attr(tok, s->h, key, CKA_MODULUS, n, &nl) == CKR_OK) {
+            *bits = (int)nl * 8;
+        }
+    } else {
+        snprintf(err, errlen, "[%s] %s: key type %lu is neither EC nor RSA", tok->m->name, what,
+                 (unsigned long)kt);
+        return PX_E_HSM;
+    }
+    CK_OBJECT_HANDLE po;
+    CK_ULONG count = 0;
+    *pub_len = 0;
+    if (find_object(tok, s->h, CKO_PUBLIC_KEY, label, idhex, &po, &count) == CKR_OK && count > 0) {
+        if (build_spki(tok, s, po, *type, pub, pub_len) != 0) {
+            *pub_len = 0;
+        }
+    }
     return 0;
 }
 
 int hsm_p11__key_info(struct hsm_tok *tok, struct hsm_sess *s, char *err, size_t errlen)
 {
     struct hsm_token_info *info = &tok->info;
-    CK_KEY_TYPE kt = 0;
-    CK_ULONG len = sizeof(kt);
-    CK_RV rv = get_attr(tok, s->h, s->key, CKA_KEY_TYPE, &kt, &len);
-    if (rv != CKR_OK) {
-        snprintf(err, errlen, "[%s] reading key type: %s", tok->m->name, hsm_ckr_name(rv));
-        return PX_E_HSM;
-    }
     snprintf(info->key_label, sizeof(info->key_label), "%s",
              tok->m->key_label[0] ? tok->m->key_label : tok->m->key_id);
-    if (kt == CKK_EC) {
-        info->key_type = HSM_KEY_EC;
-        uint8_t params[64];
-        CK_ULONG plen = sizeof(params);
-        static const uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-        static const uint8_t p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
-        if (get_attr(tok, s->h, s->key, CKA_EC_PARAMS, params, &plen) == CKR_OK) {
-            if (plen == sizeof(p256) && memcmp(params, p256, plen) == 0) {
-                info->key_bits = 256;
-            } else if (plen == sizeof(p384) && memcmp(params, p384, plen) == 0) {
-                info->key_bits = 384;
-            }
+    return key_props(tok, s, s->key, tok->m->key_label, tok->m->key_id, "forward-trust key",
+                     &info->key_type, &info->key_bits, info->pub_der, &info->pub_len, err, errlen);
+}
+
+void hsm_p11__xkey_info(struct hsm_tok *tok, struct hsm_sess *s)
+{
+    for (int i = 0; i < tok->nx && i < HSM_XKEYS_MAX; i++) {
+        struct hsm_key_info *xi = &tok->xinfo[i];
+        const struct hsm_xkey *x = &tok->x[i];
+        /* copies: the messages below write into the same struct hsm_tok they quote */
+        char label[64], tlabel[33];
+        snprintf(label, sizeof(label), "%s", x->label[0] ? x->label : x->id);
+        snprintf(tlabel, sizeof(tlabel), "%s", tok->info.label);
+        memset(xi, 0, sizeof(*xi));
+        snprintf(xi->label, sizeof(xi->label), "%s", label);
+        if (s->xkey[i] == CK_INVALID_HANDLE) {
+            snprintf(xi->err, sizeof(xi->err), "no private key %s '%s' on token '%s'",
+                     x->label[0] ? "labelled" : "with id", label, tlabel);
+            continue;
         }
-        if (info->key_bits == 0) {
-            snprintf(err, errlen, "[%s] EC key on an unsupported curve (P-256 and P-384 only)",
-                     tok->m->name);
-            return PX_E_HSM;
+        char what[96];
+        snprintf(what, sizeof(what), "key '%s'", label);
+        char err[256];
+        if (key_props(tok, s, s->xkey[i], x->label, x->id, what, &xi->key_type, &xi->key_bits,
+                      xi->pub_der, &xi->pub_len, err, sizeof(err)) != 0) {
+            snprintf(xi->err, sizeof(xi->err), "%s", err);
+            continue;
         }
-    } else if (kt == CKK_RSA) {
-        info->key_type = HSM_KEY_RSA;
-        uint8_t n[1024];
-        CK_ULONG nl = sizeof(n);
-        if (get_attr(tok, s->h, s->key, CKA_MODULUS, n, &nl) == CKR_OK) {
-            info->key_bits = (int)nl * 8;
+        if (xi->pub_len == 0) {
+            snprintf(xi->err, sizeof(xi->err), "key '%s' on token '%s' has no public key object "
+                     "to compare with its certificate", label, tlabel);
+            continue;
         }
-    } else {
-        snprintf(err, errlen, "[%s] key type %lu is neither EC nor RSA", tok->m->name,
-                 (unsigned long)kt);
-        return PX_E_HSM;
+        xi->found = true;
     }
-    CK_OBJECT_HANDLE pub;
-    CK_ULONG count = 0;
-    info->pub_len = 0;
-    if (find_object(tok, s->h, CKO_PUBLIC_KEY, &pub, &count) == CKR_OK && count > 0) {
-        if (build_spki(tok, s, pub) != 0) {
-            info->pub_len = 0;
-        }
-    }
-    return 0;
 }
 
 int hsm_p11__ecdsa_raw_to_der(const uint8_t *raw, size_t rawlen, uint8_t *out, size_t cap)
@@ -473,6 +536,12 @@ int hsm_p11__ecdsa_raw_to_der(const uint8_t *raw, size_t rawlen, uint8_t *out, s
 int hsm_p11__sign(struct hsm_tok *tok, struct hsm_sess *s, enum hsm_alg alg, const uint8_t *digest,
                   size_t dlen, uint8_t *sig, CK_RV *rvp)
 {
+    return hsm_p11__sign_key(tok, s, 0, alg, digest, dlen, sig, rvp);
+}
+
+int hsm_p11__sign_key(struct hsm_tok *tok, struct hsm_sess *s, int key, enum hsm_alg alg,
+                      const uint8_t *digest, size_t dlen, uint8_t *sig, CK_RV *rvp)
+{
     CK_FUNCTION_LIST *f = tok->mod->f;
     static const uint8_t sha256_prefix[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60,
                                             0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
@@ -488,8 +557,19 @@ int hsm_p11__sign(struct hsm_tok *tok, struct hsm_sess *s, enum hsm_alg alg, con
     /* a mechanism of the other key family never reaches the module: SoftHSM 2.6 dereferences
      * NULL in C_Sign for RSA-PSS with an EC key (found by fuzz_frame_signer) */
     bool ec_alg = alg == HSM_ALG_ECDSA_SHA256 || alg == HSM_ALG_ECDSA_SHA384;
-    if ((tok->info.key_type == HSM_KEY_EC && !ec_alg) ||
-        (tok->info.key_type == HSM_KEY_RSA && ec_alg)) {
+    enum hsm_key_type kt = tok->info.key_type;
+    CK_OBJECT_HANDLE kh = s->key;
+    if (key != 0) {
+        /* an [inbound.NAME] server key: only one this signer found */
+        if (key < 0 || key > tok->nx || key > HSM_XKEYS_MAX || !tok->xinfo[key - 1].found ||
+            s->xkey[key - 1] == CK_INVALID_HANDLE) {
+            *rvp = CKR_KEY_HANDLE_INVALID;
+            return PX_E_INVAL;
+        }
+        kt = tok->xinfo[key - 1].key_type;
+        kh = s->xkey[key - 1];
+    }
+    if ((kt == HSM_KEY_EC && !ec_alg) || (kt == HSM_KEY_RSA && ec_alg)) {
         return PX_E_INVAL;
     }
     switch (alg) {
@@ -513,7 +593,7 @@ int hsm_p11__sign(struct hsm_tok *tok, struct hsm_sess *s, enum hsm_alg alg, con
     default:
         return PX_E_INVAL;
     }
-    CK_RV rv = f->C_SignInit(s->h, &mech, s->key);
+    CK_RV rv = f->C_SignInit(s->h, &mech, kh);
     if (rv != CKR_OK) {
         *rvp = rv;
         return PX_E_HSM;

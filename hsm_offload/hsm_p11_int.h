@@ -17,19 +17,29 @@ struct hsm_mod {
     bool initialized;
 };
 
-/* The token and key one member uses; handles are per process. */
+/* An extra key a signer signs with (an [inbound.NAME] server key): by label, else hex id. */
+struct hsm_xkey {
+    char label[64];
+    char id[64];
+};
+
+/* The token and keys one member uses; handles are per process. */
 struct hsm_tok {
     struct hsm_mod *mod;
     CK_SLOT_ID slot;
     struct hsm_token_info info;
     char pin[128];
     const struct px_hsm_member_cfg *m;
+    int nx;                                  /* extra keys: job key index 1..nx */
+    struct hsm_xkey x[HSM_XKEYS_MAX];
+    struct hsm_key_info xinfo[HSM_XKEYS_MAX]; /* what was found for each (hsm_p11__xkey_info) */
 };
 
-/* One session with the key found in it. */
+/* One session with the keys found in it. */
 struct hsm_sess {
     CK_SESSION_HANDLE h;
     CK_OBJECT_HANDLE key;
+    CK_OBJECT_HANDLE xkey[HSM_XKEYS_MAX]; /* CK_INVALID_HANDLE: not on the token */
     bool open;
 };
 
@@ -43,6 +53,12 @@ int hsm_p11__session_open(struct hsm_tok *tok, struct hsm_sess *s, CK_RV *rv, ch
 void hsm_p11__session_close(struct hsm_tok *tok, struct hsm_sess *s);
 /* Reads key type/size/public key into tok->info (needs an open, logged-in session). */
 int hsm_p11__key_info(struct hsm_tok *tok, struct hsm_sess *s, char *err, size_t errlen);
+/* Fills tok->xinfo for every extra key (needs an open, logged-in session that looked them up). */
+void hsm_p11__xkey_info(struct hsm_tok *tok, struct hsm_sess *s);
+/* Signs with key 0 (the forward-trust key) or extra key 1..nx; returns DER signature length or
+ * a negative code (PX_E_INVAL for a key this token does not hold); *rv holds the CK_RV. */
+int hsm_p11__sign_key(struct hsm_tok *tok, struct hsm_sess *s, int key, enum hsm_alg alg,
+                      const uint8_t *digest, size_t dlen, uint8_t *sig, CK_RV *rv);
 /* Signs; returns DER signature length or a negative code; *rv holds the CK_RV. */
 int hsm_p11__sign(struct hsm_tok *tok, struct hsm_sess *s, enum hsm_alg alg, const uint8_t *digest,
                   size_t dlen, uint8_t *sig, CK_RV *rv);

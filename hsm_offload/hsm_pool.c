@@ -57,6 +57,7 @@ struct job {
     int retries; /* times moved to another member after a failure there */
     enum job_state state;
     uint8_t alg, dlen;
+    uint8_t key; /* 0: forward-trust key; 1..: an [inbound.NAME] server key */
     uint16_t sig_len;
     uint8_t digest[64];
     uint8_t sig[HSM_SIG_MAX];
@@ -90,6 +91,7 @@ struct member {
     bool send_blocked;
     /* statistics, written by the dispatcher under pool->stats_lock */
     uint64_t ops, errors, timeouts, gone, respawns, kills, spawns;
+    uint64_t ops_inbound, errors_inbound; /* of ops and errors: jobs with key > 0 */
     uint32_t rv_codes[8];
     uint64_t rv_counts[8];
     int n_rv;
@@ -167,6 +169,10 @@ struct hsm_pool {
     enum hsm_alg alg;
     bool have_alg;
     _Atomic int key_type; /* enum hsm_key_type of the first member that came up */
+    /* the extra keys as the first member that came up found them (stats_lock) */
+    struct hsm_key_info xinfo[HSM_XKEYS_MAX];
+    bool have_xinfo;
+    _Atomic int xkey_type[HSM_XKEYS_MAX]; /* HSM_KEY_NONE: not found (submit refuses) */
     uint8_t ca_spki[HSM_PUB_MAX]; /* [ca] forward_trust_cert's key: every member must hold it */
     int ca_spki_len;
     _Atomic bool want_clear, want_recover;
@@ -368,7 +374,14 @@ int hsm_cq_drain(struct hsm_cq *cq, hsm_done_fn fn, void *ctx)
 int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
                     const uint8_t *digest, size_t digest_len, uint32_t timeout_ms, void *user)
 {
+    return hsm_sign_submit_key(pool, cq, 0, alg, digest, digest_len, timeout_ms, user);
+}
+
+int hsm_sign_submit_key(struct hsm_pool *pool, struct hsm_cq *cq, int key, enum hsm_alg alg,
+                        const uint8_t *digest, size_t digest_len, uint32_t timeout_ms, void *user)
+{
     PX_ENSURE_REF(pool);
+    PX_ENSURE(key >= 0 && key <= HSM_XKEYS_MAX && key <= pool->cfg->n_inbound, PX_E_INVAL);
     PX_ENSURE_REF(cq);
     PX_ENSURE_REF(digest);
     PX_ENSURE(alg >= HSM_ALG_ECDSA_SHA256 && alg <= HSM_ALG_RSA_PSS_SHA256, PX_E_INVAL);
@@ -379,7 +392,8 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
     }
     /* the key decides the family: an RSA mechanism on an EC key is a caller bug, not an HSM fault */
     bool want_rsa = alg == HSM_ALG_RSA_PKCS1_SHA256 || alg == HSM_ALG_RSA_PSS_SHA256;
-    PX_ENSURE(want_rsa == (atomic_load(&pool->key_type) == HSM_KEY_RSA), PX_E_INVAL);
+    int kt = key == 0 ? atomic_load(&pool->key_type) : atomic_load(&pool->xkey_type[key - 1]);
+    PX_ENSURE(kt != HSM_KEY_NONE && want_rsa == (kt == HSM_KEY_RSA), PX_E_INVAL);
     uint64_t now = px_now_ns();
     uint32_t to = timeout_ms ? timeout_ms : (uint32_t)pool->cfg->hsm_sign_timeout_ms;
     /*
@@ -428,6 +442,7 @@ int hsm_sign_submit(struct hsm_pool *pool, struct hsm_cq *cq, enum hsm_alg alg,
     j->member = -1;
     j->retries = 0;
     j->alg = (uint8_t)alg;
+    j->key = (uint8_t)key;
     j->dlen = (uint8_t)digest_len;
     j->sig_len = 0;
     memcpy(j->digest, digest, digest_len);
@@ -1130,6 +1145,14 @@ static void handle_hello(struct hsm_pool *pool, struct member *m, const uint8_t 
         pool->have_alg = true;
         atomic_store(&pool->key_type, (int)h->info.key_type);
     }
+    if (!pool->have_xinfo) {
+        for (uint32_t k = 0; k < h->nx && k < HSM_XKEYS_MAX; k++) {
+            pool->xinfo[k] = h->xinfo[k];
+            atomic_store(&pool->xkey_type[k],
+                         h->xinfo[k].found ? (int)h->xinfo[k].key_type : HSM_KEY_NONE);
+        }
+        pool->have_xinfo = true;
+    }
     m->failed_starts = 0;
     m->backoff_ms = BACKOFF_MIN_MS;
     m->last_error[0] = '\0';
@@ -1202,6 +1225,7 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
             memcpy(j->sig, sig, r.sig_len);
             j->sig_len = r.sig_len;
             m->ops++;
+            m->ops_inbound += j->key != 0;
             lat_record(m, now - j->submit_ns);
             double wait = (double)(now - j->submit_ns) - (double)r.svc_us * 1000.0;
             m->win_wait_ns += wait > 0 ? wait : 0;
@@ -1213,6 +1237,7 @@ static void handle_resp(struct hsm_pool *pool, struct member *m, const uint8_t *
         } else {
             j->rv = (unsigned long)r.rv;
             m->errors++;
+            m->errors_inbound += j->key != 0;
             count_rv(m, (unsigned long)r.rv);
             snprintf(m->last_error, sizeof(m->last_error), "%s", hsm_ckr_name((unsigned long)r.rv));
             if (r.status != PX_E_INVAL && j->retries < 2 && j->deadline_ns > now &&
@@ -1363,6 +1388,7 @@ static void dispatch(struct hsm_pool *pool)
             memset(&reqs[n], 0, sizeof(reqs[n]));
             reqs[n].id = j->id;
             reqs[n].alg = j->alg;
+            reqs[n].key = j->key;
             reqs[n].dlen = j->dlen;
             memcpy(reqs[n].digest, j->digest, j->dlen);
             n++;
@@ -1808,6 +1834,17 @@ int hsm_pool_alg(const struct hsm_pool *pool, enum hsm_alg *out)
     return have ? 0 : PX_E_DOWN;
 }
 
+int hsm_pool_key_info(struct hsm_pool *pool, int key, struct hsm_key_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    PX_ENSURE(key >= 1 && key <= HSM_XKEYS_MAX && key <= pool->cfg->n_inbound, PX_E_INVAL);
+    pthread_mutex_lock(&pool->stats_lock);
+    bool have = pool->have_xinfo;
+    *out = pool->xinfo[key - 1];
+    pthread_mutex_unlock(&pool->stats_lock);
+    return have ? 0 : PX_E_DOWN;
+}
+
 int hsm_pool_members(const struct hsm_pool *pool)
 {
     return pool->nmembers;
@@ -1836,6 +1873,8 @@ void hsm_pool_member_stats(struct hsm_pool *pool, int idx, struct hsm_member_sta
     out->pid = m->pid;
     out->ops = m->ops;
     out->errors = m->errors;
+    out->ops_inbound = m->ops_inbound;
+    out->errors_inbound = m->errors_inbound;
     out->timeouts = m->timeouts;
     out->gone = m->gone;
     out->respawns = m->respawns;

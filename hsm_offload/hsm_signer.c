@@ -89,6 +89,8 @@ static void send_hello(struct signer *sg, int status, CK_RV rv, const char *err,
     f.hello.workers = (uint32_t)workers;
     snprintf(f.hello.err, sizeof(f.hello.err), "%s", err ? err : "");
     f.hello.info = sg->tok.info;
+    f.hello.nx = (uint32_t)sg->tok.nx;
+    memcpy(f.hello.xinfo, sg->tok.xinfo, sizeof(f.hello.xinfo));
     if (send_frame(sg, &f, sizeof(f)) != 0) {
         _exit(HSM_SIGNER_EXIT_PROTO);
     }
@@ -117,7 +119,8 @@ static void send_workers(struct signer *sg)
 static int sign_one(struct worker *w, const struct hsm_req *r, uint8_t *sig, CK_RV *rv)
 {
     struct signer *sg = w->sg;
-    int n = hsm_p11__sign(&sg->tok, &w->sess, (enum hsm_alg)r->alg, r->digest, r->dlen, sig, rv);
+    int n = hsm_p11__sign_key(&sg->tok, &w->sess, r->key, (enum hsm_alg)r->alg, r->digest, r->dlen,
+                              sig, rv);
     if (n >= 0 || !hsm_p11__rv_session_level(*rv)) {
         return n;
     }
@@ -131,7 +134,8 @@ static int sign_one(struct worker *w, const struct hsm_req *r, uint8_t *sig, CK_
         *rv = orv;
         return PX_E_HSM;
     }
-    return hsm_p11__sign(&sg->tok, &w->sess, (enum hsm_alg)r->alg, r->digest, r->dlen, sig, rv);
+    return hsm_p11__sign_key(&sg->tok, &w->sess, r->key, (enum hsm_alg)r->alg, r->digest, r->dlen,
+                             sig, rv);
 }
 
 /*
@@ -390,6 +394,12 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
     sg.batch = cfg.hsm_batch > HSM_BATCH_MAX ? HSM_BATCH_MAX : cfg.hsm_batch;
     sg.tok.m = m;
     sg.tok.mod = &sg.mod;
+    /* the [inbound.NAME] server keys, in file order: job key 1 + i */
+    for (int i = 0; i < cfg.n_inbound && i < HSM_XKEYS_MAX; i++) {
+        snprintf(sg.tok.x[i].label, sizeof(sg.tok.x[i].label), "%s", cfg.inbound[i].key_label);
+        snprintf(sg.tok.x[i].id, sizeof(sg.tok.x[i].id), "%s", cfg.inbound[i].key_id);
+        sg.tok.nx = i + 1;
+    }
 
     int r = hsm_member_setenv(m);
     if (r == 0) {
@@ -406,6 +416,9 @@ int hsm_signer_main(int fd, const char *config_path, int member_idx)
     }
     if (r >= 0) {
         r = hsm_p11__key_info(&sg.tok, &sg.anchor, err, sizeof(err));
+    }
+    if (r >= 0) {
+        hsm_p11__xkey_info(&sg.tok, &sg.anchor); /* a missing one is reported, not fatal */
     }
     if (r >= 0) {
         /* canary: a member is up only once it has really signed */
