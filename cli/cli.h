@@ -27,6 +27,7 @@ int cli_master_key(int argc, char **argv);  /* cli_mk.c */
 int cli_backup(int argc, char **argv);      /* cli_bundle.c */
 int cli_restore(int argc, char **argv);     /* cli_bundle.c */
 int cli_ca(int argc, char **argv);          /* cli_ca.c */
+int cli_inbound(int argc, char **argv);     /* cli_inbound.c */
 int cli_transparent(int argc, char **argv); /* cli_nft.c */
 int cli_unwrap_child(int argc, char **argv); /* cli_keys.c: the internal __unwrap */
 

@@ -32,6 +32,9 @@ static const char usage[] =
     "                 master-key custody (sealed key files, HSM wrapping key)\n"
     "  ca csr --out FILE [--subject DN] | ca import --cert C [--chain CH] | ca list\n"
     "                 enterprise forward-trust CA (key in the HSM, issued by your root)\n"
+    "  inbound keygen --label L [--key-type T] | inbound csr --label L --subject DN\n"
+    "                 [--san DNS:a,DNS:b] --out F | inbound list\n"
+    "                 keys (inside the HSM) and certificates of the [inbound.NAME] listeners\n"
     "  backup --out FILE   the trust infrastructure in one encrypted, authenticated file\n"
     "  restore --in FILE --dir DIR --master-key-file F [--hsm-env NAME=VALUE]\n"
     "                 install a bundle on this node (verifies it and the HSM first)\n"
@@ -133,6 +136,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "ca") == 0) {
         return cli_ca(sc, sub);
+    }
+    if (strcmp(cmd, "inbound") == 0) {
+        return cli_inbound(sc, sub);
     }
     if (strcmp(cmd, "backup") == 0) {
         return cli_backup(sc, sub);
