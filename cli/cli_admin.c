@@ -36,6 +36,16 @@ static void text_status(struct cli_admin *a, FILE *o)
     fprintf(o, "listeners     explicit %s, transparent %s\n",
             a->cfg->listen_explicit[0] ? a->cfg->listen_explicit : "off",
             a->cfg->listen_transparent[0] ? a->cfg->listen_transparent : "off");
+    struct dp_inbound_stats ib[PX_INBOUND_MAX];
+    int nib = dp_server_inbound_stats(a->dp, ib, PX_INBOUND_MAX);
+    for (int i = 0; i < nib; i++) {
+        fprintf(o, "inbound       %s: port %d, %llu full + %llu resumed handshakes, %llu failed "
+                   "(%llu RSA key exchange only, %llu no HSM signature), %llu backend failures\n",
+                ib[i].name, ib[i].port, (unsigned long long)ib[i].full,
+                (unsigned long long)ib[i].resumed, (unsigned long long)ib[i].failed,
+                (unsigned long long)ib[i].refused_rsa, (unsigned long long)ib[i].refused_hsm,
+                (unsigned long long)ib[i].backend_failed);
+    }
     fprintf(o, "connections   %llu active, %llu accepted, %llu closed\n",
             (unsigned long long)ds.active, (unsigned long long)ds.accepted,
             (unsigned long long)ds.closed);
@@ -119,6 +129,13 @@ static void text_hsm(struct cli_admin *a, FILE *o)
                    "%u in flight\n",
                 (unsigned long long)st.ops, (unsigned long long)st.errors,
                 (unsigned long long)st.timeouts, (unsigned long long)st.gone, st.inflight);
+        if (a->cfg->n_inbound > 0) {
+            fprintf(o, "  by use       minting %llu signatures (%llu errors), inbound server keys "
+                       "%llu signatures (%llu errors)\n",
+                    (unsigned long long)(st.ops - st.ops_inbound),
+                    (unsigned long long)(st.errors - st.errors_inbound),
+                    (unsigned long long)st.ops_inbound, (unsigned long long)st.errors_inbound);
+        }
         fprintf(o, "  restarts     %llu respawns, %llu killed for hanging, %llu recoveries",
                 (unsigned long long)st.respawns, (unsigned long long)st.kills,
                 (unsigned long long)st.recoveries);
@@ -395,6 +412,50 @@ static void text_metrics(struct cli_admin *a, FILE *o)
                    "tlsmint_hsm_signatures_total{member=\"%s\",result=\"timeout\"} %llu\n",
                 st[i].name, (unsigned long long)st[i].ops, st[i].name,
                 (unsigned long long)st[i].errors, st[i].name, (unsigned long long)st[i].timeouts);
+    }
+    family(o, "tlsmint_hsm_signatures_by_use_total", "counter",
+           "Signatures by HSM member, use (mint: leaf certificates; inbound: handshakes of the "
+           "[inbound.NAME] listeners) and result.");
+    for (int i = 0; i < n; i++) {
+        fprintf(o, "tlsmint_hsm_signatures_by_use_total{member=\"%s\",use=\"mint\",result=\"ok\"} "
+                   "%llu\n"
+                   "tlsmint_hsm_signatures_by_use_total{member=\"%s\",use=\"mint\",result=\"error\"} "
+                   "%llu\n"
+                   "tlsmint_hsm_signatures_by_use_total{member=\"%s\",use=\"inbound\",result=\"ok\"} "
+                   "%llu\n"
+                   "tlsmint_hsm_signatures_by_use_total{member=\"%s\",use=\"inbound\",result=\"error\"} "
+                   "%llu\n",
+                st[i].name, (unsigned long long)(st[i].ops - st[i].ops_inbound), st[i].name,
+                (unsigned long long)(st[i].errors - st[i].errors_inbound), st[i].name,
+                (unsigned long long)st[i].ops_inbound, st[i].name,
+                (unsigned long long)st[i].errors_inbound);
+    }
+    struct dp_inbound_stats ib[PX_INBOUND_MAX];
+    int nib = dp_server_inbound_stats(a->dp, ib, PX_INBOUND_MAX);
+    if (nib > 0) {
+        family(o, "tlsmint_inbound_handshakes_total", "counter",
+               "Inbound listeners' client handshakes: full (one HSM signature), resumed (none), "
+               "failed.");
+        for (int i = 0; i < nib; i++) {
+            fprintf(o, "tlsmint_inbound_handshakes_total{listener=\"%s\",kind=\"full\"} %llu\n"
+                       "tlsmint_inbound_handshakes_total{listener=\"%s\",kind=\"resumed\"} %llu\n"
+                       "tlsmint_inbound_handshakes_total{listener=\"%s\",kind=\"failed\"} %llu\n",
+                    ib[i].name, (unsigned long long)ib[i].full, ib[i].name,
+                    (unsigned long long)ib[i].resumed, ib[i].name,
+                    (unsigned long long)ib[i].failed);
+        }
+        family(o, "tlsmint_inbound_refused_total", "counter",
+               "Inbound connections refused: clients offering only RSA key exchange, handshakes "
+               "without an HSM signature (deadline, queue full, HSM down), backends unreachable.");
+        for (int i = 0; i < nib; i++) {
+            fprintf(o, "tlsmint_inbound_refused_total{listener=\"%s\",reason=\"rsa_key_exchange\"} "
+                       "%llu\n"
+                       "tlsmint_inbound_refused_total{listener=\"%s\",reason=\"hsm\"} %llu\n"
+                       "tlsmint_inbound_refused_total{listener=\"%s\",reason=\"backend\"} %llu\n",
+                    ib[i].name, (unsigned long long)ib[i].refused_rsa, ib[i].name,
+                    (unsigned long long)ib[i].refused_hsm, ib[i].name,
+                    (unsigned long long)ib[i].backend_failed);
+        }
     }
     family(o, "tlsmint_hsm_sign_latency_seconds", "summary",
            "Signature latency quantiles per HSM member (recent signatures).");

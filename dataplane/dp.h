@@ -146,6 +146,18 @@ struct dp_export_stats {
     char state[DP_EXPORT_SINKS][200];
 };
 void dp_server_export_stats(struct dp_server *s, struct dp_export_stats *out);
+/* Inbound inspection ([inbound.NAME], dataplane/dp_inbound.c): per listener. */
+struct dp_inbound_stats {
+    char name[48];
+    int port;                            /* bound port */
+    uint64_t full, resumed;              /* handshakes done: with an HSM signature, or resumed */
+    uint64_t failed;                     /* handshakes that failed, for any reason; of them: */
+    uint64_t refused_rsa, refused_hsm;   /* RSA-only clients; no signature (deadline, down, ...) */
+    uint64_t backend_failed;
+    uint64_t sign_ok, sign_failed, sign_refused; /* [0] only, all listeners: HSM signatures */
+};
+/* At most cap listeners, file order; returns how many. */
+int dp_server_inbound_stats(struct dp_server *s, struct dp_inbound_stats *out, int cap);
 /* Counters of the certificate cache new connections use now. */
 void dp_server_cache_stats(struct dp_server *s, struct cc_stats *out);
 /* 0 at start, +1 per successful reload. */

@@ -203,6 +203,13 @@ void dp_alog_conn(struct dp_conn *c)
     } else {
         json_esc(ver, sizeof(ver), X509_verify_cert_error_string(c->verify_result));
     }
+    char inb[120] = "";
+    if (c->inbound != 0) {
+        char ln[100];
+        json_esc(ln, sizeof(ln), dp_inbound_name(c));
+        snprintf(inb, sizeof(inb), ",\"listener\":\"%s\",\"resumed\":%s", ln,
+                 dp_inbound_resumed(c) ? "true" : "false");
+    }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -210,14 +217,14 @@ void dp_alog_conn(struct dp_conn *c)
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"client\":\"%s\","
                      "\"dst\":\"%s\",\"host\":\"%s\",\"port\":%u,\"sni\":\"%s\",\"alpn\":\"%s\","
-                     "\"mode\":\"%s\",\"upstream_verify\":\"%s\",\"upstream_resumed\":%s,"
+                     "\"mode\":\"%s\"%s,\"upstream_verify\":\"%s\",\"upstream_resumed\":%s,"
                      "\"cache\":\"%s\","
                      "\"hsm_wait_ms\":%.3f,\"bytes_up\":%llu,\"bytes_down\":%llu,"
                      "\"duration_ms\":%.3f,\"rule\":\"%s\",\"action\":\"%s\","
                      "\"reason\":\"%s\",\"outcome\":\"%s\"}\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, client, dst, host, c->port, sni, alpn,
-                     c->transparent ? "transparent" : "explicit", ver,
+                     c->inbound ? "inbound" : c->transparent ? "transparent" : "explicit", inb, ver,
                      c->up_resumed ? "true" : "false", c->cache_result,
                      (double)c->hsm_wait_ns / 1e6, (unsigned long long)c->bytes_c2u,
                      (unsigned long long)c->bytes_u2c,

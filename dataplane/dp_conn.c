@@ -107,6 +107,7 @@ void dp_conn_release(struct dp_conn *c)
     if (c->inflight > 0 || c->state == S_FREE) {
         return;
     }
+    dp_inbound_conn_release(c); /* first: a handshake paused for the HSM is finished */
     dp_tls_sess_store(c);
     dp_export_end(c->loop->srv->exp, c, c->outcome != O_OK);
     for (int d = 0; d < 2; d++) {
@@ -135,6 +136,8 @@ void dp_conn_release(struct dp_conn *c)
     free(c->s[D_CLIENT].obuf);
     free(c->s[D_UP].obuf);
     free(c->hello);
+    free(c->inb);
+    c->inb = NULL;
     free(c->rj);
     c->rj = NULL;
     dp_timer_cancel(c);
@@ -504,6 +507,13 @@ static void step_closing(struct dp_conn *c)
  *                                         v
  *                                       RELAY
  *
+ *   inbound listener ([inbound.NAME], dp_inbound.c: our own servers, keys in the HSM):
+ *   IN_HANDSHAKE <--the signature is in-- IN_SIGNING (the key's signature submitted, the
+ *         |      ---async job paused-->  handshake parked; resumed handshakes skip it)
+ *         v
+ *   UP_CONNECTING (the backend) --plain--> IN_RELAY
+ *         `--backend_tls--> IN_BACKEND_TLS --> RELAY
+ *
  *   no leaf (UP_HANDSHAKE, MINTING) or no upstream (UP_CONNECTING after the ClientHello):
  *     refused (fail closed, a bad upstream): CLIENT_HANDSHAKE, which ends with an alert;
  *     fail open: REOPEN --> UP_CONNECTING --> SPLICE, the kept ClientHello replayed
@@ -517,7 +527,7 @@ static void step_closing(struct dp_conn *c)
  */
 const struct dp_stage dp_stages[DP_STATES] = {
     [S_FREE] = {"free", NULL, R_NONE, T_NONE,
-                TO(S_CONNECT_REQ) | TO(S_CLIENT_HELLO) | TO(S_CLOSING)},
+                TO(S_CONNECT_REQ) | TO(S_CLIENT_HELLO) | TO(S_IN_HANDSHAKE) | TO(S_CLOSING)},
     [S_CONNECT_REQ] = {"connect_req", step_connect_req, R_CLIENT, T_HANDSHAKE,
                        TO(S_RESOLVING) | TO(S_UP_CONNECTING) | TO(S_CLOSING)},
     [S_RESOLVING] = {"resolving", NULL, R_NONE, T_HANDSHAKE, TO(S_UP_CONNECTING) | TO(S_CLOSING)},
@@ -530,7 +540,7 @@ const struct dp_stage dp_stages[DP_STATES] = {
     [S_UP_CONNECTING] = {"up_connecting", NULL, R_NONE, T_HANDSHAKE,
                          TO(S_UP_CONNECTING) | TO(S_CLIENT_HELLO) | TO(S_UP_HANDSHAKE) |
                              TO(S_SPLICE) | TO(S_CLIENT_HANDSHAKE) | TO(S_FIRST_BYTE) |
-                             TO(S_CLOSING)},
+                             TO(S_IN_BACKEND_TLS) | TO(S_IN_RELAY) | TO(S_CLOSING)},
     [S_UP_HANDSHAKE] = {"up_handshake", step_up_handshake, R_UP, T_HANDSHAKE,
                         TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
     [S_MINTING] = {"minting", NULL, R_NONE, T_HANDSHAKE,
@@ -545,6 +555,12 @@ const struct dp_stage dp_stages[DP_STATES] = {
     [S_BLOCK_PAGE] = {"block_page", dp_policy_page_step, R_CLIENT, T_HANDSHAKE, TO(S_CLOSING)},
     [S_FIRST_BYTE] = {"first_byte", dp_policy_first_byte_step, R_BOTH, T_HANDSHAKE,
                       TO(S_CLIENT_HELLO) | TO(S_SPLICE) | TO(S_CLOSING)},
+    [S_IN_HANDSHAKE] = {"in_handshake", dp_inbound_hs_step, R_CLIENT, T_HANDSHAKE,
+                        TO(S_IN_SIGNING) | TO(S_UP_CONNECTING) | TO(S_CLOSING)},
+    [S_IN_SIGNING] = {"in_signing", NULL, R_NONE, T_HANDSHAKE, TO(S_IN_HANDSHAKE) | TO(S_CLOSING)},
+    [S_IN_BACKEND_TLS] = {"in_backend_tls", dp_inbound_backend_step, R_UP, T_HANDSHAKE,
+                          TO(S_RELAY) | TO(S_CLOSING)},
+    [S_IN_RELAY] = {"in_relay", dp_inbound_relay_step, R_BOTH, T_IDLE, TO(S_CLOSING)},
 };
 #undef TO
 
@@ -685,6 +701,10 @@ void dp_conn_on_connect(struct dp_conn *c, int res)
 {
     if (c->state == S_CLOSING) {
         dp_conn_release(c);
+        return;
+    }
+    if (c->inbound != 0) {
+        dp_inbound_connected(c, res); /* a backend of an inbound listener */
         return;
     }
     if (res < 0) {

@@ -175,7 +175,9 @@ void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 
 enum dp_op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES,
-    OP_FIRSTBYTE /* dir 0: the first-byte timer of a connection; dir 1: its removal */
+    OP_FIRSTBYTE, /* dir 0: the first-byte timer of a connection; dir 1: its removal */
+    OP_IN_ACCEPT, /* dir: the [inbound.NAME] listener (dp_inbound.c) */
+    OP_IN_CQ      /* the loop's queue of inbound signatures */
 };
 enum dp_dir { D_CLIENT = 0, D_UP = 1 };
 
@@ -196,6 +198,10 @@ enum dp_state {
     S_CLOSING,       /* flushing what is queued, then close */
     S_BLOCK_PAGE,    /* blocked, on a leaf of ours: read the request, answer 403 (dp_policy.c) */
     S_FIRST_BYTE,    /* the client said nothing for first_byte_ms: whichever side speaks first */
+    S_IN_HANDSHAKE,  /* inbound: TLS with the client, our certificate, the key in the HSM */
+    S_IN_SIGNING,    /* inbound: handshake paused for the HSM signature (reads nothing) */
+    S_IN_BACKEND_TLS, /* inbound: TLS with the backend (backend_tls = yes) */
+    S_IN_RELAY,      /* inbound: client TLS <-> plain backend */
     DP_STATES
 };
 
@@ -211,7 +217,7 @@ struct dp_stage {
     void (*step)(struct dp_conn *c);
     uint8_t reads;     /* enum dp_reads; R_BOTH stages read a side only while its peer has room */
     uint8_t timer;     /* enum dp_timer: handshake deadline (from accept), or idle time */
-    uint16_t next;     /* the stages it may move to, one bit each (checked in debug builds) */
+    uint32_t next;     /* the stages it may move to, one bit each (checked in debug builds) */
 };
 extern const struct dp_stage dp_stages[DP_STATES];
 
@@ -298,6 +304,8 @@ struct dp_conn {
     bool proving;          /* a name-based bypass waits for its proof: the upstream handshake */
     bool proof_excl;       /* ... and it came from the exclusion cache */
     bool up_client_auth;   /* the upstream asked for a client certificate */
+    uint8_t inbound;       /* [inbound.NAME] listener index + 1; 0: a forward-proxy connection */
+    struct dp_inb_conn *inb; /* inbound: the signature it waits for (dp_inbound.c) */
     uint8_t client_alert;  /* the last alert the client sent us (0: none) */
     struct __kernel_timespec fb_ts;
     enum px_action action; /* the policy's decision */
@@ -381,6 +389,7 @@ struct dp_loop {
     pthread_t th;
     int start_err;
     struct dp_counters ctr;
+    struct dp_inb_loop *inb;  /* inbound listeners' sockets and signature queue (dp_inbound.c) */
     bool stopping;
     uint64_t drain_deadline_ns;
 };
@@ -398,6 +407,7 @@ struct dp_server {
     struct dp_alog *alog;
     struct dp_alog *keylog;
     struct dp_export *exp;    /* NULL when no [export] sink is configured */
+    struct dp_inbound *inb;   /* [inbound.NAME] listeners; NULL when there is none */
     int nloops;
     struct dp_loop *loops;
     int port_explicit, port_transparent;
@@ -568,6 +578,44 @@ bool dp_excl_pinned_event(struct dp_excl *x, const char *host, uint16_t port, in
 int dp_excl_list(struct dp_excl *x, struct dp_excl_info *out, int cap);
 int dp_excl_clear(struct dp_excl *x, const char *host);
 void dp_excl_stats(struct dp_excl *x, uint64_t *entries, uint64_t added[DP_EXCL_REASONS]);
+
+/* dp_inbound.c: inbound inspection, our own servers' TLS with their keys in the HSM */
+/* Listeners, TLS contexts (the keys checked against the certificates), each loop's signature
+ * queue; after the loops are set up. 0, or negative and one line in err (run stops). */
+int dp_inbound_new(struct dp_server *s, char *err, size_t errlen);
+void dp_inbound_free(struct dp_server *s);
+/* Loop thread: arms the listeners' accepts and the signature queue's read. */
+void dp_inbound_loop_start(struct dp_loop *l);
+/* Loop thread, once stopping: no more accepts. */
+void dp_inbound_loop_stop(struct dp_loop *l);
+/* Signatures submitted by l and not yet come back (the loop ends only at 0). */
+uint32_t dp_inbound_loop_pending(const struct dp_loop *l);
+void dp_inbound_accept(struct dp_loop *l, int which, int res, uint32_t flags);
+/* The signature queue's eventfd fired: resumes the handshakes whose signatures are in. */
+void dp_inbound_on_cq(struct dp_loop *l);
+/* The backend connect finished (dp_conn_on_connect, for inbound connections). */
+void dp_inbound_connected(struct dp_conn *c, int res);
+/* Before c's SSL objects are freed: a paused handshake is finished (failed) first. */
+void dp_inbound_conn_release(struct dp_conn *c);
+/* Stage steps: S_IN_HANDSHAKE, S_IN_BACKEND_TLS, S_IN_RELAY. */
+void dp_inbound_hs_step(struct dp_conn *c);
+void dp_inbound_backend_step(struct dp_conn *c);
+void dp_inbound_relay_step(struct dp_conn *c);
+/* The listener's name ("" for a forward-proxy connection); whether it was resumed. */
+const char *dp_inbound_name(const struct dp_conn *c);
+bool dp_inbound_resumed(const struct dp_conn *c);
+/* The key's sign function (dp_hsmkey.c), inside the SSL's async job: submits, pauses, returns
+ * the signature's length or a negative code. */
+int dp_inbound_sign(int key, enum hsm_alg alg, const uint8_t *dg, size_t dlen, uint8_t *sig,
+                    size_t cap);
+
+/* dp_hsmkey.c: HSM-held keys as OpenSSL keys (a provider in a library context of its own) */
+int dp_hsmkey_init(char *err, size_t errlen);
+void dp_hsmkey_fini(void);
+OSSL_LIB_CTX *dp_hsmkey_libctx(void);
+/* A key whose signatures are made by hsm_offload key `key`; spki: its public key. NULL on
+ * failure. */
+EVP_PKEY *dp_hsmkey_new(int key, enum hsm_key_type type, const uint8_t *spki, size_t len);
 
 /* dp_alog.c: the access-log line of a connection that ends */
 void dp_alog_conn(struct dp_conn *c);

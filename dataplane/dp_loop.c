@@ -226,6 +226,12 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         dp_conn_on_resolved(l);
         dp_loop_arm_events(l, 1);
         return;
+    case OP_IN_ACCEPT:
+        dp_inbound_accept(l, u.f.dir, cqe->res, cqe->flags);
+        return;
+    case OP_IN_CQ:
+        dp_inbound_on_cq(l);
+        return;
     case OP_FIRSTBYTE:
         if (u.f.dir == 1) {
             return; /* the removal's own answer: the timer's comes separately */
@@ -306,6 +312,7 @@ void *dp_loop_main(void *arg)
     dp_loop_arm_accept(l, 1);
     dp_loop_arm_events(l, 0);
     dp_loop_arm_events(l, 1);
+    dp_inbound_loop_start(l);
     l->wheel_tick = px_now_ns() / ((uint64_t)DP_TICK_MS * 1000000ull);
     arm_tick(l);
     bool stop_seen = false;
@@ -346,8 +353,10 @@ void *dp_loop_main(void *arg)
                     shutdown(l->lfd[w], SHUT_RDWR);
                 }
             }
+            dp_inbound_loop_stop(l);
         }
-        if (stop_seen && l->nactive == 0 && cc_loop_pending(l->ccl) == 0 && l->old_ccl == NULL) {
+        if (stop_seen && l->nactive == 0 && cc_loop_pending(l->ccl) == 0 && l->old_ccl == NULL &&
+            dp_inbound_loop_pending(l) == 0) {
             break;
         }
     }

@@ -284,6 +284,10 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
             return NULL;
         }
     }
+    if (dp_inbound_new(s, err, errlen) != 0) {
+        dp_server_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -341,6 +345,7 @@ void dp_server_free(struct dp_server *s)
         }
         dp_loop_fini(l);
     }
+    dp_inbound_free(s); /* after the loops: their last connections are inbound ones too */
     dp_export_free(s->exp); /* after the loops: closing connections still reports their end */
     dp_excl_free(s->excl);
     dp_excl_free(s->proofs);
