@@ -101,7 +101,8 @@ echo "== every held connection relays a request"
 echo relay >&"${MANY[1]}"
 read -r -t 170 word ok bad secs <&"${MANY[0]}"
 check_eq "all $N answered through the proxy (${secs:-?} s, ${bad:-?} failed)" "relayed $N" "$word $ok"
-wait "$MANY_PID" 2>/dev/null
+# bash unsets MANY_PID once the coprocess has exited and been reaped (it may be by now)
+[ -n "${MANY_PID:-}" ] && wait "$MANY_PID" 2>/dev/null
 kill "$TLSMINT_PID" 2>/dev/null
 wait "$TLSMINT_PID" 2>/dev/null
 check_not_contains "no sanitizer report" "ERROR: AddressSanitizer" "$(cat "$WORK/tlsmint.log")"
