@@ -285,31 +285,12 @@ wait "$PID"
 check_eq "clean exit" "0" "$?"
 check_not_contains "no sanitizer report" "Sanitizer" "$(cat "$WORK/run.log")"
 
-echo "== network HSM (p11-kit server): killed, then back"
-SOCK="$WORK/run/p11kit.sock"
-start_p11kit() {
-    p11-kit server -f --provider "$SOFTHSM" -n "$SOCK" "pkcs11:token=tlsmint" >>"$WORK/p11kit.log" 2>&1 &
-    P11PID=$!
-    PIDS+=($P11PID)
-    for _ in $(seq 1 100); do [ -S "$SOCK" ] && return 0; sleep 0.05; done
-    return 1
-}
-start_p11kit || { bad "p11-kit server did not start"; finish; exit 1; }
-NET="$WORK/net.conf"
-inbound_conf "$NET"
-set_conf "$NET" admin socket "$WORK/run/net.sock"
-set_conf "$NET" log access "$WORK/net.access"
-set_conf "$NET" hsm recovery_backoff_max_ms 200
-printf "\n[hsm]\nmodule = %s\nenv = P11_KIT_SERVER_ADDRESS=unix:path=%s\n" "$P11CLIENT" "$SOCK" >>"$NET"
-printf "\n[master_key]\nmodule = %s\nenv = SOFTHSM2_CONF=%s\n" "$SOFTHSM" "$SOFTHSM2_CONF" >>"$NET"
-start_tlsmint "$NET" "$WORK/net.log" || { finish; exit 1; }
-NPID=$TLSMINT_PID
-wait_port "$P_WEB"
-# one python process: a session saved while the HSM is up, full handshakes timed while it is
-# gone (each must fail within sign_timeout_ms + 50 ms), the saved session resumed meanwhile,
-# then full handshakes again until one works
-cat >"$WORK/outage.py" <<'EOF'
-import ssl, socket, sys, time, os, signal, subprocess
+# outage CONF PORT NAME DOWN UP: one python process saves a session while the HSM signs, times
+# full handshakes while it cannot (each must fail within sign_timeout_ms + 50 ms), resumes the
+# saved session meanwhile, then times how long until a full handshake works again; DOWN and UP
+# are shell commands run when it says so (a control file), the proxy is never restarted
+cat >"$WORK/outage.py" <<'EOF2'
+import ssl, socket, sys, time, os
 port, ca, ctl = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=ca) # one context: its sessions can be resumed
 ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -332,11 +313,13 @@ def hs(sess=None):
     sess, reused = s.session, s.session_reused
     s.close()
     return ok, ms, sess, reused
+def say(what):
+    open(ctl, "w").write(what + "\n")
+    while os.path.exists(ctl):
+        time.sleep(0.01)
 ok, ms, sess, _ = hs()
 print("before", ok)
-open(ctl, "w").write("kill\n")
-while os.path.exists(ctl):
-    time.sleep(0.01)
+say("down")
 time.sleep(0.3)
 worst = 0
 fails = 0
@@ -347,9 +330,7 @@ for i in range(5):
 print("down_full_failed", fails, "worst_ms", int(worst))
 ok, ms, _, reused = hs(sess)
 print("down_resumed", ok and reused)
-open(ctl, "w").write("start\n")
-while os.path.exists(ctl):
-    time.sleep(0.01)
+say("up")
 t0 = time.monotonic()
 back = False
 while time.monotonic() - t0 < 5:
@@ -359,36 +340,86 @@ while time.monotonic() - t0 < 5:
         break
     time.sleep(0.05)
 print("back", back, "after_ms", int((time.monotonic() - t0) * 1000))
-EOF
-CTLF="$WORK/outage.ctl"
-python3 "$WORK/outage.py" "$P_WEB" "$O/ca.pem" "$CTLF" >"$WORK/outage.out" 2>&1 &
-PYPID=$!
-for _ in $(seq 1 600); do
-    if [ -f "$CTLF" ]; then
-        case $(cat "$CTLF") in
-        kill*) kill -9 $(pgrep -P "$P11PID") "$P11PID" 2>/dev/null; wait "$P11PID" 2>/dev/null; rm -f "$SOCK" ;;
-        start*) start_p11kit ;;
-        esac
-        rm -f "$CTLF"
-    fi
-    kill -0 "$PYPID" 2>/dev/null || break
-    sleep 0.02
-done
-wait "$PYPID"
-o=$(cat "$WORK/outage.out")
-echo "$o" | sed 's/^/    /'
-check_contains "through p11-kit: a full handshake works" "before True" "$o"
-check_contains "HSM gone: every full handshake fails" "down_full_failed 5" "$o"
-worst=$(echo "$o" | sed -n 's/.*worst_ms \([0-9]*\).*/\1/p')
-check "... each within sign_timeout_ms + 50 ms (worst ${worst:-?} ms)" test "${worst:-9999}" -lt 350
-check_contains "HSM gone: a resumed session still works" "down_resumed True" "$o"
-after=$(echo "$o" | sed -n 's/.*after_ms \([0-9]*\).*/\1/p')
-check_contains "HSM back: full handshakes again, no restart" "back True" "$o"
-check "... within 2 s (${after:-?} ms)" test "${after:-9999}" -lt 2000
-check "the same proxy process all along" kill -0 "$NPID"
-kill -TERM "$NPID"
-wait "$NPID"
-check_eq "clean exit" "0" "$?"
-check_not_contains "no sanitizer report" "Sanitizer" "$(cat "$WORK/net.log")"
+EOF2
+outage() {
+    local conf=$1 port=$2 name=$3 down=$4 up=$5 ctlf="$WORK/outage.ctl" pypid o worst after pid
+    start_tlsmint "$conf" "$WORK/$name.log" || { bad "$name: tlsmint did not start"; return; }
+    pid=$TLSMINT_PID
+    wait_port "$port"
+    rm -f "$ctlf"
+    python3 "$WORK/outage.py" "$port" "$O/ca.pem" "$ctlf" >"$WORK/$name.out" 2>&1 &
+    pypid=$!
+    for _ in $(seq 1 800); do
+        if [ -f "$ctlf" ]; then
+            case $(cat "$ctlf") in
+            down*) eval "$down" ;;
+            up*) eval "$up" ;;
+            esac
+            rm -f "$ctlf"
+        fi
+        kill -0 "$pypid" 2>/dev/null || break
+        sleep 0.02
+    done
+    wait "$pypid"
+    o=$(cat "$WORK/$name.out")
+    echo "$o" | sed 's/^/    /'
+    check_contains "$name: a full handshake works" "before True" "$o"
+    check_contains "$name: HSM gone, every full handshake fails" "down_full_failed 5" "$o"
+    worst=$(echo "$o" | sed -n 's/.*worst_ms \([0-9]*\).*/\1/p')
+    check "$name: ... each within sign_timeout_ms + 50 ms (worst ${worst:-?} ms)" test "${worst:-9999}" -lt 350
+    check_contains "$name: a resumed session still works" "down_resumed True" "$o"
+    after=$(echo "$o" | sed -n 's/.*after_ms \([0-9]*\).*/\1/p')
+    check_contains "$name: HSM back, full handshakes again" "back True" "$o"
+    check "$name: ... within 2 s (${after:-?} ms), the same proxy process" \
+        test "${after:-9999}" -lt 2000 -a -d "/proc/$pid"
+    kill -TERM "$pid"
+    wait "$pid"
+    check_eq "$name: clean exit" "0" "$?"
+    check_not_contains "$name: no sanitizer report" "Sanitizer" "$(cat "$WORK/$name.log")"
+}
+
+echo "== network HSM (p11-kit server): killed, then back"
+SOCK="$WORK/run/p11kit.sock"
+start_p11kit() {
+    p11-kit server -f --provider "$SOFTHSM" -n "$SOCK" "pkcs11:token=tlsmint" >>"$WORK/p11kit.log" 2>&1 &
+    P11PID=$!
+    PIDS+=($P11PID)
+    for _ in $(seq 1 100); do [ -S "$SOCK" ] && return 0; sleep 0.05; done
+    return 1
+}
+stop_p11kit() {
+    kill -9 $(pgrep -P "$P11PID") "$P11PID" 2>/dev/null
+    wait "$P11PID" 2>/dev/null
+    rm -f "$SOCK"
+}
+start_p11kit || { bad "p11-kit server did not start"; finish; exit 1; }
+NET="$WORK/net.conf"
+inbound_conf "$NET"
+set_conf "$NET" admin socket "$WORK/run/net.sock"
+set_conf "$NET" log access "$WORK/net.access"
+set_conf "$NET" hsm recovery_backoff_max_ms 200
+printf "\n[hsm]\nmodule = %s\nenv = P11_KIT_SERVER_ADDRESS=unix:path=%s\n" "$P11CLIENT" "$SOCK" >>"$NET"
+printf "\n[master_key]\nmodule = %s\nenv = SOFTHSM2_CONF=%s\n" "$SOFTHSM" "$SOFTHSM2_CONF" >>"$NET"
+outage "$NET" "$P_WEB" p11kit stop_p11kit start_p11kit
+stop_p11kit
+
+echo "== sign deadline: the HSM hangs (fault module), then answers again"
+if [ -n "${FAULTP11_PATH:-}" ]; then
+    FCTL="$WORK/fault.ctl"
+    : >"$FCTL"
+    HANG="$WORK/hang.conf"
+    inbound_conf "$HANG"
+    set_conf "$HANG" admin socket "$WORK/run/hang.sock"
+    set_conf "$HANG" log access "$WORK/hang.access"
+    set_conf "$HANG" hsm hang_timeout_ms 1500
+    set_conf "$HANG" hsm recovery_backoff_max_ms 200
+    printf "\n[hsm]\nmodule = %s\nenv = FAULTP11_MODULE=%s\nenv = FAULTP11_CONTROL=%s\n" \
+        "$FAULTP11_PATH" "$SOFTHSM" "$FCTL" >>"$HANG"
+    outage "$HANG" "$P_WEB" hang "echo hang=1 >$FCTL" ": >$FCTL"
+    check_contains "hang: the access log says the deadline passed" '"reason":"hsm-timeout"' \
+        "$(cat "$WORK/hang.access")"
+else
+    bad "FAULTP11_PATH is not set (meson sets it)"
+fi
 
 finish
