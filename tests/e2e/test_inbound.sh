@@ -76,6 +76,7 @@ head -c $((20 * 1024 * 1024)) /dev/urandom >"$B/www/big20.bin"
 cat >"$B/nginx.conf" <<EOF
 daemon off;
 worker_processes 1;
+worker_shutdown_timeout 2s;
 pid $B/nginx.pid;
 error_log $B/logs/error.log;
 events { worker_connections 512; }
@@ -90,7 +91,7 @@ http {
 }
 EOF
 chmod -R a+rX "$B"
-nginx -c "$B/nginx.conf" -e "$B/logs/error.log" &
+nginx -c "$B/nginx.conf" -e "$B/logs/error.log" >>"$B/logs/stdout.log" 2>&1 & # not our stdout
 PIDS+=($!)
 wait_port "$BPORT"
 TPORT=$(free_port)
