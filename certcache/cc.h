@@ -33,6 +33,8 @@ struct cc_entry;
 
 /* Borrowed views of an entry (valid while the caller holds its reference). */
 X509 *cc_entry_cert(const struct cc_entry *e);
+/* The leaf came from the shared tier ([cache] shared): another node minted it. */
+bool cc_entry_shared(const struct cc_entry *e);
 EVP_PKEY *cc_entry_key(const struct cc_entry *e);
 /* Certificates to send after the leaf (the CA's own chain; may be NULL or empty). Entries hold
  * their own references, so they stay valid after cc_free (reload swaps contexts). */

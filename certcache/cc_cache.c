@@ -51,6 +51,7 @@ struct cc_entry {
     struct cc_entry *lprev, *lnext;
     enum entry_state state;
     bool in_cache;
+    bool shared; /* the leaf came from the shared tier: another node minted it */
     enum cc_ca_kind ca;
     uint64_t expires_ns;
     X509 *cert;
@@ -121,6 +122,11 @@ struct cc_pend {
 X509 *cc_entry_cert(const struct cc_entry *e)
 {
     return e->cert;
+}
+
+bool cc_entry_shared(const struct cc_entry *e)
+{
+    return e->shared;
 }
 
 EVP_PKEY *cc_entry_key(const struct cc_entry *e)
@@ -618,6 +624,7 @@ static int drain_shared(struct cc_loop *l)
             e->leaf_key = e->key[33] == CC_KEY_RSA ? &l->cc->keys_rsa[p->idx]
                                                    : &l->cc->keys_ec[p->idx];
             atomic_fetch_add(&l->cc->shared_hit_wait_ns, px_now_ns() - p->t0_ns);
+            e->shared = true;
             finish_entry_as(l->cc, e, p->hit, false);
         } else {
             (void)submit_mint(l, e, p->up); /* a failure has woken the waiters already */

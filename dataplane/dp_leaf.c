@@ -200,6 +200,9 @@ static void on_leaf(void *user, int status, struct cc_entry *e, uint64_t wait_ns
     } else if (status != 0) {
         no_leaf(c, status);
     } else {
+        if (cc_entry_shared(e)) {
+            c->cache_result = "shared"; /* another node of the fleet minted it */
+        }
         c->leaf = e;
         resume_client(c);
     }

@@ -137,6 +137,8 @@ check_eq "each host signed once for the whole fleet: 300 signatures over 3 nodes
 for n in A B C; do echo "   node $n: $(sigs $n) signatures, $(shared_ev $n hit) shared hits, $(shared_ev $n lock_waited) lock waits, $(shared_ev $n timeout) timeouts"; done
 hits=$(( $(shared_ev A hit) + $(shared_ev B hit) + $(shared_ev C hit) ))
 check_eq "the other 600 came from Redis" "600" "$hits"
+shared_lines=$(cat "${LOG[A]}" "${LOG[B]}" "${LOG[C]}" | grep -c '"cache":"shared"')
+check_eq "the access log says cache shared for each of them" "$hits" "$shared_lines"
 check_eq "nothing refused so far" "0" "$(( $(shared_ev A rejected) + $(shared_ev B rejected) + $(shared_ev C rejected) ))"
 out=$("$TLSMINT" -c "$B/tlsmint.conf" ctl cache)
 check_contains "ctl cache shows the shared tier" "shared        unix:$RSOCK up" "$out"
