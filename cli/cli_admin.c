@@ -99,6 +99,10 @@ static void text_status(struct cli_admin *a, FILE *o)
                     (unsigned long long)xs.bytes[k], (unsigned long long)xs.dropped[k]);
         }
     }
+    if (xs.on[DP_EXPORT_FILE] || xs.on[DP_EXPORT_POIP] || xs.on[DP_EXPORT_MIRROR]) {
+        fprintf(o, "export        excluded by rule (export = no): %llu connections\n",
+                (unsigned long long)xs.excluded);
+    }
 }
 
 static void text_hsm(struct cli_admin *a, FILE *o)
@@ -257,6 +261,11 @@ static void export_metrics(struct cli_admin *a, FILE *o)
             fprintf(o, "tlsmint_export_%s_total{sink=\"%s\"} %llu\n", what[m],
                     dp_export_sink_names[k], (unsigned long long)vals[m][k]);
         }
+    }
+    if (xs.on[DP_EXPORT_FILE] || xs.on[DP_EXPORT_POIP] || xs.on[DP_EXPORT_MIRROR]) {
+        family(o, "tlsmint_export_excluded_total", "counter",
+               "Intercepted connections kept out of every export sink by a rule's export = no.");
+        fprintf(o, "tlsmint_export_excluded_total %llu\n", (unsigned long long)xs.excluded);
     }
     if (xs.on[DP_EXPORT_POIP]) {
         family(o, "tlsmint_export_readers", "gauge", "PCAP-over-IP readers connected.");

@@ -269,6 +269,7 @@ struct px_rule {
     struct px_cidr dst[PX_RULE_NETS];
     struct px_cidr clients[PX_RULE_NETS];
     uint8_t ndst, nclients;
+    bool no_export;               /* export = no: kept out of every [export] sink */
     int line;                     /* of the section header */
 };
 

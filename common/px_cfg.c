@@ -458,6 +458,12 @@ static int rule_key(struct parse_state *st, const char *sec, struct px_rule *r, 
         r->has_action = true;
         return set_action(st, sec, key, val, &r->action);
     }
+    if (strcmp(key, "export") == 0) {
+        bool on = true;
+        int rc = set_bool(st, sec, key, val, &on);
+        r->no_export = !on;
+        return rc;
+    }
     if (strcmp(key, "profile") == 0) {
         r->profile_line = st->line;
         return set_str(st, sec, key, val, r->profile_name, sizeof(r->profile_name));

@@ -29,6 +29,7 @@ struct dp_decision {
     int index;        /* in cfg->rules; DP_RULE_BYPASS_LIST or DP_RULE_DEFAULT */
     const char *rule; /* the rule's name, "bypass" or "default" (borrowed from cfg or static) */
     int profile;      /* in cfg->profiles, -1: the built-in profile */
+    bool no_export;   /* the rule says export = no: kept out of every [export] sink */
 };
 #define DP_RULE_BYPASS_LIST (-1) /* [policy] bypass */
 #define DP_RULE_DEFAULT (-2)     /* [policy] default */
@@ -143,6 +144,7 @@ struct dp_export_stats {
     bool on[DP_EXPORT_SINKS];
     uint64_t packets[DP_EXPORT_SINKS], bytes[DP_EXPORT_SINKS], dropped[DP_EXPORT_SINKS];
     uint64_t readers; /* PCAP-over-IP readers connected */
+    uint64_t excluded; /* intercepted connections kept out by a rule's export = no */
     char state[DP_EXPORT_SINKS][200];
 };
 void dp_server_export_stats(struct dp_server *s, struct dp_export_stats *out);

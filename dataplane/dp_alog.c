@@ -221,7 +221,7 @@ void dp_alog_conn(struct dp_conn *c)
                      "\"cache\":\"%s\","
                      "\"hsm_wait_ms\":%.3f,\"bytes_up\":%llu,\"bytes_down\":%llu,"
                      "\"duration_ms\":%.3f,\"rule\":\"%s\",\"action\":\"%s\","
-                     "\"reason\":\"%s\",\"outcome\":\"%s\"}\n",
+                     "\"reason\":\"%s\",\"outcome\":\"%s\",\"export\":\"%s\"}\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, client, dst, host, c->port, sni, alpn,
                      c->inbound ? "inbound" : c->transparent ? "transparent" : "explicit", inb, ver,
@@ -230,7 +230,8 @@ void dp_alog_conn(struct dp_conn *c)
                      (unsigned long long)c->bytes_u2c,
                      (double)(px_now_ns() - c->start_ns) / 1e6, c->rule ? c->rule : "",
                      c->rule ? px_action_name(c->action) : "", c->reason ? c->reason : "",
-                     dp_outcome_name(c->outcome));
+                     dp_outcome_name(c->outcome),
+                     c->xf.was_on ? "yes" : c->xf.excluded ? "excluded" : "no");
     if (n > 0) {
         dp_alog_write(srv->alog, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }

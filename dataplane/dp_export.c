@@ -14,7 +14,8 @@
  * that cannot be written is reported once, then retried every 10 s while packets are counted
  * as dropped.
  * Not here: which connections are exported (dp_conn.c calls begin for S_RELAY only, so
- * bypassed, spliced and failed-open bytes, which are still encrypted, never come here).
+ * bypassed, spliced and failed-open bytes, which are still encrypted, never come here; the
+ * policy marks a connection whose rule says export = no, and begin only counts it).
  */
 #include "dp_int.h"
 
@@ -92,6 +93,7 @@ struct dp_export {
     bool on[DP_EXPORT_SINKS];
     _Atomic uint64_t packets[DP_EXPORT_SINKS], bytes[DP_EXPORT_SINKS], dropped[DP_EXPORT_SINKS];
     _Atomic int readers;
+    _Atomic uint64_t excluded; /* connections a rule's export = no kept out */
     pthread_mutex_t state_lock;
     char state[DP_EXPORT_SINKS][200];
     uint16_t ip_id;
@@ -181,7 +183,12 @@ static void push(struct dp_export *x, struct ev *e)
 
 void dp_export_begin(struct dp_export *x, struct dp_conn *c)
 {
-    if (x == NULL || c->xf.on) {
+    if (x == NULL || c->xf.on || c->xf.excluded) {
+        return;
+    }
+    if (c->no_export) { /* its rule: export = no. No event at all, so no sink sees it */
+        c->xf.excluded = true;
+        atomic_fetch_add_explicit(&x->excluded, 1, memory_order_relaxed);
         return;
     }
     uint32_t isn[2];
@@ -190,6 +197,7 @@ void dp_export_begin(struct dp_export *x, struct dp_conn *c)
     c->xf.seq[1] = isn[1];
     c->xf.left[0] = c->xf.left[1] = x->max_bytes ? x->max_bytes : UINT32_MAX;
     c->xf.on = true;
+    c->xf.was_on = true;
     struct ev *e = ev_new(x, c, EV_OPEN, 0);
     /* the SYN and SYN-ACK each take one sequence number */
     c->xf.seq[0]++;
@@ -903,4 +911,5 @@ void dp_export_stats(struct dp_export *x, struct dp_export_stats *o)
     }
     pthread_mutex_unlock(&x->state_lock);
     o->readers = (uint64_t)atomic_load_explicit(&x->readers, memory_order_relaxed);
+    o->excluded = atomic_load_explicit(&x->excluded, memory_order_relaxed);
 }

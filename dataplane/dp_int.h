@@ -270,6 +270,8 @@ struct dp_gen {
 /* A connection as an exported TCP conversation (dp_export.c); kept by its loop. */
 struct dp_xflow {
     bool on;
+    bool was_on;      /* handed to the sinks (the access log's "export":"yes") */
+    bool excluded;    /* kept out by its rule's export = no ("export":"excluded") */
     uint32_t seq[2];  /* next sequence number of each side (D_CLIENT, D_UP) */
     uint32_t left[2]; /* bytes still exported each way ([export] max_bytes_per_conn) */
 };
@@ -310,6 +312,7 @@ struct dp_conn {
     struct __kernel_timespec fb_ts;
     enum px_action action; /* the policy's decision */
     int profile;           /* its profile (cfg->profiles index, -1: built-in) */
+    bool no_export;        /* its rule says export = no (dp_export_begin counts and skips it) */
     const char *rule;      /* the rule that decided (borrowed from the generation's cfg) */
     const char *reason;    /* why: "rule", "default", "expired", ... (static) */
     enum cc_key_kind keykind;

@@ -102,6 +102,7 @@ struct dp_decision dp_policy_decide(const struct px_cfg *cfg, const char *host,
         d.index = i;
         d.rule = r->name;
         d.profile = r->profile;
+        d.no_export = r->no_export;
         return d;
     }
     return d;
@@ -291,6 +292,7 @@ static struct dp_decision decide_conn(struct dp_conn *c)
     c->rule = d.rule;
     c->action = d.action;
     c->profile = d.profile;
+    c->no_export = d.no_export;
     c->reason = d.index == DP_RULE_DEFAULT ? "default" : "rule";
     return d;
 }

@@ -5,12 +5,16 @@
 # client sent and got (HTTP/1.1, h2, a 20 MiB body, no TCP sequence errors); ndpiReader and
 # ngrep read the same files; two PCAP-over-IP readers get valid streams at once while a reader
 # that stops reading is dropped without slowing the proxy; rotation by size and age with
-# pcap_keep; a bypassed connection is never exported; an unwritable directory and a full disk
-# are logged once and interception goes on; a mirror interface (veth in a namespace) carries the
-# same conversations live.
+# pcap_keep; a bypassed connection is never exported, nor an intercepted one whose rule says
+# export = no (traffic to two host names, one of them excluded: no reader finds anything of it,
+# the access log and a counter say so); an unwritable directory and a full disk are logged
+# once and interception goes on; a mirror interface (veth in a namespace) carries the same
+# conversations live.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 XC="python3 $(dirname "$0")/xclient.py"
+# ngrep_hits PCAP REGEX: how many packets match (ngrep's own header repeats the pattern)
+ngrep_hits() { ngrep -q -I "$1" "$2" 2>/dev/null | grep -c '^T '; }
 for t in tshark ndpiReader ngrep; do
     command -v $t >/dev/null || { echo "SKIP: $t is not installed"; exit 77; }
 done
@@ -25,8 +29,11 @@ C="$S/tlsmint.conf"
 set_conf "$C" listen explicit "127.0.0.1:$PPORT"
 set_conf "$C" listen transparent ""
 set_conf "$C" upstream ca_file "$WORK/pki/root.pem"
-set_conf "$C" admin metrics ""
+MPORT1=$(free_port)
+set_conf "$C" admin metrics "127.0.0.1:$MPORT1"
 set_conf "$C" policy bypass "127.0.0.1"
+# a second name of the same origin (in its certificate), intercepted but never exported
+printf "\n[rule.private]\nhosts = bypass.localhost\naction = inspect\nexport = no\n" >>"$C"
 mkdir -p "$WORK/pcap"
 set_conf "$C" export pcap "$WORK/pcap/dec-%Y%m%d-%H%M%S.pcap"
 set_conf "$C" export pcap_listen "127.0.0.1:$XPORT"
@@ -69,6 +76,12 @@ t1=$(date +%s.%N)
 check_eq "20 MiB body through the proxy" "$(sha256sum <"$WORK/origin/www/big20.bin")" \
     "$(sha256sum <"$WORK/big20.got")"
 echo "     20 MiB in $(python3 -c "print(round($t1-$t0,2))") s with a stalled reader attached"
+# CONNECT localhost:PORT with SNI bypass.localhost: the rule decides on the SNI
+excl=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" \
+    --connect-to "bypass.localhost:$OPORT:localhost:$OPORT" \
+    "https://bypass.localhost:$OPORT/index.html?TLSMINTEXCLUDED" -w ' %{local_port}')
+check_contains "the excluded host is intercepted and works" "hello-from-origin" "$excl"
+excl_port=${excl##* }
 bypass=$(curl -sS --max-time 10 --cacert "$WORK/pki/root.pem" -x "$PROXY" \
     "https://127.0.0.1:$OPORT/index.html?TLSMINTBYPASSED" -w ' %{local_port}')
 check_contains "a bypassed connection works" "hello-from-origin" "$bypass"
@@ -79,11 +92,23 @@ check_contains "and the log says why" "behind: dropped" "$(cat "$WORK/tlsmint.lo
 metrics_off=$("$TLSMINT" -c "$C" ctl status)
 check_contains "ctl status: the file sink" "export        file: writing $WORK/pcap/dec-" \
     "$(echo "$metrics_off" | grep '^export')"
+check_contains "ctl status: one connection excluded by its rule" \
+    "excluded by rule (export = no): 1 connections" "$(echo "$metrics_off" | grep '^export')"
+check_contains "metric: the exclusion is counted" "tlsmint_export_excluded_total 1" \
+    "$(curl -s "http://127.0.0.1:$MPORT1/metrics")"
 
 kill -TERM "$TLSMINT_PID"
 wait "$TLSMINT_PID"
 check_eq "clean exit" "0" "$?"
 wait "$R1" "$R2"
+xline=$(grep '"sni":"bypass.localhost"' "$WORK/tlsmint.log" | head -1)
+check_eq "access log: the excluded connection was intercepted (rule private)" "private inspect ok" \
+    "$(jf rule "${xline:-x}") $(jf action "${xline:-x}") $(jf outcome "${xline:-x}")"
+check_eq "access log: export excluded" "excluded" "$(jf export "${xline:-x}")"
+check_eq "access log: every other intercepted connection exported" "8" \
+    "$(grep '"outcome":"ok"' "$WORK/tlsmint.log" | grep -c '"export":"yes"')"
+check_eq "access log: the bypassed one not" "no" \
+    "$(jf export "$(grep '"rule":"bypass"' "$WORK/tlsmint.log" | head -1)")"
 
 FILES=("$WORK"/pcap/dec-*.pcap*)
 F=${FILES[0]}
@@ -112,6 +137,9 @@ check_eq "the destination is the origin's real address and port" "8" \
     "$(tshark -r "$F" -Y "tcp.flags.syn==1 && tcp.flags.ack==0 && ip.dst==127.0.0.1 && tcp.dstport==$OPORT" 2>/dev/null | wc -l)"
 check_eq "no segment carries more than 1460 bytes" "0" \
     "$(tshark -r "$F" -Y 'tcp.len>1460' 2>/dev/null | wc -l)"
+check_eq "every IPv4 and TCP checksum verifies" "$(tshark -r "$F" 2>/dev/null | wc -l)" \
+    "$(tshark -r "$F" -o tcp.check_checksum:TRUE -o ip.check_checksum:TRUE \
+        -Y 'tcp.checksum.status==1 && ip.checksum.status==1' 2>/dev/null | wc -l)"
 reqs=$(tshark -r "$F" -Y http.request -T fields -e http.request.uri 2>/dev/null)
 check_contains "HTTP/1.1 requests decode (curl)" "/index.html?curl=3" "$reqs"
 h2p=$(tshark -r "$F" -d "tcp.port==$OPORT,http2" -Y http2.headers.path -T fields \
@@ -121,13 +149,20 @@ check_not_contains "the bypassed connection is not exported" "TLSMINTBYPASSED" \
     "$(tshark -r "$F" -Y "tcp.port==${bypass##* }" -T fields -e tcp.payload 2>/dev/null | xxd -r -p)"
 check_eq "no packet of the bypassed connection" "0" \
     "$(tshark -r "$F" -Y "tcp.port==${bypass##* }" 2>/dev/null | wc -l)"
+check_eq "no packet of the connection whose rule says export = no" "0" \
+    "$(tshark -r "$F" -Y "tcp.port==$excl_port" 2>/dev/null | wc -l)"
+check_eq "tshark: the HTTP requests all name the other host" "localhost:$OPORT" \
+    "$(tshark -r "$F" -Y http.request -T fields -e http.host 2>/dev/null | sort -u | paste -sd,)"
 
 echo "== a DPI engine and ngrep read it"
 nd=$(ndpiReader -i "$F" -v 2 2>&1)
 check_contains "ndpiReader: HTTP flows" "HTTP" "$nd"
 check_contains "ndpiReader: with the host name" "localhost" "$nd"
-check_contains "ngrep finds the marker in a decrypted URI" "TLSMINTMARKER42" \
-    "$(ngrep -q -I "$F" TLSMINTMARKER42 2>&1)"
+check_eq "ngrep finds the marker in a decrypted URI (one packet)" "1" \
+    "$(ngrep_hits "$F" TLSMINTMARKER42)"
+check_not_contains "ndpiReader: nothing of the excluded host" "bypass.localhost" "$nd"
+check_eq "ngrep: not the excluded marker" "0" "$(ngrep_hits "$F" TLSMINTEXCLUDED)"
+check_eq "ngrep: nor its host name" "0" "$(ngrep_hits "$F" 'bypass\.localhost')"
 
 echo "== the PCAP-over-IP streams"
 for r in r1 r2; do
@@ -137,6 +172,7 @@ for r in r1 r2; do
 done
 read -r c2s s2c <<<"$($XC streams "$WORK/r1.pcap" "$P2")"
 check_eq "r1: exact2 identical" "$(xxd -p "$WORK/exact2.sent" | tr -d '\n')" "$c2s"
+check_eq "r1: not the excluded marker" "0" "$(ngrep_hits "$WORK/r1.pcap" TLSMINTEXCLUDED)"
 
 echo "== rotation by size and age, pcap_keep"
 rm -rf "$WORK/pcap"
@@ -220,6 +256,9 @@ if ip netns add "$NS" 2>/dev/null; then
     sleep 2.5
     start_tlsmint "$C" "$WORK/tlsmint5.log" || exit 1
     PM=$($XC exact "$PPORT" localhost "$OPORT" "$CA" "/index.html?mirror=1" "$WORK" mirror1)
+    curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
+        --connect-to "bypass.localhost:$OPORT:localhost:$OPORT" \
+        "https://bypass.localhost:$OPORT/index.html?TLSMINTEXCLUDED"
     sleep 1
     kill -TERM "$TLSMINT_PID"
     wait "$TLSMINT_PID"
@@ -230,6 +269,9 @@ if ip netns add "$NS" 2>/dev/null; then
         "$(xxd -p "$WORK/mirror1.sent" | tr -d '\n')" "$c2s"
     check_eq "mirror: the response too" "$(sha256sum <"$WORK/mirror1.got")" \
         "$(echo -n "$s2c" | xxd -r -p | sha256sum)"
+    check_eq "mirror: the marker of the other host is there" "1" \
+        "$(ngrep_hits "$WORK/mirror.pcap" 'mirror=1')"
+    check_eq "mirror: not the excluded marker" "0" "$(ngrep_hits "$WORK/mirror.pcap" TLSMINTEXCLUDED)"
 else
     echo "     (cannot create a namespace: mirror case skipped)"
 fi

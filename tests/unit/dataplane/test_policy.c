@@ -396,6 +396,31 @@ START_TEST(test_exclusions)
 }
 END_TEST
 
+/* export = no on a rule: its connections are kept out of the export (dp_export_begin) */
+START_TEST(test_rule_export)
+{
+    ck_assert_msg(load("[rule.bank]\nhosts = .bank.example\naction = inspect\nexport = no\n"
+                       "[rule.corp]\nhosts = corp.example\naction = inspect\nexport = yes\n"
+                       "[rule.lab]\nhosts = lab.example\naction = inspect\n") == 0,
+                  "%s", g_err);
+    struct sockaddr_storage d = sa("192.0.2.1", 443);
+    struct dp_decision r = dp_policy_decide(&g_cfg, "www.bank.example", (struct sockaddr *)&d, NULL);
+    ck_assert_str_eq(r.rule, "bank");
+    ck_assert(r.no_export);
+    r = dp_policy_decide(&g_cfg, "corp.example", (struct sockaddr *)&d, NULL);
+    ck_assert(!r.no_export);
+    r = dp_policy_decide(&g_cfg, "lab.example", (struct sockaddr *)&d, NULL); /* default: yes */
+    ck_assert(!r.no_export);
+    r = dp_policy_decide(&g_cfg, "other.example", (struct sockaddr *)&d, NULL);
+    ck_assert_int_eq(r.index, DP_RULE_DEFAULT);
+    ck_assert(!r.no_export);
+    ck_assert_int_eq(load("[rule.a]\nhosts = a.example\naction = inspect\nexport = never\n"),
+                     PX_E_CONFIG);
+    ck_assert_msg(strstr(g_err, "t.conf:9: [rule.a] export: 'never' is not yes or no") != NULL,
+                  "%s", g_err);
+}
+END_TEST
+
 Suite *policy_suite(void)
 {
     Suite *s = suite_create("policy");
@@ -409,6 +434,7 @@ Suite *policy_suite(void)
     tcase_add_test(tc, test_default_and_profiles);
     tcase_add_test(tc, test_config_errors);
     tcase_add_test(tc, test_exclusions);
+    tcase_add_test(tc, test_rule_export);
     suite_add_tcase(s, tc);
     return s;
 }
