@@ -715,6 +715,9 @@ static size_t drain(struct dp_export *x)
 static void *writer_main(void *arg)
 {
     struct dp_export *x = arg;
+    if (x->on[DP_EXPORT_FILE]) {
+        file_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
+    }
     for (;;) {
         struct pollfd pf[2 + READERS_MAX];
         int n = 0;
@@ -827,7 +830,7 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
         x->rotate_s = cfg->export_rotate_s;
         x->keep = cfg->export_keep;
         x->on[DP_EXPORT_FILE] = true;
-        file_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
+        set_state(x, DP_EXPORT_FILE, "starting");
     }
     if (r == 0 && cfg->export_listen[0] != '\0') {
         r = listen_poip(x, cfg->export_listen, err, errlen);
@@ -838,13 +841,6 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
         r = open_mirror(x, cfg->export_mirror_if, err, errlen);
         x->on[DP_EXPORT_MIRROR] = r == 0;
         set_state(x, DP_EXPORT_MIRROR, "copying to %s", cfg->export_mirror_if);
-    }
-    if (r == 0) {
-        r = -pthread_create(&x->th, NULL, writer_main, x);
-        x->th_ok = r == 0;
-        if (r != 0) {
-            snprintf(err, errlen, "cannot start the export thread: %s", strerror(-r));
-        }
     }
     if (r != 0) {
         if (err[0] == '\0') {
@@ -858,6 +854,25 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
            cfg->export_pcap, cfg->export_listen[0] ? ", PCAP-over-IP " : "", cfg->export_listen,
            cfg->export_mirror_if[0] ? ", mirror" : "");
     *out = x;
+    return 0;
+}
+
+/*
+ * Starts the writer thread, which creates the first pcap file: called once the process runs
+ * as [run] user, so that every file (the first one too) belongs to that user, and a directory
+ * that user cannot write is the same logged, retried error at start as at a rotation.
+ */
+int dp_export_start(struct dp_export *x)
+{
+    if (x == NULL || x->th_ok) {
+        return 0;
+    }
+    int r = pthread_create(&x->th, NULL, writer_main, x);
+    if (r != 0) {
+        px_log(PX_LOG_ERROR, "export", "cannot start the export thread: %s", strerror(r));
+        return -r;
+    }
+    x->th_ok = true;
     return 0;
 }
 

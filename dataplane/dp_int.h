@@ -669,6 +669,8 @@ static inline uint64_t dp_conn_token(const struct dp_conn *c)
 struct dp_export;
 /* *out = NULL (and 0) when no sink is configured; an error names the key. */
 int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, size_t errlen);
+/* Main thread, once privileges are dropped: starts the writer (x may be NULL). */
+PX_MUST_CHECK int dp_export_start(struct dp_export *x);
 void dp_export_free(struct dp_export *x);
 /* Loop thread. x may be NULL. begin: the relay starts (SYN, SYN-ACK, ACK); data: plaintext
  * relayed from side dir (copied); end: FIN both ways, or an RST when the connection failed. */

@@ -293,6 +293,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
 
 int dp_server_start(struct dp_server *s)
 {
+    PX_TRY(dp_export_start(s->exp)); /* after the switch to [run] user: its files are that user's */
     int created = 0;
     for (int i = 0; i < s->nloops; i++) {
         if (pthread_create(&s->loops[i].th, NULL, dp_loop_main, &s->loops[i]) != 0) {

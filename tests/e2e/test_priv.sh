@@ -4,7 +4,9 @@
 # capability, or only CAP_NET_ADMIN (in its loop threads) when [upstream] mark needs it; /proc
 # shows uid, groups and capability sets of every thread. Interception, reload (with new CA
 # material: the unwrap child runs as nobody too), ctl (as root and as nobody) and a signer
-# respawned after SIGKILL (it signs a new leaf) still work.
+# respawned after SIGKILL (it signs a new leaf) still work. The decrypted-traffic pcap files
+# are created by that user (a directory it owns: its files, 0600; a directory it cannot write:
+# an error logged once, interception goes on).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 
@@ -28,6 +30,10 @@ set_conf "$CONF" admin metrics "127.0.0.1:$MPORT"
 set_conf "$CONF" run user nobody
 # the state belongs to the user: signers (first and respawned) read the token and PIN as nobody
 chown -R nobody:nogroup "$S"
+# so does the pcap directory: every file is created after the switch
+mkdir -m 700 "$WORK/pcap" "$WORK/pcap-root"
+chown nobody:nogroup "$WORK/pcap"
+set_conf "$CONF" export pcap "$WORK/pcap/dec-%Y%m%d-%H%M%S.pcap"
 CA="$S/ca/forward-trust.pem"
 PROXY="http://127.0.0.1:$PPORT"
 
@@ -67,6 +73,12 @@ check_eq "the signer runs as nobody" "$NOBODY_UID" "$(field Uid /proc/"$sp"/stat
 check_eq "the signer has no capability" "0000000000000000" "$(field CapPrm /proc/"$sp"/status)"
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
 check_eq "clean exit" "0" "$?"
+pcaps=("$WORK"/pcap/dec-*.pcap)
+check_eq "the pcap file belongs to nobody, 0600" "nobody 600" "$(stat -c '%U %a' "${pcaps[0]}")"
+check_num "and holds the intercepted connection (bytes past the header)" \
+    "$(stat -c %s "${pcaps[0]}")" -gt 500
+# the next phase: a pcap directory nobody cannot write
+set_conf "$CONF" export pcap "$WORK/pcap-root/dec-%Y%m%d-%H%M%S.pcap"
 
 echo "== with [upstream] mark: CAP_NET_ADMIN kept, nothing else"
 set_conf "$CONF" upstream mark 0x42
@@ -81,6 +93,9 @@ check_contains "log says why" "capabilities: CAP_NET_ADMIN ([listen] tproxy or [
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "interception works" "hello-from-origin" "$out"
 check_not_contains "SO_MARK was allowed" "SO_MARK" "$(cat "$WORK/tlsmint2.log")"
+check_eq "a pcap directory the user cannot write: one error line" "1" \
+    "$(grep -c 'cannot create the pcap file .*Permission denied' "$WORK/tlsmint2.log")"
+check_eq "no file in it" "" "$(ls "$WORK/pcap-root")"
 
 echo "== ctl, as root and as nobody"
 check_contains "ctl status (root)" "1/1 members up" "$("$TLSMINT" -c "$CONF" ctl status 2>&1)"
