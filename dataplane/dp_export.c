@@ -37,6 +37,7 @@
 
 #define READERS_MAX 16
 #define READER_BUF (4u << 20) /* a reader this far behind is dropped */
+#define READER_STEP (256u << 10) /* within a batch, readers are sent to every this many bytes */
 #define SEG_MAX 1460          /* payload per segment, as on an Ethernet path */
 #define RETRY_S 10
 
@@ -700,10 +701,17 @@ static size_t drain(struct dp_export *x)
         rev = e;
         e = n;
     }
-    size_t k = 0;
+    size_t k = 0, unsent = 0;
     while (rev != NULL) {
         struct ev *n = rev->next;
         emit(x, rev);
+        unsent += rev->len;
+        if (x->nrd > 0 && unsent >= READER_STEP) {
+            /* a batch can hold more than READER_BUF (a bulk transfer while the writer was
+             * busy): a reader that keeps up must not be dropped for the size of one batch */
+            readers_flush(x);
+            unsent = 0;
+        }
         atomic_fetch_sub_explicit(&x->queued, sizeof(*rev) + rev->len, memory_order_relaxed);
         free(rev);
         rev = n;
