@@ -10,11 +10,19 @@
 #   xclient.py stalled HOST PORT GOFILE
 #       a reader that connects and never reads (tiny receive buffer); prints whether the
 #       proxy dropped it (the connection closed or reset by the other side).
-#   xclient.py streams PCAP PORT
+#   xclient.py records PCAP
+#       prints the packet records (length and bytes, not the timestamps) of a pcap file as one
+#       sha256 and their count: "SHA N".
+#   xclient.py streams PCAP|TSV PORT [sha TAIL]
 #       prints, per TCP conversation whose client port is PORT, the payload bytes each way as
-#       "c2s_hex s2c_hex" reassembled from tshark's fields.
+#       "c2s_hex s2c_hex" reassembled from tshark's fields (or from test_export's table of them,
+#       FILE.tsv: tcp.srcport, tcp.dstport in columns 2 and 3, tcp.payload in column 13).
+#       With "sha TAIL": the sha256 of the client's bytes and of the server's last TAIL bytes
+#       instead (for bodies too big to pass through the shell).
+import hashlib
 import os
 import socket
+import struct
 import ssl
 import subprocess
 import sys
@@ -89,17 +97,43 @@ def stalled(host, port, gofile):
         print("still-connected")
 
 
-def streams(pcap, port):
-    out = subprocess.run(["tshark", "-r", pcap, "-Y", f"tcp.port=={port} && tcp.len>0",
-                          "-T", "fields", "-e", "tcp.srcport", "-e", "tcp.payload"],
-                         capture_output=True, text=True).stdout  # a cut-off end is fine
+def records(pcap):
+    h = hashlib.sha256()
+    n = 0
+    with open(pcap, "rb") as f:
+        f.read(24)
+        while True:
+            rh = f.read(16)
+            if len(rh) < 16:
+                break
+            caplen = struct.unpack("<I", rh[8:12])[0]
+            h.update(rh[8:16])
+            h.update(f.read(caplen))
+            n += 1
+    print(h.hexdigest(), n)
+
+
+def streams(pcap, port, mode="hex", tail="0"):
+    port = str(port)
+    if pcap.endswith(".tsv"):  # test_export's one-pass field table: srcport, dstport, payload
+        rows = (line.rstrip("\n").split("\t") for line in open(pcap))
+        segs = [(r[1], r[12]) for r in rows if len(r) > 12 and r[12] and port in (r[1], r[2])]
+    else:
+        out = subprocess.run(["tshark", "-r", pcap, "-Y", f"tcp.port=={port} && tcp.len>0",
+                              "-T", "fields", "-e", "tcp.srcport", "-e", "tcp.payload"],
+                             capture_output=True, text=True).stdout  # a cut-off end is fine
+        segs = [line.partition("\t")[::2] for line in out.splitlines()]
     c2s, s2c = [], []
-    for line in out.splitlines():
-        sport, _, hexs = line.partition("\t")
-        (c2s if sport == str(port) else s2c).append(hexs.replace(":", ""))
-    print("".join(c2s), "".join(s2c))
+    for sport, hexs in segs:
+        (c2s if sport == port else s2c).append(hexs.replace(":", ""))
+    if mode == "sha":
+        print(hashlib.sha256(bytes.fromhex("".join(c2s))).hexdigest(),
+              hashlib.sha256(bytes.fromhex("".join(s2c))[-int(tail):]).hexdigest())
+    else:
+        print("".join(c2s), "".join(s2c))
 
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"exact": exact, "reader": reader, "stalled": stalled, "streams": streams}[cmd](*args)
+    {"exact": exact, "reader": reader, "stalled": stalled, "streams": streams,
+     "records": records}[cmd](*args)
