@@ -7,10 +7,14 @@
 # and bench/results/bench-raw.jsonl (one tlsmint-bench JSON object per measurement).
 #
 # usage: bench/run-bench.sh [--quick] [--runs N] [--hosts M] [--idle C] [--no-sslsplit]
-#                           [--no-perf] [--out DIR] [BUILD_DIR]
+#                           [--no-perf] [--out DIR] [--scenarios LIST] [--variant NAME=FILE]...
+#                           [BUILD_DIR]
 #   default (full): 3 runs, handshake/latency 10 s, bulk 5 s, mint 1000 fresh hosts per run
 #                   and target, idle 2000 connections held 5 s; about 10 minutes
 #   --quick:        1 run, 3 s, 300 hosts, 1000 idle connections; about 2 minutes
+#   --scenarios:    only these, comma-separated (handshake,mint,bulk1,bulk8,latency,idle)
+#   --variant:      one more tlsmint target NAME (its own state, port and uid) whose config has
+#                   FILE's lines appended, interleaved with the others (bench/export-cost.sh)
 #
 # Topology (needs root, iptables, network namespaces, nginx, sslsplit, taskset, setpriv):
 #   - a network namespace made here (lo up, plus an unused veth with 192.0.2.1/24: sslsplit
@@ -37,6 +41,8 @@ with_sslsplit=1
 with_perf=1
 out="$here/results"
 build_arg=""
+scenarios=handshake,mint,bulk1,bulk8,latency,idle
+variants=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) quick=1 ;;
@@ -46,7 +52,9 @@ while [ $# -gt 0 ]; do
     --no-sslsplit) with_sslsplit=0 ;;
     --no-perf) with_perf=0 ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '3,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --scenarios) scenarios=$2; shift ;;
+    --variant) variants+=("$2"); shift ;;
+    -h | --help) sed -n '3,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run-bench: unknown option $1" >&2; exit 2 ;;
     *) build_arg=$1 ;;
     esac
@@ -62,6 +70,13 @@ else
 fi
 for v in "$runs" "$mint_hosts" "$idle_conns"; do
     case "$v" in '' | *[!0-9]* | 0) echo "run-bench: bad number '$v'" >&2; exit 2 ;; esac
+done
+want() { case ",$scenarios," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+for v in "${variants[@]}"; do
+    case "$v" in
+    [a-z]*=?*) [ -r "${v#*=}" ] || { echo "run-bench: --variant $v: cannot read ${v#*=}" >&2; exit 2; } ;;
+    *) echo "run-bench: --variant wants NAME=FILE, got '$v'" >&2; exit 2 ;;
+    esac
 done
 
 die() { echo "run-bench: $*" >&2; exit 1; }
@@ -185,15 +200,15 @@ NGINX_PID=$(cat "$work/nginx.pid")
 wait_listen $OPORT || die "origin did not start"
 cp "$origin/root.pem" "$work/trust/origin-root.pem"
 
-log "tlsmint state"
-"$TLSMINT" init --dir "$work/tm" >"$work/tlsmint-init.log"
-CONF="$work/tm/tlsmint.conf"
-cat >>"$CONF" <<EOF
+# tm_state DIR PORT: a tlsmint state in DIR with the benchmark's overrides, listening on PORT
+tm_state() {
+    "$TLSMINT" init --dir "$1" >"$1-init.log"
+    cat >>"$1/tlsmint.conf" <<EOF
 
 ; --- run-bench.sh overrides
 [listen]
 explicit    =
-transparent = 127.0.0.1:$TM_PORT
+transparent = 127.0.0.1:$2
 threads     = 1
 [hsm]
 workers     = 1
@@ -204,8 +219,12 @@ level       = warn
 access      = /dev/null
 [admin]
 metrics     =
-socket      = $work/tm/run/admin.sock
+socket      = $1/run/admin.sock
 EOF
+}
+log "tlsmint state"
+tm_state "$work/tm" $TM_PORT
+CONF="$work/tm/tlsmint.conf"
 cp "$work/tm/ca/forward-trust.pem" "$work/trust/tlsmint-ca.pem"
 
 if [ $with_sslsplit = 1 ]; then
@@ -241,6 +260,24 @@ fi
 declare -A PID_OF=([direct]="" [tlsmint]="$TM_PID" [sslsplit]="$SS_PID")
 declare -A CA_OF=([direct]="$work/trust/origin-root.pem" [tlsmint]="$work/trust/tlsmint-ca.pem"
     [sslsplit]="$work/trust/sslsplit-ca.pem")
+vi=0
+for v in "${variants[@]}"; do   # NAME=FILE: another tlsmint, the same overrides plus FILE
+    name=${v%%=*} port=$((TM_PORT + 10 + vi)) uid=$((4250 + vi))
+    vi=$((vi + 1))
+    log "tlsmint variant $name (port $port, uid $uid): $(grep -v '^ *;' "${v#*=}" | paste -sd' ')"
+    tm_state "$work/tm-$name" "$port"
+    { echo; echo "; --- variant $name"; cat "${v#*=}"; } >>"$work/tm-$name/tlsmint.conf"
+    cp "$work/tm-$name/ca/forward-trust.pem" "$work/trust/$name-ca.pem"
+    chmod a+r "$work/trust/$name-ca.pem"
+    start_bg "$name" 0 "$TLSMINT" -c "$work/tm-$name/tlsmint.conf" run
+    wait_listen "$port" || { cat "$work/$name.log" >&2; die "tlsmint $name did not start"; }
+    IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
+        -m owner --uid-owner "$uid" -j REDIRECT --to-ports "$port"
+    targets+=("$name")
+    UID_OF[$name]=$uid
+    PID_OF[$name]=$(cat "$work/$name.pid")
+    CA_OF[$name]="$work/trust/$name-ca.pem"
+done
 
 raw="$work/raw.jsonl"
 cmds="$work/commands.txt"
@@ -289,16 +326,16 @@ for t in "${targets[@]}"; do
 done
 
 # ---------------------------------------------------------------- scenarios
-log "handshake: new connection per request, one host (cache hits), ${hs_dur}s x $runs"
-for r in $(seq 1 "$runs"); do
+want handshake && log "handshake: new connection per request, one host (cache hits), ${hs_dur}s x $runs"
+want handshake && for r in $(seq 1 "$runs"); do
     for t in "${targets[@]}"; do
         lg "$t" handshake "$r" '{}' handshake --host h1.bench.test --path /index.html \
             --concurrency 32 --duration "$hs_dur"
     done
 done
 
-log "mint: $mint_hosts distinct hosts each visited once (cache misses) x $runs"
-for r in $(seq 1 "$runs"); do
+want mint && log "mint: $mint_hosts distinct hosts each visited once (cache misses) x $runs"
+want mint && for r in $(seq 1 "$runs"); do
     first=$((2 + (r - 1) * mint_hosts))
     for t in "${targets[@]}"; do
         lg "$t" mint "$r" "{\"first\":$first}" mint --host-pattern 'h%d.bench.test' \
@@ -308,6 +345,7 @@ for r in $(seq 1 "$runs"); do
 done
 
 for c in 1 8; do
+    want "bulk$c" || continue
     log "bulk: $c connection(s) downloading /big.bin (64 MiB) for ${bulk_dur}s x $runs"
     for r in $(seq 1 "$runs"); do
         for t in "${targets[@]}"; do
@@ -317,18 +355,18 @@ for c in 1 8; do
     done
 done
 
-rate=$(( $(median_direct_cps) / 2 ))
-[ "$rate" -ge 10 ] || rate=10
-log "latency: open loop at $rate conn/s (half the direct max) for ${lat_dur}s x $runs"
-for r in $(seq 1 "$runs"); do
+want latency && rate=$(( $(median_direct_cps) / 2 ))
+want latency && { [ "$rate" -ge 10 ] || rate=10; }
+want latency && log "latency: open loop at $rate conn/s (half the direct max) for ${lat_dur}s x $runs"
+want latency && for r in $(seq 1 "$runs"); do
     for t in "${targets[@]}"; do
         lg "$t" latency "$r" "{\"rate\":$rate}" handshake --host h1.bench.test \
             --path /index.html --rate "$rate" --duration "$lat_dur"
     done
 done
 
-log "idle: $idle_conns established connections held ${hold}s x $runs"
-for r in $(seq 1 "$runs"); do
+want idle && log "idle: $idle_conns established connections held ${hold}s x $runs"
+want idle && for r in $(seq 1 "$runs"); do
     for t in "${targets[@]}"; do
         base=0
         [ -n "${PID_OF[$t]}" ] && base=$(rss_tree "${PID_OF[$t]}")
