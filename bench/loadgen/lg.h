@@ -90,6 +90,7 @@ struct lg_opts {
     /* TLS */
     const char *cafile;
     bool insecure;
+    bool resume;      /* --resume: each thread offers its last session again (tickets) */
     int tls_version;  /* 0, TLS1_2_VERSION or TLS1_3_VERSION */
     const char *alpn; /* "h2" or "http/1.1" */
 
@@ -125,6 +126,7 @@ struct lg_stats {
     uint64_t ok;
     uint64_t failed[LG_E_COUNT];
     uint64_t handshakes;
+    uint64_t resumed;   /* of the handshakes: sessions resumed (--resume) */
     uint64_t bytes_in;  /* application bytes received (headers and body) */
     uint64_t bytes_out; /* application bytes sent (requests) */
     uint64_t body_bytes;

@@ -84,6 +84,9 @@ static const char usage_text[] =
     "  --cafile FILE          trust anchors for the server chain (default: system store);\n"
     "                         the chain and the host name are verified unless --insecure\n"
     "  --insecure             do not verify\n"
+    "  --resume               handshake/mint: each thread offers the session (ticket) of its\n"
+    "                         last good connection, so handshakes after the first resume;\n"
+    "                         the report counts them ('resumed')\n"
     "  --tls 1.2|1.3          pin the protocol version (default: 1.2 or 1.3)\n"
     "  --alpn h2|http/1.1     offer this ALPN protocol. Requests are HTTP/1.1 only: when h2 is\n"
     "                         negotiated the connection ends after the handshake (counted ok)\n"
@@ -152,6 +155,7 @@ enum {
     OPT_HOLD,
     OPT_CAFILE,
     OPT_INSECURE,
+    OPT_RESUME,
     OPT_TLS,
     OPT_ALPN,
     OPT_JSON,
@@ -184,6 +188,7 @@ static const struct option long_opts[] = {
     {"hold", required_argument, NULL, OPT_HOLD},
     {"cafile", required_argument, NULL, OPT_CAFILE},
     {"insecure", no_argument, NULL, OPT_INSECURE},
+    {"resume", no_argument, NULL, OPT_RESUME},
     {"tls", required_argument, NULL, OPT_TLS},
     {"alpn", required_argument, NULL, OPT_ALPN},
     {"quiet", no_argument, NULL, 'q'},
@@ -722,6 +727,9 @@ int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
             break;
         case OPT_INSECURE:
             o->insecure = true;
+            break;
+        case OPT_RESUME:
+            o->resume = true;
             break;
         case OPT_TLS:
             if (strcmp(optarg, "1.2") == 0) {

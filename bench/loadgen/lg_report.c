@@ -274,6 +274,7 @@ struct totals {
     uint64_t failed[LG_E_COUNT];
     uint64_t failed_all;
     uint64_t handshakes;
+    uint64_t resumed;
     uint64_t bytes_in;
     uint64_t bytes_out;
     uint64_t body_bytes;
@@ -326,6 +327,7 @@ static void sum_totals(struct lg_run *run, struct totals *t)
             t->failed_all += f;
         }
         t->handshakes += lg_load(&s->handshakes);
+        t->resumed += lg_load(&s->resumed);
         t->bytes_in += lg_load(&s->bytes_in);
         t->bytes_out += lg_load(&s->bytes_out);
         t->body_bytes += lg_load(&s->body_bytes);
@@ -689,9 +691,9 @@ void lg_report_final(struct lg_report *r, uint64_t end_ns, const struct lg_idle_
         }
         fprintf(f,
                 "},\"unfinished\":%llu,\"late_starts\":%llu,\"conn_per_s\":%.2f,"
-                "\"handshakes\":%llu,\"latency_ms\":{",
+                "\"handshakes\":%llu,\"resumed\":%llu,\"latency_ms\":{",
                 (unsigned long long)t.unfinished, (unsigned long long)t.late_starts, cps,
-                (unsigned long long)t.handshakes);
+                (unsigned long long)t.handshakes, (unsigned long long)t.resumed);
         for (unsigned h = 0; h < 3; h++) {
             const struct lg_hist *hh = &r->merged[h];
 
@@ -786,6 +788,10 @@ void lg_report_final(struct lg_report *r, uint64_t end_ns, const struct lg_idle_
     fprintf(f, "  tls          1.3: %llu, 1.2: %llu; alpn h2 %llu, http/1.1 %llu, none %llu\n",
             (unsigned long long)t.tls13, (unsigned long long)t.tls12, (unsigned long long)t.alpn_h2,
             (unsigned long long)t.alpn_http11, (unsigned long long)t.alpn_none);
+    if (o->resume) {
+        fprintf(f, "  resumed      %llu of %llu handshakes\n", (unsigned long long)t.resumed,
+                (unsigned long long)t.handshakes);
+    }
     fprintf(f, "  bytes        in %.3f MB (body %.3f MB), out %.3f MB; %.2f MB/s in\n",
             (double)t.bytes_in / 1e6, (double)t.body_bytes / 1e6, (double)t.bytes_out / 1e6, mbps);
     if (o->issuer_stats) {

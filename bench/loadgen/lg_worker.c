@@ -105,6 +105,7 @@ struct lg_worker {
     uint8_t *rbuf;
     struct lg_stats *st;
     struct lg_tl_slot *tl;
+    SSL_SESSION *sess; /* --resume: the last good connection's session */
 };
 
 /* ---- timeline ---------------------------------------------------------------------- */
@@ -211,6 +212,16 @@ static void conn_ok(struct lg_worker *w, struct lg_conn *c)
     lg_add(&s->ok, 1);
     lg_hist_add(&w->st->request, (now - c->t_start) / 1000);
     lg_add(&w->st->body_bytes, c->body);
+    if (w->o->resume && c->ssl != NULL) {
+        /* TLS 1.3 tickets came after the handshake: the response has been read by now */
+        SSL_SESSION *ss = SSL_get1_session(c->ssl);
+        if (ss != NULL && SSL_SESSION_is_resumable(ss)) {
+            SSL_SESSION_free(w->sess);
+            w->sess = ss;
+        } else {
+            SSL_SESSION_free(ss);
+        }
+    }
     conn_close_notify(c);
     conn_release(w, c);
 }
@@ -358,6 +369,9 @@ static void tls_begin(struct lg_worker *w, struct lg_conn *c)
             return;
         }
     }
+    if (o->resume && w->sess != NULL) {
+        SSL_set_session(c->ssl, w->sess);
+    }
     SSL_set_connect_state(c->ssl);
     c->st = ST_TLS;
     step_tls(w, c);
@@ -479,6 +493,9 @@ static void handshake_done(struct lg_worker *w, struct lg_conn *c)
     unsigned alpn_len = 0;
 
     lg_add(&w->st->handshakes, 1);
+    if (SSL_session_reused(c->ssl)) {
+        lg_add(&w->st->resumed, 1);
+    }
     lg_hist_add(&w->st->handshake, us);
     lg_tl_hist_add(s->hs_bins, us);
     lg_add(SSL_version(c->ssl) == TLS1_3_VERSION ? &w->st->tls13 : &w->st->tls12, 1);
@@ -971,6 +988,7 @@ void lg_worker_free(struct lg_worker *w)
     if (w == NULL) {
         return;
     }
+    SSL_SESSION_free(w->sess);
     if (w->conns != NULL) {
         for (unsigned i = 0; i < w->nslots; i++) {
             if (w->conns[i].ssl != NULL) {
