@@ -177,6 +177,9 @@ check_eq "inbound list: an expired certificate is no error" "0" "$?"
 check_contains "... but a warning" "warning: the certificate has expired" "$out"
 
 echo "== the listeners"
+mkdir -p "$WORK/pcap"
+set_conf "$OLD" export pcap "$WORK/pcap/inb-%H%M%S.pcap"
+set_conf "$OLD" inbound ticket_rotate_s 2
 start_tlsmint "$OLD" "$WORK/run.log" || { finish; exit 1; }
 PID=$TLSMINT_PID
 check_contains "an expired certificate warns at start" "has EXPIRED" "$(cat "$WORK/run.log")"
@@ -267,6 +270,32 @@ s2=$(sigs)
 check "resumed handshakes cost no signature (6 s_client + 3 python full, 4 resumed: $s1 -> $s2)" \
     test "$s2" -eq $((s1 + 6 + 3))
 
+# ticket keys rotate every 2 s here: the previous key still resumes, an older one does not
+python3 - "$P_WEB" "$O/ca.pem" >"$WORK/rot.out" 2>&1 <<'EOF'
+import ssl, socket, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+def hs(sess):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost",
+                        session=sess)
+    s.sendall(b"GET /index.html HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    while s.recv(65536):
+        pass
+    r, ss = s.session_reused, s.session
+    s.close()
+    return r, ss
+_, s0 = hs(None)
+time.sleep(2.5)
+r1, _ = hs(s0)  # one rotation since s0's ticket: its key is the previous one
+time.sleep(4.5)
+r2, _ = hs(s0)  # two rotations: that key is gone
+print("after_one_rotation", r1, "after_two", r2)
+EOF
+rot=$(cat "$WORK/rot.out")
+check_contains "tickets: one rotation later, the previous key still resumes" "after_one_rotation True" "$rot"
+check_contains "tickets: two rotations later, a full handshake" "after_two False" "$rot"
+
 body=$(curl -sS --max-time 10 --http2 --cacert "$O/ca.pem" -w ' %{http_version}' \
     "https://localhost:$P_TLS/index.html" 2>&1)
 check_eq "curl h2 through [inbound.tls] to a TLS backend verified against backend_ca" \
@@ -285,6 +314,8 @@ kill -TERM "$PID"
 wait "$PID"
 check_eq "clean exit" "0" "$?"
 check_not_contains "no sanitizer report" "Sanitizer" "$(cat "$WORK/run.log")"
+check "the decrypted traffic reached the [export] pcap files" \
+    grep -aqs "hello-from-backend" "$WORK"/pcap/inb-*.pcap
 
 # outage CONF PORT NAME DOWN UP: one python process saves a session while the HSM signs, times
 # full handshakes while it cannot (each must fail within sign_timeout_ms + 50 ms), resumes the
