@@ -38,6 +38,9 @@ const char *cli_self_exe(void);
 void cli_self_exe_init(const char *argv0);
 /* Loads -c CONFIG (default ./var/tlsmint.conf); prints the error and returns non-zero on failure. */
 int cli_load_config(const char *path, struct px_cfg *cfg);
+/* Removes path and everything below it (no shell; links are removed, not followed). 0 when
+ * it is gone (or never was), else -errno of the first failure. */
+int cli_rm_tree(const char *path);
 /* One JSON line appended to [log] audit (never a PIN or key byte). fmt: extra JSON members. */
 void cli_audit(const struct px_cfg *cfg, const char *event, const char *fmt, ...)
     PX_PRINTF(3, 4);

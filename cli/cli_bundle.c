@@ -386,9 +386,7 @@ int cli_restore(int argc, char **argv)
     ret = 0;
 out:
     if (tmpdir[0] != 0 && access(tmpdir, F_OK) == 0) {
-        char rm[PATH_MAX + 40];
-        snprintf(rm, sizeof(rm), "rm -rf '%s'", tmpdir);
-        if (system(rm) != 0) {
+        if (cli_rm_tree(tmpdir) != 0) {
             fprintf(stderr, "tlsmint restore: could not remove %s\n", tmpdir);
         }
     }

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,6 +36,20 @@ void cli_self_exe_init(const char *argv0)
     } else {
         g_self[n] = '\0';
     }
+}
+
+static int rm_one(const char *p, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)type;
+    (void)ftw;
+    return remove(p) == 0 || errno == ENOENT ? 0 : -errno;
+}
+
+int cli_rm_tree(const char *path)
+{
+    int r = nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    return r == -1 ? (errno == ENOENT ? 0 : -errno) : r;
 }
 
 int cli_load_config(const char *path, struct px_cfg *cfg)

@@ -11,6 +11,7 @@
  */
 #include "cli.h"
 
+#include <dirent.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -42,6 +43,33 @@ static int state_dir_of(const struct px_cfg *cfg, char *dir, size_t cap)
     return 0;
 }
 
+/*
+ * After a switch to keys.live: every other keys.N goes, not only the one just left. A change
+ * killed between its switch and its clean-up leaves the old directory behind, and the next
+ * change would otherwise only ever remove its own predecessor.
+ */
+static void remove_old_generations(const char *dir, int live)
+{
+    DIR *dp = opendir(dir);
+    if (dp == NULL) {
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(dp)) != NULL) {
+        int n = 0, used = 0;
+        if (sscanf(de->d_name, "keys.%d%n", &n, &used) != 1 || de->d_name[used] != '\0' ||
+            n < 1 || n == live) {
+            continue;
+        }
+        char p[PATH_MAX];
+        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+        if (cli_rm_tree(p) != 0) {
+            px_log(PX_LOG_WARN, "mk", "could not remove the old key directory %s", de->d_name);
+        }
+    }
+    closedir(dp);
+}
+
 static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char *newfile,
                      char *err, size_t errlen)
 {
@@ -63,9 +91,7 @@ static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char 
     }
     char nd[PATH_MAX], p[PATH_MAX + 64], q[PATH_MAX + 64];
     snprintf(nd, sizeof(nd), "%s/keys.%d", dir, gen + 1);
-    char rm[PATH_MAX + 16];
-    snprintf(rm, sizeof(rm), "rm -rf '%s'", nd); /* leftover of an interrupted change */
-    if (system(rm) != 0 || mkdir(nd, 0700) != 0) {
+    if (cli_rm_tree(nd) != 0 || mkdir(nd, 0700) != 0) { /* leftover of an interrupted change */
         snprintf(err, errlen, "cannot create %s", nd);
         return PX_E_INVAL;
     }
@@ -116,10 +142,7 @@ static int mk_change(const struct px_cfg *cfg, struct hsm_direct *d, const char 
     px_wipe(oldk, sizeof(oldk));
     px_wipe(newk, sizeof(newk));
     if (ret == 0) {
-        snprintf(rm, sizeof(rm), "rm -rf '%s/keys.%d'", dir, gen);
-        if (system(rm) != 0) {
-            px_log(PX_LOG_WARN, "mk", "could not remove the old key directory keys.%d", gen);
-        }
+        remove_old_generations(dir, gen + 1);
     }
     return ret;
 }

@@ -131,11 +131,13 @@ for delay in 0.05 0.1 0.2; do
     "$TLSMINT" -c "$A/tlsmint.conf" mint --untrusted "$WORK/pki/origin.pem" >/dev/null 2>&1
     check_eq "kill -9 after ${delay}s: state $(readlink "$A/keys") is whole" "0" "$?"
 done
+# what a change killed after its switch and before its clean-up leaves: an old generation
+mkdir -p "$A/keys.77" && echo stale >"$A/keys.77/leaf-pool.enc"
 out=$("$TLSMINT" -c "$A/tlsmint.conf" master-key change --master-key-file "$WORK/mk.wrong" 2>&1)
 check_contains "change to a given master key" "master key changed" "$out"
 "$TLSMINT" -c "$A/tlsmint.conf" mint --untrusted "$WORK/pki/origin.pem" >/dev/null 2>&1
 check_eq "everything opens with the new master key" "0" "$?"
-check_eq "only one key directory remains" "1" "$(ls -d "$A"/keys.* | wc -l)"
+check_eq "only one key directory remains (a stale old generation too is removed)" "1" "$(ls -d "$A"/keys.* | wc -l)"
 "$TLSMINT" -c "$A/tlsmint.conf" backup --out "$WORK/a2.bundle" >/dev/null 2>&1
 "$TLSMINT" restore --in "$WORK/a2.bundle" --dir "$WORK/nodeD" --master-key-file "$WORK/mk" >/dev/null 2>&1
 check "a bundle made after the change does not open with the old master key" test $? -ne 0
