@@ -68,10 +68,9 @@ struct dp_conn *dp_conn_new(struct dp_loop *l, int fd, bool *at_limit)
     if (at_limit != NULL) {
         *at_limit = full;
     }
-    uint8_t *mem = full ? NULL : malloc(2 * DP_RBUF); /* send buffers come with sends */
-    struct dp_conn *c = mem != NULL ? dp_loop_slot_take(l) : NULL;
+    /* no buffer yet: bytes in flight get theirs as they come (dp_buf.c) */
+    struct dp_conn *c = full ? NULL : dp_loop_slot_take(l);
     if (c == NULL) {
-        free(mem);
         atomic_fetch_sub_explicit(&srv->nconns, 1, memory_order_relaxed);
         return NULL;
     }
@@ -85,10 +84,11 @@ struct dp_conn *dp_conn_new(struct dp_loop *l, int fd, bool *at_limit)
     dp_gen_ref(c->g);
     c->s[D_CLIENT].fd = fd;
     c->s[D_UP].fd = -1;
-    c->s[D_CLIENT].rbuf = mem;
-    c->s[D_UP].rbuf = mem + DP_RBUF;
-    c->s[D_CLIENT].out = BIO_new(BIO_s_mem());
-    c->s[D_UP].out = BIO_new(BIO_s_mem());
+    for (int d = 0; d < 2; d++) {
+        c->s[d].conn = c;
+        c->s[d].ibid = -1;
+        c->s[d].out = dp_bio_out_new(&c->s[d]);
+    }
     c->start_ns = c->last_ns = px_now_ns();
     c->deadline_ns = c->start_ns + (uint64_t)DP_HANDSHAKE_MS * 1000000ull;
     c->cache_result = "none";
@@ -123,7 +123,9 @@ void dp_conn_release(struct dp_conn *c)
         }
         sd->ssl = NULL;
         sd->out = sd->in = NULL;
+        dp_buf_side_fini(sd); /* a ring buffer in its input goes back to the ring */
     }
+    dp_buf_cold(c);
     dp_alog_conn(c);
     dp_gen_unref(c->g);
     c->g = NULL;
@@ -132,9 +134,6 @@ void dp_conn_release(struct dp_conn *c)
     atomic_fetch_add_explicit(&l->ctr.bytes_u2c, c->bytes_u2c, memory_order_relaxed);
     cc_entry_unref(c->leaf);
     c->leaf = NULL;
-    free(c->s[D_CLIENT].rbuf);
-    free(c->s[D_CLIENT].obuf);
-    free(c->s[D_UP].obuf);
     free(c->hello);
     free(c->inb);
     c->inb = NULL;
@@ -347,19 +346,23 @@ static void step_connect_req(struct dp_conn *c)
     }
     /* bytes after the head (an eager client's ClientHello) stay for the TLS side */
     size_t rest = cl->rlen - used;
-    uint8_t tail[DP_RBUF];
-    memcpy(tail, cl->rbuf + used, rest);
-    cl->rlen = 0;
     if (dp_tls_client_start(c) != 0) {
         dp_conn_abort(c, O_CLIENT_ERROR);
         return;
     }
     /* still S_CONNECT_REQ: TLS starts after the 200 */
     if (rest > 0) {
-        BIO_write(cl->in, tail, (int)rest);
-        memcpy(c->hello, tail, rest);
-        c->hello_len = (uint32_t)rest;
+        BIO_write(cl->in, cl->rbuf + used, (int)rest);
+        if (rest <= DP_HELLO_MAX) {
+            memcpy(c->hello, cl->rbuf + used, rest);
+            c->hello_len = (uint32_t)rest;
+        } else {
+            c->hello_overflow = true;
+        }
     }
+    free(cl->rbuf); /* the head is parsed: the buffer goes */
+    cl->rbuf = NULL;
+    cl->rlen = 0;
     start_dns_or_connect(c);
 }
 

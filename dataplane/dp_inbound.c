@@ -598,7 +598,7 @@ void dp_inbound_accept(struct dp_loop *l, int which, int res, uint32_t flags)
     bool at_limit = false;
     struct dp_conn *c = dp_conn_new(l, fd, &at_limit);
     struct dp_inb_conn *ic = c != NULL ? calloc(1, sizeof(*ic)) : NULL;
-    BIO *rb = ic != NULL ? BIO_new(BIO_s_mem()) : NULL;
+    BIO *rb = ic != NULL ? dp_bio_in_new(&c->s[D_CLIENT]) : NULL; /* the side's input */
     SSL *ssl = rb != NULL ? SSL_new(L->sctx) : NULL;
     if (ssl == NULL) {
         if (c == NULL) {
@@ -626,7 +626,6 @@ void dp_inbound_accept(struct dp_loop *l, int which, int res, uint32_t flags)
     snprintf(c->host, sizeof(c->host), "%s", L->cfg->backend);
     c->action = PX_ACT_INSPECT;
     struct side *cl = &c->s[D_CLIENT];
-    BIO_set_mem_eof_return(rb, -1);
     SSL_set_bio(ssl, rb, cl->out);
     cl->ssl = ssl;
     cl->in = rb;
@@ -856,7 +855,7 @@ void dp_inbound_connected(struct dp_conn *c, int res)
     c->up_connected = true;
     struct side *u = &c->s[D_UP];
     if (!L->cfg->backend_tls) {
-        u->in = BIO_new(BIO_s_mem()); /* the backend's bytes, read by the relay step */
+        u->in = dp_bio_in_new(u); /* the backend's bytes (the side's input), read by the step */
         if (u->in == NULL) {
             dp_conn_abort(c, O_CLIENT_ERROR);
             return;
@@ -868,17 +867,16 @@ void dp_inbound_connected(struct dp_conn *c, int res)
     BIO_free(u->out);
     u->out = NULL;
     u->ssl = SSL_new(L->bctx);
-    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    BIO *rb = dp_bio_in_new(u), *wb = dp_bio_out_new(u);
     if (u->ssl == NULL || rb == NULL || wb == NULL) {
         BIO_free(rb);
         BIO_free(wb);
         if (u->ssl == NULL) {
-            u->out = BIO_new(BIO_s_mem());
+            u->out = dp_bio_out_new(u);
         }
         dp_conn_abort(c, O_CLIENT_ERROR);
         return;
     }
-    BIO_set_mem_eof_return(rb, -1);
     SSL_set_bio(u->ssl, rb, wb);
     u->in = rb;
     u->out = wb;

@@ -10,6 +10,7 @@
  *   dp_tls.c     both SSL_CTXs, ClientHello callback, ALPN, upstream SSL, session cache, keylog
  *   dp_leaf.c    certcache lookup, the wait for a mint, the HSM failure policy (closed / open)
  *   dp_relay.c   the pump: recv/send, backpressure, TLS relay, splice, half-close
+ *   dp_buf.c     bytes in flight: the receive buffer ring, inputs, output queues, the BIOs
  *   dp_alog.c    the access-log line and its writer thread     dp_addr.c  IP:PORT helpers
  *   dp_rcache.c  the resolver's names: answers, negative answers, lookups in flight
  */
@@ -21,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <liburing.h>
 #include <openssl/ssl.h>
@@ -165,8 +167,14 @@ void dp_alog_write(struct dp_alog *a, const char *line, size_t len);
 #define DP_CHUNK 1024           /* connections per table chunk (the table grows by chunks) */
 #define DP_WHEEL 2048           /* timer wheel slots of DP_TICK_MS: 409.6 s > any deadline */
 #define DP_FD_RESERVE 64        /* descriptors kept for listeners, rings, logs, signers, admin */
-#define DP_RBUF 16384           /* recv buffer per side */
-#define DP_OBUF 16384           /* send buffer per side */
+#define DP_RBUF 16384           /* a receive buffer (the loop's buffer ring; the CONNECT head) */
+#define DP_RING_BUFS 128        /* receive buffers per loop (a power of two; dp_buf.c) */
+#define DP_BGID 0               /* their buffer group */
+#define DP_RXBUF 65536          /* the own receive buffer of a streaming side (dp_buf.c) */
+#define DP_RX_CACHE 8           /* free ones a loop keeps (a stack: the warmest comes first) */
+#define DP_IBID_RX (-2)         /* side input is a streaming side's own buffer */
+#define DP_OCHUNK 17408         /* bytes per output chunk: a full TLS record (16,406) and a bit */
+#define DP_CHUNK_CACHE 32       /* free output chunks a loop keeps for reuse */
 #define DP_PENDING_MAX 65536    /* bytes waiting for a side before its peer is not read */
 #define DP_HELLO_MAX 16384      /* raw ClientHello bytes kept for replay */
 #define DP_HANDSHAKE_MS 10000
@@ -236,16 +244,36 @@ union dp_ud {
     } f;
 };
 
+#define DP_SEND_IOV 4           /* chunks one send takes at most (a sendmsg) */
+
+/* An output chunk: bytes waiting to be sent, [off, len) not sent yet (dp_buf.c). The head
+ * chunk also holds the message of a send that takes more than one chunk (it outlives it). */
+struct dp_chunk {
+    struct dp_chunk *next;
+    uint32_t off, len;
+    struct msghdr msg;
+    struct iovec iov[DP_SEND_IOV];
+    uint8_t data[DP_OCHUNK];
+};
+
+/* One side of a connection: its socket, its bytes in flight (dp_buf.c), its TLS object. */
 struct side {
     int fd;
-    uint8_t *rbuf;
-    uint32_t rlen;   /* raw bytes held (CONNECT head) */
-    uint8_t *obuf;
-    uint32_t olen, ooff;
-    BIO *out;        /* bytes to send: the SSL's wbio, or raw bytes in splice mode */
-    BIO *in;         /* the SSL's rbio */
+    struct dp_conn *conn; /* the connection it is part of (its BIOs reach the loop by it) */
+    uint8_t *rbuf;   /* S_CONNECT_REQ: the request head read so far (heap, then freed) */
+    uint32_t rlen;
+    uint8_t *rx;     /* streaming, or no buffer ring: the own buffer of the recv in flight */
+    uint8_t *ip;     /* input: received bytes not consumed yet, [ioff, ioff + ilen) */
+    uint32_t ioff, ilen;
+    int32_t ibid;    /* the input's ring buffer id, -1: a heap copy (or none), DP_IBID_RX */
+    struct dp_chunk *oq, *oq_tail; /* output queue; a send takes the head's unsent part */
+    uint32_t oq_bytes;
+    BIO *out;        /* appends to the output queue: the SSL's wbio, or alone (splice) */
+    BIO *in;         /* reads the input: the SSL's rbio */
     SSL *ssl;
     bool recv_armed, send_armed, eof, err;
+    bool nobufs;     /* its recv found the ring empty: armed again at the end of the batch */
+    bool streaming;  /* its last recv was full: the next one gets its own buffer (dp_buf.c) */
 };
 
 struct dp_loop;
@@ -343,12 +371,14 @@ struct dp_conn {
     struct dp_conn *next_free;
     struct dp_conn *t_next, **t_pprev; /* timer wheel slot list (t_pprev NULL: not armed) */
     uint64_t t_tick;                   /* the tick it fires at */
+    struct dp_conn *h_next, **h_pprev; /* the loop's hot list (dp_buf.c; NULL: cold) */
 };
 
 struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
         refused_hsm, upstream_failed, bad_request, bytes_c2u, bytes_u2c, cache_hit, cache_miss,
         fail_open, up_resumed, up_full, refused_limit;
+    _Atomic uint64_t recv_nobufs; /* recvs that found the buffer ring empty (armed again) */
     _Atomic uint64_t non_tls[2][2]; /* [not-tls, server-first][tunnel, block] */
     _Atomic uint64_t proofs[2];     /* proof handshakes: [proven, not proven] */
     _Atomic uint64_t unproven[2];   /* name-based bypasses refused: [sni-mismatch, unproven-name] */
@@ -395,6 +425,17 @@ struct dp_loop {
     struct dp_inb_loop *inb;  /* inbound listeners' sockets and signature queue (dp_inbound.c) */
     bool stopping;
     uint64_t drain_deadline_ns;
+    /* bytes in flight (dp_buf.c) */
+    struct io_uring_buf_ring *br; /* the receive buffer ring (NULL: a heap buffer per recv) */
+    uint8_t *br_bufs;             /* its DP_RING_BUFS buffers */
+    size_t br_size;               /* the whole mapping */
+    struct dp_chunk *chunk_free;  /* free output chunks, at most DP_CHUNK_CACHE */
+    uint8_t *rx_free[DP_RX_CACHE]; /* free own receive buffers of streaming sides (a stack) */
+    uint32_t nrx_free;
+    uint32_t nchunk_free;
+    uint64_t *nobufs;             /* tokens (| dir << 48) of sides waiting for a ring buffer */
+    uint32_t nnobufs, nobufs_cap;
+    struct dp_conn *hot;          /* connections whose OpenSSL buffers may be allocated */
 };
 
 struct dp_server {
@@ -497,6 +538,8 @@ int dp_tls_client_start(struct dp_conn *c);
 int dp_tls_upstream_start(struct dp_conn *c);
 /* Client bytes into the TLS side; kept raw while the ClientHello is read (for a replay). */
 void dp_tls_client_bytes(struct dp_conn *c, const uint8_t *p, size_t n);
+/* Only the keeping: received bytes that are already the client side's input. */
+void dp_tls_hello_keep(struct dp_conn *c, const uint8_t *p, size_t n);
 /* Makes the client handshake fail with handshake_failure, outcome why (S_CLIENT_HANDSHAKE). */
 void dp_tls_refuse(struct dp_conn *c, enum dp_outcome why);
 /* The same with an access_denied alert, outcome blocked. */
@@ -517,6 +560,44 @@ void dp_leaf_client_auth(struct dp_conn *c);
  * handshake with it (S_CLIENT_HANDSHAKE, maybe through S_MINTING), or denies when none. */
 void dp_leaf_for_page(struct dp_conn *c);
 
+/* dp_buf.c: bytes in flight, the BIOs over them */
+/* The loop's receive buffer ring (on the loop thread, after the ring); -errno: none, every
+ * recv then gets a heap buffer. */
+int dp_buf_ring_init(struct dp_loop *l);
+/* Frees the ring's mapping and the chunk cache, once every connection is released. */
+void dp_buf_loop_fini(struct dp_loop *l);
+/* Fills sqe with a recv for sd (a buffer from the ring, picked by the kernel). */
+void dp_buf_prep_recv(struct dp_loop *l, struct side *sd, struct io_uring_sqe *sqe);
+/* A recv completed: its bytes become sd's input (returned: the first byte), NULL for none. */
+uint8_t *dp_buf_recv_take(struct side *sd, int res, uint32_t flags);
+/* The input is done with (a ring buffer goes back to the ring). */
+void dp_buf_in_drop(struct side *sd);
+/* After the completion that filled it: what is left of a ring buffer moves to the heap. */
+void dp_buf_spill(struct side *sd);
+/* Appends to the output queue (copied); n, or -ENOMEM (part may be queued). */
+int dp_buf_out_append(struct side *sd, const void *p, size_t n);
+/* Fills sqe with a send of what is queued (the head chunk, or up to DP_SEND_IOV chunks with
+ * one sendmsg); sd->oq must not be NULL (then the head has unsent bytes). */
+void dp_buf_prep_send(struct side *sd, struct io_uring_sqe *sqe);
+/* n bytes of the head were sent: emptied chunks go (to the loop's cache). */
+void dp_buf_out_sent(struct side *sd, uint32_t n);
+/* Drops everything queued (no send in flight). */
+void dp_buf_out_drop(struct side *sd);
+/* At release: input, output queue, CONNECT head. */
+void dp_buf_side_fini(struct side *sd);
+/* BIOs over sd: the input (OpenSSL's rbio; a write hands bytes over as input) and the output
+ * queue (the wbio). Views: freeing them leaves the bytes to the side. NULL on no memory. */
+BIO *dp_bio_in_new(struct side *sd);
+BIO *dp_bio_out_new(struct side *sd);
+/* A recv of side dir got -ENOBUFS: armed again by dp_buf_nobufs_run at the end of the batch. */
+void dp_buf_nobufs(struct dp_conn *c, int dir);
+void dp_buf_nobufs_run(struct dp_loop *l);
+/* Bytes moved on a TLS side: c's OpenSSL buffers are freed once it is quiet (dp_buf_sweep). */
+void dp_buf_hot(struct dp_conn *c);
+void dp_buf_cold(struct dp_conn *c);
+/* The tick: connections quiet for a tick give their OpenSSL record buffers back. */
+void dp_buf_sweep(struct dp_loop *l, uint64_t now);
+
 /* dp_relay.c: moving bytes */
 void dp_relay_queue(struct dp_conn *c, int dir, const void *p, size_t n);
 /* Submits the sends and recvs the connection's state and backpressure allow. */
@@ -527,7 +608,7 @@ void dp_relay_step(struct dp_conn *c);
 void dp_relay_splice_step(struct dp_conn *c);
 /* Drops the client's TLS objects and passes bytes untouched (S_SPLICE); replays the hello. */
 void dp_relay_splice(struct dp_conn *c);
-void dp_relay_on_recv(struct dp_conn *c, int dir, int res);
+void dp_relay_on_recv(struct dp_conn *c, int dir, int res, uint32_t flags);
 void dp_relay_on_send(struct dp_conn *c, int dir, int res);
 
 /* dp_policy.c: the decision for a new connection */
@@ -646,10 +727,10 @@ static inline struct io_uring_sqe *dp_sqe(struct dp_loop *l)
     return sqe;
 }
 
-/* Bytes waiting to be sent to side dir: in its output BIO plus the unsent part of obuf. */
+/* Bytes waiting to be sent to side dir (its output queue, the part in flight included). */
 static inline size_t dp_pending_out(const struct dp_conn *c, int dir)
 {
-    return BIO_ctrl_pending(c->s[dir].out) + (c->s[dir].olen - c->s[dir].ooff);
+    return c->s[dir].oq_bytes;
 }
 
 /* The connection in slot, or NULL past the slots handed out. */

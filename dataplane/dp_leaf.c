@@ -119,12 +119,15 @@ void dp_leaf_reopen(struct dp_conn *c)
         u->fd = -1;
     }
     if (u->ssl != NULL) {
-        SSL_free(u->ssl);
+        SSL_free(u->ssl); /* and its BIOs */
         u->ssl = NULL;
         u->in = NULL;
+    } else {
+        BIO_free(u->out);
     }
-    u->out = BIO_new(BIO_s_mem());
-    u->olen = u->ooff = 0;
+    u->out = dp_bio_out_new(u);
+    dp_buf_in_drop(u);
+    dp_buf_out_drop(u); /* what the old upstream was sent is not the new one's */
     u->eof = u->err = false;
     c->up_connected = false;
     c->up_deadline_ns = 0;

@@ -192,6 +192,7 @@ static void handle_tick(struct dp_loop *l)
 {
     uint64_t now = px_now_ns();
     run_wheel(l, now);
+    dp_buf_sweep(l, now); /* quiet connections give OpenSSL's record buffers back */
     if (l->stopping && now > l->drain_deadline_ns) {
         /* drained for long enough: the rest goes (a scan, but only while stopping) */
         for (uint32_t i = 0; i < l->used; i++) {
@@ -253,7 +254,7 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
     c->inflight--;
     switch (u.f.op) {
     case OP_RECV:
-        dp_relay_on_recv(c, u.f.dir, cqe->res);
+        dp_relay_on_recv(c, u.f.dir, cqe->res, cqe->flags);
         break;
     case OP_SEND:
         dp_relay_on_send(c, u.f.dir, cqe->res);
@@ -308,6 +309,11 @@ void *dp_loop_main(void *arg)
     if (r0 != 0) {
         return NULL;
     }
+    int rb = dp_buf_ring_init(l);
+    if (rb != 0) {
+        px_log(PX_LOG_INFO, "dp", "loop %d: no receive buffer ring (%s): a buffer per recv",
+               l->idx, strerror(-rb));
+    }
     dp_loop_arm_accept(l, 0);
     dp_loop_arm_accept(l, 1);
     dp_loop_arm_events(l, 0);
@@ -334,6 +340,9 @@ void *dp_loop_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&l->ring, n);
+        if (l->nnobufs > 0) {
+            dp_buf_nobufs_run(l); /* the batch's buffers are back in the ring */
+        }
         if (l->old_ccl != NULL) {
             cc_loop_poll(l->old_ccl);
             if (cc_loop_pending(l->old_ccl) == 0) {
@@ -400,6 +409,7 @@ void dp_loop_fini(struct dp_loop *l)
             dp_conn_release(c);
         }
     }
+    dp_buf_loop_fini(l); /* after the connections: they gave their buffers back */
     for (uint32_t k = 0; l->chunks != NULL && k < l->nchunks; k++) {
         free(l->chunks[k]);
     }

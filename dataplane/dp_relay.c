@@ -3,17 +3,20 @@
  * dp_relay.c - moving bytes: recv and send submissions per side, backpressure, the TLS relay
  * (SSL_read on one side, SSL_write on the other), splice for bypass and fail open (raw bytes
  * both ways) and half-close.
- * Owns each side's send buffer (allocated while something waits to be sent, freed when idle).
+ * Owns nothing of its own: the bytes in flight are the sides' (dp_buf.c).
  * Threads: the connection's loop thread.
- * Invariants: per side at most one recv and one send in flight; a side is read only while the
- * other side has less than DP_PENDING_MAX bytes waiting; a send buffer is reused or freed only
- * after its send has completed.
- * Not here: which stage comes next (dp_conn.c), the handshakes (dp_tls.c).
+ * Invariants: per side at most one recv and one send in flight; a side is read only while its
+ * input is empty and the other side has less than DP_PENDING_MAX bytes waiting; a chunk is
+ * reused or freed only after its send has completed.
+ * Not here: which stage comes next (dp_conn.c), the handshakes (dp_tls.c), the buffers and
+ * BIOs themselves (dp_buf.c).
  */
 #include "dp_int.h"
 
+#include <errno.h>
 #include <openssl/err.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 void dp_relay_queue(struct dp_conn *c, int dir, const void *p, size_t n)
@@ -28,8 +31,7 @@ static void arm_recv(struct dp_conn *c, int dir)
     if (sqe == NULL) {
         return;
     }
-    uint32_t off = sd->rlen;
-    io_uring_prep_recv(sqe, sd->fd, sd->rbuf + off, DP_RBUF - off, 0);
+    dp_buf_prep_recv(c->loop, sd, sqe);
     io_uring_sqe_set_data64(sqe, dp_ud_make(OP_RECV, dir, c));
     sd->recv_armed = true;
     c->inflight++;
@@ -38,22 +40,14 @@ static void arm_recv(struct dp_conn *c, int dir)
 static void arm_send(struct dp_conn *c, int dir)
 {
     struct side *sd = &c->s[dir];
-    if (sd->obuf == NULL && (sd->obuf = malloc(DP_OBUF)) == NULL) {
-        return; /* out of memory is backpressure: tried again on the next event */
-    }
-    if (sd->olen == sd->ooff) {
-        sd->olen = sd->ooff = 0;
-        int n = BIO_read(sd->out, sd->obuf, DP_OBUF);
-        if (n <= 0) {
-            return;
-        }
-        sd->olen = (uint32_t)n;
+    if (sd->oq == NULL) {
+        return; /* nothing queued (an emptied chunk leaves the queue at once) */
     }
     struct io_uring_sqe *sqe = dp_sqe(c->loop);
     if (sqe == NULL) {
         return;
     }
-    io_uring_prep_send(sqe, sd->fd, sd->obuf + sd->ooff, sd->olen - sd->ooff, MSG_NOSIGNAL);
+    dp_buf_prep_send(sd, sqe);
     io_uring_sqe_set_data64(sqe, dp_ud_make(OP_SEND, dir, c));
     sd->send_armed = true;
     c->inflight++;
@@ -65,8 +59,8 @@ static bool wants_read(const struct dp_conn *c, int dir)
     if (sd->fd < 0 || sd->recv_armed || sd->eof || c->state == S_CLOSING) {
         return false;
     }
-    if (sd->in != NULL && BIO_ctrl_pending(sd->in) >= DP_PENDING_MAX) {
-        return false;
+    if (sd->ilen > 0 || sd->nobufs) {
+        return false; /* what was received is consumed first; or waiting for a ring buffer */
     }
     uint8_t reads = dp_stages[c->state].reads;
     if (!(reads & (1u << dir))) {
@@ -93,11 +87,11 @@ void dp_relay_splice(struct dp_conn *c)
 {
     /* drop the TLS objects: from now on bytes pass untouched */
     struct side *cl = &c->s[D_CLIENT];
-    BIO *pending = BIO_new(BIO_s_mem());
-    SSL_free(cl->ssl);
+    SSL_free(cl->ssl); /* and its BIOs: what is queued to the client stays in the side */
     cl->ssl = NULL;
     cl->in = NULL;
-    cl->out = pending;
+    cl->out = dp_bio_out_new(cl);
+    dp_buf_in_drop(cl); /* what OpenSSL did not read is in the kept hello, replayed below */
     dp_conn_enter(c, S_SPLICE);
     c->deadline_ns = 0; /* no handshake to wait for: only idle time ends it now */
     if (c->excluding) {
@@ -131,6 +125,7 @@ static void relay_tls(struct dp_conn *c, int from)
                 c->bytes_u2c += (uint64_t)n;
             }
             c->last_ns = px_now_ns();
+            dp_buf_hot(c);
             continue;
         }
         int e = SSL_get_error(a->ssl, n);
@@ -175,11 +170,41 @@ static void relay_tls(struct dp_conn *c, int from)
     }
 }
 
-void dp_relay_on_recv(struct dp_conn *c, int dir, int res)
+/* The request head of the explicit listener, kept whole until it parses (at most 2 x DP_RBUF:
+ * the stage stops reading at DP_RBUF and answers 431). */
+static void keep_head(struct side *sd, const uint8_t *p, size_t n)
+{
+    if (sd->rbuf == NULL || sd->rlen + n > DP_RBUF) {
+        uint32_t cap = sd->rlen + (uint32_t)n > DP_RBUF ? sd->rlen + (uint32_t)n : DP_RBUF;
+        uint8_t *nb = realloc(sd->rbuf, cap);
+        if (nb == NULL) {
+            sd->eof = sd->err = true; /* the stage ends it as a bad request */
+            return;
+        }
+        sd->rbuf = nb;
+    }
+    memcpy(sd->rbuf + sd->rlen, p, n);
+    sd->rlen += (uint32_t)n;
+}
+
+void dp_relay_on_recv(struct dp_conn *c, int dir, int res, uint32_t flags)
 {
     struct side *sd = &c->s[dir];
     sd->recv_armed = false;
+    /* the received bytes are the side's input from here (a ring buffer, in place) */
+    uint8_t *p = dp_buf_recv_take(sd, res, flags);
+    if (res == -ENOBUFS) {
+        if (c->state == S_CLOSING) {
+            dp_conn_release(c);
+        } else if (c->state == S_REOPEN) {
+            dp_conn_run(c);
+        } else {
+            dp_buf_nobufs(c, dir); /* backpressure: armed again once the batch gave buffers back */
+        }
+        return;
+    }
     if (c->state == S_CLOSING) {
+        dp_buf_in_drop(sd);
         dp_conn_release(c);
         if (c->state != S_FREE) {
             dp_conn_run(c);
@@ -187,10 +212,11 @@ void dp_relay_on_recv(struct dp_conn *c, int dir, int res)
         return;
     }
     if (c->state == S_REOPEN) {
-        dp_conn_run(c); /* the old upstream's last bytes are dropped */
+        dp_buf_in_drop(sd); /* the old upstream's last bytes are dropped */
+        dp_conn_run(c);
         return;
     }
-    if (res <= 0) {
+    if (p == NULL) {
         sd->eof = true;
         if (res < 0) {
             sd->err = true;
@@ -206,16 +232,17 @@ void dp_relay_on_recv(struct dp_conn *c, int dir, int res)
         return;
     }
     c->last_ns = px_now_ns();
-    uint8_t *p = sd->rbuf + sd->rlen;
     size_t n = (size_t)res;
     if (c->state == S_CONNECT_REQ && dir == D_CLIENT && sd->ssl == NULL) {
-        sd->rlen += (uint32_t)n;
+        keep_head(sd, p, n);
+        dp_buf_in_drop(sd);
     } else if (c->state == S_FIRST_BYTE && dir == D_UP) {
         dp_policy_server_first(c); /* the server spoke first: a tunnel, or closed */
         if (c->state == S_SPLICE) {
             dp_relay_queue(c, D_CLIENT, p, n);
             c->bytes_u2c += n;
         }
+        dp_buf_in_drop(sd);
     } else if (c->state == S_SPLICE) {
         dp_relay_queue(c, dir ^ 1, p, n);
         if (dir == D_CLIENT) {
@@ -223,14 +250,20 @@ void dp_relay_on_recv(struct dp_conn *c, int dir, int res)
         } else {
             c->bytes_u2c += n;
         }
+        dp_buf_in_drop(sd);
     } else if (sd->in != NULL) {
+        /* TLS: OpenSSL reads the input in place through the side's BIO */
         if (dir == D_CLIENT) {
-            dp_tls_client_bytes(c, p, n);
-        } else {
-            BIO_write(sd->in, p, (int)n);
+            dp_tls_hello_keep(c, p, n);
         }
+        dp_buf_hot(c);
+    } else {
+        dp_buf_in_drop(sd); /* nobody reads this side now */
     }
     dp_conn_run(c);
+    if (c->state != S_FREE) {
+        dp_buf_spill(sd); /* backpressure or a paused stage: the ring buffer goes back */
+    }
 }
 
 void dp_relay_on_send(struct dp_conn *c, int dir, int res)
@@ -238,28 +271,18 @@ void dp_relay_on_send(struct dp_conn *c, int dir, int res)
     struct side *sd = &c->s[dir];
     sd->send_armed = false;
     if (c->state == S_REOPEN && dir == D_UP) {
-        sd->olen = sd->ooff = 0;
-        free(sd->obuf);
-        sd->obuf = NULL;
+        dp_buf_out_drop(sd);
         dp_conn_run(c);
         return;
     }
     if (res < 0) {
         sd->err = true;
-        sd->olen = sd->ooff = 0;
-        (void)BIO_reset(sd->out);
+        dp_buf_out_drop(sd);
         /* the peer reset or vanished mid-stream: not a clean end, whatever came before */
         dp_conn_abort(c, dir == D_CLIENT ? O_CLIENT_ERROR : O_UPSTREAM_FAILED);
         return;
     }
-    sd->ooff += (uint32_t)res;
-    if (sd->ooff >= sd->olen) {
-        sd->olen = sd->ooff = 0;
-        if (BIO_ctrl_pending(sd->out) == 0) {
-            free(sd->obuf); /* an idle connection holds no send buffer */
-            sd->obuf = NULL;
-        }
-    }
+    dp_buf_out_sent(sd, (uint32_t)res); /* an emptied queue holds no chunk */
     dp_conn_run(c);
 }
 
