@@ -4,7 +4,9 @@
 # bank.example, a CONNECT to another server (certificate CN=evil.example, from a trusted root)
 # with SNI bank.example is inspected (or blocked with [policy] unproven = block), never spliced;
 # the real bank.example origin is still spliced, its proof made once for many connections; a
-# CONNECT host that differs from the SNI is a mismatch. Real nginx origins, curl, openssl.
+# CONNECT host that differs from the SNI is a mismatch. The same in transparent mode (network
+# namespace + REDIRECT, as root): the destination address is fixed, the SNI a claim that must
+# verify there. Real nginx origins, curl, openssl.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 
@@ -79,4 +81,58 @@ out=$(curl -sS --max-time 10 --cacert "$P/root.pem" -x "$PROXY" \
 check_eq "the real bank still passes" "hello-from-origin" "$out"
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
 check_eq "clean exit" "0" "$?"
+
+echo "== transparent mode: the destination is fixed, the SNI only a claim"
+if [ "$(id -u)" != 0 ] || ! command -v iptables >/dev/null || ! ip netns add "tlsmint-prf-$$" 2>/dev/null; then
+    echo "  (skipped: needs root, iptables and network namespaces)"
+    finish
+    exit
+fi
+NS="tlsmint-prf-$$"
+cleanup_ns() { cleanup; ip netns del "$NS" 2>/dev/null; }
+trap cleanup_ns EXIT
+IN() { ip netns exec "$NS" "$@"; }
+IN ip link set lo up
+chmod 755 "$S" "$S/ca"
+chmod -R a+rX "$P"
+TPORT=$(free_port) TB=$(free_port) TE=$(free_port)
+T="$WORK/t.conf"
+cp "$CONF" "$T"
+set_conf "$T" listen explicit ""
+set_conf "$T" listen transparent "127.0.0.1:$TPORT"
+set_conf "$T" admin socket "$WORK/run/t.sock"
+set_conf "$T" admin metrics ""
+set_conf "$T" log access "$WORK/t-access.log"
+set_conf "$T" policy unproven inspect
+write_nginx "$WORK/tbank" "127.0.0.1:$TB" "$P/bank.pem" "$P/bank.key"
+write_nginx "$WORK/tevil" "127.0.0.1:$TE" "$P/evil.pem" "$P/evil.key"
+for o in tbank tevil; do
+    IN bash -c "echo \$\$ >$WORK/$o.pid; exec nginx -c $WORK/$o/nginx.conf -e $WORK/$o/logs/error.log" &
+done
+IN bash -c "echo \$\$ >$WORK/tt.pid; exec $TLSMINT -c $T run" >"$WORK/tt.log" 2>&1 &
+sleep 0.5
+PIDS+=($(cat "$WORK/tbank.pid" "$WORK/tevil.pid" "$WORK/tt.pid"))
+for _ in $(seq 1 100); do grep -q "tlsmint running" "$WORK/tt.log" && break; sleep 0.05; done
+for p in "$TB" "$TE"; do
+    IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport "$p" -m owner --uid-owner 65534 \
+        -j REDIRECT --to-ports "$TPORT"
+done
+AS_NOBODY() { IN setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+tlog() { sleep 0.3; tail -n 1 "$WORK/t-access.log"; }
+out=$(AS_NOBODY curl -sS -k -v --max-time 10 --resolve "bank.example:$TE:127.0.0.1" \
+    "https://bank.example:$TE/index.html" 2>&1)
+check_not_contains "SNI bank.example to the evil server's address: never spliced" \
+    "issuer: CN=tlsmint e2e root" "$out"
+check_contains "  our forward-untrust leaf instead" "issuer: O=tlsmint; CN=tlsmint forward-untrust CA" "$out"
+line=$(tlog)
+check_eq "  access log: transparent, inspected, reason unproven-name" "transparent inspect unproven-name" \
+    "$(jf mode "$line") $(jf action "$line") $(jf reason "$line")"
+check_not_contains "  outcome is not bypass" "bypass" "$(jf outcome "$line")"
+for i in 1 2; do
+    out=$(AS_NOBODY curl -sS -v --max-time 10 --cacert "$P/root.pem" \
+        --resolve "bank.example:$TB:127.0.0.1" "https://bank.example:$TB/index.html" 2>&1)
+    check_contains "the real bank.example at its own address, connection $i: spliced" \
+        "issuer: CN=tlsmint e2e root" "$out"
+    check_eq "  outcome bypass" "bypass" "$(jf outcome "$(tlog)")"
+done
 finish
