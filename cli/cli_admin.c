@@ -327,6 +327,18 @@ static void text_metrics(struct cli_admin *a, FILE *o)
     fprintf(o, "tlsmint_policy_unproven_total{reason=\"sni-mismatch\"} %llu\n"
                "tlsmint_policy_unproven_total{reason=\"unproven-name\"} %llu\n",
             (unsigned long long)ds.unproven[0], (unsigned long long)ds.unproven[1]);
+    family(o, "tlsmint_policy_unsupported_total", "counter",
+           "Connections whose client or server cannot meet the profile's versions or cipher "
+           "suites, by action.");
+    fprintf(o, "tlsmint_policy_unsupported_total{action=\"bypass\"} %llu\n"
+               "tlsmint_policy_unsupported_total{action=\"block\"} %llu\n",
+            (unsigned long long)ds.unsupported[0], (unsigned long long)ds.unsupported[1]);
+    family(o, "tlsmint_ocsp_requests_total", "counter",
+           "OCSP requests sent to upstream certificates' responders, by result.");
+    for (int r = 0; r < DP_OCSP_RESULTS; r++) {
+        fprintf(o, "tlsmint_ocsp_requests_total{result=\"%s\"} %llu\n", dp_ocsp_result_name(r),
+                (unsigned long long)ds.ocsp[r]);
+    }
     family(o, "tlsmint_non_tls_total", "counter",
            "Connections that were not TLS, by reason and action.");
     for (int r = 0; r < 2; r++) {

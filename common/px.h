@@ -247,6 +247,11 @@ bool px_hosts_match_lower(const struct px_hosts *h, const char *low, size_t len)
 
 enum px_cert_action { PX_CERT_UNTRUST = 0, PX_CERT_BLOCK };
 
+/* OCSP: off; the upstream's stapled response; or that, else a fetch from the AIA responder */
+enum px_ocsp_mode { PX_OCSP_OFF = 0, PX_OCSP_STAPLED, PX_OCSP_FETCH };
+/* What a certificate status gets: a forward-trust leaf, a forward-untrust leaf, a block */
+enum px_status_action { PX_STATUS_ALLOW = 0, PX_STATUS_UNTRUST, PX_STATUS_BLOCK };
+
 /* [profile.NAME]: what an inspected connection's upstream certificate must pass. */
 struct px_profile {
     char name[48];
@@ -254,8 +259,19 @@ struct px_profile {
     enum px_cert_action untrusted_issuer; /* the chain does not verify */
     bool client_auth_block;               /* the upstream asks for a client certificate:
                                              block (else bypass, and remember) */
+    int min_version, max_version;         /* TLS1_2_VERSION, TLS1_3_VERSION: both sides */
+    bool unsupported_block;               /* a side cannot meet them (or no common cipher):
+                                             block (else bypass) */
+    enum px_ocsp_mode ocsp;
+    int ocsp_timeout_ms;                  /* deadline of a fetch */
+    enum px_status_action revoked;        /* untrust or block */
+    enum px_status_action unknown_status; /* the responder does not know the certificate */
+    enum px_status_action status_timeout; /* no usable answer within ocsp_timeout_ms */
     int line;
+    int version_line;                     /* of the later of min_version / max_version */
 };
+/* The documented defaults (the built-in profile, and every [profile.NAME] before its keys). */
+void px_profile_defaults(struct px_profile *p);
 
 /* [rule.NAME]: every key given must match; the first matching rule in file order decides. */
 struct px_rule {
@@ -373,10 +389,11 @@ struct px_cfg {
     struct px_profile profiles[PX_PROFILES_MAX];
     int n_profiles;
     int default_profile;                /* index of [profile.default], or -1: built-in */
+    struct px_profile builtin_profile;  /* profile -1: px_profile_defaults */
 
     /* [exclusions] */
     int excl_ttl_s;        /* an exclusion's life */
-    int excl_pinned_alerts; /* pinned-client events before a host is excluded; 0 = off */
+    int excl_pinned_alerts; /* pinned-client events before a host is excluded (1); 0 = off */
     int excl_size;         /* entries at most (LRU); read at start only */
 
     /* [log] */
@@ -429,6 +446,12 @@ struct px_cfg {
     char admin_socket[256];
     char admin_metrics[128];
 };
+
+/* Profile i of cfg (-1: the built-in defaults). */
+static inline const struct px_profile *px_cfg_profile(const struct px_cfg *cfg, int i)
+{
+    return i >= 0 ? &cfg->profiles[i] : &cfg->builtin_profile;
+}
 
 /* Fills every field with its documented default (no HSM member configured yet). */
 void px_cfg_defaults(struct px_cfg *cfg);

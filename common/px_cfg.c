@@ -122,7 +122,7 @@ static struct px_profile *profile_for(struct parse_state *st, const char *sec, b
         return NULL;
     }
     struct px_profile *p = &c->profiles[c->n_profiles++];
-    memset(p, 0, sizeof(*p));
+    px_profile_defaults(p);
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->line = st->line;
     return p;
@@ -395,6 +395,109 @@ static int set_cert_action(struct parse_state *st, const char *sec, const char *
         return 1;
     }
     return fail(st, sec, key, "'%s' is not untrust or block", val);
+}
+
+#define TLS12 0x0303 /* the wire numbers OpenSSL's TLS1_2_VERSION / TLS1_3_VERSION name */
+#define TLS13 0x0304
+
+void px_profile_defaults(struct px_profile *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->expired = PX_CERT_UNTRUST;
+    p->untrusted_issuer = PX_CERT_UNTRUST;
+    p->min_version = TLS12;
+    p->max_version = TLS13;
+    p->ocsp = PX_OCSP_OFF;
+    p->ocsp_timeout_ms = 500;
+    p->revoked = PX_STATUS_BLOCK;
+    p->unknown_status = PX_STATUS_ALLOW;
+    p->status_timeout = PX_STATUS_ALLOW;
+}
+
+/* "tls1.2" / "tls1.3" (older versions are never offered: OpenSSL 3 refuses them anyway). */
+static int set_version(struct parse_state *st, const char *sec, const char *key, const char *val,
+                       struct px_profile *p, int *dst)
+{
+    if (strcmp(val, "tls1.2") == 0 || strcmp(val, "tls1.3") == 0) {
+        *dst = val[5] == '2' ? TLS12 : TLS13;
+        p->version_line = st->line;
+        return 1;
+    }
+    return fail(st, sec, key, "'%s' is not tls1.2 or tls1.3", val);
+}
+
+/* allow | untrust | block; allow_ok false: untrust | block only. */
+static int set_status_action(struct parse_state *st, const char *sec, const char *key,
+                             const char *val, bool allow_ok, enum px_status_action *dst)
+{
+    if (allow_ok && strcmp(val, "allow") == 0) {
+        *dst = PX_STATUS_ALLOW;
+        return 1;
+    }
+    if (strcmp(val, "untrust") == 0) {
+        *dst = PX_STATUS_UNTRUST;
+        return 1;
+    }
+    if (strcmp(val, "block") == 0) {
+        *dst = PX_STATUS_BLOCK;
+        return 1;
+    }
+    return fail(st, sec, key, allow_ok ? "'%s' is not allow, untrust or block"
+                                       : "'%s' is not untrust or block", val);
+}
+
+static int profile_key(struct parse_state *st, const char *sec, struct px_profile *p,
+                       const char *key, const char *val)
+{
+    if (strcmp(key, "expired") == 0) {
+        return set_cert_action(st, sec, key, val, &p->expired);
+    }
+    if (strcmp(key, "untrusted_issuer") == 0) {
+        return set_cert_action(st, sec, key, val, &p->untrusted_issuer);
+    }
+    if (strcmp(key, "client_auth") == 0) {
+        if (strcmp(val, "bypass") == 0 || strcmp(val, "block") == 0) {
+            p->client_auth_block = val[1] == 'l';
+            return 1;
+        }
+        return fail(st, sec, key, "'%s' is not bypass or block", val);
+    }
+    if (strcmp(key, "min_version") == 0) {
+        return set_version(st, sec, key, val, p, &p->min_version);
+    }
+    if (strcmp(key, "max_version") == 0) {
+        return set_version(st, sec, key, val, p, &p->max_version);
+    }
+    if (strcmp(key, "unsupported") == 0) {
+        if (strcmp(val, "bypass") == 0 || strcmp(val, "block") == 0) {
+            p->unsupported_block = val[1] == 'l';
+            return 1;
+        }
+        return fail(st, sec, key, "'%s' is not bypass or block", val);
+    }
+    if (strcmp(key, "ocsp") == 0) {
+        static const char *modes[] = {"off", "stapled", "fetch"};
+        for (int i = 0; i < 3; i++) {
+            if (strcmp(val, modes[i]) == 0) {
+                p->ocsp = (enum px_ocsp_mode)i;
+                return 1;
+            }
+        }
+        return fail(st, sec, key, "'%s' is not off, stapled or fetch", val);
+    }
+    if (strcmp(key, "ocsp_timeout_ms") == 0) {
+        return set_int(st, sec, key, val, &p->ocsp_timeout_ms, 10, 10000);
+    }
+    if (strcmp(key, "revoked") == 0) {
+        return set_status_action(st, sec, key, val, false, &p->revoked);
+    }
+    if (strcmp(key, "unknown_status") == 0) {
+        return set_status_action(st, sec, key, val, true, &p->unknown_status);
+    }
+    if (strcmp(key, "status_timeout") == 0) {
+        return set_status_action(st, sec, key, val, true, &p->status_timeout);
+    }
+    return fail(st, sec, key, "unknown key");
 }
 
 /* dst / clients: CIDRs separated by commas or spaces, at most PX_RULE_NETS. */
@@ -909,19 +1012,7 @@ static int handler(void *user, const char *sec, const char *key, const char *val
         if (p == NULL) {
             return 0;
         }
-        if (strcmp(key, "expired") == 0) {
-            return set_cert_action(st, sec, key, val, &p->expired);
-        }
-        if (strcmp(key, "untrusted_issuer") == 0) {
-            return set_cert_action(st, sec, key, val, &p->untrusted_issuer);
-        }
-        if (strcmp(key, "client_auth") == 0) {
-            if (strcmp(val, "bypass") == 0 || strcmp(val, "block") == 0) {
-                p->client_auth_block = val[1] == 'l';
-                return 1;
-            }
-            return fail(st, sec, key, "'%s' is not bypass or block", val);
-        }
+        return profile_key(st, sec, p, key, val);
     } else if (strncmp(sec, "inbound.", 8) == 0) {
         struct px_inbound_cfg *ib = inbound_for(st, sec, false);
         if (ib == NULL) {
@@ -1047,10 +1138,12 @@ void px_cfg_defaults(struct px_cfg *c)
     c->policy_first_byte_ms = 500;
     c->policy_proof_ttl_s = 600;
     c->excl_ttl_s = 43200;
-    c->excl_pinned_alerts = 0;
+    c->excl_pinned_alerts = 1;
     c->excl_size = 10000;
     c->inbound_ticket_rotate_s = 3600;
     c->default_profile = -1;
+    px_profile_defaults(&c->builtin_profile);
+    snprintf(c->builtin_profile.name, sizeof(c->builtin_profile.name), "built-in");
     snprintf(c->admin_socket, sizeof(c->admin_socket), "var/run/tlsmint.sock");
     snprintf(c->admin_metrics, sizeof(c->admin_metrics), "127.0.0.1:9120");
 }
@@ -1061,8 +1154,15 @@ static int validate_policy(struct parse_state *st)
     struct px_cfg *c = st->cfg;
     c->default_profile = -1;
     for (int i = 0; i < c->n_profiles; i++) {
-        if (strcmp(c->profiles[i].name, "default") == 0) {
+        struct px_profile *p = &c->profiles[i];
+        if (strcmp(p->name, "default") == 0) {
             c->default_profile = i;
+        }
+        if (p->min_version > p->max_version) {
+            char sec[64];
+            snprintf(sec, sizeof(sec), "profile.%s", p->name);
+            st->line = p->version_line;
+            return fail(st, sec, "min_version", "tls1.3 is above max_version tls1.2");
         }
     }
     for (int i = 0; i < c->n_rules; i++) {

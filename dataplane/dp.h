@@ -21,6 +21,16 @@ struct dp_server;
  * "timeout", "shutdown", "fail_open", "dns_failed", "blocked", "excluded" */
 const char *dp_outcome_name(int outcome);
 
+/* What an OCSP fetch ended with: good, revoked, unknown (the responder's statuses); timeout (no
+ * answer within [profile] ocsp_timeout_ms), error (refused, not HTTP 200, a response that does
+ * not parse or verify), busy (too many fetches in flight on the loop) */
+enum dp_ocsp_result {
+    DP_OCSP_GOOD = 0, DP_OCSP_REVOKED, DP_OCSP_UNKNOWN, DP_OCSP_TIMEOUT, DP_OCSP_ERROR,
+    DP_OCSP_BUSY, DP_OCSP_RESULTS
+};
+/* "good", "revoked", "unknown", "timeout", "error", "busy" */
+const char *dp_ocsp_result_name(int r);
+
 struct sockaddr;
 
 /* What the policy decided for a connection, and which rule said so. */
@@ -93,6 +103,8 @@ struct dp_stats {
     uint64_t non_tls[2][2];        /* [not-tls, server-first][tunnel, block] */
     uint64_t proofs[2];            /* name-proof handshakes: [proven, not proven] */
     uint64_t unproven[2];          /* name-based bypasses refused: [sni-mismatch, unproven-name] */
+    uint64_t unsupported[2];       /* a side cannot meet the profile: [bypass, block] */
+    uint64_t ocsp[DP_OCSP_RESULTS]; /* OCSP fetches by result, see dp_ocsp_result_name() */
 };
 
 /* Name resolution for CONNECT targets (one c-ares thread), a snapshot. */

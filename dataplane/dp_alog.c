@@ -177,11 +177,12 @@ static size_t json_esc(char *out, size_t cap, const char *s)
 
 void dp_alog_conn(struct dp_conn *c)
 {
+    static const char *ocsp_names[] = {"", "good", "revoked", "unknown", "timeout", "error"};
     struct dp_server *srv = c->loop->srv;
     if (srv->alog == NULL) {
         return;
     }
-    char client[64], dst[64], host[300], sni[300], alpn[80], ver[128], line[1400];
+    char client[64], dst[64], host[300], sni[300], alpn[80], ver[128], line[1600];
     dp_addr_str(&c->client_addr, client, sizeof(client));
     if (c->dstlen > 0) {
         dp_addr_str(&c->dst, dst, sizeof(dst));
@@ -221,7 +222,8 @@ void dp_alog_conn(struct dp_conn *c)
                      "\"cache\":\"%s\","
                      "\"hsm_wait_ms\":%.3f,\"bytes_up\":%llu,\"bytes_down\":%llu,"
                      "\"duration_ms\":%.3f,\"rule\":\"%s\",\"action\":\"%s\","
-                     "\"reason\":\"%s\",\"outcome\":\"%s\",\"export\":\"%s\"}\n",
+                     "\"reason\":\"%s\",\"ocsp\":\"%s\",\"ocsp_src\":\"%s\","
+                     "\"ocsp_ms\":%.3f,\"outcome\":\"%s\",\"export\":\"%s\"}\n",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, client, dst, host, c->port, sni, alpn,
                      c->inbound ? "inbound" : c->transparent ? "transparent" : "explicit", inb, ver,
@@ -230,6 +232,8 @@ void dp_alog_conn(struct dp_conn *c)
                      (unsigned long long)c->bytes_u2c,
                      (double)(px_now_ns() - c->start_ns) / 1e6, c->rule ? c->rule : "",
                      c->rule ? px_action_name(c->action) : "", c->reason ? c->reason : "",
+                     ocsp_names[c->ocsp_status < 6 ? c->ocsp_status : 0],
+                     c->ocsp_src ? c->ocsp_src : "", (double)c->ocsp_wait_ns / 1e6,
                      dp_outcome_name(c->outcome),
                      c->xf.was_on ? "yes" : c->xf.excluded ? "excluded" : "no");
     if (n > 0) {

@@ -416,6 +416,9 @@ static void step_up_handshake(struct dp_conn *c)
         ERR_error_string_n(oe, eb, sizeof(eb));
     }
     ERR_clear_error();
+    if (oe != 0 && dp_policy_upstream_failed(c, oe)) {
+        return; /* the profile's versions or suites: passed through or blocked */
+    }
     PX_LOG_RL(PX_LOG_INFO, "dp", "conn=%u:%u upstream %s:%u TLS failed: %s", c->slot, c->gen,
               c->host, c->port, eb);
     atomic_fetch_add_explicit(&c->loop->ctr.upstream_failed, 1, memory_order_relaxed);
@@ -503,9 +506,10 @@ static void step_closing(struct dp_conn *c)
  *         | inspect
  *         v
  *   (transparent: UP_CONNECTING) --> UP_HANDSHAKE --cache miss--> MINTING
- *                                         | hit                       | leaf
- *                                         v                           v
- *                                    CLIENT_HANDSHAKE <---------------+
+ *                                         |  `--OCSP fetch--> STATUS --+  | leaf
+ *                                         | hit          (then as UP_HANDSHAKE: hit or miss)
+ *                                         v                               v
+ *                                    CLIENT_HANDSHAKE <-------------------+
  *                                         |
  *                                         v
  *                                       RELAY
@@ -545,7 +549,8 @@ const struct dp_stage dp_stages[DP_STATES] = {
                              TO(S_SPLICE) | TO(S_CLIENT_HANDSHAKE) | TO(S_FIRST_BYTE) |
                              TO(S_IN_BACKEND_TLS) | TO(S_IN_RELAY) | TO(S_CLOSING)},
     [S_UP_HANDSHAKE] = {"up_handshake", step_up_handshake, R_UP, T_HANDSHAKE,
-                        TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
+                        TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_STATUS) |
+                            TO(S_CLOSING)},
     [S_MINTING] = {"minting", NULL, R_NONE, T_HANDSHAKE,
                    TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
     [S_CLIENT_HANDSHAKE] = {"client_handshake", step_client_handshake, R_CLIENT, T_HANDSHAKE,
@@ -564,6 +569,8 @@ const struct dp_stage dp_stages[DP_STATES] = {
     [S_IN_BACKEND_TLS] = {"in_backend_tls", dp_inbound_backend_step, R_UP, T_HANDSHAKE,
                           TO(S_RELAY) | TO(S_CLOSING)},
     [S_IN_RELAY] = {"in_relay", dp_inbound_relay_step, R_BOTH, T_IDLE, TO(S_CLOSING)},
+    [S_STATUS] = {"status", NULL, R_NONE, T_HANDSHAKE,
+                  TO(S_MINTING) | TO(S_CLIENT_HANDSHAKE) | TO(S_REOPEN) | TO(S_CLOSING)},
 };
 #undef TO
 
@@ -771,6 +778,11 @@ void dp_conn_on_resolved(struct dp_loop *l)
     struct dp_res_job *j = dp_res_done_take(&l->res_done);
     while (j != NULL) {
         struct dp_res_job *n = j->next;
+        if (j->token & DP_TOKEN_OCSP) {
+            dp_ocsp_on_resolved(l, j); /* an OCSP responder's name */
+            j = n;
+            continue;
+        }
         struct dp_conn *c = dp_conn_by_token(l, j->token);
         if (c != NULL && c->state == S_RESOLVING) {
             if (j->status != DP_RES_OK || j->naddr <= 0) {

@@ -25,6 +25,7 @@
 #include <sys/uio.h>
 
 #include <liburing.h>
+#include <openssl/ocsp.h>
 #include <openssl/ssl.h>
 
 #include "dp.h"
@@ -185,7 +186,8 @@ enum dp_op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_LTIMEOUT, OP_TIMER, OP_CC, OP_RES,
     OP_FIRSTBYTE, /* dir 0: the first-byte timer of a connection; dir 1: its removal */
     OP_IN_ACCEPT, /* dir: the [inbound.NAME] listener (dp_inbound.c) */
-    OP_IN_CQ      /* the loop's queue of inbound signatures */
+    OP_IN_CQ,     /* the loop's queue of inbound signatures */
+    OP_OCSP       /* an OCSP fetch's operation (dp_ocsp.c): dir = its step, slot = the fetch */
 };
 enum dp_dir { D_CLIENT = 0, D_UP = 1 };
 
@@ -210,6 +212,7 @@ enum dp_state {
     S_IN_SIGNING,    /* inbound: handshake paused for the HSM signature (reads nothing) */
     S_IN_BACKEND_TLS, /* inbound: TLS with the backend (backend_tls = yes) */
     S_IN_RELAY,      /* inbound: client TLS <-> plain backend */
+    S_STATUS,        /* waiting for the upstream certificate's OCSP status (dp_ocsp.c) */
     DP_STATES
 };
 
@@ -304,6 +307,9 @@ struct dp_xflow {
     uint32_t left[2]; /* bytes still exported each way ([export] max_bytes_per_conn) */
 };
 
+enum { DP_V12 = 1, DP_V13 = 2, DP_VOLD = 4 };
+enum { DP_C12 = 1, DP_C13 = 2, DP_CEXTRA = 4 };
+
 struct dp_conn {
     uint32_t slot;
     uint16_t gen;
@@ -337,6 +343,12 @@ struct dp_conn {
     uint8_t inbound;       /* [inbound.NAME] listener index + 1; 0: a forward-proxy connection */
     struct dp_inb_conn *inb; /* inbound: the signature it waits for (dp_inbound.c) */
     uint8_t client_alert;  /* the last alert the client sent us (0: none) */
+    uint8_t hello_vers;    /* versions the ClientHello offers: DP_V12, DP_V13, DP_VOLD bits */
+    uint8_t hello_ciph;    /* its ciphers: DP_C12 (one we do in TLS 1.2), DP_C13 (a TLS 1.3
+                              suite we do), DP_CEXTRA (one we do not offer upstream) */
+    uint8_t ocsp_status;   /* enum dp_cert_status of the upstream certificate */
+    const char *ocsp_src;  /* where it came from: "stapled", "fetched", "cached" (static) */
+    uint64_t ocsp_start_ns, ocsp_wait_ns;
     struct __kernel_timespec fb_ts;
     enum px_action action; /* the policy's decision */
     int profile;           /* its profile (cfg->profiles index, -1: built-in) */
@@ -382,6 +394,8 @@ struct dp_counters {
     _Atomic uint64_t non_tls[2][2]; /* [not-tls, server-first][tunnel, block] */
     _Atomic uint64_t proofs[2];     /* proof handshakes: [proven, not proven] */
     _Atomic uint64_t unproven[2];   /* name-based bypasses refused: [sni-mismatch, unproven-name] */
+    _Atomic uint64_t unsupported[2]; /* a side cannot meet the profile: [bypass, block] */
+    _Atomic uint64_t ocsp[DP_OCSP_RESULTS]; /* OCSP fetches by result (dp_ocsp.c) */
     _Atomic uint64_t outcome[DP_OUTCOMES];
 };
 
@@ -394,8 +408,12 @@ struct sess_slot {
     SSL_SESSION *sess;
 };
 
+struct dp_ocsp_loop;
+struct dp_ocsp_cache;
+
 struct dp_loop {
     int idx;
+    struct dp_ocsp_loop *ocsp;  /* its OCSP fetches (dp_ocsp.c) */
     struct sess_slot *sess;
     uint32_t nsess; /* slots in sess (0: no upstream session cache) */
     uint64_t sess_resumed, sess_full;
@@ -448,6 +466,7 @@ struct dp_server {
     struct dp_excl *excl;     /* the exclusion cache, kept across reloads */
     struct dp_excl *proofs;   /* names proven per (address, port): the same table, reason 1 =
                                  proven, 2 = not proven */
+    struct dp_ocsp_cache *ocsp; /* OCSP answers, shared by the loops (dp_ocsp.c) */
     struct dp_alog *alog;
     struct dp_alog *keylog;
     struct dp_export *exp;    /* NULL when no [export] sink is configured */
@@ -556,6 +575,9 @@ void dp_leaf_reopen(struct dp_conn *c);
  * client_auth = block blocks; bypass excludes the host and replays the kept ClientHello on a
  * fresh upstream connection, spliced (the fail-open route). */
 void dp_leaf_client_auth(struct dp_conn *c);
+/* S_STATUS: the fetch ended with status (enum dp_cert_status): the profile's answer to it, then
+ * the leaf as dp_leaf_get would go on. */
+void dp_leaf_status(struct dp_conn *c, int status);
 /* A forward-trust leaf for c's name alone (no upstream), for a block page: resumes the client
  * handshake with it (S_CLIENT_HANDSHAKE, maybe through S_MINTING), or denies when none. */
 void dp_leaf_for_page(struct dp_conn *c);
@@ -628,6 +650,10 @@ void dp_policy_excl_key(const struct dp_conn *c, char *out, size_t cap);
  * Proven: the bypass goes ahead (S_REOPEN, then spliced); returns true. Not proven: false, and
  * the connection is inspected (or blocked, [policy] unproven = block: state changed). */
 bool dp_policy_proof_done(struct dp_conn *c);
+/* The upstream handshake failed with err (an OpenSSL error code): when it is the profile's
+ * versions or cipher suites, [profile] unsupported passes the client through or blocks it
+ * (true: c moved on); false: an ordinary upstream failure. */
+bool dp_policy_upstream_failed(struct dp_conn *c, unsigned long err);
 /* Whether a client's alert is how pinned apps refuse a leaf (42, 43, 46, 48). */
 bool dp_policy_pinning_alert(uint8_t alert);
 /* The client gave up on our leaf (a pinning alert, or closed before any data): one event. */
@@ -648,6 +674,40 @@ void dp_policy_not_tls(struct dp_conn *c);
 void dp_policy_first_byte_step(struct dp_conn *c);
 /* S_FIRST_BYTE: the upstream spoke first: tunnel (spliced, state S_SPLICE) or block. */
 void dp_policy_server_first(struct dp_conn *c);
+
+/* dp_ocsp.c: the upstream certificate's revocation status ([profile] ocsp) */
+/* DP_CS_NONE: nothing checked (ocsp off, no issuer, no responder); GOOD, REVOKED, UNKNOWN: the
+ * responder's word (stapled, fetched or cached); TIMEOUT: no answer within ocsp_timeout_ms;
+ * ERROR: no usable answer (refused, not HTTP 200, does not parse or verify, too many fetches);
+ * PENDING: a fetch is under way, the connection waits in S_STATUS (dp_leaf_status next). */
+enum dp_cert_status {
+    DP_CS_NONE = 0, DP_CS_GOOD, DP_CS_REVOKED, DP_CS_UNKNOWN, DP_CS_TIMEOUT, DP_CS_ERROR,
+    DP_CS_PENDING
+};
+#define DP_TOKEN_OCSP (1ull << 63) /* a resolver job of an OCSP fetch, not of a connection */
+struct dp_ocsp_cache *dp_ocsp_cache_new(void);
+void dp_ocsp_cache_free(struct dp_ocsp_cache *k);
+struct dp_ocsp_loop *dp_ocsp_loop_new(void);
+/* Frees every fetch (the ring is gone); NULL ok. */
+void dp_ocsp_loop_free(struct dp_ocsp_loop *o);
+/* The upstream SSL is made: asks for a stapled response when the profile checks status. */
+void dp_ocsp_upstream_start(struct dp_conn *c, const struct px_profile *pf);
+/* The upstream chain verified: its leaf's status (enum dp_cert_status). DP_CS_PENDING: c is
+ * in S_STATUS until the fetch ends and dp_leaf_status is called with the answer. */
+int dp_ocsp_status(struct dp_conn *c, const struct px_profile *pf);
+/* A CQE of an OCSP fetch (op OP_OCSP). */
+void dp_ocsp_on_cqe(struct dp_loop *l, int step, uint32_t slot, uint16_t gen, int res);
+/* The resolver's answer for a fetch's responder name (token with DP_TOKEN_OCSP); takes j. */
+void dp_ocsp_on_resolved(struct dp_loop *l, struct dp_res_job *j);
+/* The body of an HTTP response (status 200, one run of bytes) in buf: 0, or PX_E_INVAL. */
+PX_MUST_CHECK int dp_ocsp_http_body(const uint8_t *buf, size_t len, const uint8_t **body,
+                                    size_t *blen);
+/* A DER OCSPResponse for id: DP_CS_GOOD, _REVOKED or _UNKNOWN when it is successful, signed by
+ * the issuer (or its delegated responder) chaining to store through chain, carries req's nonce
+ * when it carries one (req may be NULL), and is current at now (seconds since the epoch; its
+ * nextUpdate into *next_update, 0 when it has none); else PX_E_INVAL. Borrows everything. */
+int dp_ocsp_verify(const uint8_t *der, size_t len, OCSP_CERTID *id, OCSP_REQUEST *req,
+                   STACK_OF(X509) *chain, X509_STORE *store, int64_t now, int64_t *next_update);
 
 /* dp_excl.c: the exclusion cache (shared by the loops, kept across reloads) */
 struct dp_excl;

@@ -26,6 +26,8 @@
 #include <openssl/x509v3.h>
 
 static void on_leaf(void *user, int status, struct cc_entry *e, uint64_t wait_ns);
+static bool apply_status(struct dp_conn *c, const struct px_profile *pf, int st);
+static void leaf_for(struct dp_conn *c, X509 *peer);
 
 static void resume_client(struct dp_conn *c)
 {
@@ -158,9 +160,9 @@ void dp_leaf_get(struct dp_conn *c)
         dp_tls_refuse(c, O_UPSTREAM_FAILED);
         return;
     }
-    if (!c->verified && c->profile >= 0) {
+    const struct px_profile *pf = px_cfg_profile(c->g->cfg, c->profile);
+    if (!c->verified) {
         /* the profile may block what would otherwise get a forward-untrust leaf */
-        const struct px_profile *pf = &c->g->cfg->profiles[c->profile];
         bool expired = c->verify_result == X509_V_ERR_CERT_HAS_EXPIRED ||
                        c->verify_result == X509_V_ERR_CERT_NOT_YET_VALID;
         if ((expired ? pf->expired : pf->untrusted_issuer) == PX_CERT_BLOCK) {
@@ -168,6 +170,73 @@ void dp_leaf_get(struct dp_conn *c)
             return;
         }
     }
+    if (pf->ocsp != PX_OCSP_OFF && c->verify_result == X509_V_OK) {
+        int st = dp_ocsp_status(c, pf);
+        if (st == DP_CS_PENDING || !apply_status(c, pf, st)) {
+            return; /* S_STATUS until the responder answers; or blocked */
+        }
+    }
+    leaf_for(c, peer);
+}
+
+/*
+ * What the certificate's status gets from the profile: revoked (revoked), unknown
+ * (unknown_status), no answer (status_timeout): allow leaves the leaf as it is, untrust makes it
+ * a forward-untrust leaf, block blocks (false: c has moved on). Good or unchecked: true.
+ */
+static bool apply_status(struct dp_conn *c, const struct px_profile *pf, int st)
+{
+    c->ocsp_status = (uint8_t)st;
+    enum px_status_action a;
+    const char *why;
+    switch (st) {
+    case DP_CS_REVOKED:
+        a = pf->revoked;
+        why = "revoked";
+        break;
+    case DP_CS_UNKNOWN:
+        a = pf->unknown_status;
+        why = "ocsp-unknown";
+        break;
+    case DP_CS_TIMEOUT:
+        a = pf->status_timeout;
+        why = "ocsp-timeout";
+        break;
+    case DP_CS_ERROR:
+        a = pf->status_timeout;
+        why = "ocsp-error";
+        break;
+    default:
+        return true;
+    }
+    c->reason = why;
+    if (a == PX_STATUS_BLOCK) {
+        dp_policy_block(c, why);
+        return false;
+    }
+    if (a == PX_STATUS_UNTRUST) {
+        c->verified = false; /* the user sees the problem, as with a chain that fails */
+    }
+    return true;
+}
+
+void dp_leaf_status(struct dp_conn *c, int status)
+{
+    if (!apply_status(c, px_cfg_profile(c->g->cfg, c->profile), status)) {
+        return;
+    }
+    X509 *peer = SSL_get0_peer_certificate(c->s[D_UP].ssl);
+    if (peer == NULL) {
+        dp_tls_refuse(c, O_UPSTREAM_FAILED);
+        return;
+    }
+    leaf_for(c, peer);
+}
+
+/* The leaf for the upstream certificate peer (borrowed): from the cache, or minted. */
+static void leaf_for(struct dp_conn *c, X509 *peer)
+{
+    struct dp_loop *l = c->loop;
     struct cc_entry *e = NULL;
     int r = cc_get(l->ccl, peer, c->verified, c->keykind, on_leaf, (void *)(uintptr_t)dp_conn_token(c),
                    &e);

@@ -238,6 +238,9 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
             return; /* the removal's own answer: the timer's comes separately */
         }
         break;
+    case OP_OCSP:
+        dp_ocsp_on_cqe(l, u.f.dir, u.f.slot, u.f.gen, cqe->res);
+        return;
     case OP_RECV:
     case OP_SEND:
     case OP_CONNECT:
@@ -388,7 +391,8 @@ int dp_loop_init(struct dp_loop *l, struct dp_gen *g, struct cc_ctx *cc, int max
     dp_gen_ref(l->g);
     l->ccl = cc_loop_new(cc);
     l->res_done.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (l->chunks == NULL || l->ccl == NULL || l->res_done.evfd < 0) {
+    l->ocsp = dp_ocsp_loop_new();
+    if (l->chunks == NULL || l->ccl == NULL || l->res_done.evfd < 0 || l->ocsp == NULL) {
         return -ENOMEM;
     }
     atomic_init(&l->res_done.head, NULL);
@@ -418,6 +422,8 @@ void dp_loop_fini(struct dp_loop *l)
         SSL_SESSION_free(l->sess[k].sess);
     }
     free(l->sess);
+    dp_ocsp_loop_free(l->ocsp);
+    l->ocsp = NULL;
     if (l->ccl != NULL && cc_loop_free(l->ccl) != 0) {
         px_log(PX_LOG_WARN, "dp", "loop %d: mints still pending at exit", l->idx);
     }

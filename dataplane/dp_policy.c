@@ -427,6 +427,109 @@ static bool needs_proof(struct dp_conn *c, const struct dp_decision *d)
     return true;
 }
 
+/* ---- the profile's versions: both sides ---------------------------------------------------- */
+
+/* The versions pf allows, as DP_V12 / DP_V13 bits. */
+static uint8_t profile_vers(const struct px_profile *pf)
+{
+    uint8_t m = 0;
+    if (pf->min_version <= TLS1_2_VERSION && pf->max_version >= TLS1_2_VERSION) {
+        m |= DP_V12;
+    }
+    if (pf->max_version >= TLS1_3_VERSION) {
+        m |= DP_V13;
+    }
+    return m;
+}
+
+/* Whether the client offers a version pf allows with a cipher suite we do in that version. */
+static bool client_meets(const struct dp_conn *c, const struct px_profile *pf)
+{
+    uint8_t v = c->hello_vers & profile_vers(pf);
+    return ((v & DP_V12) && (c->hello_ciph & DP_C12)) || ((v & DP_V13) && (c->hello_ciph & DP_C13));
+}
+
+/* The client could make a handshake with us at all (1.2 or 1.3, a suite we do): a block can be
+ * a page then, else only an alert. */
+static bool client_can_page(const struct dp_conn *c)
+{
+    return ((c->hello_vers & DP_V12) && (c->hello_ciph & DP_C12)) ||
+           ((c->hello_vers & DP_V13) && (c->hello_ciph & DP_C13));
+}
+
+/* A side cannot meet the profile: [profile] unsupported = bypass splices the client's own
+ * ClientHello to the origin (on the upstream already connected, or a fresh one); block blocks. */
+static void unsupported(struct dp_conn *c, const char *why, bool upstream_used)
+{
+    const struct px_profile *pf = px_cfg_profile(c->g->cfg, c->profile);
+    atomic_fetch_add_explicit(&c->loop->ctr.unsupported[pf->unsupported_block ? 1 : 0], 1,
+                              memory_order_relaxed);
+    PX_LOG_RL(PX_LOG_INFO, "dp", "conn=%u:%u %s: %s for profile %s: %s", c->slot, c->gen, c->host,
+              why, pf->name, pf->unsupported_block ? "blocked" : "passed through");
+    if (pf->unsupported_block) {
+        if (!client_can_page(c)) {
+            c->action = PX_ACT_BLOCK;
+            c->reason = why;
+            dp_tls_deny(c);
+            return;
+        }
+        dp_policy_block(c, why);
+        return;
+    }
+    if (c->hello_overflow) {
+        dp_conn_abort(c, O_CLIENT_ERROR); /* nothing complete to replay */
+        return;
+    }
+    c->action = PX_ACT_BYPASS;
+    c->reason = why;
+    c->outcome = O_BYPASS;
+    if (upstream_used) {
+        dp_conn_enter(c, S_REOPEN); /* our attempt is dropped; the client's goes on a fresh one */
+        if (c->s[D_UP].fd >= 0) {
+            shutdown(c->s[D_UP].fd, SHUT_RDWR);
+        }
+    } else if (!c->up_connected) {
+        dp_conn_connect(c); /* spliced when connected */
+    } else {
+        dp_relay_splice(c);
+    }
+}
+
+bool dp_policy_upstream_failed(struct dp_conn *c, unsigned long err)
+{
+    if (c->proving || c->hello_overflow || c->hello_len == 0 || ERR_GET_LIB(err) != ERR_LIB_SSL) {
+        return false;
+    }
+    const struct px_profile *pf = px_cfg_profile(c->g->cfg, c->profile);
+    int r = ERR_GET_REASON(err);
+    bool version = r == SSL_R_UNSUPPORTED_PROTOCOL || r == SSL_R_TLSV1_ALERT_PROTOCOL_VERSION ||
+                   r == SSL_R_NO_PROTOCOLS_AVAILABLE || r == SSL_R_WRONG_SSL_VERSION;
+    bool cipher = r == SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE ||
+                  r == SSL_R_TLSV1_ALERT_INSUFFICIENT_SECURITY ||
+                  r == SSL_R_WRONG_CIPHER_RETURNED || r == SSL_R_NO_SHARED_CIPHER;
+    /* only where the client's own ClientHello offers what ours did not (a version the profile
+     * leaves out, a suite we do not offer): a server refusing both gains nothing from a pass,
+     * and one refusing only ours would otherwise buy itself a splice past inspection */
+    if (version && (c->hello_vers & ~profile_vers(pf) & (DP_V12 | DP_V13 | DP_VOLD))) {
+        unsupported(c, "unsupported-version", true);
+        return true;
+    }
+    if (cipher && (c->hello_ciph & DP_CEXTRA)) {
+        unsupported(c, "no-common-cipher", true);
+        return true;
+    }
+    return false;
+}
+
+/* Limits the client handshake (still paused at its ClientHello) to the profile's versions. */
+static void client_versions(struct dp_conn *c, const struct px_profile *pf)
+{
+    if (pf->min_version != TLS1_2_VERSION || pf->max_version != TLS1_3_VERSION) {
+        SSL_set_min_proto_version(c->s[D_CLIENT].ssl, pf->min_version);
+        SSL_set_max_proto_version(c->s[D_CLIENT].ssl, pf->max_version);
+    }
+}
+
 void dp_policy_step(struct dp_conn *c)
 {
     struct dp_decision d = decide_conn(c);
@@ -465,6 +568,13 @@ void dp_policy_step(struct dp_conn *c)
         dp_relay_splice(c);
         return;
     }
+    const struct px_profile *pf = px_cfg_profile(c->g->cfg, c->profile);
+    if (!c->proving && !client_meets(c, pf)) {
+        unsupported(c, (c->hello_vers & profile_vers(pf)) == 0 ? "unsupported-version"
+                                                                : "no-common-cipher", false);
+        return;
+    }
+    client_versions(c, pf);
     if (!c->up_connected) {
         dp_conn_connect(c);
         return;

@@ -212,6 +212,7 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
     s->res = dp_resolver_new(cfg, err, errlen);
     s->excl = dp_excl_new((uint32_t)cfg->excl_size);
     s->proofs = dp_excl_new(4096);
+    s->ocsp = dp_ocsp_cache_new();
     s->alog = dp_alog_new(cfg->log_access, 0640, PX_SINK_ACCESS, err, errlen);
     if (s->alog != NULL && cfg->log_keylog[0]) {
         /* debugging only: these lines decrypt captured traffic, so the file is 0600 */
@@ -228,7 +229,8 @@ struct dp_server *dp_server_new(const struct px_cfg *cfg, struct hsm_pool *pool,
         dp_server_free(s);
         return NULL;
     }
-    if (s->res == NULL || s->alog == NULL || s->excl == NULL || s->proofs == NULL) {
+    if (s->res == NULL || s->alog == NULL || s->excl == NULL || s->proofs == NULL ||
+        s->ocsp == NULL) {
         if (s->res != NULL && s->alog != NULL) {
             snprintf(err, errlen, "out of memory (exclusion cache)");
         }
@@ -350,6 +352,7 @@ void dp_server_free(struct dp_server *s)
     dp_export_free(s->exp); /* after the loops: closing connections still reports their end */
     dp_excl_free(s->excl);
     dp_excl_free(s->proofs);
+    dp_ocsp_cache_free(s->ocsp);
     dp_alog_free(s->alog);
     if (s->keylog != NULL) {
         dp_tls_keylog_set(NULL);
@@ -391,6 +394,10 @@ void dp_server_stats(struct dp_server *s, struct dp_stats *o)
             }
             o->proofs[r] += atomic_load(&c->proofs[r]);
             o->unproven[r] += atomic_load(&c->unproven[r]);
+            o->unsupported[r] += atomic_load(&c->unsupported[r]);
+        }
+        for (int r = 0; r < DP_OCSP_RESULTS; r++) {
+            o->ocsp[r] += atomic_load(&c->ocsp[r]);
         }
     }
 }

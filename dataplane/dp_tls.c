@@ -28,6 +28,64 @@ static int g_conn_idx = -1; /* SSL ex_data index for the connection */
 
 static struct dp_alog *g_keylog; /* SSLKEYLOGFILE sink, when [log] keylog is set */
 
+/* The TLS 1.2 cipher suites both contexts offer (the default list), one bit per suite number;
+ * filled once by the first dp_tls_ctx_init, read-only afterwards. */
+static uint8_t g_c12[65536 / 8];
+static bool g_c12_done;
+
+static void c12_fill(SSL_CTX *ctx)
+{
+    STACK_OF(SSL_CIPHER) *sk = SSL_CTX_get_ciphers(ctx);
+    for (int i = 0; i < sk_SSL_CIPHER_num(sk); i++) {
+        const SSL_CIPHER *ci = sk_SSL_CIPHER_value(sk, i);
+        uint16_t id = SSL_CIPHER_get_protocol_id(ci);
+        if ((id >> 8) != 0x13) { /* every suite but the TLS 1.3 ones works in TLS 1.2 */
+            g_c12[id >> 3] |= (uint8_t)(1u << (id & 7));
+        }
+    }
+    g_c12_done = true;
+}
+
+static bool grease(uint16_t v)
+{
+    return (v & 0x0f0f) == 0x0a0a && (v >> 8) == (v & 0xff);
+}
+
+/* The versions and cipher suites a ClientHello offers, as the profile checks them (dp_policy.c):
+ * DP_V* and DP_C* bits into c->hello_vers / c->hello_ciph. */
+static void note_offer(struct dp_conn *c, SSL *s)
+{
+    const unsigned char *p;
+    size_t len;
+    uint8_t v = 0;
+    if (SSL_client_hello_get0_ext(s, TLSEXT_TYPE_supported_versions, &p, &len) == 1 && len >= 1) {
+        for (size_t i = 1; i + 1 < len && i < 1u + p[0]; i += 2) {
+            uint16_t ver = (uint16_t)((p[i] << 8) | p[i + 1]);
+            v |= ver == TLS1_3_VERSION ? DP_V13 : ver == TLS1_2_VERSION ? DP_V12
+                 : ver < TLS1_2_VERSION && ver >= SSL3_VERSION ? DP_VOLD : 0;
+        }
+    } else {
+        /* no list: "up to" the legacy version; older ones are not counted as offered, since
+         * no current stack would take them (OpenSSL 3 refuses them at security level 1) */
+        unsigned lv = SSL_client_hello_get0_legacy_version(s);
+        v = lv >= TLS1_2_VERSION ? DP_V12 : DP_VOLD;
+    }
+    uint8_t ci = 0;
+    size_t n = SSL_client_hello_get0_ciphers(s, &p);
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        uint16_t id = (uint16_t)((p[i] << 8) | p[i + 1]);
+        if (id == 0x1301 || id == 0x1302 || id == 0x1303) {
+            ci |= DP_C13; /* the three suites dp_tls_ctx_init sets */
+        } else if (g_c12[id >> 3] & (1u << (id & 7))) {
+            ci |= DP_C12;
+        } else if (id != 0x00ff && id != 0x5600 && !grease(id)) {
+            ci |= DP_CEXTRA; /* not the signalling values */
+        }
+    }
+    c->hello_vers = v;
+    c->hello_ciph = ci;
+}
+
 static void keylog_cb(const SSL *ssl, const char *line)
 {
     (void)ssl;
@@ -116,6 +174,12 @@ int dp_tls_upstream_start(struct dp_conn *c)
     u->in = rb;
     u->out = wb;
     SSL_set_connect_state(u->ssl);
+    const struct px_profile *pf = px_cfg_profile(c->g->cfg, c->profile);
+    if (!c->proving && (pf->min_version != TLS1_2_VERSION || pf->max_version != TLS1_3_VERSION)) {
+        SSL_set_min_proto_version(u->ssl, pf->min_version);
+        SSL_set_max_proto_version(u->ssl, pf->max_version);
+    }
+    dp_ocsp_upstream_start(c, pf);
     const char *name = c->sni[0] ? c->sni : c->host;
     if (name[0] && !is_ip_literal(name)) {
         SSL_set_tlsext_host_name(u->ssl, name);
@@ -132,7 +196,8 @@ int dp_tls_upstream_start(struct dp_conn *c)
     if (c->alpn_len > 0) {
         SSL_set_alpn_protos(u->ssl, c->alpn, c->alpn_len);
     }
-    if (c->loop->sess != NULL) {
+    /* no resumption where the status is checked: a resumed session has no chain to ask about */
+    if (c->loop->sess != NULL && pf->ocsp == PX_OCSP_OFF) {
         char key[300];
         sess_key(c, key, sizeof(key));
         struct sess_slot *slot = sess_slot_for(c->loop, key);
@@ -200,6 +265,7 @@ static int client_hello_cb(SSL *s, int *al, void *arg)
                 c->alpn_len = (uint32_t)list;
             }
         }
+        note_offer(c, s);
         /* RSA leaf only for clients that offer no ECDSA signature algorithm */
         c->keykind = CC_KEY_EC;
         if (SSL_client_hello_get0_ext(s, TLSEXT_TYPE_signature_algorithms, &p, &len) == 1 &&
@@ -336,6 +402,9 @@ int dp_tls_ctx_init(struct dp_gen *g, const struct px_cfg *cfg, char *err, size_
     SSL_CTX_set_ciphersuites(g->sctx, suites);
     SSL_CTX_set_ciphersuites(g->uctx, suites);
     SSL_CTX_set_options(g->sctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (!g_c12_done) {
+        c12_fill(g->sctx);
+    }
     SSL_CTX_set_client_hello_cb(g->sctx, client_hello_cb, NULL);
     SSL_CTX_set_alpn_select_cb(g->sctx, alpn_select_cb, NULL);
     SSL_CTX_set_info_callback(g->sctx, info_cb);

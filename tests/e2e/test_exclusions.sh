@@ -5,7 +5,9 @@
 # itself), listed by `ctl exclusions` as client-auth, bypassed from then on, expired after a
 # short [exclusions] ttl_s and removed by `ctl exclusions clear`; a pinning client (python,
 # trusts only the origin's root and checks the key's hash) aborts on our leaf once, and its next
-# connection is passed through; [profile] client_auth = block blocks instead; metrics.
+# connection is passed through ([exclusions] pinned_alerts = 1, the default), with unknown_ca
+# and with bad_certificate (a client that checks only the pin); [profile] client_auth = block
+# blocks instead; metrics.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 
@@ -20,6 +22,8 @@ openssl x509 -req -in "$P/client.csr" -CA "$P/root.pem" -CAkey "$P/root.key" -CA
 S="$WORK/state"
 "$TLSMINT" init --dir "$S" >/dev/null || { echo "init failed"; exit 1; }
 OPORT=$(free_port) CPORT=$(free_port) PPORT=$(free_port) MPORT=$(free_port) SPORT=$(free_port)
+O2PORT=$(free_port)
+start_nginx2 "$WORK/origin2" "$O2PORT" "$P/origin.pem" "$P/origin.key"
 start_nginx2 "$WORK/self" "$SPORT" "$P/self.pem" "$P/self.key"
 start_nginx2 "$WORK/origin" "$OPORT" "$P/origin.pem" "$P/origin.key"
 start_nginx2 "$WORK/mtls" "$CPORT" "$P/origin.pem" "$P/origin.key" \
@@ -32,7 +36,6 @@ set_conf "$CONF" log access "$WORK/access.log"
 set_conf "$CONF" admin socket "$WORK/run/admin.sock"
 set_conf "$CONF" admin metrics "127.0.0.1:$MPORT"
 set_conf "$CONF" exclusions ttl_s 10
-set_conf "$CONF" exclusions pinned_alerts 1
 cp "$CONF" "$WORK/base.conf"
 start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$S/ca/forward-trust.pem"
@@ -94,6 +97,15 @@ m=$(curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics")
 check_contains "metrics: added for pinned" 'tlsmint_exclusions_added_total{reason="pinned"} 1' "$m"
 check_contains "a client that trusts us passes through too while it is excluded" "code=200" \
     "$(curl -sS --max-time 10 -k -x "$PROXY" -w '\ncode=%{http_code}' "https://localhost:$OPORT/index.html" 2>&1)"
+r=$(timeout 20 python3 "$PC" "127.0.0.1:$PPORT" "localhost:$O2PORT" "$P/root.pem" "$PIN" bad_certificate)
+check_eq "a client that checks only the pin rejects our leaf" "rejected" "$(kv result "$r")"
+check_contains "  with a bad_certificate alert (42)" "excluded for 10 s: the client rejects our leaf (alert 42" \
+    "$(cat "$WORK/tlsmint.log")"
+line=$(alog)
+check_eq "  logged with reason pinned" "pinned" "$(jf reason "$line")"
+r=$(timeout 20 python3 "$PC" "127.0.0.1:$PPORT" "localhost:$O2PORT" "$P/root.pem" "$PIN" bad_certificate)
+check_eq "  its next connection is passed through: the pin matches" "happy" "$(kv result "$r")"
+check_eq "  excluded, pinned" "excluded pinned" "$(jf outcome "$(alog)") $(jf reason "$(alog)")"
 
 echo "== a client refusing a forward-untrust leaf is no pinned app"
 for i in 1 2; do

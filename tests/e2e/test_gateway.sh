@@ -71,6 +71,9 @@ set_conf "$CONF" upstream ca_file "$P/root.pem"
 set_conf "$CONF" log access "$WORK/access.log"
 set_conf "$CONF" admin socket "$WORK/run/admin.sock"
 set_conf "$CONF" admin metrics ""
+# a client below refuses our leaf on purpose: with pinned-app learning on (the default), that
+# would exclude the origin for the rest of the test (test_exclusions.sh covers the learning)
+set_conf "$CONF" exclusions pinned_alerts 0
 CA="$WORK/state/ca/forward-trust.pem"
 UCA="$WORK/state/ca/forward-untrust.pem"
 

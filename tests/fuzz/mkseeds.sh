@@ -125,4 +125,7 @@ done
 
 # ---- TLS: real ClientHellos and a real server's replies (dataplane targets)
 python3 "$here/capture_hello.py" "$out" >/dev/null
+
+# ---- OCSP answers (fuzz_ocsp; its CA and leaf go to OUT/data/ with them)
+bash "$here/mkseeds-ocsp.sh" "$out"
 echo "$out"

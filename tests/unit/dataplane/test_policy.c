@@ -277,6 +277,78 @@ START_TEST(test_default_and_profiles)
     ck_assert(load("[policy]\nnon_tls = block\nfirst_byte_ms = 0\n") == 0);
     ck_assert_int_eq(g_cfg.policy_non_tls, PX_NON_TLS_BLOCK);
     ck_assert_int_eq(g_cfg.policy_first_byte_ms, 0);
+    ck_assert_int_eq(g_cfg.excl_pinned_alerts, 1);
+}
+END_TEST
+
+/* The profile keys of versions and revocation: the documented defaults (built-in profile and
+ * every [profile.NAME] before its keys), and each key's values. */
+START_TEST(test_profile_versions_ocsp)
+{
+    ck_assert_msg(load("[profile.strict]\nmin_version = tls1.3\nunsupported = block\n"
+                       "ocsp = fetch\nocsp_timeout_ms = 250\nrevoked = untrust\n"
+                       "unknown_status = block\nstatus_timeout = untrust\n"
+                       "[profile.staple]\nocsp = stapled\nmax_version = tls1.2\n") == 0,
+                  "%s", g_err);
+    const struct px_profile *b = px_cfg_profile(&g_cfg, -1);
+    ck_assert_str_eq(b->name, "built-in");
+    ck_assert_int_eq(b->min_version, 0x0303);
+    ck_assert_int_eq(b->max_version, 0x0304);
+    ck_assert(!b->unsupported_block);
+    ck_assert_int_eq(b->ocsp, PX_OCSP_OFF);
+    ck_assert_int_eq(b->ocsp_timeout_ms, 500);
+    ck_assert_int_eq(b->revoked, PX_STATUS_BLOCK);
+    ck_assert_int_eq(b->unknown_status, PX_STATUS_ALLOW);
+    ck_assert_int_eq(b->status_timeout, PX_STATUS_ALLOW);
+    const struct px_profile *s = px_cfg_profile(&g_cfg, 0);
+    ck_assert_str_eq(s->name, "strict");
+    ck_assert_int_eq(s->min_version, 0x0304);
+    ck_assert_int_eq(s->max_version, 0x0304);
+    ck_assert(s->unsupported_block);
+    ck_assert_int_eq(s->ocsp, PX_OCSP_FETCH);
+    ck_assert_int_eq(s->ocsp_timeout_ms, 250);
+    ck_assert_int_eq(s->revoked, PX_STATUS_UNTRUST);
+    ck_assert_int_eq(s->unknown_status, PX_STATUS_BLOCK);
+    ck_assert_int_eq(s->status_timeout, PX_STATUS_UNTRUST);
+    const struct px_profile *t = px_cfg_profile(&g_cfg, 1);
+    ck_assert_int_eq(t->ocsp, PX_OCSP_STAPLED);
+    ck_assert_int_eq(t->min_version, 0x0303);
+    ck_assert_int_eq(t->max_version, 0x0303);
+    ck_assert_int_eq(t->revoked, PX_STATUS_BLOCK); /* untouched keys keep their defaults */
+    ck_assert_int_eq(t->ocsp_timeout_ms, 500);
+}
+END_TEST
+
+/* The OCSP answer's HTTP layer (dp_ocsp_http_body), with its negative cases. */
+START_TEST(test_ocsp_http)
+{
+    const uint8_t *body;
+    size_t bl;
+    static const char ok[] = "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+    ck_assert_int_eq(dp_ocsp_http_body((const uint8_t *)ok, sizeof(ok) - 1, &body, &bl), 0);
+    ck_assert_int_eq(bl, 3);
+    ck_assert(memcmp(body, "abc", 3) == 0);
+    static const char eof[] = "HTTP/1.0 200 OK\r\nContent-Type: application/ocsp-response\r\n\r\nxyz1";
+    ck_assert_int_eq(dp_ocsp_http_body((const uint8_t *)eof, sizeof(eof) - 1, &body, &bl), 0);
+    ck_assert_int_eq(bl, 4); /* the body ends at EOF */
+    static const char *bad[] = {
+        "HTTP/1.0 404 Not Found\r\nContent-Length: 3\r\n\r\nabc",    /* not 200 */
+        "HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nabc",           /* short body */
+        "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",              /* empty */
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n1\r\nb\r\n0\r\n\r\n",
+        "SSH-2.0-OpenSSH\r\n",                                          /* no HTTP at all */
+        "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n",                    /* head cut short */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_msg(dp_ocsp_http_body((const uint8_t *)bad[i], strlen(bad[i]), &body, &bl) ==
+                          PX_E_INVAL,
+                      "case %zu accepted", i);
+    }
+    /* anything but a DER OCSPResponse is refused by the verifier too */
+    int64_t next = 1;
+    ck_assert_int_eq(dp_ocsp_verify((const uint8_t *)"abc", 3, NULL, NULL, NULL, NULL, 0, &next),
+                     PX_E_INVAL);
+    ck_assert_int_eq(next, 0);
 }
 END_TEST
 
@@ -296,19 +368,18 @@ START_TEST(test_config_errors)
          "t.conf:9: [rule.a] profile: 'strict' is not defined (no [profile.strict] section)"},
         {"[rule.a]\naction = block\n",
          "t.conf:6: [rule.a] -: no match key: a rule needs hosts, dst or clients"},
-        {"[policy]\ndefault = inspect\n[rule.empty]\n",
-         "t.conf:8: [rule.empty] -: no match key"},
+        {"[policy]\ndefault = inspect\n[rule.empty]\n", "t.conf:8: [rule.empty] -: no match key"},
         {"[rule.a]\nhosts = a.example\n", "t.conf:6: [rule.a] action: missing"},
         {"[rule.a]\nhosts = a.example\naction = block\nport = 443\n",
          "t.conf:9: [rule.a] port: unknown key"},
-        {"[rule.bypass]\nhosts = a.example\naction = block\n", "t.conf:6: [rule.bypass] -: rule name"},
+        {"[rule.bypass]\nhosts = a.example\naction = block\n",
+         "t.conf:6: [rule.bypass] -: rule name"},
         {"[rule.a b]\nhosts = a.example\naction = block\n", "t.conf:6: [rule.a b] -: rule name"},
         {"[policy]\ndefault = allow\n", "t.conf:7: [policy] default: 'allow' is not inspect"},
         {"[policy]\nbypass = a.example, b/c\n", "t.conf:7: [policy] bypass: 'b/c' is not a host"},
         {"[profile.p]\nexpired = allow\n", "t.conf:7: [profile.p] expired: 'allow' is not untrust"},
         {"[profile.p]\nocsp_nope = 1\n", "t.conf:7: [profile.p] ocsp_nope: unknown key"},
-        {"[rule.a]\nhosts = a.example\naction = block\ndst = \n",
-         "t.conf:9: [rule.a] dst: empty"},
+        {"[rule.a]\nhosts = a.example\naction = block\ndst = \n", "t.conf:9: [rule.a] dst: empty"},
         {"[exclusions]\nttl_s = 0\n", "t.conf:7: [exclusions] ttl_s: 0 is out of range"},
         {"[exclusions]\npinned_alerts = -1\n",
          "t.conf:7: [exclusions] pinned_alerts: -1 is out of range 0-1000"},
@@ -317,11 +388,32 @@ START_TEST(test_config_errors)
         {"[exclusions]\nsize = 15\n", "t.conf:7: [exclusions] size: 15 is out of range 16-"},
         {"[profile.p]\nclient_auth = allow\n",
          "t.conf:7: [profile.p] client_auth: 'allow' is not bypass or block"},
-        {"[policy]\nunproven = bypass\n", "t.conf:7: [policy] unproven: 'bypass' is not inspect or block"},
-        {"[policy]\nproof_ttl_s = 0\n", "t.conf:7: [policy] proof_ttl_s: 0 is out of range 1-86400"},
-        {"[policy]\nnon_tls = maybe\n", "t.conf:7: [policy] non_tls: 'maybe' is not tunnel or block"},
+        {"[policy]\nunproven = bypass\n",
+         "t.conf:7: [policy] unproven: 'bypass' is not inspect or block"},
+        {"[policy]\nproof_ttl_s = 0\n",
+         "t.conf:7: [policy] proof_ttl_s: 0 is out of range 1-86400"},
+        {"[policy]\nnon_tls = maybe\n",
+         "t.conf:7: [policy] non_tls: 'maybe' is not tunnel or block"},
         {"[policy]\nfirst_byte_ms = 60001\n",
          "t.conf:7: [policy] first_byte_ms: 60001 is out of range 0-60000"},
+        {"[profile.p]\nmin_version = tls1.1\n",
+         "t.conf:7: [profile.p] min_version: 'tls1.1' is not tls1.2 or tls1.3"},
+        {"[profile.p]\nmax_version = TLSv1.3\n",
+         "t.conf:7: [profile.p] max_version: 'TLSv1.3' is not tls1.2 or tls1.3"},
+        {"[profile.p]\nmin_version = tls1.3\nmax_version = tls1.2\n",
+         "t.conf:8: [profile.p] min_version: tls1.3 is above max_version tls1.2"},
+        {"[profile.p]\nunsupported = allow\n",
+         "t.conf:7: [profile.p] unsupported: 'allow' is not bypass or block"},
+        {"[profile.p]\nocsp = on\n",
+         "t.conf:7: [profile.p] ocsp: 'on' is not off, stapled or fetch"},
+        {"[profile.p]\nocsp_timeout_ms = 5\n",
+         "t.conf:7: [profile.p] ocsp_timeout_ms: 5 is out of range 10-10000"},
+        {"[profile.p]\nrevoked = allow\n",
+         "t.conf:7: [profile.p] revoked: 'allow' is not untrust or block"},
+        {"[profile.p]\nunknown_status = ignore\n",
+         "t.conf:7: [profile.p] unknown_status: 'ignore' is not allow, untrust or block"},
+        {"[profile.p]\nstatus_timeout = wait\n",
+         "t.conf:7: [profile.p] status_timeout: 'wait' is not allow, untrust or block"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         ck_assert_msg(load(cases[i].text) == PX_E_CONFIG, "case %zu accepted", i);
@@ -332,8 +424,8 @@ START_TEST(test_config_errors)
     static char big[300 * 48];
     size_t n = 0;
     for (int i = 0; i <= PX_RULES_MAX; i++) {
-        n += (size_t)snprintf(big + n, sizeof(big) - n, "[rule.r%d]\nhosts = h%d\naction = bypass\n",
-                              i, i);
+        n += (size_t)snprintf(big + n, sizeof(big) - n,
+                              "[rule.r%d]\nhosts = h%d\naction = bypass\n", i, i);
         if (i == PX_RULES_MAX - 1) {
             ck_assert_msg(load(big) == 0, "%s", g_err);
             ck_assert_int_eq(g_cfg.n_rules, PX_RULES_MAX);
@@ -433,6 +525,8 @@ Suite *policy_suite(void)
     tcase_add_test(tc, test_rules_order_and_keys);
     tcase_add_test(tc, test_default_and_profiles);
     tcase_add_test(tc, test_config_errors);
+    tcase_add_test(tc, test_profile_versions_ocsp);
+    tcase_add_test(tc, test_ocsp_http);
     tcase_add_test(tc, test_exclusions);
     tcase_add_test(tc, test_rule_export);
     suite_add_tcase(s, tc);
