@@ -182,6 +182,10 @@ void dp_conn_finish(struct dp_conn *c, enum dp_outcome why)
 void dp_conn_connect(struct dp_conn *c)
 {
     const struct px_cfg *cfg = c->g->cfg;
+    if (!c->loop->ring_ok) {
+        dp_conn_finish(c, O_UPSTREAM_FAILED); /* a loop without a ring (the fuzz targets') */
+        return;
+    }
     int fd = socket(c->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         dp_conn_finish(c, O_UPSTREAM_FAILED);

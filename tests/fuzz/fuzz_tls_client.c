@@ -11,8 +11,9 @@
  * step_client_handshake on the rest of the bytes; dp_conn_release and the access-log line.
  * All over memory BIOs: the connection has no socket (fd -1), so no I/O is armed.
  * Checks: no crash or leak; a kept SNI is 1-253 host-name characters; ALPN fits its buffer; the
- * kept ClientHello never exceeds DP_HELLO_MAX; a bypassed connection replays exactly the bytes
- * the client sent (as does a tunnel for bytes that are not TLS); an inspected one has sent a
+ * kept ClientHello never exceeds DP_HELLO_MAX; a bypassed connection (by name, or a client that
+ * cannot meet the profile's versions or suites) replays exactly the bytes the client sent (as
+ * does a tunnel for bytes that are not TLS); an inspected one has sent a
  * ClientHello upstream; every connection ends.
  * Deterministic (the server's random values are not looked at).
  */
@@ -61,8 +62,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_names(c);
     const char *name = c->sni[0] ? c->sni : c->host;
     if (c->state == S_SPLICE || (c->state == S_CLOSING && c->outcome == O_BYPASS)) {
-        /* bypassed by name, or tunnelled as not TLS ([policy] non_tls = tunnel) */
-        if ((!dp_policy_bypassed(c->g, name) && !c->tunnel) ||
+        /* bypassed by name, tunnelled as not TLS ([policy] non_tls = tunnel), or a client that
+         * cannot meet the profile ([profile] unsupported = bypass) */
+        bool unsup = c->reason != NULL && (strcmp(c->reason, "unsupported-version") == 0 ||
+                                           strcmp(c->reason, "no-common-cipher") == 0);
+        if ((!dp_policy_bypassed(c->g, name) && !c->tunnel && !unsup) ||
             (!c->hello_overflow && BIO_ctrl_pending(c->s[D_UP].out) != c->hello_len)) {
             abort();
         }
