@@ -10,7 +10,7 @@
 #   HA         one member at 2 ms, one at 30 ms: nothing fails, most work goes to the faster one
 #   admission  workers = 1 at 100 ms (10 signatures/s): misses beyond that are refused at once
 #              as overload (counted apart from timeouts), cache hits are all served
-#   recovery   a spell slower than the deadline (300 ms per signature, deadline 250 ms), then
+#   recovery   a spell slower than the deadline (600 ms per signature, deadline 250 ms), then
 #              the HSM is fast again: new hosts are signed again at once, not refused forever
 # The full sweep (2,000 hosts per latency, 0/2/10/20/50 ms) is bench/hsm-latency.sh.
 # usage: test_slowhsm.sh TLSMINT_BENCH (meson passes the load generator's path)
@@ -225,19 +225,19 @@ fi
 if part recovery; then
 echo "== recovery: one spell slower than the deadline, then a fast HSM again"
 CTL="$WORK/rec.ctl"
-echo "latency_ms=300" >"$CTL"
+echo "latency_ms=600" >"$CTL"
 c=$(conf rec "$CTL")
 start_tlsmint "$c" "$WORK/rec.log" || exit 1
-# one at a time: each signature alone takes 300 ms, past the 250 ms deadline (measured by the
+# one at a time: each signature alone takes 600 ms, well past the 250 ms deadline (measured by the
 # signer and learnt by the proxy when the late answer arrives)
 lg "$c" "$WORK/slow.json" --host-pattern 'h%d.bench.test' --first 1500 --count 3 --concurrency 1
 check_eq "recovery: signatures slower than the deadline fail" "0" "$(jget "$WORK/slow.json" 'j["ok"]')"
-sleep 0.5 # the late answers arrive
+sleep 1 # the late answers arrive
 echo "latency_ms=0" >"$CTL"
 lg "$c" "$WORK/fast.json" --host-pattern 'h%d.bench.test' --first 1510 --count 20 --concurrency 1
 fast_ok=$(jget "$WORK/fast.json" 'j["ok"]')
 echo "  after the spell: $fast_ok of 20 new hosts ok; $("$TLSMINT" -c "$c" ctl hsm 2>&1 | grep '^refused')"
-# before the fix the learnt 300 ms alone was past the deadline, so every job was refused as
+# before the fix the learnt 600 ms alone was past the deadline, so every job was refused as
 # overload and no answer could bring the estimate down: 0 of 20
 check "recovery: new hosts signed again once the HSM is fast ($fast_ok of 20)" test "$fast_ok" -ge 18
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
