@@ -158,6 +158,7 @@ void dp_conn_abort(struct dp_conn *c, enum dp_outcome why)
     }
     dp_conn_enter(c, S_CLOSING);
     dp_policy_first_byte_cancel(c);
+    dp_ocsp_wait_cancel(c);
     for (int d = 0; d < 2; d++) {
         if (c->s[d].fd >= 0) {
             shutdown(c->s[d].fd, SHUT_RDWR);
@@ -176,6 +177,7 @@ void dp_conn_finish(struct dp_conn *c, enum dp_outcome why)
     }
     dp_conn_enter(c, S_CLOSING);
     dp_policy_first_byte_cancel(c);
+    dp_ocsp_wait_cancel(c);
     dp_conn_run(c);
 }
 

@@ -187,7 +187,8 @@ enum dp_op {
     OP_FIRSTBYTE, /* dir 0: the first-byte timer of a connection; dir 1: its removal */
     OP_IN_ACCEPT, /* dir: the [inbound.NAME] listener (dp_inbound.c) */
     OP_IN_CQ,     /* the loop's queue of inbound signatures */
-    OP_OCSP       /* an OCSP fetch's operation (dp_ocsp.c): dir = its step, slot = the fetch */
+    OP_OCSP,      /* an OCSP fetch's operation (dp_ocsp.c): dir = its step, slot = the fetch */
+    OP_OCSP_WAIT  /* dir 0: a connection's own OCSP deadline (dp_ocsp.c); dir 1: its removal */
 };
 enum dp_dir { D_CLIENT = 0, D_UP = 1 };
 
@@ -349,6 +350,9 @@ struct dp_conn {
     uint8_t ocsp_status;   /* enum dp_cert_status of the upstream certificate */
     const char *ocsp_src;  /* where it came from: "stapled", "fetched", "cached" (static) */
     uint64_t ocsp_start_ns, ocsp_wait_ns;
+    bool ocsp_timer;          /* its own OCSP deadline timer is in flight (counted in inflight) */
+    bool ocsp_timer_removing; /* its removal is submitted */
+    struct __kernel_timespec ocsp_ts;
     struct __kernel_timespec fb_ts;
     enum px_action action; /* the policy's decision */
     int profile;           /* its profile (cfg->profiles index, -1: built-in) */
@@ -695,6 +699,13 @@ void dp_ocsp_upstream_start(struct dp_conn *c, const struct px_profile *pf);
 /* The upstream chain verified: its leaf's status (enum dp_cert_status). DP_CS_PENDING: c is
  * in S_STATUS until the fetch ends and dp_leaf_status is called with the answer. */
 int dp_ocsp_status(struct dp_conn *c, const struct px_profile *pf);
+/* The loop was woken (its resolver eventfd): applies the outcomes other loops' fetches handed
+ * to its waiting connections. */
+void dp_ocsp_on_wake(struct dp_loop *l);
+/* c leaves S_STATUS or ends: its own deadline timer, if any, is removed (its CQE comes back). */
+void dp_ocsp_wait_cancel(struct dp_conn *c);
+/* The own deadline timer's CQE (op OP_OCSP_WAIT, dir 0): -ETIME answers c "timeout". */
+void dp_ocsp_wait_done(struct dp_conn *c, int res);
 /* A CQE of an OCSP fetch (op OP_OCSP). */
 void dp_ocsp_on_cqe(struct dp_loop *l, int step, uint32_t slot, uint16_t gen, int res);
 /* The resolver's answer for a fetch's responder name (token with DP_TOKEN_OCSP); takes j. */

@@ -3,8 +3,8 @@
  * dp_loop.c - one dataplane loop: its io_uring ring, the dispatch of completions by user_data,
  * the connection table and the tick that enforces deadlines.
  * Owns, per loop thread: the ring, the fixed connection table and its free list, the armed
- * accepts, and the eventfd reads through which HSM completions (cc_loop) and resolver answers
- * come back.
+ * accepts, and the eventfd reads through which HSM completions (cc_loop), resolver answers and
+ * other loops' OCSP outcomes come back.
  * Threads: everything here runs on the loop's own thread (SINGLE_ISSUER: the ring is made
  * there), except dp_loop_init/fini, which run on the main thread before the thread starts and
  * after it has ended.
@@ -225,6 +225,7 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         return;
     case OP_RES:
         dp_conn_on_resolved(l);
+        dp_ocsp_on_wake(l); /* after the eventfd is read: other loops' OCSP outcomes */
         dp_loop_arm_events(l, 1);
         return;
     case OP_IN_ACCEPT:
@@ -241,6 +242,11 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
     case OP_OCSP:
         dp_ocsp_on_cqe(l, u.f.dir, u.f.slot, u.f.gen, cqe->res);
         return;
+    case OP_OCSP_WAIT:
+        if (u.f.dir == 1) {
+            return; /* the removal's own answer: the timer's comes separately */
+        }
+        break;
     case OP_RECV:
     case OP_SEND:
     case OP_CONNECT:
@@ -272,6 +278,9 @@ static void handle_cqe(struct dp_loop *l, struct io_uring_cqe *cqe)
         break;
     case OP_FIRSTBYTE:
         dp_policy_first_byte_done(c, cqe->res);
+        break;
+    case OP_OCSP_WAIT:
+        dp_ocsp_wait_done(c, cqe->res);
         break;
     default:
         break;

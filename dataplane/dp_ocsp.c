@@ -2,23 +2,32 @@
 /*
  * dp_ocsp.c - the revocation status of an inspected connection's upstream certificate, for
  * [profile] ocsp: the response the upstream stapled (ocsp = stapled or fetch), else (fetch) an
- * OCSP request to the responder the certificate's AIA names. The fetch is ours, on the loop's
- * ring: one HTTP/1.0 POST per responder (connect, send, read to EOF, each an io_uring operation,
- * under one deadline timer of ocsp_timeout_ms), single-flight per certificate on the loop (later
- * connections wait for the first one's fetch), answers kept in a table the loops share until the
- * response's nextUpdate (a day at most). OpenSSL's OCSP_* API encodes the request and decodes
- * and verifies the response (signer, nonce, the certificate's entry, thisUpdate/nextUpdate);
- * http-parser reads the HTTP answer.
- * Owns: the shared answer table (struct dp_ocsp_cache, one per server) and, per loop, a fixed
- * table of fetches (struct dp_ocsp_loop): their sockets and buffers, references of the chain
- * and trust store a response is verified against, the tokens of the connections that wait.
- * Threads: the answer table from every loop (a short mutex hold per look-up or answer); a
- * fetch only on its own loop. A responder's name goes to the resolver thread, its answer comes
- * back on the loop (dp_conn_on_resolved hands it here).
- * Invariants: nothing here blocks (a non-blocking socket, ring operations only); a fetch never
- * lasts past the deadline of the connection that started it; a fetch slot is reused only when
- * none of its operations is in flight (user_data {OP_OCSP, step, gen, slot}, never a pointer);
- * a waiter that has gone, or left S_STATUS, is skipped.
+ * OCSP request to the responder the certificate's AIA names. The fetch is ours, on the ring of
+ * the loop that needed it first: one HTTP/1.0 POST per responder (connect, send, read to EOF,
+ * each an io_uring operation, under one deadline timer), single-flight per certificate across
+ * all loops (a connection of any loop that needs the same status while the fetch runs joins it
+ * and is handed the outcome on its own loop), answers kept in a table the loops share until
+ * the response's nextUpdate (a day at most). OpenSSL's OCSP_* API encodes the request and
+ * decodes and verifies the response (signer, nonce, the certificate's entry,
+ * thisUpdate/nextUpdate); http-parser reads the HTTP answer.
+ * Owns: the shared table (struct dp_ocsp_cache, one per server) of answers and of the fetches
+ * in flight with their waiters (struct ocsp_flight, struct ocsp_waiter); per loop, a fixed
+ * table of its own fetches (struct dp_ocsp_loop): their sockets and buffers, references of the
+ * chain and trust store a response is verified against, and the list of outcomes other loops'
+ * fetches handed back to it.
+ * Threads: the shared table from every loop (a short mutex hold per look-up, join or end of a
+ * fetch, never across I/O or a callback); a fetch only on its own loop. An outcome for a
+ * connection of another loop goes to that loop's list (MPSC), woken through its resolver
+ * eventfd (empty -> non-empty), and is applied there. A responder's name goes to the resolver
+ * thread, its answer comes back on the loop (dp_conn_on_resolved hands it here).
+ * Invariants: nothing here blocks (a non-blocking socket, ring operations, an eventfd write); at
+ * most one fetch per certificate is in flight in the process, and an answer and the end of its
+ * flight are published under one hold, so a look-up sees one or the other; every connection
+ * waits at most until its own deadline (its profile's ocsp_timeout_ms from when it asked,
+ * never past its handshake deadline): a fetch runs until its starter's deadline, a joiner whose
+ * own deadline is earlier has its own timer (OP_OCSP_WAIT) and then gets "timeout"; a fetch
+ * slot is reused only when none of its operations is in flight (user_data {OP_OCSP, step, gen,
+ * slot}, never a pointer); a waiter that has gone, or left S_STATUS, is skipped.
  * Not here: what a status gets (dp_leaf.c, from the profile), the stage table (dp_conn.c),
  * https responders (not fetched: nothing to check, as without AIA).
  */
@@ -39,6 +48,8 @@
 #include <openssl/x509v3.h>
 
 #define OCSP_FETCHES 32       /* fetches in flight per loop; more are answered "busy" */
+#define OCSP_FLIGHTS 256      /* fetches in flight in the process; more are answered "busy" */
+#define OCSP_WAITERS 1024     /* connections waiting for one fetch; more are answered "busy" */
 #define OCSP_BUF 32768        /* request, then response: a larger response is an error */
 #define OCSP_CACHE_SLOTS 4096 /* shared answers, direct-mapped: a collision replaces */
 #define OCSP_MAX_AGE_S 86400  /* an answer is kept until nextUpdate, a day at most */
@@ -63,9 +74,31 @@ struct ocsp_ans {
     uint64_t expires_ns;
 };
 
+/* A connection waiting for a fetch, of any loop: made by its own loop, linked into the flight,
+ * handed back to its loop with the outcome (then freed there). */
+struct ocsp_waiter {
+    struct ocsp_waiter *next;
+    struct dp_loop *loop; /* the connection's */
+    uint64_t token;       /* the connection (dp_conn_token) */
+    int status;           /* the outcome (enum dp_cert_status), once the fetch has ended */
+};
+
+/* A fetch in progress for one certificate, by one loop's fetch; every connection that needs the
+ * same status meanwhile, whatever its loop, waits on it. */
+struct ocsp_flight {
+    bool used;
+    uint8_t key[32];
+    int loop;             /* the fetching loop (idx) */
+    uint64_t deadline_ns; /* the fetch's: its starter's deadline */
+    struct ocsp_waiter *waiters;
+    uint32_t nwait;
+};
+
 struct dp_ocsp_cache {
     pthread_mutex_t lock;
     struct ocsp_ans slot[OCSP_CACHE_SLOTS];
+    struct ocsp_flight flight[OCSP_FLIGHTS];
+    uint32_t nflights; /* used entries of flight */
 };
 
 struct dp_ocsp_cache *dp_ocsp_cache_new(void)
@@ -77,9 +110,22 @@ struct dp_ocsp_cache *dp_ocsp_cache_new(void)
     return k;
 }
 
+static void waiters_free(struct ocsp_waiter *w)
+{
+    while (w != NULL) {
+        struct ocsp_waiter *n = w->next;
+        free(w);
+        w = n;
+    }
+}
+
+/* After the loops: flights whose fetch was still running at exit keep their waiters. */
 void dp_ocsp_cache_free(struct dp_ocsp_cache *k)
 {
     if (k != NULL) {
+        for (int i = 0; i < OCSP_FLIGHTS; i++) {
+            waiters_free(k->flight[i].waiters);
+        }
         pthread_mutex_destroy(&k->lock);
         free(k);
     }
@@ -92,24 +138,30 @@ static struct ocsp_ans *ans_slot(struct dp_ocsp_cache *k, const uint8_t key[32])
     return &k->slot[h % OCSP_CACHE_SLOTS];
 }
 
-static int cache_get(struct dp_ocsp_cache *k, const uint8_t key[32], uint64_t now)
+/* The answer for key, or DP_CS_NONE; an expired one is dropped. Lock held. */
+static int answer_locked(struct dp_ocsp_cache *k, const uint8_t key[32], uint64_t now)
 {
-    int st = DP_CS_NONE;
-    pthread_mutex_lock(&k->lock);
     struct ocsp_ans *a = ans_slot(k, key);
     if (a->status != 0 && memcmp(a->key, key, 32) == 0) {
         if (now < a->expires_ns) {
-            st = a->status;
-        } else {
-            a->status = 0;
+            return a->status;
         }
+        a->status = 0;
     }
+    return DP_CS_NONE;
+}
+
+static int cache_get(struct dp_ocsp_cache *k, const uint8_t key[32], uint64_t now)
+{
+    pthread_mutex_lock(&k->lock);
+    int st = answer_locked(k, key, now);
     pthread_mutex_unlock(&k->lock);
     return st;
 }
 
-static void cache_put(struct dp_ocsp_cache *k, const uint8_t key[32], int status, uint64_t now,
-                      int64_t life_s)
+/* Keeps status for life_s seconds (a day at most); nothing without a nextUpdate. Lock held. */
+static void answer_put_locked(struct dp_ocsp_cache *k, const uint8_t key[32], int status,
+                              uint64_t now, int64_t life_s)
 {
     if (life_s <= 0) {
         return; /* no nextUpdate (or one in the past): asked again next time */
@@ -117,12 +169,93 @@ static void cache_put(struct dp_ocsp_cache *k, const uint8_t key[32], int status
     if (life_s > OCSP_MAX_AGE_S) {
         life_s = OCSP_MAX_AGE_S;
     }
-    pthread_mutex_lock(&k->lock);
     struct ocsp_ans *a = ans_slot(k, key);
     memcpy(a->key, key, 32);
     a->status = (uint8_t)status;
     a->expires_ns = now + (uint64_t)life_s * 1000000000ull;
+}
+
+enum { J_ANSWER = 0, J_JOINED, J_OWNER, J_BUSY };
+
+/*
+ * Under one hold of the lock: the answer for key (J_ANSWER, *st), or w joins the flight in
+ * progress (J_JOINED, *until: the fetch's deadline), or a new flight of loop with w as its first
+ * waiter and deadline as the fetch's (J_OWNER, *idx: the flight). J_BUSY: the table, or the
+ * flight's waiters, are full. w is taken on J_JOINED and J_OWNER only.
+ */
+static int flight_join(struct dp_ocsp_cache *k, const uint8_t key[32], uint64_t now,
+                       struct ocsp_waiter *w, int loop, uint64_t deadline, int *st, int *idx,
+                       uint64_t *until)
+{
+    int r = J_BUSY, free_i = -1;
+    pthread_mutex_lock(&k->lock);
+    *st = answer_locked(k, key, now);
+    if (*st != DP_CS_NONE) {
+        r = J_ANSWER;
+        goto out;
+    }
+    for (int i = 0, seen = 0; i < OCSP_FLIGHTS && (seen < (int)k->nflights || free_i < 0); i++) {
+        struct ocsp_flight *fl = &k->flight[i];
+        if (!fl->used) {
+            if (free_i < 0) {
+                free_i = i;
+            }
+            continue;
+        }
+        seen++;
+        if (memcmp(fl->key, key, 32) == 0) {
+            if (fl->nwait < OCSP_WAITERS) {
+                w->next = fl->waiters;
+                fl->waiters = w;
+                fl->nwait++;
+                *until = fl->deadline_ns;
+                *idx = i;
+                r = J_JOINED;
+            }
+            goto out;
+        }
+    }
+    if (free_i >= 0) {
+        struct ocsp_flight *fl = &k->flight[free_i];
+        fl->used = true;
+        memcpy(fl->key, key, 32);
+        fl->loop = loop;
+        fl->deadline_ns = deadline;
+        w->next = NULL;
+        fl->waiters = w;
+        fl->nwait = 1;
+        k->nflights++;
+        *idx = free_i;
+        r = J_OWNER;
+    }
+out:
     pthread_mutex_unlock(&k->lock);
+    return r;
+}
+
+/* Ends flight idx with status: the answer kept (when the responder gave one, for life_s) and
+ * the flight removed under one hold. Returns its waiters, oldest first (*n: how many). */
+static struct ocsp_waiter *flight_end(struct dp_ocsp_cache *k, int idx, int status, uint64_t now,
+                                      int64_t life_s, uint32_t *n)
+{
+    struct ocsp_flight *fl = &k->flight[idx];
+    pthread_mutex_lock(&k->lock);
+    if (status == DP_CS_GOOD || status == DP_CS_REVOKED || status == DP_CS_UNKNOWN) {
+        answer_put_locked(k, fl->key, status, now, life_s);
+    }
+    struct ocsp_waiter *w = fl->waiters;
+    *n = fl->nwait;
+    memset(fl, 0, sizeof(*fl));
+    k->nflights--;
+    pthread_mutex_unlock(&k->lock);
+    struct ocsp_waiter *rev = NULL;
+    while (w != NULL) {
+        struct ocsp_waiter *nx = w->next;
+        w->next = rev;
+        rev = w;
+        w = nx;
+    }
+    return rev;
 }
 
 /* ---- the response: HTTP, then OCSP (pure functions; the fuzz target calls them) ------------ */
@@ -252,12 +385,13 @@ struct ocsp_fetch {
     uint32_t len, sent, reqlen;
     struct __kernel_timespec ts;
     uint64_t start_ns, deadline_ns;
-    uint64_t *waiters; /* connection tokens */
-    uint32_t nwait, capwait;
+    int flight;                   /* its entry in the shared table */
+    struct ocsp_waiter *starting; /* while fetch_start runs: its caller, answered directly */
 };
 
 struct dp_ocsp_loop {
     struct ocsp_fetch f[OCSP_FETCHES];
+    _Atomic(struct ocsp_waiter *) done; /* outcomes for its waiting connections (MPSC) */
 };
 
 struct dp_ocsp_loop *dp_ocsp_loop_new(void)
@@ -265,6 +399,9 @@ struct dp_ocsp_loop *dp_ocsp_loop_new(void)
     struct dp_ocsp_loop *o = calloc(1, sizeof(*o));
     for (int i = 0; o != NULL && i < OCSP_FETCHES; i++) {
         o->f[i].fd = -1;
+    }
+    if (o != NULL) {
+        atomic_init(&o->done, NULL);
     }
     return o;
 }
@@ -276,7 +413,6 @@ static void fetch_free(struct ocsp_fetch *f)
         f->fd = -1;
     }
     free(f->buf);
-    free(f->waiters);
     OCSP_CERTID_free(f->id);
     OCSP_REQUEST_free(f->req);
     sk_X509_pop_free(f->chain, X509_free);
@@ -298,6 +434,8 @@ void dp_ocsp_loop_free(struct dp_ocsp_loop *o)
             fetch_free(&o->f[i]); /* the ring is gone: nothing will complete */
         }
     }
+    /* outcomes handed to this loop after it stopped (every loop thread has ended now) */
+    waiters_free(atomic_exchange(&o->done, NULL));
     free(o);
 }
 
@@ -341,8 +479,157 @@ static bool fetch_submit(struct dp_loop *l, struct ocsp_fetch *f, int step)
     return true;
 }
 
+/* ---- waiters: the outcome on the connection's own loop -------------------------------------- */
+
+/* c's wait is over with status (on c's loop): the profile's answer, then on. A connection that
+ * has gone, or left S_STATUS (its own deadline answered it), is skipped. */
+static void waiter_resume(struct dp_loop *l, uint64_t token, int status, uint64_t now)
+{
+    struct dp_conn *c = dp_conn_by_token(l, token);
+    if (c == NULL || c->state != S_STATUS) {
+        return;
+    }
+    dp_ocsp_wait_cancel(c);
+    c->ocsp_wait_ns = now - c->ocsp_start_ns;
+    c->ocsp_src = "fetched";
+    dp_leaf_status(c, status);
+    dp_conn_run(c);
+}
+
+/* Hands w (taken) to its loop: the MPSC list, and a wake-up of the loop's resolver eventfd when
+ * the list was empty (the loop drains both lists on every wake-up: dp_ocsp_on_wake). */
+static void waiter_deliver(struct ocsp_waiter *w)
+{
+    struct dp_loop *to = w->loop; /* w may be freed by its loop as soon as it is pushed */
+    struct dp_ocsp_loop *o = to->ocsp;
+    struct ocsp_waiter *old = atomic_load_explicit(&o->done, memory_order_relaxed);
+    do {
+        w->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&o->done, &old, w, memory_order_release,
+                                                    memory_order_relaxed));
+    if (old == NULL) {
+        uint64_t one = 1;
+        ssize_t n = write(to->res_done.evfd, &one, sizeof(one)); /* non-blocking */
+        (void)n;
+    }
+}
+
+/*
+ * The outcome status to the waiters ws (taken, oldest first), on loop l: those of l resumed
+ * here, the others handed to their loops. skip (when not NULL) is the connection that asked
+ * just now and is answered by the return value of its call: it is freed, and this loop's other
+ * waiters are handed over through the list too, so no connection runs inside another's step.
+ */
+static void waiters_wake(struct dp_loop *l, struct ocsp_waiter *ws, int status,
+                         struct ocsp_waiter *skip)
+{
+    uint64_t now = px_now_ns();
+    while (ws != NULL) {
+        struct ocsp_waiter *n = ws->next;
+        ws->status = status;
+        if (ws == skip) {
+            free(ws);
+        } else if (ws->loop == l && skip == NULL) {
+            waiter_resume(l, ws->token, status, now);
+            free(ws);
+        } else {
+            waiter_deliver(ws);
+        }
+        ws = n;
+    }
+}
+
+void dp_ocsp_on_wake(struct dp_loop *l)
+{
+    if (l->ocsp == NULL) {
+        return;
+    }
+    struct ocsp_waiter *list = atomic_exchange_explicit(&l->ocsp->done, NULL, memory_order_acquire);
+    struct ocsp_waiter *rev = NULL;
+    while (list != NULL) {
+        struct ocsp_waiter *nx = list->next;
+        list->next = rev;
+        rev = list;
+        list = nx;
+    }
+    uint64_t now = px_now_ns();
+    while (rev != NULL) {
+        struct ocsp_waiter *nx = rev->next;
+        waiter_resume(l, rev->token, rev->status, now);
+        free(rev);
+        rev = nx;
+    }
+}
+
+/* A connection's own deadline: its profile's ocsp_timeout_ms from now, never past its
+ * handshake deadline. */
+static uint64_t own_deadline(const struct dp_conn *c, const struct px_profile *pf, uint64_t now)
+{
+    uint64_t d = now + (uint64_t)pf->ocsp_timeout_ms * 1000000ull;
+    if (c->deadline_ns != 0 && c->deadline_ns < d) {
+        d = c->deadline_ns > now ? c->deadline_ns : now + 1000000ull;
+    }
+    return d;
+}
+
+/* c joined a fetch that ends after c's own deadline at: a timer of c's own for it (no SQE: c
+ * waits for the fetch). */
+static void wait_arm(struct dp_conn *c, uint64_t at, uint64_t now)
+{
+    struct io_uring_sqe *sqe = c->ocsp_timer ? NULL : dp_sqe(c->loop);
+    if (sqe == NULL) {
+        return;
+    }
+    uint64_t left = at > now ? at - now : 1000000ull;
+    c->ocsp_ts.tv_sec = (long long)(left / 1000000000ull);
+    c->ocsp_ts.tv_nsec = (long long)(left % 1000000000ull);
+    io_uring_prep_timeout(sqe, &c->ocsp_ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_OCSP_WAIT, 0, c));
+    c->ocsp_timer = true;
+    c->inflight++;
+}
+
+void dp_ocsp_wait_cancel(struct dp_conn *c)
+{
+    if (!c->ocsp_timer || c->ocsp_timer_removing) {
+        return;
+    }
+    struct io_uring_sqe *sqe = dp_sqe(c->loop);
+    if (sqe == NULL) {
+        return; /* it fires on its own, and is ignored then */
+    }
+    io_uring_prep_timeout_remove(sqe, dp_ud_make(OP_OCSP_WAIT, 0, c), 0);
+    io_uring_sqe_set_data64(sqe, dp_ud_make(OP_OCSP_WAIT, 1, c));
+    c->ocsp_timer_removing = true;
+}
+
+void dp_ocsp_wait_done(struct dp_conn *c, int res)
+{
+    c->ocsp_timer = false;
+    c->ocsp_timer_removing = false;
+    if (c->state == S_CLOSING) {
+        dp_conn_release(c);
+        return;
+    }
+    if (res != -ETIME || c->state != S_STATUS) {
+        return; /* removed: the outcome came first */
+    }
+    uint64_t now = px_now_ns();
+    PX_LOG_RL(PX_LOG_INFO, "dp",
+              "conn=%u:%u %s: no OCSP answer within its own deadline (%.0f ms; the fetch it "
+              "joined runs longer)",
+              c->slot, c->gen, c->host, (double)(now - c->ocsp_start_ns) / 1e6);
+    c->ocsp_wait_ns = now - c->ocsp_start_ns;
+    c->ocsp_src = "fetched";
+    dp_leaf_status(c, DP_CS_TIMEOUT); /* the fetch's outcome later finds c moved on */
+    dp_conn_run(c);
+}
+
+/* ---- the end of a fetch ---------------------------------------------------------------------- */
+
 /* Ends a fetch with result (status and nextUpdate when the responder answered): counted, the
- * answer kept, every waiter resumed; the slot is freed once nothing is in flight. */
+ * answer kept and its flight ended, every waiter of every loop given the outcome; the slot is
+ * freed once nothing is in flight. */
 static void fetch_end(struct dp_loop *l, struct ocsp_fetch *f, int result, int status,
                       int64_t next_update)
 {
@@ -353,33 +640,24 @@ static void fetch_end(struct dp_loop *l, struct ocsp_fetch *f, int result, int s
     f->state = F_DONE;
     uint64_t now = px_now_ns();
     atomic_fetch_add_explicit(&l->ctr.ocsp[result], 1, memory_order_relaxed);
+    int64_t life = 0;
     if (status == DP_CS_GOOD || status == DP_CS_REVOKED || status == DP_CS_UNKNOWN) {
-        cache_put(l->srv->ocsp, f->key, status, now, next_update - (int64_t)time(NULL));
+        life = next_update - (int64_t)time(NULL);
     } else {
         status = result == DP_OCSP_TIMEOUT ? DP_CS_TIMEOUT : DP_CS_ERROR;
     }
+    uint32_t nw = 0;
+    struct ocsp_waiter *ws = flight_end(l->srv->ocsp, f->flight, status, now, life, &nw);
     PX_LOG_RL(PX_LOG_DEBUG, "dp", "OCSP %s:%u: %s after %.1f ms, %u connection(s) waiting", f->host,
-              f->port, dp_ocsp_result_name(result), (double)(now - f->start_ns) / 1e6, f->nwait);
+              f->port, dp_ocsp_result_name(result), (double)(now - f->start_ns) / 1e6, nw);
     if (f->timer_armed) {
         fetch_submit(l, f, ST_TIMER_DEL);
     }
     if (f->fd >= 0 && on_socket) {
         fetch_submit(l, f, ST_CANCEL); /* its CQE, and the cancelled one's, free the slot */
     }
-    uint64_t *w = f->waiters;
-    uint32_t nw = f->nwait;
-    f->waiters = NULL;
-    f->nwait = f->capwait = 0;
-    for (uint32_t i = 0; i < nw; i++) {
-        struct dp_conn *c = dp_conn_by_token(l, w[i]);
-        if (c != NULL && c->state == S_STATUS) {
-            c->ocsp_wait_ns = now - c->ocsp_start_ns;
-            c->ocsp_src = "fetched";
-            dp_leaf_status(c, status);
-            dp_conn_run(c);
-        }
-    }
-    free(w);
+    waiters_wake(l, ws, status, f->starting);
+    f->starting = NULL;
     if (f->inflight == 0) {
         fetch_free(f);
     }
@@ -585,9 +863,24 @@ static bool responder_of(X509 *leaf, char **host, char **port, char **path)
     return found;
 }
 
-/* A new fetch for c's certificate (key) from its responder, c its first waiter. */
-static int fetch_start(struct dp_conn *c, const struct px_profile *pf, const uint8_t key[32],
-                       X509 *leaf, X509 *issuer, STACK_OF(X509) * chain)
+/* Ends flight idx, which has no fetch (none could start), with status: its waiters other than
+ * the asking one (w, freed) are handed the same. */
+static int flight_abandon(struct dp_loop *l, int idx, int status, struct ocsp_waiter *w)
+{
+    uint32_t nw;
+    struct ocsp_waiter *ws = flight_end(l->srv->ocsp, idx, status, px_now_ns(), 0, &nw);
+    waiters_wake(l, ws, status, w);
+    return status;
+}
+
+/*
+ * A new fetch for c's certificate (key) from its responder (host, port, path: borrowed), for the
+ * flight idx this loop owns now, whose first waiter is c's (w), until deadline (c's own). The
+ * status to answer c with at once (the flight ended with it), or DP_CS_PENDING.
+ */
+static int fetch_start(struct dp_conn *c, const uint8_t key[32], X509 *leaf, X509 *issuer,
+                       STACK_OF(X509) * chain, const char *host, const char *port, const char *path,
+                       int idx, struct ocsp_waiter *w, uint64_t deadline)
 {
     struct dp_loop *l = c->loop;
     struct ocsp_fetch *f = NULL;
@@ -599,46 +892,33 @@ static int fetch_start(struct dp_conn *c, const struct px_profile *pf, const uin
     }
     if (f == NULL) {
         atomic_fetch_add_explicit(&l->ctr.ocsp[DP_OCSP_BUSY], 1, memory_order_relaxed);
-        return DP_CS_ERROR;
-    }
-    char *host = NULL, *port = NULL, *path = NULL;
-    if (!responder_of(leaf, &host, &port, &path)) {
-        return DP_CS_NONE; /* no responder named: nothing to check */
+        return flight_abandon(l, idx, DP_CS_ERROR, w);
     }
     memcpy(f->key, key, 32);
     f->state = F_RESOLVING; /* taken; fetch_free returns it */
+    f->flight = idx;
+    f->starting = w; /* fetch_end answers c by our return value, not by resuming it */
     snprintf(f->host, sizeof(f->host), "%s", host);
     long pn = strtol(port, NULL, 10);
     f->port = pn > 0 && pn < 65536 ? (uint16_t)pn : 80;
     f->buf = malloc(OCSP_BUF);
-    f->waiters = malloc(4 * sizeof(*f->waiters));
-    f->capwait = 4;
     f->id = OCSP_cert_to_id(NULL, leaf, issuer);
     f->chain = X509_chain_up_ref(chain);
     X509_STORE *st = SSL_CTX_get_cert_store(c->g->uctx);
     if (st != NULL && X509_STORE_up_ref(st) == 1) {
         f->store = st;
     }
-    int rc = f->buf == NULL || f->waiters == NULL || f->id == NULL || f->chain == NULL ||
-                     f->store == NULL
+    int rc = f->buf == NULL || f->id == NULL || f->chain == NULL || f->store == NULL
                  ? -ENOMEM
                  : build_request(f, path);
-    OPENSSL_free(host);
-    OPENSSL_free(port);
-    OPENSSL_free(path);
-    if (rc != 0) {
-        ERR_clear_error();
-        fetch_free(f);
-        atomic_fetch_add_explicit(&l->ctr.ocsp[DP_OCSP_ERROR], 1, memory_order_relaxed);
-        return DP_CS_ERROR;
-    }
     f->start_ns = px_now_ns();
-    f->deadline_ns = f->start_ns + (uint64_t)pf->ocsp_timeout_ms * 1000000ull;
-    f->ts.tv_sec = pf->ocsp_timeout_ms / 1000;
-    f->ts.tv_nsec = (long long)(pf->ocsp_timeout_ms % 1000) * 1000000ll;
-    if (!fetch_submit(l, f, ST_TIMER)) {
-        fetch_free(f);
-        atomic_fetch_add_explicit(&l->ctr.ocsp[DP_OCSP_ERROR], 1, memory_order_relaxed);
+    f->deadline_ns = deadline > f->start_ns ? deadline : f->start_ns + 1000000ull;
+    uint64_t left = f->deadline_ns - f->start_ns;
+    f->ts.tv_sec = (long long)(left / 1000000000ull);
+    f->ts.tv_nsec = (long long)(left % 1000000000ull);
+    if (rc != 0 || !fetch_submit(l, f, ST_TIMER)) {
+        ERR_clear_error();
+        fetch_end(l, f, DP_OCSP_ERROR, 0, 0); /* nothing in flight: frees f */
         return DP_CS_ERROR;
     }
     /* c waits only once everything is under way: a failure here is answered to c at once */
@@ -663,7 +943,7 @@ static int fetch_start(struct dp_conn *c, const struct px_profile *pf, const uin
         j->token = DP_TOKEN_OCSP | ((uint64_t)f->gen << 32) | (uint32_t)(f - l->ocsp->f);
         snprintf(j->host, sizeof(j->host), "%s", f->host);
         j->port = f->port;
-        j->timeout_ms = (uint32_t)pf->ocsp_timeout_ms;
+        j->timeout_ms = (uint32_t)((left + 999999ull) / 1000000ull);
         j->max_ttl_s = (uint32_t)c->g->cfg->dns_cache_max_ttl_s;
         j->neg_ttl_s = (uint32_t)c->g->cfg->dns_negative_ttl_s;
         j->done = &l->res_done;
@@ -674,7 +954,7 @@ static int fetch_start(struct dp_conn *c, const struct px_profile *pf, const uin
         }
         f->inflight++; /* the lookup counts as an operation in flight */
     }
-    f->waiters[f->nwait++] = dp_conn_token(c);
+    f->starting = NULL; /* from now on c is resumed like every other waiter */
     return DP_CS_PENDING;
 }
 
@@ -727,32 +1007,54 @@ int dp_ocsp_status(struct dp_conn *c, const struct px_profile *pf)
         ERR_clear_error();
         return DP_CS_ERROR;
     }
-    int st = cache_get(c->loop->srv->ocsp, key, c->ocsp_start_ns);
+    struct dp_ocsp_cache *k = c->loop->srv->ocsp;
+    int st = cache_get(k, key, c->ocsp_start_ns);
     if (st != DP_CS_NONE) {
         c->ocsp_src = "cached";
         return st;
     }
-    /* single flight: a fetch for the same certificate on this loop is joined */
-    struct dp_ocsp_loop *o = c->loop->ocsp;
-    for (int i = 0; i < OCSP_FETCHES; i++) {
-        struct ocsp_fetch *f = &o->f[i];
-        if (f->state != F_FREE && f->state != F_DONE && memcmp(f->key, key, 32) == 0) {
-            if (f->nwait == f->capwait) {
-                uint64_t *nw = realloc(f->waiters, 2 * f->capwait * sizeof(*nw));
-                if (nw == NULL) {
-                    return DP_CS_ERROR;
-                }
-                f->waiters = nw;
-                f->capwait *= 2;
-            }
-            f->waiters[f->nwait++] = dp_conn_token(c);
-            dp_conn_enter(c, S_STATUS);
-            return DP_CS_PENDING;
-        }
+    char *host = NULL, *port = NULL, *path = NULL;
+    if (!responder_of(leaf, &host, &port, &path)) {
+        return DP_CS_NONE; /* no responder named: nothing to check */
     }
-    st = fetch_start(c, pf, key, leaf, issuer, chain);
-    if (st == DP_CS_PENDING) {
+    /* single flight across the loops: the answer, or the fetch in progress on any loop is
+     * joined, or this loop starts it (looked at under one hold) */
+    struct ocsp_waiter *w = calloc(1, sizeof(*w));
+    int idx = -1;
+    uint64_t until = 0, own = own_deadline(c, pf, c->ocsp_start_ns);
+    int j = J_BUSY;
+    if (w != NULL) {
+        w->loop = c->loop;
+        w->token = dp_conn_token(c);
+        j = flight_join(k, key, c->ocsp_start_ns, w, c->loop->idx, own, &st, &idx, &until);
+    }
+    switch (j) {
+    case J_ANSWER:
+        c->ocsp_src = "cached"; /* a fetch ended just now */
+        break;
+    case J_JOINED:
         dp_conn_enter(c, S_STATUS);
+        if (until > own) {
+            wait_arm(c, own, c->ocsp_start_ns); /* the fetch ends later than c may wait */
+        }
+        st = DP_CS_PENDING;
+        break;
+    case J_OWNER:
+        st = fetch_start(c, key, leaf, issuer, chain, host, port, path, idx, w, own);
+        if (st == DP_CS_PENDING) {
+            dp_conn_enter(c, S_STATUS);
+        }
+        break;
+    default:
+        atomic_fetch_add_explicit(&c->loop->ctr.ocsp[DP_OCSP_BUSY], 1, memory_order_relaxed);
+        st = DP_CS_ERROR;
+        break;
     }
+    if (j == J_ANSWER || j == J_BUSY) {
+        free(w);
+    }
+    OPENSSL_free(host);
+    OPENSSL_free(port);
+    OPENSSL_free(path);
     return st;
 }
