@@ -4,10 +4,13 @@
 # loopback, upstream certificates whose AIA points at it, nginx origins serving them. ocsp =
 # fetch: good -> intercepted (then from the cache: no second request); revoked -> blocked, the
 # 403 page names the reason; unknown -> allowed (unknown_status = allow); concurrent connections
-# for one certificate share one request; the responder stopped (SIGSTOP: connected, never
-# answered) -> allowed or blocked (status_timeout) within ocsp_timeout_ms + 50 ms; revoked =
-# untrust gives a forward-untrust leaf. ocsp = stapled: a stapling origin (ssl_stapling_file)
-# is checked with the responder down, good and revoked. Access log, metrics.
+# for one certificate share one request, across the two loops ([listen] threads = 2: 20 clients
+# at once, the responder sees one request, each client gets the answer: good served, revoked
+# blocked), and a joining connection whose own deadline is shorter than the fetch's is answered
+# "timeout" at its own deadline; the responder stopped (SIGSTOP: connected, never answered) ->
+# allowed or blocked (status_timeout) within ocsp_timeout_ms + 50 ms; revoked = untrust gives a
+# forward-untrust leaf. ocsp = stapled: a stapling origin (ssl_stapling_file) is checked with the
+# responder down, good and revoked. Access log, metrics.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 
@@ -15,12 +18,13 @@ echo "== setup"
 P="$WORK/pki"
 make_pki "$P"
 RPORT=$(free_port)
-# leaf NAME SERIAL: NAME.pem for NAME.example, its AIA naming the responder
+# leaf NAME SERIAL [SAN]: NAME.pem for NAME.example (or the names SAN lists), its AIA naming the
+# responder
 leaf() {
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$P/$1.key" \
         -out "$P/$1.csr" -subj "/CN=$1.example" 2>/dev/null
-    printf "subjectAltName=DNS:%s.example\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:%s/\n" \
-        "$1" "$RPORT" >"$P/$1.ext"
+    printf "subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:%s/\n" \
+        "${3:-DNS:$1.example}" "$RPORT" >"$P/$1.ext"
     openssl x509 -req -in "$P/$1.csr" -CA "$P/root.pem" -CAkey "$P/root.key" -set_serial "$2" \
         -out "$P/$1.pem" -days 20 -extfile "$P/$1.ext" 2>/dev/null
 }
@@ -32,13 +36,17 @@ idx() { # idx V|R SERIALHEX NAME (openssl's index wants each subject once)
         "$(date -u -d '+20 days' +%y%m%d%H%M%SZ)" "$rev" "$2" "$3" >>"$P/index.txt"
 }
 n=0
-for spec in good:V revoked:R unknown:- ta:V tb:V sf:V ut:R st:V sr:R plain:-; do
+for spec in good:V revoked:R unknown:- ta:V tb:V sf:V ut:R st:V sr:R plain:- mg:V mr:R dual:V; do
     name=${spec%%:*} st=${spec#*:}
     n=$((n + 1))
     serial=$(printf "%X" $((0x3000 + n)))
-    leaf "$name" "0x$serial"
+    san=""
+    [ "$name" = dual ] && san="DNS:dq.example,DNS:ds.example" # one certificate, two profiles
+    leaf "$name" "0x$serial" $san
     [ "$st" != - ] && idx "$st" "$serial" "$name"
 done
+# requests: how many OCSP requests the responder has read so far (it logs each one)
+requests() { grep -c "Received request" "$WORK/responder.log"; }
 # the staples nginx serves: made offline by the same responder code
 for name in st sr; do
     openssl ocsp -issuer "$P/root.pem" -cert "$P/$name.pem" -no_nonce -reqout "$P/$name.req" 2>/dev/null
@@ -50,7 +58,7 @@ mkdir -p "$WORK/o/www" "$WORK/o/logs" "$WORK/o/tmp"
 echo "hello-from-origin" >"$WORK/o/www/index.html"
 declare -A PORT
 servers=""
-for name in good revoked unknown ta tb sf ut st sr plain; do
+for name in good revoked unknown ta tb sf ut st sr plain mg mr dual; do
     PORT[$name]=$(free_port)
     cert=$name
     extra=""
@@ -77,6 +85,7 @@ http {
 EOF
 nginx -c "$WORK/o/nginx.conf" -e "$WORK/o/logs/error.log" &
 PIDS+=($!)
+PORT[dq]=${PORT[dual]} PORT[ds]=${PORT[dual]}
 wait_port "${PORT[plain]}"
 start_responder() {
     openssl ocsp -index "$P/index.txt" -port "$RPORT" -rsigner "$P/root.pem" -rkey "$P/root.key" \
@@ -98,7 +107,7 @@ PPORT=$(free_port) MPORT=$(free_port)
 CONF="$S/tlsmint.conf"
 set_conf "$CONF" listen explicit "127.0.0.1:$PPORT"
 set_conf "$CONF" listen transparent ""
-set_conf "$CONF" listen threads 1
+set_conf "$CONF" listen threads 2 # single flight across loops
 set_conf "$CONF" upstream ca_file "$P/root.pem"
 set_conf "$CONF" log access "$WORK/access.log"
 set_conf "$CONF" admin socket "$WORK/run/admin.sock"
@@ -116,7 +125,7 @@ action  = inspect
 profile = strict
 
 [rule.patient]
-hosts   = sf.example
+hosts   = sf.example, mg.example, mr.example, ds.example
 action  = inspect
 profile = patient
 
@@ -156,6 +165,14 @@ via() {
     curl -sS --max-time 10 -x "$PROXY" --connect-to "$name.example:443:127.0.0.1:${PORT[$name]}" \
         "$@" -w '\ncode=%{http_code}' "https://$name.example/" 2>&1
 }
+# sni_lines NAME.example N: NAME's access-log lines, once there are N of them (3 s at most)
+sni_lines() {
+    for _ in $(seq 1 30); do
+        [ "$(grep -c "\"sni\":\"$1\"" "$WORK/access.log")" -ge "$2" ] && break
+        sleep 0.1
+    done
+    grep "\"sni\":\"$1\"" "$WORK/access.log"
+}
 metric() { curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" | sed -n "s/^$1 //p"; }
 
 echo "== ocsp = fetch"
@@ -184,6 +201,7 @@ out=$(via ut -v --cacert "$UCA" -o /dev/null)
 check_contains "revoked = untrust: a forward-untrust leaf" "issuer: O=tlsmint; CN=tlsmint forward-untrust CA" "$out"
 
 echo "== one request for concurrent connections (single flight)"
+r0=$(requests)
 kill -STOP "$RESP_PID"
 cpids=()
 for i in 1 2 3; do via sf --cacert "$CA" >"$WORK/sf.$i" & cpids+=($!); done
@@ -192,6 +210,58 @@ kill -CONT "$RESP_PID"
 wait "${cpids[@]}"
 for i in 1 2 3; do check_contains "connection $i served" "hello-from-origin" "$(cat "$WORK/sf.$i")"; done
 check_eq "  one request for the three (good: 2 in all)" "2" "$(metric 'tlsmint_ocsp_requests_total{result="good"}')"
+check_eq "  the responder saw one" "1" "$(($(requests) - r0))"
+
+echo "== one request for 20 clients at once on two loops"
+# the responder is stopped while they come in: every loop that gets one of them needs the
+# status while the fetch is in flight (20 connections over 2 SO_REUSEPORT listeners: both loops)
+declare -A SEEN
+for name in mg mr; do
+    r0=$(requests)
+    kill -STOP "$RESP_PID"
+    cpids=()
+    for i in $(seq 1 20); do via $name --cacert "$CA" >"$WORK/$name.$i" & cpids+=($!); done
+    sleep 1.5
+    kill -CONT "$RESP_PID"
+    wait "${cpids[@]}"
+    SEEN[$name]=$(($(requests) - r0))
+done
+served=0 blocked=0
+for i in $(seq 1 20); do
+    grep -q "hello-from-origin" "$WORK/mg.$i" && served=$((served + 1))
+    grep -q "(reason: revoked)" "$WORK/mr.$i" && grep -q "code=403" "$WORK/mr.$i" && blocked=$((blocked + 1))
+done
+check_eq "good: all 20 served" "20" "$served"
+check_eq "  the responder saw one request" "1" "${SEEN[mg]}"
+check_eq "  20 access-log lines: ocsp good, ok" "20" \
+    "$(sni_lines mg.example 20 | grep '"ocsp":"good"' | grep -c '"outcome":"ok"')"
+check_eq "revoked: all 20 blocked, 403 naming the reason" "20" "$blocked"
+check_eq "  the responder saw one request" "1" "${SEEN[mr]}"
+check_eq "  20 access-log lines: blocked, revoked" "20" \
+    "$(sni_lines mr.example 20 | grep '"reason":"revoked"' | grep -c '"outcome":"blocked"')"
+
+echo "== a joining connection never waits past its own deadline"
+# one certificate for ds.example (profile patient: 3000 ms) and dq.example (the default: 300 ms)
+r0=$(requests)
+kill -STOP "$RESP_PID"
+via ds --cacert "$CA" >"$WORK/ds.out" &
+dpid=$!
+sleep 0.5 # ds's fetch is in flight, until 3 s after it started
+out=$(via dq --cacert "$CA")
+check_contains "dq joins it, gets 'timeout' at its own 300 ms: allowed" "hello-from-origin" "$out"
+line=$(sni_lines dq.example 1 | tail -n 1)
+check_eq "  access log: ocsp timeout, reason ocsp-timeout" "timeout ocsp-timeout" \
+    "$(jf ocsp "$line") $(jf reason "$line")"
+ms=$(jf ocsp_ms "$line" | cut -d. -f1)
+check_num "  not before its deadline (ms)" "$ms" -ge 299
+check_num "  within its ocsp_timeout_ms + 50 ms" "$ms" -le 350
+check "  the fetch it joined still runs (ds waits)" kill -0 "$dpid"
+kill -CONT "$RESP_PID"
+wait "$dpid"
+check_contains "ds: served once the responder answers" "hello-from-origin" "$(cat "$WORK/ds.out")"
+line=$(sni_lines ds.example 1 | tail -n 1)
+check_eq "  access log: ocsp good, fetched" "good fetched" "$(jf ocsp "$line") $(jf ocsp_src "$line")"
+check_eq "  one request for both" "1" "$(($(requests) - r0))"
 
 echo "== the responder stopped (connects, never answers): ocsp_timeout_ms = 300"
 kill -STOP "$RESP_PID"
