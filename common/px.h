@@ -286,6 +286,7 @@ struct px_rule {
     struct px_cidr clients[PX_RULE_NETS];
     uint8_t ndst, nclients;
     bool no_export;               /* export = no: kept out of every [export] sink */
+    int export_line;              /* of its export key (0: none; refused unless inspect) */
     int line;                     /* of the section header */
 };
 

@@ -565,6 +565,7 @@ static int rule_key(struct parse_state *st, const char *sec, struct px_rule *r, 
         bool on = true;
         int rc = set_bool(st, sec, key, val, &on);
         r->no_export = !on;
+        r->export_line = st->line; /* checked against the action once it is known */
         return rc;
     }
     if (strcmp(key, "profile") == 0) {
@@ -1175,6 +1176,15 @@ static int validate_policy(struct parse_state *st)
         }
         if (!r->has_action) {
             return fail(st, sec, "action", "missing (inspect, bypass or block)");
+        }
+        if (r->export_line != 0 && r->action != PX_ACT_INSPECT) {
+            /* refused like other keys without effect (backend_ca without backend_tls): only
+             * inspected connections are ever exported, so it could only mislead */
+            bool bypass = r->action == PX_ACT_BYPASS;
+            st->line = r->export_line;
+            return fail(st, sec, "export",
+                        "has no effect: the rule's action is %s; %s traffic is never exported",
+                        bypass ? "bypass" : "block", bypass ? "bypassed" : "blocked");
         }
         r->profile = c->default_profile;
         if (r->profile_name[0] != '\0') {

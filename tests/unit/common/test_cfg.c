@@ -226,6 +226,36 @@ START_TEST(test_cfg_inbound)
 }
 END_TEST
 
+/* export on a rule: only inspected traffic is ever exported, so on a bypass or block rule the
+ * key would have no effect, and is refused (on its own line, whatever the order of the keys). */
+START_TEST(test_cfg_rule_export)
+{
+    expect_ok(HSM_REQ "[rule.bank]\nhosts = .bank.example\naction = inspect\nexport = no\n"
+                      "[rule.lab]\nexport = yes\nhosts = lab.example\naction = inspect\n"
+                      "[rule.pay]\nhosts = pay.example\naction = bypass\n");
+    ck_assert_int_eq(g_cfg.n_rules, 3);
+    ck_assert(g_cfg.rules[0].no_export);
+    ck_assert(!g_cfg.rules[1].no_export);
+    ck_assert(!g_cfg.rules[2].no_export);
+    expect_err(HSM_REQ "[rule.pay]\nhosts = pay.example\naction = bypass\nexport = no\n",
+               "t.conf:9: [rule.pay] export: ",
+               "has no effect: the rule's action is bypass; bypassed traffic is never exported");
+    expect_err(HSM_REQ "[rule.pay]\nhosts = pay.example\nexport = no\naction = bypass\n",
+               "t.conf:8: [rule.pay] export: ", "the rule's action is bypass");
+    expect_err(HSM_REQ "[rule.ads]\nhosts = ads.example\naction = block\nexport = no\n",
+               "t.conf:9: [rule.ads] export: ",
+               "has no effect: the rule's action is block; blocked traffic is never exported");
+    expect_err(HSM_REQ "[rule.pay]\nhosts = pay.example\naction = bypass\nexport = yes\n",
+               "t.conf:9: [rule.pay] export: ", "has no effect");
+    /* the first of two rules that say it wins; a bad value is still a bad value */
+    expect_err(HSM_REQ "[rule.a]\nhosts = a.example\naction = block\nexport = no\n"
+                       "[rule.b]\nhosts = b.example\naction = bypass\nexport = no\n",
+               "t.conf:9: [rule.a] export: ", "action is block");
+    expect_err(HSM_REQ "[rule.pay]\nhosts = pay.example\naction = bypass\nexport = never\n",
+               "t.conf:9: [rule.pay] export: ", "is not yes or no");
+}
+END_TEST
+
 START_TEST(test_cfg_design_example)
 {
     expect_ok(design_example);
@@ -1063,6 +1093,7 @@ Suite *cfg_suite(void)
     tcase_add_test(tc, test_cfg_first_error_wins);
     tcase_add_test(tc, test_cfg_small_errbuf);
     tcase_add_test(tc, test_cfg_inbound);
+    tcase_add_test(tc, test_cfg_rule_export);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("file");
