@@ -50,7 +50,7 @@ wait_port() {
 printf "nameserver 127.0.0.2\noptions ndots:1\n" >"$WORK/resolv.conf"
 printf "127.0.0.1 localhost\n127.0.0.1 origin.hosts.test\n" >"$WORK/hosts"
 IN python3 -u "$E2E_DIR/dnsserver.py" --listen 127.0.0.2:53 --counts "$WORK/dns-counts.json" \
-    'two.ok.test=answer:127.0.0.3,127.0.0.1' 'blackhole.ok.test=answer:127.0.0.4,127.0.0.1' \
+    'two.ok.test=answer:127.0.0.3,127.0.0.1' 'blackhole.ok.test=answer:127.0.0.4,127.0.0.5,127.0.0.1' \
     '*.ok.test=answer:127.0.0.1' '*.slow.test=slow:127.0.0.1' '*.nx.test=nx' \
     '*.silent.test=silent' >"$WORK/dns.log" 2>&1 &
 PIDS+=($!)
@@ -148,13 +148,19 @@ check_eq "a name whose first address refuses: served by the second" "hello-from-
 check_contains "... after trying the first" "connect 127.0.0.3:$OPORT (two.ok.test): Connection refused; trying its next address" \
     "$(cat "$WORK/tlsmint.log")"
 IN iptables -A OUTPUT -d 127.0.0.4 -p tcp -j DROP
+IN iptables -A OUTPUT -d 127.0.0.5 -p tcp -j DROP
 t0=$(date +%s%N)
 out=$(get blackhole.ok.test)
 t1=$(( ($(date +%s%N) - t0) / 1000000 ))
-check_eq "a name whose first address drops SYNs: served by the second" "hello-from-origin" "$out"
-check "... within connect_timeout_ms (2000) as a whole ($t1 ms)" test "$t1" -lt 2000
-check_contains "... after the first timed out" "(blackhole.ok.test): timed out; trying its next address" \
-    "$(cat "$WORK/tlsmint.log")"
+check_eq "a name whose first two addresses drop SYNs: served by the third" "hello-from-origin" "$out"
+# connect_timeout_ms is for the connect as a whole: the two silent addresses get a third of it
+# each (667 ms, then 667 of the 1333 left), so the connects take about 1333 ms; if each attempt
+# got the whole 2000 ms, they would take 4000. The bound is connect_timeout_ms + 1500 ms of slack
+# for the rest of the request under load (name, both handshakes, a mint, curl itself: 1286 ms
+# were seen over a 1000 ms connect on a loaded machine), and still below those 4000 ms.
+check "... within connect_timeout_ms (2000) as a whole, + 1500 ms slack ($t1 ms)" test "$t1" -lt 3500
+check_eq "... after both timed out" "2" \
+    "$(grep -c "(blackhole.ok.test): timed out; trying its next address" "$WORK/tlsmint.log")"
 
 echo "== slow DNS server, resolve_timeout_ms = 3000 (reload)"
 set_conf "$CONF" upstream resolve_timeout_ms 3000
