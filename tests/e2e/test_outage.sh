@@ -194,6 +194,11 @@ start_p11kit() {
     for _ in $(seq 1 100); do [ -S "$SOCK" ] && return 0; sleep 0.05; done
     return 1
 }
+# kill_p11kit: this test's p11-kit server and the p11-kit-remote child it forked per connection
+# (its children, listed before the listener dies), never another test's
+kill_p11kit() {
+    kill -9 "$P11PID" $(pgrep -P "$P11PID") 2>/dev/null
+}
 mkdir -p "$WORK/run"
 start_p11kit || { bad "p11-kit server did not start"; finish; exit 1; }
 conf="$WORK/net.conf"
@@ -211,7 +216,7 @@ start_tlsmint "$conf" "$WORK/net.log" || exit 1
 hit=$(new_origin)
 fetch "$conf" "$hit" "$CA"
 check_eq "through p11-kit: interception works" "0" "$?"
-kill -9 "$P11PID" $(pgrep -f "p11-kit-remote" ) 2>/dev/null
+kill_p11kit
 wait "$P11PID" 2>/dev/null
 rm -f "$SOCK"
 sleep 0.3
@@ -266,7 +271,7 @@ fails=0
 late=0
 for i in $(seq 1 12); do
     port=$(new_origin)
-    [ "$i" = 4 ] && { kill -9 "$P11PID" $(pgrep -f "p11-kit-remote") 2>/dev/null; }
+    [ "$i" = 4 ] && kill_p11kit
     if ! fetch "$conf" "$port" "$CA"; then
         fails=$((fails + 1))
         [ "$i" != 4 ] && late=$((late + 1))
