@@ -498,6 +498,125 @@ START_TEST(pool_free_completes_outstanding)
 }
 END_TEST
 
+/* ---- HA group: a member that fails or dies loses no job while another one is up -------- */
+
+/*
+ * Two members on the same token: [hsm] SoftHSM directly, [hsm.b] SoftHSM behind the fault module
+ * (tests/faultp11) driven by a control file, so member b can be made to fail on command.
+ */
+static struct hsm_pool *ha_pool(const char *ctl)
+{
+    const char *fault = getenv("FAULTP11_PATH");
+    ck_assert_msg(fault != NULL, "FAULTP11_PATH is not set (meson sets it)");
+    FILE *f = fopen(ctl, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    char extra[2048];
+    snprintf(extra, sizeof(extra),
+             "[hsm]\nworkers = 2\nhang_timeout_ms = 5000\n"
+             "[hsm.b]\nmodule = %s\nenv = FAULTP11_MODULE=/usr/lib/softhsm/libsofthsm2.so\n"
+             "env = FAULTP11_CONTROL=%s\nenv = SOFTHSM2_CONF=%s/state/hsm/softhsm2.conf\n"
+             "token = tlsmint\npin_file = %s/state/hsm/pin\nkey_label = forward-trust\n",
+             fault, ctl, fx_ec.dir, fx_ec.dir);
+    struct hsm_pool *p = pool_for(&fx_ec, extra, NULL);
+    uint64_t end = px_now_ns() + 10000000000ull; /* a member whose first start failed returns */
+    while (hsm_pool_members_up(p) < 2 && px_now_ns() < end) {
+        usleep(20000);
+    }
+    ck_assert_int_eq(hsm_pool_members_up(p), 2);
+    return p;
+}
+
+static void set_ctl(const char *ctl, const char *text)
+{
+    FILE *f = fopen(ctl, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Submits n jobs (ids base..base+n-1) and waits for all; every one must be signed, once. */
+static void ha_burst(struct hsm_pool *p, struct hsm_cq *cq, struct tally *t, int base, int n)
+{
+    uint8_t dg[32] = {5};
+    int before = t->done;
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(hsm_sign_submit(p, cq, HSM_ALG_ECDSA_SHA256, dg, 32, 20000,
+                                         (void *)(intptr_t)(base + i)), 0);
+    }
+    wait_done(cq, t, before + n, 30000);
+    ck_assert_int_eq(t->done, before + n);
+    for (int i = base; i < base + n; i++) {
+        ck_assert_msg(t->per_job[i] == 1, "job %d completed %d times", i, t->per_job[i]);
+    }
+}
+
+/* Member b answers every signature with CKR_DEVICE_ERROR: its jobs are signed by the other. */
+START_TEST(ha_failing_member_loses_no_job)
+{
+    char ctl[400];
+    snprintf(ctl, sizeof(ctl), "%s/ha-fail.ctl", fx_ec.dir);
+    struct hsm_pool *p = ha_pool(ctl);
+    struct hsm_cq *cq = hsm_cq_new();
+    static struct tally t;
+    memset(&t, 0, sizeof(t));
+    ha_burst(p, cq, &t, 0, 200); /* both sign */
+    struct hsm_member_stats a, b;
+    hsm_pool_member_stats(p, 1, &b);
+    ck_assert_uint_gt(b.ops, 0); /* b really takes work, so the next burst reaches it */
+    uint64_t respawns0 = b.respawns;
+    set_ctl(ctl, "fail=CKR_DEVICE_ERROR\n");
+    ha_burst(p, cq, &t, 200, 400);
+    ck_assert_int_eq(t.status_ok, 600);
+    hsm_pool_member_stats(p, 0, &a);
+    hsm_pool_member_stats(p, 1, &b);
+    /* b failed: either its error answers were read (errors) or its signer was found gone first
+     * (it exits on the device error); either way b's jobs were signed by a */
+    ck_assert(b.errors > 0 || b.respawns > respawns0);
+    ck_assert_int_ne(b.state, HSM_MEMBER_UP); /* its signer exited on the device error */
+    ck_assert_int_eq(a.state, HSM_MEMBER_UP);
+    set_ctl(ctl, "");
+    hsm_pool_free(p);
+    hsm_cq_free(cq);
+}
+END_TEST
+
+/* Member b's signer is killed with jobs in flight: every job is still signed, by a. */
+START_TEST(ha_killed_member_loses_no_job)
+{
+    char ctl[400];
+    snprintf(ctl, sizeof(ctl), "%s/ha-kill.ctl", fx_ec.dir);
+    struct hsm_pool *p = ha_pool(ctl);
+    struct hsm_cq *cq = hsm_cq_new();
+    static struct tally t;
+    memset(&t, 0, sizeof(t));
+    struct hsm_member_stats b;
+    hsm_pool_member_stats(p, 1, &b);
+    pid_t pid = b.pid;
+    ck_assert_int_gt(pid, 0);
+    uint8_t dg[32] = {6};
+    const int n = 2000;
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(hsm_sign_submit(p, cq, HSM_ALG_ECDSA_SHA256, dg, 32, 120000,
+                                         (void *)(intptr_t)i), 0);
+    }
+    wait_done(cq, &t, 100, 10000);
+    ck_assert_int_lt(t.done, n); /* killed mid-stream */
+    ck_assert_int_eq(kill(pid, SIGKILL), 0);
+    wait_done(cq, &t, n, 30000);
+    ck_assert_int_eq(t.done, n);
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(t.per_job[i] == 1, "job %d completed %d times", i, t.per_job[i]);
+    }
+    ck_assert_int_eq(t.status_ok, n);
+    hsm_pool_member_stats(p, 1, &b);
+    ck_assert_uint_eq(b.gone, 0); /* none failed with it: all went to the survivor */
+    ck_assert_uint_ge(b.respawns, 1);
+    hsm_pool_free(p);
+    hsm_cq_free(cq);
+}
+END_TEST
+
 Suite *hsm_pool_suite(void)
 {
     Suite *s = suite_create("hsm_pool");
@@ -515,6 +634,8 @@ Suite *hsm_pool_suite(void)
     tcase_add_test(tc, hung_signer_deadline_then_respawn);
     tcase_add_test(tc, killed_signer_every_job_completes_once);
     tcase_add_test(tc, pool_free_completes_outstanding);
+    tcase_add_test(tc, ha_failing_member_loses_no_job);
+    tcase_add_test(tc, ha_killed_member_loses_no_job);
     suite_add_tcase(s, tc);
     return s;
 }
