@@ -263,22 +263,21 @@ done
 h=$("$TLSMINT" -c "$conf" ctl hsm 2>&1)
 check_contains "HA: member hsm up" "member hsm: up" "$h"
 check_contains "HA: member net up" "member net: up" "$h"
-# keep minting while one member dies: nothing may fail once it is gone. The request made at
-# the moment of the kill may still be lost with it (its signature was on the dying member: seen
-# once in four CI runs; resubmitting such a job to the survivor is still to be done), and is
-# reported, not hidden.
+# keep minting while one member dies: no request may fail. The job of the request made right
+# after the kill usually lands on the dying member (through p11-kit the token signs faster than
+# in-process under ASan) and is resubmitted to the survivor. A failure is reported with what the
+# client and the proxy saw, so its cause can be read from the CI log.
 fails=0
-late=0
 for i in $(seq 1 12); do
     port=$(new_origin)
     [ "$i" = 4 ] && kill_p11kit
     if ! fetch "$conf" "$port" "$CA"; then
         fails=$((fails + 1))
-        [ "$i" != 4 ] && late=$((late + 1))
-        echo "  (request $i of 12 failed)"
+        echo "  (request $i of 12 failed, port $port: $(head -c 300 "$WORK/curl.err"))"
+        grep -e "\"port\":$port," -e "WARN\|ERROR" "$WORK/ha.log" | tail -n 20 | sed 's/^/    | /'
     fi
 done
-check_eq "HA: killing one member loses no connection but the one at the moment of the kill ($fails lost in all)" "0" "$late"
+check_eq "HA: killing one member loses no connection" "0" "$fails"
 check_not_contains "HA: the dead member is out" "member net: up" "$("$TLSMINT" -c "$conf" ctl hsm 2>&1)"
 check_contains "HA: the survivor signed" "member hsm: up" "$("$TLSMINT" -c "$conf" ctl hsm 2>&1)"
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
