@@ -454,4 +454,95 @@ else
     bad "FAULTP11_PATH is not set (meson sets it)"
 fi
 
+# queue full: [hsm] queue_size = 2 and one session signing at 400 ms (fault module), then a burst
+# of 12 full handshakes at once. Two hold the queue and finish; every other one must end with an
+# alert at once (not after the 3 s sign deadline), each counted, with a rate-limited log line.
+echo "== queue full: a burst of full handshakes overflows [hsm] queue_size"
+cat >"$WORK/burst.py" <<'EOF'
+import ssl, socket, sys, time, threading
+port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+res = [None] * n
+bar = threading.Barrier(n)
+def one(i):
+    bar.wait()
+    t0 = time.monotonic()
+    try:
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                            server_hostname="localhost")
+        res[i] = ("ok", time.monotonic() - t0, "")
+        s.close()
+    except ssl.SSLError as e:
+        res[i] = ("alert" if "alert" in str(e).lower() else "ssl", time.monotonic() - t0, str(e))
+    except OSError as e:
+        res[i] = ("os", time.monotonic() - t0, str(e))
+th = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in th:
+    t.start()
+for t in th:
+    t.join()
+for k in ("ok", "alert", "ssl", "os"):
+    print(k, sum(1 for r in res if r[0] == k))
+print("worst_refused_ms", int(max([r[1] for r in res if r[0] != "ok"] or [0]) * 1000))
+for r in res:
+    if r[0] not in ("ok", "alert"):
+        print("other:", r[2])
+EOF
+if [ -n "${FAULTP11_PATH:-}" ]; then
+    QCTL="$WORK/queue.ctl"
+    echo "latency_ms=400" >"$QCTL"
+    QF="$WORK/queue.conf"
+    MPORT=$(free_port)
+    inbound_conf "$QF"
+    set_conf "$QF" admin socket "$WORK/run/queue.sock"
+    set_conf "$QF" admin metrics "127.0.0.1:$MPORT"
+    set_conf "$QF" log access "$WORK/queue.access"
+    set_conf "$QF" hsm queue_size 2
+    set_conf "$QF" hsm workers 1
+    set_conf "$QF" hsm sign_timeout_ms 3000
+    set_conf "$QF" hsm hang_timeout_ms 10000
+    printf "\n[hsm]\nmodule = %s\nenv = FAULTP11_MODULE=%s\nenv = FAULTP11_CONTROL=%s\n" \
+        "$FAULTP11_PATH" "$SOFTHSM" "$QCTL" >>"$QF"
+    if start_tlsmint "$QF" "$WORK/queue.log"; then
+        pid=$TLSMINT_PID
+        wait_port "$P_WEB"
+        python3 "$WORK/burst.py" "$P_WEB" "$O/ca.pem" 12 >"$WORK/burst.out" 2>&1
+        o=$(cat "$WORK/burst.out")
+        echo "$o" | sed 's/^/    /'
+        nok=$(echo "$o" | sed -n 's/^ok //p')
+        nalert=$(echo "$o" | sed -n 's/^alert //p')
+        worst=$(echo "$o" | sed -n 's/^worst_refused_ms //p')
+        check "queue full: the handshakes the queue holds complete (${nok:-?})" test "${nok:-0}" -ge 1
+        check "queue full: the overflow is refused (${nalert:-?} of 12)" test "${nalert:-0}" -ge 1
+        check_eq "queue full: every handshake either completes or ends with an alert" "12" \
+            "$((${nok:-0} + ${nalert:-0}))"
+        check "queue full: refused at once, well before the 3 s deadline (worst ${worst:-?} ms)" \
+            test "${worst:-9999}" -lt 1000
+        m=$(curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" 2>&1)
+        check_contains "queue full: the metric counts each refusal" \
+            "tlsmint_hsm_refused_total{reason=\"queue_full\"} ${nalert:-x}" "$m"
+        check_contains "queue full: ... and the listener's refusals" \
+            "tlsmint_inbound_refused_total{listener=\"web\",reason=\"hsm\"} ${nalert:-x}" "$m"
+        sleep 0.3
+        check_contains "queue full: the access log gives the reason" '"reason":"hsm-queue-full"' \
+            "$(cat "$WORK/queue.access")"
+        : >"$QCTL"
+        body=$(curl -sS --max-time 10 --cacert "$O/ca.pem" "https://localhost:$P_WEB/index.html" 2>&1)
+        check_eq "queue full: the proxy keeps serving afterwards" "hello-from-backend" "$body"
+        kill -TERM "$pid"
+        wait "$pid"
+        check_eq "queue full: clean exit" "0" "$?"
+        lines=$(grep -c "(queue full): handshake ended with an alert" "$WORK/queue.log")
+        check "queue full: the log says why ($lines lines), at most 5 in a window" \
+            test "$lines" -ge 1 -a "$lines" -le 5
+        if [ "${nalert:-0}" -gt 5 ]; then
+            check_contains "queue full: ... the rest counted in a rate-limited summary" \
+                "rate-limited: $((nalert - lines)) more like" "$(cat "$WORK/queue.log")"
+        fi
+        check_not_contains "queue full: no sanitizer report" "Sanitizer" "$(cat "$WORK/queue.log")"
+    else
+        bad "queue full: tlsmint did not start"
+    fi
+fi
+
 finish
