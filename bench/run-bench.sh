@@ -7,14 +7,21 @@
 # and bench/results/bench-raw.jsonl (one tlsmint-bench JSON object per measurement).
 #
 # usage: bench/run-bench.sh [--quick] [--runs N] [--hosts M] [--idle C] [--no-sslsplit]
-#                           [--no-perf] [--out DIR] [--scenarios LIST] [--variant NAME=FILE]...
+#                           [--no-perf] [--no-floor] [--scenarios LIST] [--compare BIN]
+#                           [--compare-env VAR=VALUE] [--variant NAME=FILE]... [--out DIR]
 #                           [BUILD_DIR]
 #   default (full): 3 runs, handshake/latency 10 s, bulk 5 s, mint 1000 fresh hosts per run
 #                   and target, idle 2000 connections held 5 s; about 10 minutes
 #   --quick:        1 run, 3 s, 300 hosts, 1000 idle connections; about 2 minutes
-#   --scenarios:    only these, comma-separated (handshake,mint,bulk1,bulk8,latency,idle)
+#   --scenarios:    comma-separated subset of handshake,mint,bulk1,bulk8,latency,idle
+#   --compare BIN:  a second tlsmint binary as one more target, "tlsmint-b" (same set-up,
+#                   CPU 0, interleaved with the others): A/B of a change in one run
+#   --compare-env:  an environment variable for tlsmint-b (e.g. LD_PRELOAD=... to compare
+#                   allocators; with no --compare, tlsmint-b is the same binary)
 #   --variant:      one more tlsmint target NAME (its own state, port and uid) whose config has
 #                   FILE's lines appended, interleaved with the others (bench/export-cost.sh)
+#   --no-floor:     no "floor" target (bench/loadgen/tcp_relay.c: plain TCP relay, no TLS,
+#                   bulk only) and no `openssl speed` for the crypto floor
 #
 # Topology (needs root, iptables, network namespaces, nginx, sslsplit, taskset, setpriv):
 #   - a network namespace made here (lo up, plus an unused veth with 192.0.2.1/24: sslsplit
@@ -26,6 +33,10 @@
 #   - tlsmint-bench (1 thread) on CPU 1, dialling 127.0.0.1:9443 as uid 4240 (direct),
 #     4241 (nat OUTPUT REDIRECT to tlsmint) or 4242 (REDIRECT to sslsplit). The proxies run as
 #     root / nobody, so their own upstream connections are not redirected.
+#   - floor: tcp-relay (bench/loadgen/tcp_relay.c, recv/send, 64 KiB) on 127.0.0.1:18082, CPU 0,
+#     uid 4243 REDIRECTed to it: the kernel's share of relaying the same bytes, with no TLS;
+#     plus `openssl speed -evp aes-128-gcm` on CPU 0 for the crypto's share (decrypt and
+#     encrypt once each: 2 / GB/s). Floor of a TLS relay = both.
 # Runs are interleaved (each scenario: run 1 direct, tlsmint, sslsplit; run 2 ...), so drift
 # of the machine hits all three alike. Proxy CPU and memory come from tlsmint-bench --pid
 # (process + all descendants: tlsmint's signer child, sslsplit's privsep parent/child).
@@ -39,10 +50,13 @@ mint_hosts=""
 idle_conns=""
 with_sslsplit=1
 with_perf=1
+with_floor=1
+scenarios="handshake,mint,bulk1,bulk8,latency,idle"
+compare_bin=""
+compare_env=""
+variants=()
 out="$here/results"
 build_arg=""
-scenarios=handshake,mint,bulk1,bulk8,latency,idle
-variants=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) quick=1 ;;
@@ -51,10 +65,13 @@ while [ $# -gt 0 ]; do
     --idle) idle_conns=$2; shift ;;
     --no-sslsplit) with_sslsplit=0 ;;
     --no-perf) with_perf=0 ;;
-    --out) out=$2; shift ;;
+    --no-floor) with_floor=0 ;;
     --scenarios) scenarios=$2; shift ;;
+    --compare) compare_bin=$2; shift ;;
+    --compare-env) compare_env=$2; shift ;;
     --variant) variants+=("$2"); shift ;;
-    -h | --help) sed -n '3,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --out) out=$2; shift ;;
+    -h | --help) sed -n '3,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run-bench: unknown option $1" >&2; exit 2 ;;
     *) build_arg=$1 ;;
     esac
@@ -71,7 +88,6 @@ fi
 for v in "$runs" "$mint_hosts" "$idle_conns"; do
     case "$v" in '' | *[!0-9]* | 0) echo "run-bench: bad number '$v'" >&2; exit 2 ;; esac
 done
-want() { case ",$scenarios," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for v in "${variants[@]}"; do
     case "$v" in
     [a-z]*=?*) [ -r "${v#*=}" ] || { echo "run-bench: --variant $v: cannot read ${v#*=}" >&2; exit 2; } ;;
@@ -85,7 +101,17 @@ die() { echo "run-bench: $*" >&2; exit 1; }
 build="$(cd "$build_arg" && pwd)"
 TLSMINT="$build/cli/tlsmint"
 LG="$build/bench/loadgen/tlsmint-bench"
+RELAY="$build/bench/loadgen/tcp-relay"
 for f in "$TLSMINT" "$LG"; do [ -x "$f" ] || die "$f missing (ninja -C $build_arg)"; done
+[ $with_floor = 0 ] || [ -x "$RELAY" ] || die "$RELAY missing (ninja -C $build_arg)"
+with_b=0
+if [ -n "$compare_bin$compare_env" ]; then
+    with_b=1
+    compare_bin=${compare_bin:-$TLSMINT}
+    [ -x "$compare_bin" ] || die "no executable $compare_bin (--compare)"
+    compare_bin="$(cd "$(dirname "$compare_bin")" && pwd)/$(basename "$compare_bin")"
+fi
+has_sc() { case ",$scenarios," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for c in nginx iptables ip taskset setpriv openssl python3 ss; do
     command -v $c >/dev/null || die "$c not found"
 done
@@ -100,9 +126,15 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 OPORT=9443
 TM_PORT=18080
 SS_PORT=18081
-declare -A UID_OF=([direct]=4240 [tlsmint]=4241 [sslsplit]=4242)
+FL_PORT=18082
+TB_PORT=18083
+declare -A UID_OF=([direct]=4240 [tlsmint]=4241 [sslsplit]=4242 [floor]=4243 [tlsmint-b]=4244)
 targets=(direct tlsmint)
+[ $with_b = 1 ] && targets+=(tlsmint-b)
 [ $with_sslsplit = 1 ] && targets+=(sslsplit)
+[ $with_floor = 1 ] && targets+=(floor)
+# the floor relays raw bytes: only the bulk scenarios mean something for it
+runs_in() { [ "$1" != floor ] || case "$2" in bulk*) return 0 ;; *) return 1 ;; esac; }
 total_hosts=$((1 + runs * mint_hosts + mint_hosts))   # h1 + fresh ranges per run + perf
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/tlsmint-bench.XXXXXX")"
@@ -249,6 +281,28 @@ TM_PID=$(cat "$work/tlsmint.pid")
 wait_listen $TM_PORT || { cat "$work/tlsmint.log" >&2; die "tlsmint did not start"; }
 IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
     -m owner --uid-owner "${UID_OF[tlsmint]}" -j REDIRECT --to-ports $TM_PORT
+TB_PID=""
+if [ $with_b = 1 ]; then
+    mkdir -p "$work/tmb"
+    cp -a "$work/tm/." "$work/tmb/"
+    CONF_B="$work/tmb/tlsmint.conf"
+    sed -i -e "s#$work/tm/#$work/tmb/#g" -e "s#^transparent = 127.0.0.1:$TM_PORT#transparent = 127.0.0.1:$TB_PORT#" "$CONF_B"
+    grep -q "127.0.0.1:$TB_PORT" "$CONF_B" || die "cannot make tlsmint-b's configuration"
+    TB_CMD=(env ${compare_env:+"$compare_env"} "$compare_bin" -c "$CONF_B" run)
+    start_bg tlsmint-b 0 "${TB_CMD[@]}"
+    TB_PID=$(cat "$work/tlsmint-b.pid")
+    wait_listen $TB_PORT || { cat "$work/tlsmint-b.log" >&2; die "tlsmint-b did not start"; }
+    IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
+        -m owner --uid-owner "${UID_OF[tlsmint-b]}" -j REDIRECT --to-ports $TB_PORT
+fi
+FL_PID=""
+if [ $with_floor = 1 ]; then
+    start_bg floor 0 "$RELAY" $FL_PORT 127.0.0.1:$OPORT
+    FL_PID=$(cat "$work/floor.pid")
+    wait_listen $FL_PORT || { cat "$work/floor.log" >&2; die "tcp-relay did not start"; }
+    IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
+        -m owner --uid-owner "${UID_OF[floor]}" -j REDIRECT --to-ports $FL_PORT
+fi
 SS_PID=""
 if [ $with_sslsplit = 1 ]; then
     start_bg sslsplit 0 "${SS_CMD[@]}"
@@ -257,9 +311,15 @@ if [ $with_sslsplit = 1 ]; then
     IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
         -m owner --uid-owner "${UID_OF[sslsplit]}" -j REDIRECT --to-ports $SS_PORT
 fi
-declare -A PID_OF=([direct]="" [tlsmint]="$TM_PID" [sslsplit]="$SS_PID")
+declare -A PID_OF=([direct]="" [tlsmint]="$TM_PID" [sslsplit]="$SS_PID" [floor]="$FL_PID"
+    [tlsmint-b]="$TB_PID")
 declare -A CA_OF=([direct]="$work/trust/origin-root.pem" [tlsmint]="$work/trust/tlsmint-ca.pem"
-    [sslsplit]="$work/trust/sslsplit-ca.pem")
+    [sslsplit]="$work/trust/sslsplit-ca.pem" [floor]="$work/trust/origin-root.pem")
+if [ $with_b = 1 ]; then
+    cp "$work/tmb/ca/forward-trust.pem" "$work/trust/tlsmint-b-ca.pem"
+    chmod a+r "$work/trust/tlsmint-b-ca.pem"
+    CA_OF[tlsmint-b]="$work/trust/tlsmint-b-ca.pem"
+fi
 vi=0
 for v in "${variants[@]}"; do   # NAME=FILE: another tlsmint, the same overrides plus FILE
     name=${v%%=*} port=$((TM_PORT + 10 + vi)) uid=$((4250 + vi))
@@ -326,26 +386,32 @@ for t in "${targets[@]}"; do
 done
 
 # ---------------------------------------------------------------- scenarios
-want handshake && log "handshake: new connection per request, one host (cache hits), ${hs_dur}s x $runs"
-want handshake && for r in $(seq 1 "$runs"); do
+if has_sc handshake; then
+log "handshake: new connection per request, one host (cache hits), ${hs_dur}s x $runs"
+for r in $(seq 1 "$runs"); do
     for t in "${targets[@]}"; do
+        runs_in "$t" handshake || continue
         lg "$t" handshake "$r" '{}' handshake --host h1.bench.test --path /index.html \
             --concurrency 32 --duration "$hs_dur"
     done
 done
+fi
 
-want mint && log "mint: $mint_hosts distinct hosts each visited once (cache misses) x $runs"
-want mint && for r in $(seq 1 "$runs"); do
+if has_sc mint; then
+log "mint: $mint_hosts distinct hosts each visited once (cache misses) x $runs"
+for r in $(seq 1 "$runs"); do
     first=$((2 + (r - 1) * mint_hosts))
     for t in "${targets[@]}"; do
+        runs_in "$t" mint || continue
         lg "$t" mint "$r" "{\"first\":$first}" mint --host-pattern 'h%d.bench.test' \
             --first "$first" --count "$mint_hosts" --path /index.html --concurrency 32 \
             --timeout-ms 20000
     done
 done
+fi
 
 for c in 1 8; do
-    want "bulk$c" || continue
+    has_sc "bulk$c" || continue
     log "bulk: $c connection(s) downloading /big.bin (64 MiB) for ${bulk_dur}s x $runs"
     for r in $(seq 1 "$runs"); do
         for t in "${targets[@]}"; do
@@ -355,19 +421,40 @@ for c in 1 8; do
     done
 done
 
-want latency && rate=$(( $(median_direct_cps) / 2 ))
-want latency && { [ "$rate" -ge 10 ] || rate=10; }
-want latency && log "latency: open loop at $rate conn/s (half the direct max) for ${lat_dur}s x $runs"
-want latency && for r in $(seq 1 "$runs"); do
+aes_gbs=""
+if [ $with_floor = 1 ] && { has_sc bulk1 || has_sc bulk8; }; then
+    log "crypto floor: openssl speed -evp aes-128-gcm, 16 KiB blocks, CPU 0 (x $runs)"
+    for r in $(seq 1 "$runs"); do
+        # the last column is 16384-byte blocks, in kB/s (1000 bytes)
+        v=$(taskset -c 0 openssl speed -evp aes-128-gcm -bytes 16384 -seconds 2 2>/dev/null |
+            awk '/^(AES-128-GCM|aes-128-gcm)/ {x=$NF} END {sub(/k$/, "", x); print x}')
+        echo "   openssl speed aes-128-gcm run $r: ${v:-?} kB/s" >&2
+        [ -n "$v" ] && aes_gbs="$aes_gbs $v"
+    done
+fi
+
+if has_sc latency; then
+if has_sc handshake; then
+    rate=$(( $(median_direct_cps) / 2 ))
+else
+    rate=${BENCH_RATE:-400}
+fi
+[ "$rate" -ge 10 ] || rate=10
+log "latency: open loop at $rate conn/s (half the direct max) for ${lat_dur}s x $runs"
+for r in $(seq 1 "$runs"); do
     for t in "${targets[@]}"; do
+        runs_in "$t" latency || continue
         lg "$t" latency "$r" "{\"rate\":$rate}" handshake --host h1.bench.test \
             --path /index.html --rate "$rate" --duration "$lat_dur"
     done
 done
+fi
 
-want idle && log "idle: $idle_conns established connections held ${hold}s x $runs"
-want idle && for r in $(seq 1 "$runs"); do
+if has_sc idle; then
+log "idle: $idle_conns established connections held ${hold}s x $runs"
+for r in $(seq 1 "$runs"); do
     for t in "${targets[@]}"; do
+        runs_in "$t" idle || continue
         base=0
         [ -n "${PID_OF[$t]}" ] && base=$(rss_tree "${PID_OF[$t]}")
         [ "$t" = direct ] && base=$(rss_tree "$NGINX_PID")
@@ -376,11 +463,13 @@ want idle && for r in $(seq 1 "$runs"); do
         sleep 1   # let the proxies close the upstream sides
     done
 done
+fi
 
 declare -A HWM
 for t in tlsmint sslsplit; do
     [ -n "${PID_OF[$t]}" ] && HWM[$t]=$(hwm_tree "${PID_OF[$t]}")
 done
+has_sc handshake && has_sc mint || with_perf=0
 
 # ---------------------------------------------------------------- perf profile of tlsmint
 perf_file="$work/perf-handshake.txt"
@@ -429,9 +518,9 @@ machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, $(awk
 mode_flag=""
 [ $quick = 1 ] && mode_flag=" --quick"
 rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
-python3 - "$raw" "$out/REPORT.md" "$cmds" "$perf_file" <<EOF
+python3 - "$raw" "$out/REPORT.md" "$cmds" "$perf_file" "$aes_gbs" <<EOF
 import json, sys, statistics as st
-raw, dst, cmdf, perff = sys.argv[1:5]
+raw, dst, cmdf, perff, aes = sys.argv[1:6]
 rows = [json.loads(l) for l in open(raw)]
 targets = "${targets[*]}".split()
 hwm = {"tlsmint": "${HWM[tlsmint]:-0}", "sslsplit": "${HWM[sslsplit]:-0}"}
@@ -497,6 +586,47 @@ L.append(f"| latency @ {rate} conn/s: p99 **added** over direct, ms | 0 | {fmt(a
 L.append(f"| peak RSS (VmHWM summed, whole run incl. idle), MiB | — | {fmt(int(hwm['tlsmint'])/1024)} | {fmt(int(hwm['sslsplit'])/1024) if has_ss else '—'} | | {ratio(int(hwm['tlsmint']), int(hwm['sslsplit'])) if has_ss and int(hwm['sslsplit']) else '—'} |")
 line("peak RSS sampled during handshake scenario, MiB", hwm_mb, "handshake", 1, False)
 L.append("")
+if "floor" in targets or "tlsmint-b" in targets:
+    L.append("")
+    L.append("## The floor of a TLS relay here, and the A/B target")
+    L.append("")
+    aesv = [float(x) * 1000 / 1e9 for x in aes.split()]
+    aes_gbs = st.median(aesv) if aesv else None
+    crypto = 2 / aes_gbs if aes_gbs else None
+    if aes_gbs:
+        L.append(f"AES-128-GCM on CPU 0 (\`openssl speed -evp aes-128-gcm -bytes 16384\`, median of {len(aesv)}): "
+                 f"{aes_gbs:.2f} GB/s, so decrypting and re-encrypting costs {crypto:.3f} s/GB. The TCP "
+                 "floor is tcp-relay (plain recv/send relay, no TLS) carrying the same TLS bytes.")
+        L.append("")
+    cols = [t for t in targets if t != "direct"]
+    L.append("| bulk | direct | " + " | ".join(cols) + " | crypto + TCP floor | tlsmint ÷ floor | tlsmint ÷ sslsplit | tlsmint ÷ direct |")
+    L.append("|---|---:|" + "---:|" * (len(cols) + 4))
+    for tag in ["bulk1", "bulk8"]:
+        if not vals("tlsmint", tag, mbs):
+            continue
+        fl = med("floor", tag, cpu_gb) if "floor" in targets else None
+        floor = fl + crypto if fl is not None and crypto is not None else None
+        tv = med("tlsmint", tag, cpu_gb)
+        sv = med("sslsplit", tag, cpu_gb) if has_ss else None
+        L.append(f"| {tag}: proxy CPU s/GB | — | " + " | ".join(fmt(med(t, tag, cpu_gb), 3) for t in cols) +
+                 f" | {fmt(floor, 3)} | {ratio(tv, floor)} | {ratio(tv, sv)} | — |")
+        L.append(f"| {tag}: MB/s | {fmt(med('direct', tag, mbs), 0)} | " + " | ".join(fmt(med(t, tag, mbs), 0) for t in cols) +
+                 f" | | | {ratio(med('tlsmint', tag, mbs), med('sslsplit', tag, mbs)) if has_ss else '—'} | {ratio(med('tlsmint', tag, mbs), med('direct', tag, mbs))} |")
+    if "tlsmint-b" in targets:
+        L.append("")
+        L.append("tlsmint-b ($compare_bin${compare_env:+ with $compare_env}) against tlsmint, same run, medians:")
+        L.append("")
+        L.append("| scenario, metric | tlsmint | tlsmint-b | b ÷ a |")
+        L.append("|---|---:|---:|---:|")
+        for tag, name, f, d in [("handshake", "CPU ms/conn", cpu_conn, 3), ("mint", "CPU ms/conn", cpu_conn, 3),
+                                ("bulk1", "CPU s/GB", cpu_gb, 3), ("bulk1", "MB/s", mbs, 0),
+                                ("bulk8", "CPU s/GB", cpu_gb, 3), ("bulk8", "MB/s", mbs, 0),
+                                ("latency", "req p99 ms", p99, 2), ("idle", "KiB/conn", idle_kb, 1)]:
+            a, b = med("tlsmint", tag, f), med("tlsmint-b", tag, f)
+            if a is None and b is None:
+                continue
+            L.append(f"| {tag}, {name} | {fmt(a, d)} | {fmt(b, d)} | {ratio(b, a)} |")
+    L.append("")
 L.append("Ratios: > 1 is better for conn/s and MB/s; < 1 is better for CPU, RSS and latency.")
 L.append("Proxy CPU = utime+stime of the proxy process and all its descendants over the run")
 L.append("(tlsmint: proxy + SoftHSM signer child; sslsplit: both privsep processes). Direct has no")
@@ -508,7 +638,8 @@ L.append("")
 L.append("| scenario | " + " | ".join(targets) + " |")
 L.append("|---|" + "---:|" * len(targets))
 for tag in ["handshake", "mint", "bulk1", "bulk8", "latency", "idle"]:
-    L.append(f"| {tag} | " + " | ".join("%d / %d" % fails(t, tag) for t in targets) + " |")
+    if any(vals(t, tag, cps) for t in targets):
+        L.append(f"| {tag} | " + " | ".join("%d / %d" % fails(t, tag) for t in targets) + " |")
 L.append("")
 L.append("## Per-run values")
 L.append("")
