@@ -67,7 +67,7 @@ printf '[admin]\nsocket = %s\n' "$work/export.sock" >"$work/ctl.conf"
 ) &
 POLL=$!
 
-"$here/run-bench.sh" "${quick[@]}" --runs "$runs" --hosts 1 --no-sslsplit --no-perf \
+"$here/run-bench.sh" "${quick[@]}" --runs "$runs" --hosts 1 --no-sslsplit --no-perf --no-floor \
     --scenarios handshake,bulk1,bulk8 --variant "export=$work/export.conf" --out "$work/rb" "$build"
 kill "$POLL" 2>/dev/null || true
 POLL=""

@@ -8,8 +8,8 @@
 #
 # usage: bench/run-bench.sh [--quick] [--runs N] [--hosts M] [--idle C] [--no-sslsplit]
 #                           [--no-perf] [--no-floor] [--scenarios LIST] [--compare BIN]
-#                           [--compare-env VAR=VALUE] [--variant NAME=FILE]... [--out DIR]
-#                           [BUILD_DIR]
+#                           [--compare-env VAR=VALUE] [--variant NAME=FILE]... [--sweep LIST]
+#                           [--out DIR] [BUILD_DIR]
 #   default (full): 3 runs, handshake/latency 10 s, bulk 5 s, mint 1000 fresh hosts per run
 #                   and target, idle 2000 connections held 5 s; about 10 minutes
 #   --quick:        1 run, 3 s, 300 hosts, 1000 idle connections; about 2 minutes
@@ -20,6 +20,8 @@
 #                   allocators; with no --compare, tlsmint-b is the same binary)
 #   --variant:      one more tlsmint target NAME (its own state, port and uid) whose config has
 #                   FILE's lines appended, interleaved with the others (bench/export-cost.sh)
+#   --sweep:        latency at these percentages of the direct maximum conn/s, e.g. 25,50,75,90
+#                   (default 50); 50 is always run and is the main table's latency row
 #   --no-floor:     no "floor" target (bench/loadgen/tcp_relay.c: plain TCP relay, no TLS,
 #                   bulk only) and no `openssl speed` for the crypto floor
 #
@@ -37,6 +39,7 @@
 #     uid 4243 REDIRECTed to it: the kernel's share of relaying the same bytes, with no TLS;
 #     plus `openssl speed -evp aes-128-gcm` on CPU 0 for the crypto's share (decrypt and
 #     encrypt once each: 2 / GB/s). Floor of a TLS relay = both.
+# BENCH_KEEP=1 keeps the work directory (logs, configurations) also after a good run.
 # Runs are interleaved (each scenario: run 1 direct, tlsmint, sslsplit; run 2 ...), so drift
 # of the machine hits all three alike. Proxy CPU and memory come from tlsmint-bench --pid
 # (process + all descendants: tlsmint's signer child, sslsplit's privsep parent/child).
@@ -55,6 +58,7 @@ scenarios="handshake,mint,bulk1,bulk8,latency,idle"
 compare_bin=""
 compare_env=""
 variants=()
+sweep=50
 out="$here/results"
 build_arg=""
 while [ $# -gt 0 ]; do
@@ -70,8 +74,9 @@ while [ $# -gt 0 ]; do
     --compare) compare_bin=$2; shift ;;
     --compare-env) compare_env=$2; shift ;;
     --variant) variants+=("$2"); shift ;;
+    --sweep) sweep=$2; shift ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '3,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '3,47p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run-bench: unknown option $1" >&2; exit 2 ;;
     *) build_arg=$1 ;;
     esac
@@ -88,6 +93,8 @@ fi
 for v in "$runs" "$mint_hosts" "$idle_conns"; do
     case "$v" in '' | *[!0-9]* | 0) echo "run-bench: bad number '$v'" >&2; exit 2 ;; esac
 done
+case ",$sweep," in *[!0-9,]* | *,0,* | *,,*) echo "run-bench: bad --sweep '$sweep'" >&2; exit 2 ;; esac
+case ",$sweep," in *,50,*) ;; *) sweep="50,$sweep" ;; esac
 for v in "${variants[@]}"; do
     case "$v" in
     [a-z]*=?*) [ -r "${v#*=}" ] || { echo "run-bench: --variant $v: cannot read ${v#*=}" >&2; exit 2; } ;;
@@ -149,8 +156,8 @@ cleanup() {
     sleep 0.5
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     ip netns del "$NS" 2>/dev/null || true
-    if [ $rc != 0 ]; then
-        echo "run-bench: failed (rc $rc); logs kept in $work" >&2
+    if [ $rc != 0 ] || [ -n "${BENCH_KEEP:-}" ]; then
+        echo "run-bench: rc $rc; logs kept in $work" >&2
     else
         rm -rf "$work"
     fi
@@ -221,6 +228,12 @@ chmod -R a+rX "$origin"
 log "namespace $NS"
 ip netns add "$NS"
 IN ip link set lo up
+# Loopback clients reuse a port as soon as its last connection is closed, while conntrack keeps
+# the closed connection's entry (TIME_WAIT 120 s) with its NAT redirect: a new connection of
+# another target with the same 4-tuple could then reach the previous target's proxy (seen as
+# up to 30 % certificate errors in the idle scenario). Entries of closed connections go at once.
+IN sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_time_wait=1 \
+    net.netfilter.nf_conntrack_tcp_timeout_close=1
 IN ip link add bvnull0 type veth peer name bvnull1
 IN ip addr add 192.0.2.1/24 dev bvnull0
 IN ip link set bvnull0 up
@@ -435,17 +448,22 @@ fi
 
 if has_sc latency; then
 if has_sc handshake; then
-    rate=$(( $(median_direct_cps) / 2 ))
+    max_cps=$(median_direct_cps)
 else
-    rate=${BENCH_RATE:-400}
+    max_cps=$(( ${BENCH_RATE:-400} * 2 ))
 fi
-[ "$rate" -ge 10 ] || rate=10
-log "latency: open loop at $rate conn/s (half the direct max) for ${lat_dur}s x $runs"
-for r in $(seq 1 "$runs"); do
-    for t in "${targets[@]}"; do
-        runs_in "$t" latency || continue
-        lg "$t" latency "$r" "{\"rate\":$rate}" handshake --host h1.bench.test \
-            --path /index.html --rate "$rate" --duration "$lat_dur"
+for pct in ${sweep//,/ }; do
+    rate=$(( max_cps * pct / 100 ))
+    [ "$rate" -ge 10 ] || rate=10
+    tag=latency
+    [ "$pct" = 50 ] || tag=latency-$pct
+    log "latency: open loop at $rate conn/s ($pct % of the direct max $max_cps) for ${lat_dur}s x $runs"
+    for r in $(seq 1 "$runs"); do
+        for t in "${targets[@]}"; do
+            runs_in "$t" latency || continue
+            lg "$t" "$tag" "$r" "{\"rate\":$rate,\"pct\":$pct}" handshake --host h1.bench.test \
+                --path /index.html --rate "$rate" --duration "$lat_dur"
+        done
     done
 done
 fi
@@ -626,6 +644,31 @@ if "floor" in targets or "tlsmint-b" in targets:
             if a is None and b is None:
                 continue
             L.append(f"| {tag}, {name} | {fmt(a, d)} | {fmt(b, d)} | {ratio(b, a)} |")
+    L.append("")
+p90 = lambda r: r["r"]["latency_ms"]["request"]["p90"]
+sweep = sorted({r["extra"]["pct"] for r in rows if r["tag"].startswith("latency") and "pct" in r["extra"]})
+if len(sweep) > 1:
+    L.append("")
+    L.append("## Latency under a fixed load: the sweep")
+    L.append("")
+    L.append("Open loop at each share of the direct maximum conn/s (handshake scenario, medians of "
+             f"{nruns}); **added** = the target's request percentile minus direct's, in ms.")
+    L.append("")
+    others = [t for t in targets if t not in ("direct", "floor")]
+    L.append("| share | conn/s | direct p50 / p90 / p99 | " +
+             " | ".join(f"{t} added p50 / p90 / p99" for t in others) + " |")
+    L.append("|---|---:|---:|" + "---:|" * len(others))
+    for pct in sweep:
+        tag = "latency" if pct == 50 else f"latency-{pct}"
+        rt = next((r["extra"]["rate"] for r in rows if r["tag"] == tag), None)
+        d = [med("direct", tag, f) for f in (p50, p90, p99)]
+        cells = []
+        for t in others:
+            v = [med(t, tag, f) for f in (p50, p90, p99)]
+            cells.append(" / ".join("—" if x is None or y is None else f"{x - y:+.2f}"
+                                    for x, y in zip(v, d)))
+        L.append(f"| {pct} % | {rt} | " + " / ".join(fmt(x, 2) for x in d) + " | " +
+                 " | ".join(cells) + " |")
     L.append("")
 L.append("Ratios: > 1 is better for conn/s and MB/s; < 1 is better for CPU, RSS and latency.")
 L.append("Proxy CPU = utime+stime of the proxy process and all its descendants over the run")
