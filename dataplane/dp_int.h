@@ -828,6 +828,10 @@ void dp_export_free(struct dp_export *x);
  * relayed from side dir (copied); end: FIN both ways, or an RST when the connection failed. */
 void dp_export_begin(struct dp_export *x, struct dp_conn *c);
 void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n);
+/* Or, without the copy: reserve room (NULL: use dp_export_data), read the plaintext into it,
+ * relay it from there, then commit how many bytes it holds (0 if the read failed). */
+uint8_t *dp_export_reserve(struct dp_export *x, struct dp_conn *c, int dir, size_t *cap);
+void dp_export_commit(struct dp_export *x, struct dp_conn *c, int dir, size_t n);
 void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset);
 void dp_export_stats(struct dp_export *x, struct dp_export_stats *o);
 
