@@ -24,7 +24,7 @@
  * complete up to a fraction of a second; the next direct write covers it again. libpcap makes
  * each stream's file header (pcap_dump_fopen) and sends frames to the mirror (pcap_inject).
  * Invariants: queued bytes <= [export] queue_mb; a loop never waits: a full queue drops the
- * event and counts it for every sink; a reader that falls 4 MiB behind is dropped; a file
+ * event and counts it for every sink; a reader that falls 12 MiB behind is dropped; a file
  * that cannot be written is reported once, then retried every 10 s while packets are counted
  * as dropped.
  * Not here: which connections are exported (dp_conn.c calls begin for S_RELAY only, so
@@ -50,7 +50,8 @@
 #include <pcap/pcap.h>
 
 #define READERS_MAX 16
-#define READER_BUF (4u << 20) /* a reader this far behind is dropped */
+#define READER_BUF (12u << 20) /* a reader this far behind is dropped (a writer without the
+                                  page cache copy outruns a reader on a busy machine) */
 #define READER_STEP (256u << 10) /* within a batch, readers are sent to every this many bytes */
 #define SEG_MAX 1460          /* payload per segment, as on an Ethernet path */
 #define RETRY_S 10
