@@ -16,140 +16,35 @@
  * so the writer needs no state per flow. The frames of a batch are framed straight into one
  * buffer as pcap records (libpcap's record layout: the 16-byte header, then the frame), the
  * payload copied and checksummed in one pass, and the buffer goes whole to each PCAP-over-IP
- * reader and to the file. The file is written with O_DIRECT where the file system allows it:
- * copying gigabytes into the page cache cost more CPU than the whole relay (perf: 52 % of the
- * proxy's time in copy_folio_from_iter_atomic on this machine's VM). Direct writes take whole
- * 4 KiB blocks; the last partial block stays in the buffer and is also written through a
- * second, buffered descriptor at most every TAIL_MS (and at rotation and exit), so the file is
- * complete up to a fraction of a second; the next direct write covers it again. libpcap makes
- * each stream's file header (pcap_dump_fopen) and sends frames to the mirror (pcap_inject).
+ * reader and to the rolling file (dp_xfile.c). libpcap makes each stream's file header
+ * (pcap_dump_fopen) and sends frames to the mirror (pcap_inject).
  * Invariants: queued bytes <= [export] queue_mb; a loop never waits: a full queue drops the
  * event and counts it for every sink; a reader that falls 12 MiB behind is dropped; a file
  * that cannot be written is reported once, then retried every 10 s while packets are counted
  * as dropped.
- * Not here: which connections are exported (dp_conn.c calls begin for S_RELAY only, so
- * bypassed, spliced and failed-open bytes, which are still encrypted, never come here; the
- * policy marks a connection whose rule says export = no, and begin only counts it).
+ * Not here: the file sink (dp_xfile.c); which connections are exported (dp_conn.c calls
+ * begin for S_RELAY only, so bypassed, spliced and failed-open bytes, which are still
+ * encrypted, never come here; the policy marks a connection whose rule says export = no, and
+ * begin only counts it).
  */
-#include "dp_int.h"
+#include "dp_export_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <glob.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
 #include <pcap/pcap.h>
 
-#define READERS_MAX 16
-#define READER_BUF (12u << 20) /* a reader this far behind is dropped (a writer without the
-                                  page cache copy outruns a reader on a busy machine) */
-#define READER_STEP (256u << 10) /* within a batch, readers are sent to every this many bytes */
-#define SEG_MAX 1460          /* payload per segment, as on an Ethernet path */
-#define RETRY_S 10
-#define OUT_BUF (1u << 20)    /* a batch's pcap records, written whole to every stream */
-#define DIO_ALIGN 4096u       /* O_DIRECT: buffer address, file offset and length */
-#define TAIL_MS 200           /* the file's partial last block is written this often at most */
-#define REC_MAX (16 + 14 + 40 + 20 + SEG_MAX) /* the largest record: header and frame */
-#define EV_ROOM 16384         /* payload of a pooled event: a TLS record's plaintext */
-#define POOL_KEEP 256         /* pooled events a loop keeps when it has more (4 MiB) */
-#define POOL_LOOPS 256        /* loops with a pool ([listen] threads at most); others malloc */
-#define BATCH_NS 2000000L     /* the writer's pause after a batch: the loops' pushes meanwhile
-                                 find the list non-empty and signal nothing */
-
-enum ev_kind { EV_OPEN, EV_DATA, EV_FIN, EV_RST };
-
-struct ev {
-    struct ev *next;
-    uint8_t kind, dir, v6;
-    bool pooled;       /* from pool[loop] (EV_ROOM of payload), else malloc'd to its size */
-    uint16_t loop;
-    struct timespec ts;
-    uint8_t ip[2][16]; /* [D_CLIENT] the client, [D_UP] the original destination */
-    uint16_t port[2];
-    uint32_t seq[2];   /* each side's next sequence number when the event was made */
-    uint32_t len;
-    uint8_t data[];
-};
-
-struct reader {
-    int fd;
-    uint8_t *buf;
-    size_t len, off;
-    FILE *fp; /* fopencookie into buf: libpcap writes the stream format */
-    pcap_dumper_t *d;
-    bool dead;
-    char name[80];
-};
-
-/* The pooled events of one loop: back is pushed by the writer only and taken whole by the loop
- * (no ABA: nobody pops single entries of it); free and held are the loop's own. */
-struct ev_pool {
-    _Atomic(struct ev *) back;
-    struct ev *free;
-    unsigned nfree;
-    struct ev *held; /* reserved by dp_export_reserve, not committed yet */
-};
-
-struct dp_export {
-    _Atomic(struct ev *) head;
-    _Atomic size_t queued;
-    size_t cap;
-    int evfd;
-    pthread_t th;
-    bool th_ok;
-    _Atomic bool stop;
-    uint32_t max_bytes;
-    pcap_t *dead; /* DLT_EN10MB, for pcap_dump */
-    /* the rolling file */
-    char pattern[256];
-    uint64_t rotate_bytes;
-    int rotate_s, keep;
-    int ffd;          /* the open file, or -1 (none yet, or an error: retried) */
-    int ffd_tail;     /* when ffd is O_DIRECT: a buffered descriptor for the partial block */
-    uint64_t foff;    /* the file offset of x->out[0] */
-    uint64_t tail_ns; /* when the partial block was last written */
-    bool tail_dirty;  /* x->out holds bytes the file does not have yet */
-    char path[600];
-    uint64_t fsize;
-    time_t fopened, fretry;
-    bool ferr;
-    uint8_t fhdr[64]; /* the pcap file header, as libpcap writes it */
-    size_t fhdr_len;
-    /* PCAP-over-IP */
-    int lfd;
-    struct reader *rd[READERS_MAX]; /* the first nrd are in use; the cookies point at them */
-    int nrd;
-    /* the mirror */
-    pcap_t *mir;
-    /* what the admin socket shows */
-    bool on[DP_EXPORT_SINKS];
-    _Atomic uint64_t packets[DP_EXPORT_SINKS], bytes[DP_EXPORT_SINKS], dropped[DP_EXPORT_SINKS];
-    _Atomic int readers;
-    _Atomic uint64_t excluded; /* connections a rule's export = no kept out */
-    pthread_mutex_t state_lock;
-    char state[DP_EXPORT_SINKS][200];
-    uint16_t ip_id;
-    /* records not written yet (writer thread only): [0, out_base) the file's partial block,
-     * already sent to the readers; [out_base, outlen) new records. DIO_ALIGN-aligned. */
-    uint8_t *out;
-    size_t outlen, out_base;
-    uint64_t out_pkts, out_bytes; /* frames in out and their bytes, without record headers */
-    struct ev_pool pool[POOL_LOOPS];
-};
-
 const char *const dp_export_sink_names[DP_EXPORT_SINKS] = {"file", "pcap_over_ip", "mirror"};
 
-static void set_state(struct dp_export *x, int sink, const char *fmt, ...) PX_PRINTF(3, 4);
-static void set_state(struct dp_export *x, int sink, const char *fmt, ...)
+void dp_xset_state(struct dp_export *x, int sink, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -583,230 +478,6 @@ static void emit(struct dp_export *x, const struct ev *e)
     }
 }
 
-/* ---- the rolling file ------------------------------------------------------------------ */
-
-/* n bytes at file offset off, all of them, or -errno. */
-static int write_at(int fd, const uint8_t *p, size_t n, uint64_t off)
-{
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w <= 0) {
-            return w < 0 ? -errno : -EIO;
-        }
-        p += w;
-        n -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
-/* The partial block of a direct file through the buffered descriptor (the whole rest for a
- * buffered one), so that a reader of the file sees every record written so far. */
-static int file_tail(struct dp_export *x, uint64_t now_ns)
-{
-    int r = 0;
-    if (x->tail_dirty && x->outlen > 0) {
-        r = write_at(x->ffd_tail >= 0 ? x->ffd_tail : x->ffd, x->out, x->outlen, x->foff);
-    }
-    x->tail_dirty = false;
-    x->tail_ns = now_ns;
-    return r;
-}
-
-static void file_close(struct dp_export *x)
-{
-    if (x->ffd >= 0) {
-        int r = file_tail(x, px_now_ns());
-        if (r != 0) {
-            px_log(PX_LOG_ERROR, "export", "pcap file %s: writing its last records failed: %s",
-                   x->path, strerror(-r));
-        }
-        close(x->ffd);
-    }
-    if (x->ffd_tail >= 0) {
-        close(x->ffd_tail);
-    }
-    x->ffd = x->ffd_tail = -1;
-    x->outlen = x->out_base = 0;
-    x->foff = 0;
-}
-
-/* A write error: the file is closed, its packets from now on are dropped and counted, and
- * a new file is tried every RETRY_S. */
-static void file_fail(struct dp_export *x, int err)
-{
-    px_log(PX_LOG_ERROR, "export", "pcap file %s: write failed: %s; decrypted packets are "
-           "dropped and counted, retrying every %d s", x->path, strerror(err), RETRY_S);
-    set_state(x, DP_EXPORT_FILE, "error: writing %s: %s", x->path, strerror(err));
-    x->tail_dirty = false;
-    file_close(x);
-    x->ferr = true;
-    x->fretry = time(NULL) + RETRY_S;
-}
-
-/*
- * The records in x->out to the file: the whole blocks with one direct write (everything with
- * a buffered one); the partial block moves to the front of x->out and is written on its own
- * at most every TAIL_MS. Returns 0 or -errno.
- */
-static int file_write(struct dp_export *x)
-{
-    size_t n = x->outlen, a = x->ffd_tail >= 0 ? n & ~(size_t)(DIO_ALIGN - 1) : n;
-    if (a > 0) {
-        int r = write_at(x->ffd, x->out, a, x->foff);
-        if (r != 0) {
-            return r;
-        }
-        x->foff += a;
-        memmove(x->out, x->out + a, n - a);
-        x->outlen = n - a;
-    }
-    x->out_base = x->outlen;
-    x->fsize = x->foff + x->outlen;
-    x->tail_dirty = x->outlen > 0;
-    uint64_t now = px_now_ns();
-    if (x->tail_dirty && now - x->tail_ns >= TAIL_MS * 1000000ull) {
-        return file_tail(x, now);
-    }
-    return 0;
-}
-
-/* The pattern as a glob: every strftime conversion becomes '*'. */
-static void pattern_glob(const char *pat, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (const char *p = pat; *p != '\0' && o + 2 < cap; p++) {
-        if (*p == '%' && p[1] != '\0') {
-            p++;
-            out[o++] = *p == '%' ? '%' : '*';
-        } else {
-            out[o++] = *p;
-        }
-    }
-    out[o] = '\0';
-}
-
-static int by_mtime(const void *a, const void *b)
-{
-    const char *pa = *(const char *const *)a, *pb = *(const char *const *)b;
-    struct stat sa, sb;
-    uint64_t ta = stat(pa, &sa) == 0 ? (uint64_t)sa.st_mtim.tv_sec * 1000000000u + sa.st_mtim.tv_nsec : 0;
-    uint64_t tb = stat(pb, &sb) == 0 ? (uint64_t)sb.st_mtim.tv_sec * 1000000000u + sb.st_mtim.tv_nsec : 0;
-    return ta != tb ? (ta < tb ? -1 : 1) : strcmp(pa, pb);
-}
-
-/* Deletes the oldest files of the pattern until [export] pcap_keep remain. */
-static void file_prune(struct dp_export *x)
-{
-    if (x->keep <= 0) {
-        return;
-    }
-    char g[300], g2[310];
-    pattern_glob(x->pattern, g, sizeof(g));
-    snprintf(g2, sizeof(g2), "%s.*", g);
-    glob_t gl;
-    memset(&gl, 0, sizeof(gl));
-    int r1 = glob(g, 0, NULL, &gl);
-    int r2 = glob(g2, r1 == 0 ? GLOB_APPEND : 0, NULL, &gl);
-    if (r1 != 0 && r2 != 0) {
-        globfree(&gl);
-        return;
-    }
-    qsort(gl.gl_pathv, gl.gl_pathc, sizeof(char *), by_mtime);
-    size_t n = gl.gl_pathc;
-    for (size_t i = 0; i < gl.gl_pathc && n > (size_t)x->keep; i++) {
-        if (strcmp(gl.gl_pathv[i], x->path) != 0 && unlink(gl.gl_pathv[i]) == 0) {
-            n--;
-        }
-    }
-    globfree(&gl);
-}
-
-static void file_open(struct dp_export *x, time_t now)
-{
-    char name[512];
-    struct tm tm;
-    localtime_r(&now, &tm);
-    if (strftime(name, sizeof(name), x->pattern, &tm) == 0) {
-        snprintf(name, sizeof(name), "%s", x->pattern);
-    }
-    int fd = -1, tfd = -1;
-    for (int i = 0; i < 100 && fd < 0; i++) {
-        if (i == 0) {
-            snprintf(x->path, sizeof(x->path), "%s", name);
-        } else {
-            snprintf(x->path, sizeof(x->path), "%s.%d", name, i); /* same second: a suffix */
-        }
-        fd = open(x->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 && errno != EEXIST) {
-            break;
-        }
-    }
-    /* direct where the file system allows it, with a buffered twin for the partial block */
-    if (fd >= 0 && fcntl(fd, F_SETFL, O_DIRECT) == 0) {
-        tfd = open(x->path, O_WRONLY | O_CLOEXEC);
-        if (tfd < 0) {
-            int e = errno;
-            close(fd);
-            fd = -1;
-            errno = e;
-        }
-    }
-    if (fd < 0) {
-        int e = errno;
-        if (!x->ferr) {
-            px_log(PX_LOG_ERROR, "export", "cannot create the pcap file %s: %s; decrypted "
-                   "packets for it are dropped and counted, retrying every %d s",
-                   x->path, strerror(e), RETRY_S);
-        }
-        set_state(x, DP_EXPORT_FILE, "error: cannot create %s: %s", x->path, strerror(e));
-        x->ferr = true;
-        x->fretry = now + RETRY_S;
-        return;
-    }
-    x->ffd = fd;
-    x->ffd_tail = tfd;
-    x->foff = 0;
-    memcpy(x->out, x->fhdr, x->fhdr_len); /* x->out is empty: file_close or the start */
-    x->outlen = x->out_base = x->fhdr_len;
-    x->fsize = x->fhdr_len;
-    x->tail_dirty = true;
-    x->tail_ns = 0; /* the header goes out with the first batch, or at the next tick */
-    x->fopened = now;
-    if (x->ferr) {
-        px_log(PX_LOG_INFO, "export", "pcap file %s: writing again", x->path);
-    }
-    x->ferr = false;
-    set_state(x, DP_EXPORT_FILE, "writing %s%s", x->path, tfd >= 0 ? " (direct I/O)" : "");
-    file_prune(x);
-}
-
-/* After a batch, and at least once a second: the partial block, rotation by size or age,
- * the retry of a file that could not be written. */
-static void file_tick(struct dp_export *x, time_t now)
-{
-    if (!x->on[DP_EXPORT_FILE]) {
-        return;
-    }
-    uint64_t ns = px_now_ns();
-    if (x->ffd >= 0 && x->tail_dirty && ns - x->tail_ns >= TAIL_MS * 1000000ull) {
-        int r = file_tail(x, ns);
-        if (r != 0) {
-            file_fail(x, -r);
-            return;
-        }
-    }
-    if (x->ffd >= 0 && (x->fsize >= x->rotate_bytes || now - x->fopened >= x->rotate_s)) {
-        file_close(x);
-        file_open(x, now);
-    } else if (x->ffd < 0 && now >= x->fretry) {
-        file_open(x, now);
-    }
-}
-
 /* ---- PCAP-over-IP readers -------------------------------------------------------------- */
 
 static ssize_t reader_write(void *cookie, const char *p, size_t n)
@@ -918,7 +589,7 @@ static void readers_flush(struct dp_export *x)
         }
     }
     if (x->on[DP_EXPORT_POIP]) {
-        set_state(x, DP_EXPORT_POIP, "listening, %d reader%s", x->nrd, x->nrd == 1 ? "" : "s");
+        dp_xset_state(x, DP_EXPORT_POIP, "listening, %d reader%s", x->nrd, x->nrd == 1 ? "" : "s");
     }
 }
 
@@ -1002,10 +673,10 @@ static void out_flush(struct dp_export *x)
         count_sent(x, DP_EXPORT_POIP, !r->dead);
     }
     if (x->on[DP_EXPORT_FILE]) {
-        int r = x->ffd >= 0 ? file_write(x) : -EBADF;
+        int r = x->ffd >= 0 ? dp_xfile_write(x) : -EBADF;
         count_sent(x, DP_EXPORT_FILE, r == 0);
         if (r != 0 && x->ffd >= 0) {
-            file_fail(x, -r);
+            dp_xfile_fail(x, -r);
         }
     }
     if (x->ffd < 0) {
@@ -1049,7 +720,7 @@ static void *writer_main(void *arg)
 {
     struct dp_export *x = arg;
     if (x->on[DP_EXPORT_FILE]) {
-        file_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
+        dp_xfile_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
     }
     for (;;) {
         struct pollfd pf[2 + READERS_MAX];
@@ -1086,7 +757,7 @@ static void *writer_main(void *arg)
             reader_accept(x);
             readers_flush(x);
         }
-        file_tick(x, time(NULL));
+        dp_xfile_tick(x, time(NULL));
         if (atomic_load_explicit(&x->stop, memory_order_acquire) &&
             atomic_load_explicit(&x->head, memory_order_acquire) == NULL) {
             break;
@@ -1102,28 +773,6 @@ static void *writer_main(void *arg)
 }
 
 /* ---- set-up ------------------------------------------------------------------------------ */
-
-/* The pcap file header as libpcap writes it (pcap_dump_fopen into a memory stream): the file
- * itself is written from x->out, not through stdio. */
-static int file_header(struct dp_export *x)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    pcap_dumper_t *d = m != NULL ? pcap_dump_fopen(x->dead, m) : NULL;
-    if (d != NULL) {
-        pcap_dump_close(d); /* closes m: buf and len are final */
-    } else if (m != NULL) {
-        fclose(m);
-    }
-    int r = d != NULL && len > 0 && len <= sizeof(x->fhdr) ? 0 : -ENOMEM;
-    if (r == 0) {
-        memcpy(x->fhdr, buf, len);
-        x->fhdr_len = len;
-    }
-    free(buf);
-    return r;
-}
 
 static int listen_poip(struct dp_export *x, const char *hp, char *err, size_t errlen)
 {
@@ -1189,7 +838,7 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
     x->out = posix_memalign(&buf, DIO_ALIGN, OUT_BUF) == 0 ? buf : NULL;
     int r = x->evfd >= 0 && x->dead != NULL && x->out != NULL ? 0 : -ENOMEM;
     if (r == 0) {
-        r = file_header(x);
+        r = dp_xfile_header(x);
     }
     if (r == 0 && cfg->export_pcap[0] != '\0') {
         snprintf(x->pattern, sizeof(x->pattern), "%s", cfg->export_pcap);
@@ -1197,17 +846,17 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
         x->rotate_s = cfg->export_rotate_s;
         x->keep = cfg->export_keep;
         x->on[DP_EXPORT_FILE] = true;
-        set_state(x, DP_EXPORT_FILE, "starting");
+        dp_xset_state(x, DP_EXPORT_FILE, "starting");
     }
     if (r == 0 && cfg->export_listen[0] != '\0') {
         r = listen_poip(x, cfg->export_listen, err, errlen);
         x->on[DP_EXPORT_POIP] = r == 0;
-        set_state(x, DP_EXPORT_POIP, "listening on %s, 0 readers", cfg->export_listen);
+        dp_xset_state(x, DP_EXPORT_POIP, "listening on %s, 0 readers", cfg->export_listen);
     }
     if (r == 0 && cfg->export_mirror_if[0] != '\0') {
         r = open_mirror(x, cfg->export_mirror_if, err, errlen);
         x->on[DP_EXPORT_MIRROR] = r == 0;
-        set_state(x, DP_EXPORT_MIRROR, "copying to %s", cfg->export_mirror_if);
+        dp_xset_state(x, DP_EXPORT_MIRROR, "copying to %s", cfg->export_mirror_if);
     }
     if (r != 0) {
         if (err[0] == '\0') {
@@ -1256,7 +905,7 @@ void dp_export_free(struct dp_export *x)
         pthread_join(x->th, NULL);
     }
     drain(x); /* nothing is pushed any more: free what is left */
-    file_close(x);
+    dp_xfile_close(x);
     readers_last_flush(x);
     while (x->nrd > 0) {
         reader_free(x, x->rd[--x->nrd]);
