@@ -33,6 +33,7 @@ enum lg_scenario {
     LG_SC_MINT,
     LG_SC_BULK,
     LG_SC_IDLE,
+    LG_SC_KEEPALIVE,
 };
 
 /* Failure kinds; the order is the order of report columns. */

@@ -41,6 +41,10 @@ static const char usage_text[] =
     "  idle        opens C connections (--conns), and once every attempt is up or failed,\n"
     "              holds the established ones open for --hold seconds (no request is sent),\n"
     "              reports how many are up and how many the peer closed meanwhile\n"
+    "  keepalive   C connections (--conns), each sending GET PATH again and again on the\n"
+    "              same connection (HTTP/1.1 keep-alive; the response needs a\n"
+    "              Content-Length); every response is one request of the report, so\n"
+    "              conn_per_s is requests/s (default run: --duration 10)\n"
     "\n"
     "Target:\n"
     "  --connect ADDR:PORT    TCP destination: IPv4, [IPv6] or a name (resolved once at\n"
@@ -484,6 +488,7 @@ static int set_scenario(struct lg_opts *o, const char *s)
         {"mint", LG_SC_MINT},
         {"bulk", LG_SC_BULK},
         {"idle", LG_SC_IDLE},
+        {"keepalive", LG_SC_KEEPALIVE},
     };
 
     if (o->scenario != 0) {
@@ -496,7 +501,7 @@ static int set_scenario(struct lg_opts *o, const char *s)
             return 0;
         }
     }
-    return opt_fail("unknown scenario '%s' (handshake, mint, bulk, idle)", s);
+    return opt_fail("unknown scenario '%s' (handshake, mint, bulk, idle, keepalive)", s);
 }
 
 /* Cross-option checks and defaults, after every option has been seen. */
@@ -575,6 +580,9 @@ static int finish(struct lg_opts *o, bool have_conc, bool have_threads)
     /* load */
     if (!have_conc) {
         o->concurrency = o->scenario == LG_SC_BULK ? 1 : o->scenario == LG_SC_IDLE ? 100 : 16;
+    }
+    if (o->scenario == LG_SC_KEEPALIVE && o->rate > 0.0) {
+        return opt_fail("keepalive is a closed loop: --conns, not --rate");
     }
     if (o->rate > 0.0 && have_conc && o->scenario != LG_SC_IDLE) {
         return opt_fail("--rate (open loop) and --concurrency (closed loop) exclude each other");

@@ -68,6 +68,7 @@ struct head {
     bool done; /* empty line seen */
     int status;
     int64_t content_length; /* -1: none */
+    bool conn_close;        /* "Connection: close": the server ends the connection after it */
 };
 
 struct lg_conn {
@@ -252,6 +253,7 @@ static void head_reset(struct head *h)
     h->done = false;
     h->status = 0;
     h->content_length = -1;
+    h->conn_close = false;
 }
 
 /* One complete line without CR/LF. Returns -1 on a malformed status line. */
@@ -270,6 +272,9 @@ static int head_line(struct head *h, const char *l, size_t n)
     if (n == 0) {
         h->done = true;
         return 0;
+    }
+    if (n >= 17 && strncasecmp(l, "connection:", 11) == 0 && strcasestr(l + 11, "close") != NULL) {
+        h->conn_close = true;
     }
     if (n > 15 && strncasecmp(l, "content-length:", 15) == 0) {
         const char *p = l + 15;
@@ -543,19 +548,20 @@ static void handshake_done(struct lg_worker *w, struct lg_conn *c)
     }
     {
         const struct lg_opts *o = w->o;
+        const char *conn_hdr = o->scenario == LG_SC_KEEPALIVE ? "keep-alive" : "close";
         int n;
 
         if (o->port == 443) {
             n = snprintf(c->out, sizeof(c->out),
                          "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tlsmint-bench\r\n"
-                         "Accept: */*\r\nConnection: close\r\n\r\n",
-                         o->path, c->host);
+                         "Accept: */*\r\nConnection: %s\r\n\r\n",
+                         o->path, c->host, conn_hdr);
         } else {
             n = snprintf(c->out, sizeof(c->out),
                          "GET %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUser-Agent: tlsmint-bench\r\n"
-                         "Accept: */*\r\nConnection: close\r\n\r\n",
+                         "Accept: */*\r\nConnection: %s\r\n\r\n",
                          o->path, strchr(c->host, ':') != NULL ? "[" : "", c->host,
-                         strchr(c->host, ':') != NULL ? "]" : "", (unsigned)o->port);
+                         strchr(c->host, ':') != NULL ? "]" : "", (unsigned)o->port, conn_hdr);
         }
         c->out_len = (uint32_t)n;
         c->out_off = 0;
@@ -618,6 +624,40 @@ static void step_http_send(struct lg_worker *w, struct lg_conn *c)
     conn_fail(w, c, LG_E_HTTP, reason);
 }
 
+static bool claim(struct lg_worker *w, uint64_t *n);
+
+/*
+ * keepalive: a response is complete (its Content-Length read): it counts as one request, and
+ * the same connection sends the next one while the run goes on.
+ */
+static void keepalive_next(struct lg_worker *w, struct lg_conn *c)
+{
+    char msg[64];
+    uint64_t now = lg_now_ns(), n;
+    struct lg_tl_slot *s = tl_slot(w, now);
+
+    if (c->head.status < 200 || c->head.status > 299) {
+        snprintf(msg, sizeof(msg), "status %d", c->head.status);
+        conn_fail(w, c, LG_E_HTTP, msg);
+        return;
+    }
+    lg_add(&w->st->ok, 1);
+    lg_add(&s->ok, 1);
+    lg_hist_add(&w->st->request, (now - c->t_start) / 1000);
+    lg_add(&w->st->body_bytes, c->body);
+    if (c->head.conn_close || !claim(w, &n)) { /* e.g. nginx's keepalive_requests: a new one */
+        conn_close_notify(c);
+        conn_release(w, c);
+        return;
+    }
+    lg_add(&w->st->attempted, 1);
+    lg_add(&s->attempted, 1);
+    c->t_start = now;
+    c->out_off = 0;
+    c->st = ST_HTTP_SEND;
+    step_http_send(w, c);
+}
+
 /* The response ended (close): ok if the status is 2xx and the body is complete. */
 static void response_end(struct lg_worker *w, struct lg_conn *c, const char *why)
 {
@@ -663,6 +703,16 @@ static void step_http_recv(struct lg_worker *w, struct lg_conn *c)
             }
             c->body += (uint64_t)(r - used);
             c->deadline = lg_now_ns() + (uint64_t)w->o->timeout_ms * 1000000ull;
+            if (w->o->scenario == LG_SC_KEEPALIVE && c->head.done) {
+                if (c->head.content_length < 0) {
+                    conn_fail(w, c, LG_E_HTTP, "keepalive: a response without Content-Length");
+                    return;
+                }
+                if (c->body >= (uint64_t)c->head.content_length) {
+                    keepalive_next(w, c);
+                    return;
+                }
+            }
             continue;
         }
         e = SSL_get_error(c->ssl, r);
