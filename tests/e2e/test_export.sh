@@ -193,7 +193,8 @@ sleep 0.5
 n_size=$(ls "$WORK"/pcap/ | wc -l)
 check "3 MB at 1 MB per file: rotated by size, at most pcap_keep=3 kept ($n_size)" \
     test "$n_size" -ge 2 -a "$n_size" -le 3
-first=$(ls -tr "$WORK"/pcap/ | head -1)
+first=$(ls "$WORK"/pcap/ | sort | head -1) # by name: creation order (mtimes of files rotated in one
+# clock tick can be equal, and ls -t then sorts by name the other way round)
 sleep 3.2
 # the file is complete while it is written: direct writes take whole 4 KiB blocks, the partial
 # last one goes through the buffered descriptor within 200 ms. This request, smaller than a
