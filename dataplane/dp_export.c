@@ -119,18 +119,24 @@ static struct ev *pool_get(struct dp_export *x, int idx)
 }
 
 /* The writer is done with e: a pooled one goes back to its loop. */
+/* e onto the MPSC list at head (newest first); true when the list was empty. */
+static bool list_push(_Atomic(struct ev *) *head, struct ev *e)
+{
+    struct ev *old = atomic_load_explicit(head, memory_order_relaxed);
+    do {
+        e->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(head, &old, e, memory_order_release,
+                                                    memory_order_relaxed));
+    return old == NULL;
+}
+
 static void ev_put(struct dp_export *x, struct ev *e)
 {
     if (!e->pooled) {
         free(e);
         return;
     }
-    struct ev_pool *p = &x->pool[e->loop];
-    struct ev *old = atomic_load_explicit(&p->back, memory_order_relaxed);
-    do {
-        e->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&p->back, &old, e, memory_order_release,
-                                                    memory_order_relaxed));
+    list_push(&x->pool[e->loop].back, e);
 }
 
 static int loop_idx(const struct dp_conn *c)
@@ -178,12 +184,7 @@ static struct ev *ev_new(struct dp_export *x, const struct dp_conn *c, enum ev_k
 
 static void push(struct dp_export *x, struct ev *e)
 {
-    struct ev *old = atomic_load_explicit(&x->head, memory_order_relaxed);
-    do {
-        e->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&x->head, &old, e, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (list_push(&x->head, e)) {
         uint64_t one = 1;
         ssize_t w = write(x->evfd, &one, sizeof(one)); /* nonblocking; a full counter wakes too */
         (void)w;

@@ -84,7 +84,6 @@ struct dp_export {
     uint64_t tail_ns; /* when the partial block was last written */
     bool tail_dirty;  /* x->out holds bytes the file does not have yet */
     char path[600];
-    uint64_t fsize;
     time_t fopened, fretry;
     bool ferr;
     uint8_t fhdr[64]; /* the pcap file header, as libpcap writes it */

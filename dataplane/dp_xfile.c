@@ -104,7 +104,6 @@ int dp_xfile_write(struct dp_export *x)
         x->outlen = n - a;
     }
     x->out_base = x->outlen;
-    x->fsize = x->foff + x->outlen;
     x->tail_dirty = x->outlen > 0;
     uint64_t now = px_now_ns();
     if (x->tail_dirty && now - x->tail_ns >= TAIL_MS * 1000000ull) {
@@ -211,7 +210,6 @@ void dp_xfile_open(struct dp_export *x, time_t now)
     x->foff = 0;
     memcpy(x->out, x->fhdr, x->fhdr_len); /* x->out is empty: file_close or the start */
     x->outlen = x->out_base = x->fhdr_len;
-    x->fsize = x->fhdr_len;
     x->tail_dirty = true;
     x->tail_ns = 0; /* the header goes out with the first batch, or at the next tick */
     x->fopened = now;
@@ -238,7 +236,7 @@ void dp_xfile_tick(struct dp_export *x, time_t now)
             return;
         }
     }
-    if (x->ffd >= 0 && (x->fsize >= x->rotate_bytes || now - x->fopened >= x->rotate_s)) {
+    if (x->ffd >= 0 && (x->foff + x->outlen >= x->rotate_bytes || now - x->fopened >= x->rotate_s)) {
         dp_xfile_close(x);
         dp_xfile_open(x, now);
     } else if (x->ffd < 0 && now >= x->fretry) {
