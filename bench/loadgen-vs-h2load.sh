@@ -6,12 +6,15 @@
 # interleaved (tlsmint-bench, h2load, tlsmint-bench, ...), for:
 #   - bulk: 1 connection downloading /big.bin (64 MiB) again and again: MB/s;
 #   - keep-alive: 16 connections, GET /index.html one after another on each: requests/s;
+# with the TLS 1.3 suite each negotiated (nginx follows the client's order) and the origin's CPU
+# per MB or per request, since the origin is the side that saturates on this machine;
 # and, for new-connection handshakes (h2load has no such mode), tlsmint-bench's own CPU next to
 # the origin's, so that a reader can see which side is saturated.
 # Writes bench/results/loadgen.md (medians and per-run values).
 #
 # usage: bench/loadgen-vs-h2load.sh [--runs N] [--seconds S] [BUILD_DIR]   (default 3, 5,
 #        build/release). Needs root (a network namespace), nginx, h2load, taskset.
+#        LG_ARGS="--ciphersuites ..." adds options to tlsmint-bench's bulk and keep-alive runs.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,7 +25,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --runs) runs=$2; shift ;;
     --seconds) secs=$2; shift ;;
-    -h | --help) sed -n '3,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n "3,17p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "loadgen-vs-h2load: unknown option $1" >&2; exit 2 ;;
     *) build_arg=$1 ;;
     esac
@@ -65,7 +68,7 @@ CA="$work/origin/root.pem"
 URL="https://h1.bench.test:$PORT"
 
 raw="$work/raw.csv"
-echo "run,tool,scenario,value,unit,tool_cpu_s,origin_cpu_s" >"$raw"
+echo "run,tool,scenario,value,unit,tool_cpu_s,origin_cpu_s,cipher" >"$raw"
 origin_cpu() { # nginx master + workers, CPU seconds
     python3 - "$NGX" <<'PY'
 import os, sys
@@ -94,10 +97,12 @@ h2() { # h2 SCENARIO RUN ARGS...: one h2load run, one raw line
     mbs=$(echo "$out" | sed -n 's/^finished in [0-9.]*s, [0-9.]* req\/s, \([0-9.]*\)\([KMG]\)B\/s.*/\1 \2/p' |
         awk '{m = $2 == "G" ? 1024 : $2 == "K" ? 1 / 1024 : 1; print $1 * m * 1.048576}')
     [ -n "$reqs" ] || die "h2load failed: $out"
+    local cipher
+    cipher=$(echo "$out" | sed -n 's/^Cipher: *\(.*\)/\1/p' | head -1)
     if [ "$sc" = bulk ]; then
-        echo "$r,h2load,$sc,$mbs,MB/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)")" >>"$raw"
+        echo "$r,h2load,$sc,$mbs,MB/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)"),${cipher:-?}" >>"$raw"
     else
-        echo "$r,h2load,$sc,$reqs,req/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)")" >>"$raw"
+        echo "$r,h2load,$sc,$reqs,req/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)"),${cipher:-?}" >>"$raw"
     fi
 }
 lg() { # lg SCENARIO RUN ARGS...: one tlsmint-bench run, one raw line
@@ -110,14 +115,16 @@ lg() { # lg SCENARIO RUN ARGS...: one tlsmint-bench run, one raw line
     if [ "$sc" = bulk ]; then v=$(lg_json "$work/lg.json" mb_per_s); unit=MB/s
     else v=$(lg_json "$work/lg.json" conn_per_s); fi
     [ "$(lg_json "$work/lg.json" failed)" = 0 ] || die "tlsmint-bench $sc: failures ($(cat "$work/lg.json"))"
-    echo "$r,tlsmint-bench,$sc,$v,$unit,$(lg_json "$work/lg.json" loadgen_cpu_s),$(python3 -c "print($(origin_cpu) - $o0)")" >>"$raw"
+    local cipher
+    cipher=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["cipher"]; print("/".join(k for k, v in c.items() if v))' "$work/lg.json")
+    echo "$r,tlsmint-bench,$sc,$v,$unit,$(lg_json "$work/lg.json" loadgen_cpu_s),$(python3 -c "print($(origin_cpu) - $o0)"),$cipher" >>"$raw"
 }
 
 for r in $(seq 1 "$runs"); do
     echo "== run $r/$runs" >&2
-    lg bulk "$r" bulk --conns 1 --path /big.bin
+    lg bulk "$r" bulk --conns 1 --path /big.bin ${LG_ARGS:-}
     h2 bulk "$r" -c 1 "$URL/big.bin"
-    lg keepalive "$r" keepalive --conns 16 --path /index.html
+    lg keepalive "$r" keepalive --conns 16 --path /index.html ${LG_ARGS:-}
     h2 keepalive "$r" -c 16 "$URL/index.html"
     lg handshake "$r" handshake --concurrency 16 --path /index.html
 done
@@ -150,11 +157,19 @@ L = ["# tlsmint-bench against h2load", "",
      f"{med('h2load','keepalive'):,.0f} | {st.median(ratios['keepalive']):.2f} | ≥ 0.95 |", "",
      "CPU of each side (s, medians of the runs; the load generator on CPU 0, nginx on CPU 1, "
      f"{secs} s per run, so {secs} s is one whole core):", "",
-     "| scenario | tool | tool CPU s | origin CPU s |", "|---|---|---:|---:|"]
+     "| scenario | tool | cipher | tool CPU s | origin CPU s | origin CPU per unit |", "|---|---|---|---:|---:|---:|"]
+def per_unit(tool, sc):
+    v = [float(r["origin_cpu_s"]) / (float(r["value"]) * float(secs)) for r in rows
+         if r["tool"] == tool and r["scenario"] == sc and float(r["value"]) > 0]
+    if not v:
+        return "—"
+    m = st.median(v)
+    return f"{m * 1e3:.2f} s/GB" if sc == "bulk" else f"{m * 1e6:.1f} µs/req"
 for sc in ("bulk", "keepalive", "handshake"):
     for tool in ("tlsmint-bench", "h2load"):
         if vals(tool, sc):
-            L.append(f"| {sc} | {tool} | {med(tool, sc, 'tool_cpu_s'):.2f} | {med(tool, sc, 'origin_cpu_s'):.2f} |")
+            ci = sorted({r["cipher"] for r in rows if r["tool"] == tool and r["scenario"] == sc})
+            L.append(f"| {sc} | {tool} | {', '.join(ci)} | {med(tool, sc, 'tool_cpu_s'):.2f} | {med(tool, sc, 'origin_cpu_s'):.2f} | {per_unit(tool, sc)} |")
 hs = med("tlsmint-bench", "handshake")
 L += ["", f"New-connection handshakes (tlsmint-bench only: h2load has no such mode): {hs:,.0f} conn/s.",
       "", "Raw rows:", "", "```"] + [",".join(r.values()) for r in rows] + ["```", ""]

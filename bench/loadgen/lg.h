@@ -94,6 +94,7 @@ struct lg_opts {
     bool resume;      /* --resume: each thread offers its last session again (tickets) */
     int tls_version;  /* 0, TLS1_2_VERSION or TLS1_3_VERSION */
     const char *alpn; /* "h2" or "http/1.1" */
+    const char *ciphersuites; /* TLS 1.3 suites offered, in order */
 
     /* output */
     bool quiet;
@@ -141,6 +142,9 @@ struct lg_stats {
     uint64_t alpn_h2;
     uint64_t alpn_http11;
     uint64_t alpn_none;
+    uint64_t cipher_aes128; /* negotiated AES-128-GCM (TLS 1.3 or 1.2) */
+    uint64_t cipher_aes256; /* negotiated AES-256-GCM */
+    uint64_t cipher_other;  /* anything else (ChaCha20, CCM, CBC) */
     uint64_t late_starts;            /* rate mode: starts more than 1 ms behind schedule */
     uint64_t unfinished;             /* abandoned by a second SIGINT */
     uint64_t end_ns;                 /* when the worker's loop ended (CLOCK_MONOTONIC) */

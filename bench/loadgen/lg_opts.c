@@ -94,6 +94,12 @@ static const char usage_text[] =
     "  --tls 1.2|1.3          pin the protocol version (default: 1.2 or 1.3)\n"
     "  --alpn h2|http/1.1     offer this ALPN protocol. Requests are HTTP/1.1 only: when h2 is\n"
     "                         negotiated the connection ends after the handshake (counted ok)\n"
+    "  --ciphersuites LIST    TLS 1.3 suites offered, in order (default, as browsers and h2load:\n"
+    "                         TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:\n"
+    "                         TLS_CHACHA20_POLY1305_SHA256). OpenSSL's own default puts\n"
+    "                         AES-256-GCM first, which costs a server that follows the\n"
+    "                         client's order (nginx by default) about 15 % more per byte.\n"
+    "                         The report counts the suites negotiated ('cipher').\n"
     "\n"
     "Output:\n"
     "  -q, --quiet            no progress line (by default one line per second on stderr:\n"
@@ -162,6 +168,7 @@ enum {
     OPT_RESUME,
     OPT_TLS,
     OPT_ALPN,
+    OPT_CIPHERSUITES,
     OPT_JSON,
     OPT_TIMELINE,
     OPT_ISSUER_STATS,
@@ -195,6 +202,7 @@ static const struct option long_opts[] = {
     {"resume", no_argument, NULL, OPT_RESUME},
     {"tls", required_argument, NULL, OPT_TLS},
     {"alpn", required_argument, NULL, OPT_ALPN},
+    {"ciphersuites", required_argument, NULL, OPT_CIPHERSUITES},
     {"quiet", no_argument, NULL, 'q'},
     {"json", no_argument, NULL, OPT_JSON},
     {"timeline", required_argument, NULL, OPT_TIMELINE},
@@ -643,6 +651,7 @@ int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
 
     memset(o, 0, sizeof(*o));
     o->timeout_ms = 5000;
+    o->ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
     o->first = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":qh", long_opts, NULL)) != -1) {
@@ -753,6 +762,9 @@ int lg_opts_parse(struct lg_opts *o, int argc, char **argv)
                 return opt_fail("--alpn: expected h2 or http/1.1, got '%s'", optarg);
             }
             o->alpn = optarg;
+            break;
+        case OPT_CIPHERSUITES:
+            o->ciphersuites = optarg;
             break;
         case 'q':
             o->quiet = true;

@@ -288,6 +288,9 @@ struct totals {
     uint64_t alpn_h2;
     uint64_t alpn_http11;
     uint64_t alpn_none;
+    uint64_t cipher_aes128;
+    uint64_t cipher_aes256;
+    uint64_t cipher_other;
     uint64_t late_starts;
     uint64_t unfinished;
 };
@@ -341,6 +344,9 @@ static void sum_totals(struct lg_run *run, struct totals *t)
         t->alpn_h2 += lg_load(&s->alpn_h2);
         t->alpn_http11 += lg_load(&s->alpn_http11);
         t->alpn_none += lg_load(&s->alpn_none);
+        t->cipher_aes128 += lg_load(&s->cipher_aes128);
+        t->cipher_aes256 += lg_load(&s->cipher_aes256);
+        t->cipher_other += lg_load(&s->cipher_other);
         t->late_starts += lg_load(&s->late_starts);
         t->unfinished += lg_load(&s->unfinished);
     }
@@ -709,6 +715,9 @@ void lg_report_final(struct lg_report *r, uint64_t end_ns, const struct lg_idle_
                 (unsigned long long)t.bytes_out, mbps, (unsigned long long)t.tls12,
                 (unsigned long long)t.tls13, (unsigned long long)t.alpn_h2,
                 (unsigned long long)t.alpn_http11, (unsigned long long)t.alpn_none);
+        fprintf(f, ",\"cipher\":{\"aes-128-gcm\":%llu,\"aes-256-gcm\":%llu,\"other\":%llu}",
+                (unsigned long long)t.cipher_aes128, (unsigned long long)t.cipher_aes256,
+                (unsigned long long)t.cipher_other);
         if (o->issuer_stats) {
             fprintf(f, ",\"issuers\":{\"intercepted\":%llu,\"bypassed\":%llu}",
                     (unsigned long long)t.intercepted, (unsigned long long)t.bypassed);
@@ -788,6 +797,9 @@ void lg_report_final(struct lg_report *r, uint64_t end_ns, const struct lg_idle_
     fprintf(f, "  tls          1.3: %llu, 1.2: %llu; alpn h2 %llu, http/1.1 %llu, none %llu\n",
             (unsigned long long)t.tls13, (unsigned long long)t.tls12, (unsigned long long)t.alpn_h2,
             (unsigned long long)t.alpn_http11, (unsigned long long)t.alpn_none);
+    fprintf(f, "  cipher       aes-128-gcm %llu, aes-256-gcm %llu, other %llu\n",
+            (unsigned long long)t.cipher_aes128, (unsigned long long)t.cipher_aes256,
+            (unsigned long long)t.cipher_other);
     if (o->resume) {
         fprintf(f, "  resumed      %llu of %llu handshakes\n", (unsigned long long)t.resumed,
                 (unsigned long long)t.handshakes);

@@ -496,6 +496,7 @@ static void handshake_done(struct lg_worker *w, struct lg_conn *c)
     struct lg_tl_slot *s = tl_slot(w, now);
     const unsigned char *alpn = NULL;
     unsigned alpn_len = 0;
+    const char *cipher;
 
     lg_add(&w->st->handshakes, 1);
     if (SSL_session_reused(c->ssl)) {
@@ -504,6 +505,14 @@ static void handshake_done(struct lg_worker *w, struct lg_conn *c)
     lg_hist_add(&w->st->handshake, us);
     lg_tl_hist_add(s->hs_bins, us);
     lg_add(SSL_version(c->ssl) == TLS1_3_VERSION ? &w->st->tls13 : &w->st->tls12, 1);
+    cipher = SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl));
+    if (strstr(cipher, "AES_128_GCM") != NULL || strstr(cipher, "AES128-GCM") != NULL) {
+        lg_add(&w->st->cipher_aes128, 1);
+    } else if (strstr(cipher, "AES_256_GCM") != NULL || strstr(cipher, "AES256-GCM") != NULL) {
+        lg_add(&w->st->cipher_aes256, 1);
+    } else {
+        lg_add(&w->st->cipher_other, 1);
+    }
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
     if (alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) {
         lg_add(&w->st->alpn_h2, 1);

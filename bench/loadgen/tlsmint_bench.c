@@ -63,6 +63,12 @@ static SSL_CTX *bench_ctx_new(const struct lg_opts *o)
     /* every handshake is a full one: no client session cache, no tickets offered */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* the suites' order decides the server's cost where it follows the client (nginx) */
+    if (SSL_CTX_set_ciphersuites(ctx, o->ciphersuites) != 1) {
+        bench_fail("--ciphersuites: no usable TLS 1.3 suite in '%s'", o->ciphersuites);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     if (o->scenario == LG_SC_IDLE) {
         SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     }

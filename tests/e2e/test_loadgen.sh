@@ -34,6 +34,20 @@ echo "== the origin ends keep-alive after 10 requests: a new connection, no fail
 check_eq "35 answered, none failed" "35 0" "$(jf "$WORK/k2.json" 'd["ok"], d["failed"]' | tr -d '(),')"
 check_eq "4 connections for 35 requests at 10 each" "4" "$(jf "$WORK/k2.json" 'd["handshakes"]')"
 
+echo "== the TLS 1.3 suites offered: AES-128-GCM first by default (as browsers and h2load), --ciphersuites changes it"
+check_eq "default: AES-128-GCM negotiated on both connections" "2 0" \
+    "$(jf "$WORK/k1.json" 'd["cipher"]["aes-128-gcm"], d["cipher"]["aes-256-gcm"]' | tr -d '(),')"
+"$LG" keepalive --connect "127.0.0.1:$OPORT" --host localhost --cafile "$WORK/pki/root.pem" \
+    --conns 1 --threads 1 --requests 2 --path /index.html --ciphersuites TLS_AES_256_GCM_SHA384 \
+    --json -q >"$WORK/k4.json"
+check_eq "--ciphersuites TLS_AES_256_GCM_SHA384: AES-256-GCM" "0 1" \
+    "$(jf "$WORK/k4.json" 'd["cipher"]["aes-128-gcm"], d["cipher"]["aes-256-gcm"]' | tr -d '(),')"
+rc=0
+"$LG" keepalive --connect "127.0.0.1:$OPORT" --host localhost --cafile "$WORK/pki/root.pem" \
+    --requests 1 --ciphersuites NO_SUCH_SUITE -q >"$WORK/k5.out" 2>&1 || rc=$?
+check_eq "an unknown suite: exit 2" "2" "$rc"
+check_contains "named in the error" "NO_SUCH_SUITE" "$(cat "$WORK/k5.out")"
+
 echo "== a response without Content-Length is a clear failure"
 "$LG" keepalive --connect "127.0.0.1:$KPORT" --host localhost --cafile "$WORK/pki/root.pem" \
     --conns 1 --threads 1 --requests 3 --path /chunked --json -q >"$WORK/k3.json"
