@@ -22,6 +22,8 @@
 #                   FILE's lines appended, interleaved with the others (bench/export-cost.sh)
 #   --sweep:        latency at these percentages of the direct maximum conn/s, e.g. 25,50,75,90
 #                   (default 50); 50 is always run and is the main table's latency row
+#   BENCH_TIMELINE=DIR (environment): each run also writes tlsmint-bench's 100 ms timeline to
+#                   DIR/TARGET-SCENARIO-RUN.csv (DIR must be writable by the load's uids)
 #   --no-floor:     no "floor" target (bench/loadgen/tcp_relay.c: plain TCP relay, no TLS,
 #                   bulk only) and no `openssl speed` for the crypto floor
 #
@@ -362,14 +364,18 @@ lg() {
     shift 4
     local uid=${UID_OF[$target]} pidopt=()
     [ -n "${PID_OF[$target]}" ] && pidopt=(--pid "${PID_OF[$target]}")
+    local tlopt=()   # BENCH_TIMELINE=DIR: the load generator's 100 ms timeline of each run
+    [ -n "${BENCH_TIMELINE:-}" ] && tlopt=(--timeline "$BENCH_TIMELINE/$target-$tag-$run.csv")
     local cmd=(taskset -c 1 setpriv --reuid="$uid" --regid="$uid" --clear-groups
         "$LG" "$@" --connect 127.0.0.1:$OPORT --threads 1 --cafile "${CA_OF[$target]}"
-        "${pidopt[@]}" --json -q)
+        "${pidopt[@]}" "${tlopt[@]}" --json -q)
     [ "$run" = 1 ] && echo "$target $tag: ip netns exec \$NS ${cmd[*]}" >>"$cmds"
-    local res
+    local res s0 s1
+    s0=$(grep -E '^cpu[01] ' /proc/stat | paste -sd' ')
     res=$(IN "${cmd[@]}" 2>>"$work/lg.err") || die "tlsmint-bench failed: ${cmd[*]}"
-    printf '{"target":"%s","tag":"%s","run":%s,"extra":%s,"r":%s}\n' \
-        "$target" "$tag" "$run" "$extra" "$res" >>"$raw"
+    s1=$(grep -E '^cpu[01] ' /proc/stat | paste -sd' ')
+    printf '{"target":"%s","tag":"%s","run":%s,"extra":%s,"cpus":%s,"r":%s}\n' \
+        "$target" "$tag" "$run" "$extra" "$(cpu_busy "$s0" "$s1")" "$res" >>"$raw"
     python3 -c '
 import json,sys
 r=json.loads(sys.argv[1]); p=r.get("pids",{})
@@ -377,6 +383,14 @@ print("   %-9s %-10s run %s: ok %d failed %d  %.1f conn/s  %.1f MB/s  cpu %.3f m
   sys.argv[2], sys.argv[3], sys.argv[4], r["ok"], r["failed"], r["conn_per_s"], r["mb_per_s"],
   p.get("cpu_ms_per_conn",0), p.get("cpu_s_per_gb",0), r["latency_ms"]["request"]["p99"]))' \
         "$res" "$target" "$tag" "$run" >&2
+}
+# cpu_busy "cpu0 ... cpu1 ..." "cpu0 ... cpu1 ...": each CPU's busy share (not idle, not iowait,
+# which io_uring waits are counted as) between two /proc/stat readings, as JSON
+cpu_busy() {
+    echo "$1 $2" | awk '{ for (c = 0; c < 2; c++) { b = 0; t = 0
+        for (i = 2; i <= 9; i++) { d = $(22 + c * 11 + i) - $(c * 11 + i); t += d; if (i != 5 && i != 6) b += d }
+        v[c] = t > 0 ? 100 * b / t : 0 }
+        printf "{\"cpu0\":%.1f,\"cpu1\":%.1f}", v[0], v[1] }'
 }
 median_direct_cps() {
     python3 - "$raw" <<'EOF'
@@ -655,9 +669,12 @@ if len(sweep) > 1:
              f"{nruns}); **added** = the target's request percentile minus direct's, in ms.")
     L.append("")
     others = [t for t in targets if t not in ("direct", "floor")]
+    busy = lambda c: (lambda r: r.get("cpus", {}).get(c))
     L.append("| share | conn/s | direct p50 / p90 / p99 | " +
-             " | ".join(f"{t} added p50 / p90 / p99" for t in others) + " |")
-    L.append("|---|---:|---:|" + "---:|" * len(others))
+             " | ".join(f"{t} added p50 / p90 / p99" for t in others) +
+             " | CPU 1 busy % (origin + load): direct / " + " / ".join(others) +
+             " | CPU 0 busy % (proxy): " + " / ".join(others) + " |")
+    L.append("|---|---:|---:|" + "---:|" * len(others) + "---:|---:|")
     for pct in sweep:
         tag = "latency" if pct == 50 else f"latency-{pct}"
         rt = next((r["extra"]["rate"] for r in rows if r["tag"] == tag), None)
@@ -667,8 +684,10 @@ if len(sweep) > 1:
             v = [med(t, tag, f) for f in (p50, p90, p99)]
             cells.append(" / ".join("—" if x is None or y is None else f"{x - y:+.2f}"
                                     for x, y in zip(v, d)))
+        c1 = " / ".join(fmt(med(t, tag, busy("cpu1")), 0) for t in ["direct"] + others)
+        c0 = " / ".join(fmt(med(t, tag, busy("cpu0")), 0) for t in others)
         L.append(f"| {pct} % | {rt} | " + " / ".join(fmt(x, 2) for x in d) + " | " +
-                 " | ".join(cells) + " |")
+                 " | ".join(cells) + f" | {c1} | {c0} |")
     L.append("")
 L.append("Ratios: > 1 is better for conn/s and MB/s; < 1 is better for CPU, RSS and latency.")
 L.append("Proxy CPU = utime+stime of the proxy process and all its descendants over the run")

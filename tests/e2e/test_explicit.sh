@@ -46,6 +46,17 @@ check_contains "access log: second visit is a cache hit" '"cache":"hit"' "$line"
 for _ in 1 2 3 4; do curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" >/dev/null 2>&1; done
 sleep 0.3
 check_contains "access log: upstream sessions are resumed (per loop)" '"upstream_resumed":true' "$(tail -n 4 "$WORK/access.log")"
+# client-side resumption: TLS 1.3 tickets from the proxy, the next connection resumes with them
+req='GET /index.html HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
+printf "$req" | timeout 10 openssl s_client -proxy "127.0.0.1:$PPORT" -connect "localhost:$OPORT" \
+    -servername localhost -CAfile "$CA" -tls1_3 -ign_eof -sess_out "$WORK/c.sess" >"$WORK/s1.out" 2>&1
+check_contains "a client's first connection: the body" "hello-from-origin" "$(cat "$WORK/s1.out")"
+check_eq "it was given 2 session tickets (TLS 1.3, full handshake)" "2" "$(grep -c "Post-Handshake New Session Ticket arrived" "$WORK/s1.out")"
+printf "$req" | timeout 10 openssl s_client -proxy "127.0.0.1:$PPORT" -connect "localhost:$OPORT" \
+    -servername localhost -CAfile "$CA" -tls1_3 -ign_eof -sess_in "$WORK/c.sess" >"$WORK/s2.out" 2>&1
+check_contains "its next connection resumes the client session" "Reused, TLSv1.3" "$(cat "$WORK/s2.out")"
+check_contains "and gets the body" "hello-from-origin" "$(cat "$WORK/s2.out")"
+check_eq "a resumption is given 1 ticket" "1" "$(grep -c "Post-Handshake New Session Ticket arrived" "$WORK/s2.out")"
 check_eq "SSLKEYLOGFILE output is 0600" "600" "$(stat -c %a "$WORK/keylog.txt")"
 check "SSLKEYLOGFILE has TLS 1.3 secrets (both sides: 2 per connection)" test "$(grep -c CLIENT_HANDSHAKE_TRAFFIC_SECRET "$WORK/keylog.txt")" -ge 10
 
