@@ -132,12 +132,31 @@ EOF
     wait_port "$port"
 }
 
+# wait_for TENTHS CMD...: runs CMD every 0.1 s until it succeeds (true), at most TENTHS times
+# (false): the bounded wait for a condition, where a fixed sleep would flake on a busy machine
+# (too short) or waste time on an idle one (too long)
+wait_for() {
+    local n=$1
+    shift
+    for _ in $(seq 1 "$n"); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# port_open PORT [HOST]: something accepts TCP connections on HOST (default 127.0.0.1):PORT
+port_open() {
+    (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
+}
+
+# wait_port PORT [HOST]: waits (at most 5 s) until HOST:PORT accepts connections
 wait_port() {
     for _ in $(seq 1 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        port_open "$1" "${2:-127.0.0.1}" && return 0
         sleep 0.05
     done
-    echo "port $1 never opened" >&2
+    echo "port ${2:-127.0.0.1}:$1 never opened" >&2
     return 1
 }
 

@@ -154,7 +154,7 @@ LP=$(free_port)
 curl -sS --max-time 20 --limit-rate 1M --local-port "$LP" --cacert "$CA" -x "$PROXY" \
     "https://localhost:$OPORT/huge.bin" -o "$WORK/partial.bin" 2>/dev/null &
 CURL=$!
-sleep 0.3
+wait_for 50 test -s "$WORK/partial.bin" # part of the body has arrived
 kill -9 "$CURL"
 wait "$CURL" 2>/dev/null
 got=$(stat -c %s "$WORK/partial.bin" 2>/dev/null || echo 0)

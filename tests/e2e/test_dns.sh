@@ -59,11 +59,11 @@ grep -q ready "$WORK/dns.log" || { echo "DNS server did not start"; cat "$WORK/d
 write_nginx "$WORK/origin" "127.0.0.1:$OPORT" "$P/names.pem" "$P/names.key"
 chmod -R a+rX "$WORK/origin" "$P"
 IN bash -c "echo \$\$ >$WORK/nginx.pid2; exec nginx -c $WORK/origin/nginx.conf -e $WORK/origin/logs/error.log" &
-sleep 0.2
+wait_for 50 test -s "$WORK/nginx.pid2"
 PIDS+=($(cat "$WORK/nginx.pid2"))
 wait_port "$OPORT" || { echo "origin did not start"; exit 1; }
 IN unshare -m bash -c "mount --bind $WORK/resolv.conf /etc/resolv.conf && mount --bind $WORK/hosts /etc/hosts && echo \$\$ >$WORK/tlsmint.pid && exec $TLSMINT -c $CONF run" >"$WORK/tlsmint.log" 2>&1 &
-sleep 0.3
+wait_for 50 test -s "$WORK/tlsmint.pid"
 TLSMINT_PID=$(cat "$WORK/tlsmint.pid")
 PIDS+=($TLSMINT_PID)
 wait_port "$PPORT" || { echo "tlsmint did not start"; cat "$WORK/tlsmint.log"; exit 1; }

@@ -189,7 +189,7 @@ set_conf "$C" export pcap_keep 3
 set_conf "$C" export pcap_listen ""
 start_tlsmint "$C" "$WORK/tlsmint2.log" || exit 1
 curl -sS --max-time 60 --cacert "$CA" -x "$PROXY" -o /dev/null "https://localhost:$OPORT/big.bin"
-sleep 0.5
+wait_for 50 eval '[ "$(ls "$WORK"/pcap/ | wc -l)" -ge 2 ]' # the writer thread is behind the relay
 n_size=$(ls "$WORK"/pcap/ | wc -l)
 check "3 MB at 1 MB per file: rotated by size, at most pcap_keep=3 kept ($n_size)" \
     test "$n_size" -ge 2 -a "$n_size" -le 3
@@ -201,7 +201,7 @@ sleep 3.2
 # block and (rotation by age) alone in its file, must be readable while tlsmint runs.
 curl -sS --http1.1 --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
     "https://localhost:$OPORT/index.html?live=TLSMINTLIVETAIL"
-sleep 1.5
+wait_for 30 test ! -e "$WORK/pcap/$first"
 check "rotated by age: the oldest file ($first) is gone" test ! -e "$WORK/pcap/$first"
 check "still at most 3 files" test "$(ls "$WORK"/pcap/ | wc -l)" -le 3
 live=""
@@ -274,7 +274,7 @@ if ip netns add "$NS" 2>/dev/null; then
     ip netns exec "$NS" timeout 12 tshark -q -i "tmy$$" -w "$WORK/mirror.pcap" \
         >"$WORK/mirror.tshark" 2>&1 &
     TS=$!
-    sleep 2.5
+    wait_for 100 grep -q "Capture started" "$WORK/mirror.tshark" # tshark is slow to start
     start_tlsmint "$C" "$WORK/tlsmint5.log" || exit 1
     PM=$($XC exact "$PPORT" localhost "$OPORT" "$CA" "/index.html?mirror=1" "$WORK" mirror1)
     curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \

@@ -233,7 +233,7 @@ check_eq "no private key file was written for it" "" \
 out=$(sclient "$P_WEB" -tls1_2 -cipher AES128-GCM-SHA256:AES256-SHA)
 check_contains "an RSA-key-exchange-only client is refused" "Cipher is (NONE)" "$out"
 check_contains "... with handshake_failure" "handshake failure" "$out"
-sleep 0.2
+wait_for 20 grep -q "offers only RSA key exchange" "$WORK/run.log"
 check_contains "... and the log says why" "offers only RSA key exchange" "$(cat "$WORK/run.log")"
 
 python3 - "$P_WEB" "$O/ca.pem" >"$WORK/py.out" 2>&1 <<'EOF'
@@ -301,7 +301,7 @@ body=$(curl -sS --max-time 10 --http2 --cacert "$O/ca.pem" -w ' %{http_version}'
 check_eq "curl h2 through [inbound.tls] to a TLS backend verified against backend_ca" \
     "hello-from-origin 2" "$(echo $body)"
 
-sleep 0.3
+wait_for 50 grep -q '"listener":"tls"' "$WORK/access.log" # its writer thread
 log=$(cat "$WORK/access.log")
 check_contains "access log: mode inbound, listener web" '"mode":"inbound","listener":"web"' "$log"
 check_contains "access log: listener tls" '"listener":"tls"' "$log"
@@ -523,7 +523,7 @@ if [ -n "${FAULTP11_PATH:-}" ]; then
             "tlsmint_hsm_refused_total{reason=\"queue_full\"} ${nalert:-x}" "$m"
         check_contains "queue full: ... and the listener's refusals" \
             "tlsmint_inbound_refused_total{listener=\"web\",reason=\"hsm\"} ${nalert:-x}" "$m"
-        sleep 0.3
+        wait_for 50 grep -q '"reason":"hsm-queue-full"' "$WORK/queue.access"
         check_contains "queue full: the access log gives the reason" '"reason":"hsm-queue-full"' \
             "$(cat "$WORK/queue.access")"
         : >"$QCTL"

@@ -52,7 +52,13 @@ for _ in $(seq 1 20); do
     [ "$out" = "hello-from-origin" ] && ok=$((ok + 1))
 done
 check_eq "20 requests through the proxy while every log write fails" "20" "$ok"
-sleep 0.5
+logged_all() { # each log has said so (the access log's writer thread may say it last)
+    local l
+    for l in access audit keylog; do
+        grep -q "\[log\] $l /dev/full: cannot write" "$LOG" || return 1
+    done
+}
+wait_for 50 logged_all
 for l in access audit keylog; do
     check_eq "[log] $l: one line with the reason" "1" \
         "$(grep -c "\[log\] $l /dev/full: cannot write: No space left on device" "$LOG")"

@@ -106,8 +106,9 @@ echo "== reload with new CA material (the unwrap child runs as nobody)"
 touch "$S/ca/forward-untrust.pem"
 out=$("$TLSMINT" -c "$CONF" ctl reload 2>&1)
 check_contains "ctl reload" "new CA material and an empty leaf cache" "$out"
+n=$(grep -c "reloaded $CONF" "$WORK/tlsmint2.log")
 kill -HUP "$TLSMINT_PID"
-sleep 0.5
+wait_for 50 eval '[ "$(grep -c "reloaded $CONF" "$WORK/tlsmint2.log")" -gt "$n" ]'
 check_contains "SIGHUP reload" "reloaded $CONF" "$(tail -n 3 "$WORK/tlsmint2.log")"
 
 echo "== signer respawn"

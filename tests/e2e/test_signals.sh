@@ -198,7 +198,7 @@ echo "== SIGTERM in the middle of that reload"
 curl -sS --max-time 20 --limit-rate 1500K --cacert "$CA" -x "$PROXY" \
     "https://localhost:$OPORT/big.bin" -o "$WORK/drained.bin" 2>"$WORK/drained.err" &
 DL=$!
-sleep 0.5
+wait_for 50 test -s "$WORK/drained.bin" # the download is under way
 kill -TERM "$TLSMINT_PID"
 sleep 0.5
 check "SIGTERM during a reload: the proxy is alive until the reload ends" kill -0 "$TLSMINT_PID"

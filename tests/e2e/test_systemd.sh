@@ -76,14 +76,16 @@ check_eq "once READY, the proxy serves" "hello-from-origin" "$out"
 check_contains "STATUS: members up" "STATUS=explicit port $PPORT, transparent off, 1/1 HSM members up" "$(cat "$WORK/notify.log")"
 sleep 1
 check_num "WATCHDOG=1 every 200 ms (at least 3 in 1 s)" "$(grep -c 'WATCHDOG=1' "$WORK/notify.log")" -ge 3
+# ready_after N: a READY=1 after the notify log's first N lines
+ready_after() { tail -n +$(($1 + 1)) "$WORK/notify.log" | grep -q "READY=1"; }
 n0=$(wc -l <"$WORK/notify.log")
 kill -HUP "$TLSMINT_PID"
-sleep 1
+wait_for 50 ready_after "$n0"
 after=$(tail -n +$((n0 + 1)) "$WORK/notify.log" | grep -v WATCHDOG | awk '{print $2}' | tr '\n' ' ')
 check_contains "SIGHUP: RELOADING=1 then READY=1" "RELOADING=1 READY=1" "$after"
 n0=$(wc -l <"$WORK/notify.log")
 "$TLSMINT" -c "$CONF" ctl reload >/dev/null
-sleep 0.3
+wait_for 50 ready_after "$n0"
 after=$(tail -n +$((n0 + 1)) "$WORK/notify.log" | grep -v WATCHDOG | awk '{print $2}' | tr '\n' ' ')
 check_contains "ctl reload: RELOADING=1 then READY=1" "RELOADING=1 READY=1" "$after"
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
