@@ -40,6 +40,54 @@ alog_client() {
     echo ""
 }
 
+# Logs that get a line per connection or request (the proxy's access log, written by its own
+# thread a moment after the connection ended; an origin's access log) are read by count, never
+# as the last line after a fixed sleep: on a busy machine that was the previous connection's
+# line. LOG_SEEN[FILE] counts the lines of FILE the checks have reached.
+declare -A LOG_SEEN
+# log_next FILE [K]: K more lines (default 1) are due in FILE since the last call for it: waits
+# (at most 10 s) until FILE holds that many and puts its last line in LINE. Lines that never come
+# fail a check of their own (LINE is then empty). Run it in the test's own shell, not in $(...),
+# or the count does not advance.
+log_next() {
+    local f=$1 want n=0
+    want=$((${LOG_SEEN[$f]:-0} + ${2:-1}))
+    for _ in $(seq 1 200); do
+        n=$(wc -l 2>/dev/null <"$f") || n=0
+        [ "$n" -ge "$want" ] && break
+        sleep 0.05
+    done
+    if [ "$n" -ge "$want" ]; then
+        LINE=$(tail -n 1 "$f")
+    else
+        bad "$f: $n lines after 10 s, $want expected"
+        LINE=""
+    fi
+    LOG_SEEN[$f]=$n
+}
+# log_wait FILE TEXT: waits (at most 10 s) until the last line of FILE holds TEXT, for a line
+# told apart by its content; LINE is the last line then (or after the 10 s, for the check)
+log_wait() {
+    for _ in $(seq 1 200); do
+        LINE=$(tail -n 1 "$1" 2>/dev/null)
+        case "$LINE" in *"$2"*) return 0 ;; esac
+        sleep 0.05
+    done
+}
+# ALOG: the proxy's access log the checks read; alog_next [K] is log_next "$ALOG" [K]
+ALOG=${ALOG:-}
+alog_next() { log_next "$ALOG" "${1:-1}"; }
+# alog_use FILE: ALOG is FILE from now on, every line it holds already taken as seen
+alog_use() {
+    ALOG=$1
+    LOG_SEEN[$1]=$(wc -l 2>/dev/null <"$1") || LOG_SEEN[$1]=0
+}
+# alog_sync: after connections whose lines are not counted (not all of them get one), waits
+# until ALOG stops growing (settle_lines) and takes every line in it as seen
+alog_sync() {
+    LOG_SEEN[$ALOG]=$(settle_lines "$ALOG")
+}
+
 # write_nginx DIR LISTEN CERT KEY [EXTRA]: DIR/nginx.conf for a TLS origin on LISTEN
 # ("ADDR:PORT") serving DIR/www with HTTP/1.1 and h2 (NGINX_LISTEN_OPTS, default "ssl http2";
 # "ssl" for an HTTP/1.1-only origin); EXTRA goes into the server block.
@@ -84,11 +132,8 @@ start_nginx2() {
     wait_port "$2"
 }
 
-# nginx_last DIR: the last line of the origin's access log (after a short wait for it)
-nginx_last() {
-    sleep 0.2
-    tail -n 1 "$1/logs/access.log" 2>/dev/null
-}
+# nginx_next DIR [K]: log_next on the origin's access log (K more requests reached it)
+nginx_next() { log_next "$1/logs/access.log" "${2:-1}"; }
 
 # sign_leaf PKIDIR NAME CN SAN [openssl-ca-dates...]: NAME.pem/NAME.key signed by the make_pki
 # root. With -startdate/-enddate arguments the certificate is issued through 'openssl ca' (the

@@ -40,7 +40,7 @@ cp "$CONF" "$WORK/base.conf"
 start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$S/ca/forward-trust.pem"
 PROXY="http://127.0.0.1:$PPORT"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 ctl() { "$TLSMINT" -c "$CONF" ctl "$@" 2>&1; }
 mtls() { curl -sS --max-time 10 --cacert "$P/root.pem" --cert "$P/client.pem" --key "$P/client.key" \
     -x "$PROXY" "$@" "https://localhost:$CPORT/index.html" 2>&1; }
@@ -50,7 +50,7 @@ out=$(curl -sS --max-time 10 --cacert "$P/root.pem" --cert "$P/client.pem" --key
     -x "$PROXY" -v "https://localhost:$CPORT/index.html" 2>&1)
 check_contains "the first connection already succeeds" "hello-from-origin" "$out"
 check_contains "  passed through: the client saw the origin's certificate" "issuer: CN=tlsmint e2e root" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: outcome excluded, reason client-auth" "excluded client-auth" \
     "$(jf outcome "$line") $(jf reason "$line")"
 ex=$(ctl exclusions)
@@ -59,13 +59,14 @@ check_eq "  with its port and reason" "localhost $CPORT client-auth" \
     "$(echo "$ex" | awk -v p="$CPORT" '$2 == p {print $1, $2, $3}')"
 out=$(mtls)
 check_eq "the next connection is passed through from the start" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  excluded, client-auth" "excluded client-auth" "$(jf outcome "$line") $(jf reason "$line")"
 check_eq "  the name proven on the way (the origin's certificate verified)" "ok" "$(jf upstream_verify "$line")"
 check_eq "  one hit" "1" "$(ctl exclusions | awk -v p="$CPORT" '$2 == p {print $6}')"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "the same name on another port is still inspected" "hello-from-origin" "$out"
-check_eq "  ok" "ok" "$(jf outcome "$(alog)")"
+alog_next
+check_eq "  ok" "ok" "$(jf outcome "$LINE")"
 m=$(curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics")
 check_contains "metrics: one entry" "tlsmint_exclusions_entries 1" "$m"
 check_contains "metrics: added for client-auth" 'tlsmint_exclusions_added_total{reason="client-auth"} 1' "$m"
@@ -86,11 +87,11 @@ PIN=$(openssl x509 -in "$P/origin.pem" -noout -pubkey | openssl pkey -pubin -out
 PC="$E2E_DIR/pinclient.py"
 r=$(timeout 20 python3 "$PC" "127.0.0.1:$PPORT" "localhost:$OPORT" "$P/root.pem" "$PIN")
 check_eq "first connection: the app rejects our leaf" "rejected" "$(kv result "$r")"
-line=$(alog)
+alog_next 2; line=$LINE # the mtls connection after the expiry, and this one
 check_eq "  logged with reason pinned" "pinned" "$(jf reason "$line")"
 r=$(timeout 20 python3 "$PC" "127.0.0.1:$PPORT" "localhost:$OPORT" "$P/root.pem" "$PIN")
 check_eq "next connection: passed through, the key matches its pin" "happy" "$(kv result "$r")"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  excluded, pinned" "excluded pinned" "$(jf outcome "$line") $(jf reason "$line")"
 check_contains "ctl exclusions: pinned" "pinned" "$(ctl exclusions)"
 m=$(curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics")
@@ -101,11 +102,12 @@ r=$(timeout 20 python3 "$PC" "127.0.0.1:$PPORT" "localhost:$O2PORT" "$P/root.pem
 check_eq "a client that checks only the pin rejects our leaf" "rejected" "$(kv result "$r")"
 check_contains "  with a bad_certificate alert (42)" "excluded for 10 s: the client rejects our leaf (alert 42" \
     "$(cat "$WORK/tlsmint.log")"
-line=$(alog)
+alog_next 2; line=$LINE # the curl -k connection before, and this one
 check_eq "  logged with reason pinned" "pinned" "$(jf reason "$line")"
 r=$(timeout 20 python3 "$PC" "127.0.0.1:$PPORT" "localhost:$O2PORT" "$P/root.pem" "$PIN" bad_certificate)
 check_eq "  its next connection is passed through: the pin matches" "happy" "$(kv result "$r")"
-check_eq "  excluded, pinned" "excluded pinned" "$(jf outcome "$(alog)") $(jf reason "$(alog)")"
+alog_next
+check_eq "  excluded, pinned" "excluded pinned" "$(jf outcome "$LINE") $(jf reason "$LINE")"
 
 echo "== a client refusing a forward-untrust leaf is no pinned app"
 for i in 1 2; do

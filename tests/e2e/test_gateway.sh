@@ -118,26 +118,27 @@ RULES0=$(G ip rule show; G ip -6 rule show)
 out=$(G "$TLSMINT" -c "$CONF" transparent setup --in-interface lan0 --ports 443 2>&1) ||
     { echo "transparent setup failed: $out"; exit 1; }
 check_contains "transparent setup: REDIRECT from lan0" "TCP port(s) 443 arriving on lan0 redirected to port $TPORT" "$out"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 RES=(--resolve origin.test:443:10.200.2.2 --resolve origin.test:8443:10.200.2.2)
 
 echo "== routing without interception (port 8443 is not redirected)"
 v=$(C curl -sS -v --max-time 10 --cacert "$P/root.pem" "${RES[@]}" https://origin.test:8443/ 2>&1)
 check_contains "client reaches the server network through the gateway" "hello-from-origin" "$v"
 check_contains "... and sees the origin's own certificate" "issuer: CN=tlsmint e2e root" "$v"
-check_contains "origin sees the client's own address" "10.200.1.2 " "$(nginx_last "$WORK/origin")"
+nginx_next "$WORK/origin"
+check_contains "origin sees the client's own address" "10.200.1.2 " "$LINE"
 
 echo "== intercepted HTTPS from the client namespace"
 out=$(C curl -sS --max-time 10 --cacert "$CA" "${RES[@]}" https://origin.test/ 2>&1)
 check_eq "curl (no proxy setting) gets the origin's body" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: transparent mode" "transparent" "$(jf mode "$line")"
 check_eq "access log: original destination" "10.200.2.2:443" "$(jf dst "$line")"
 check_eq "access log: SNI" "origin.test" "$(jf sni "$line")"
 check_contains "access log: the client's address" '"client":"10.200.1.2:' "$line"
 check_eq "access log: upstream verified" "ok" "$(jf upstream_verify "$line")"
 check_eq "access log: outcome ok" "ok" "$(jf outcome "$line")"
-n=$(nginx_last "$WORK/origin")
+nginx_next "$WORK/origin"; n=$LINE
 check_contains "origin sees the gateway's address, not the client's" "10.200.2.1 " "$n"
 check_contains "origin got the client's SNI" " origin.test " "$n"
 v=$(C curl -sS -v --max-time 10 --cacert "$CA" "${RES[@]}" https://origin.test/ -o /dev/null 2>&1)
@@ -147,19 +148,21 @@ C curl -sS --max-time 10 --cacert "$P/root.pem" "${RES[@]}" https://origin.test/
 check_eq "a client trusting only the origin's root refuses the intercepted leaf (exit 60)" "60" "$?"
 out=$(C curl -sS --http2 --max-time 10 --cacert "$CA" "${RES[@]}" -o /dev/null -w '%{http_version}' https://origin.test/ 2>&1)
 check_eq "h2 through the gateway" "2" "$out"
-check_eq "access log: ALPN h2" "h2" "$(jf alpn "$(alog)")"
+alog_next 3 # the -v request, the one refused by the client, and this one
+check_eq "access log: ALPN h2" "h2" "$(jf alpn "$LINE")"
 
 echo "== by IP address (no SNI)"
 out=$(C curl -sS --max-time 10 --cacert "$CA" https://10.200.2.2/ 2>&1)
 check_eq "IP-only request: leaf carries IP:10.200.2.2 and verifies" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: no SNI" "" "$(jf sni "$line")"
 check_eq "access log: host is the destination IP" "10.200.2.2" "$(jf host "$line")"
 
 echo "== an origin whose certificate does not verify"
 C curl -sS --max-time 10 --cacert "$CA" --resolve bad.test:443:10.200.2.3 https://bad.test/ >/dev/null 2>&1
 check_eq "self-signed origin: client trusting forward-trust fails (exit 60)" "60" "$?"
-check_not_contains "access log: upstream_verify is not ok" '"upstream_verify":"ok"' "$(alog)"
+alog_next
+check_not_contains "access log: upstream_verify is not ok" '"upstream_verify":"ok"' "$LINE"
 out=$(C curl -sS --max-time 10 --cacert "$UCA" --resolve bad.test:443:10.200.2.3 https://bad.test/ 2>&1)
 check_eq "self-signed origin: client trusting forward-untrust gets the body" "hello-from-origin" "$out"
 
@@ -170,7 +173,8 @@ rc=$?
 ms=$((($(date +%s%N) - t0) / 1000000))
 check "refused upstream: the client's handshake fails (curl rc=$rc)" test "$rc" -eq 35 -o "$rc" -eq 56
 check "... promptly (${ms} ms < 3000)" test "$ms" -lt 3000
-check_eq "access log: upstream_failed" "upstream_failed" "$(jf outcome "$(alog)")"
+alog_next 2 # the forward-untrust client's, and this one
+check_eq "access log: upstream_failed" "upstream_failed" "$(jf outcome "$LINE")"
 
 echo "== a connection to the transparent port that was not redirected"
 # conntrack is active in the gateway (nat table), so SO_ORIGINAL_DST succeeds for this
@@ -229,8 +233,7 @@ if out=$(G "$TLSMINT" -c "$CONF2" transparent setup --in-interface lan0 --ports 
     done
     out=$(C curl -sS --max-time 10 --cacert "$CA" "${RES[@]}" https://origin.test/ 2>&1)
     check_eq "TPROXY: the client reaches the origin through tlsmint" "hello-from-origin" "$out"
-    sleep 0.3
-    line=$(tail -n 1 "$WORK/access2.log" 2>/dev/null)
+    log_next "$WORK/access2.log"; line=$LINE
     check_eq "TPROXY: original destination from the socket" "10.200.2.2:443" "$(jf dst "${line:-x}")"
     check_eq "TPROXY: intercepted with a forward-trust leaf" "ok" "$(jf upstream_verify "${line:-x}")"
     out=$(C curl -sS --max-time 5 --cacert "$CA" "https://10.200.1.1:$TPORT2/" 2>&1)

@@ -31,7 +31,7 @@ cp "$CONF" "$WORK/base.conf"
 start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$S/ca/forward-trust.pem"
 PROXY="127.0.0.1:$PPORT"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 
 echo "== a server-first protocol through CONNECT"
 r=$(timeout 20 python3 "$NT" banner "$PROXY" "127.0.0.1:$BPORT")
@@ -39,7 +39,7 @@ check_eq "the banner reaches the client" "banner" "$(kv result "$r")"
 ms=$(kv ms "$r")
 check_num "  within first_byte_ms + 100 ms" "${ms:-99999}" -lt 400
 check_eq "  then an echo works both ways" "yes" "$(kv echo "$r")"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: action tunnel" "tunnel" "$(jf action "$line")"
 check_eq "access log: reason server-first" "server-first" "$(jf reason "$line")"
 check_eq "access log: outcome bypass (spliced)" "bypass" "$(jf outcome "$line")"
@@ -47,7 +47,7 @@ check_eq "access log: outcome bypass (spliced)" "bypass" "$(jf outcome "$line")"
 echo "== plain HTTP through a CONNECT tunnel"
 out=$(curl -sS --max-time 10 -p -x "http://$PROXY" "http://localhost:$HPORT/index.html" 2>&1)
 check_eq "GET through the tunnel reaches the HTTP origin" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: reason not-tls" "not-tls" "$(jf reason "$line")"
 check_eq "access log: action tunnel" "tunnel" "$(jf action "$line")"
 
@@ -56,7 +56,7 @@ r=$(timeout 20 python3 "$NT" slowtls "$PROXY" "localhost:$OPORT" "$CA" 700)
 check_eq "TLS after 700 ms (first_byte_ms 300)" "tls" "$(kv result "$r")"
 check_eq "  on a forward-trust leaf" "tlsmint_forward-trust_CA" "$(kv issuer "$r")"
 check_eq "  and the origin answered" "yes" "$(kv body "$r")"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  access log: inspected" "inspect" "$(jf action "$line")"
 check_eq "  outcome ok" "ok" "$(jf outcome "$line")"
 
@@ -67,7 +67,7 @@ printf "\n[rule.no-banner]\ndst = 127.0.0.1:%s\naction = block\n" "$BPORT" >>"$C
 check_eq "ctl reload" "0" "$?"
 r=$(timeout 20 python3 "$NT" banner "$PROXY" "127.0.0.1:$BPORT")
 check_eq "the banner server's destination is blocked" "nobanner" "$(kv result "$r")"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  rule no-banner" "no-banner" "$(jf rule "$line")"
 check_eq "  outcome blocked" "blocked" "$(jf outcome "$line")"
 
@@ -77,11 +77,11 @@ set_conf "$CONF" policy non_tls block
 "$TLSMINT" -c "$CONF" ctl reload >/dev/null 2>&1
 r=$(timeout 20 python3 "$NT" banner "$PROXY" "127.0.0.1:$BPORT")
 check_eq "server-first: closed, no banner" "nobanner" "$(kv result "$r")"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  logged: blocked, server-first" "blocked server-first" "$(jf outcome "$line") $(jf reason "$line")"
 out=$(curl -sS --max-time 10 -p -x "http://$PROXY" "http://localhost:$HPORT/index.html" 2>&1)
 check_not_contains "plain GET: closed" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  logged: blocked, not-tls" "blocked not-tls" "$(jf outcome "$line") $(jf reason "$line")"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "http://$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "TLS is still intercepted" "hello-from-origin" "$out"
@@ -116,9 +116,9 @@ tconf() {
 tconf
 IN bash -c "echo \$\$ >$WORK/echo.pid; exec python3 $NT server echo $EPORT" &
 IN bash -c "echo \$\$ >$WORK/tt.pid; exec $TLSMINT -c $WORK/t.conf run" >"$WORK/tt.log" 2>&1 &
-sleep 0.5
+wait_for 50 test -s "$WORK/echo.pid" -a -s "$WORK/tt.pid"
 PIDS+=($(cat "$WORK/echo.pid" "$WORK/tt.pid"))
-for _ in $(seq 1 100); do grep -q "tlsmint running" "$WORK/tt.log" && break; sleep 0.05; done
+wait_for 100 grep -q "tlsmint running" "$WORK/tt.log"
 for _ in $(seq 1 100); do # the echo server inside the namespace (python starts slowly under load)
     IN bash -c "exec 3<>/dev/tcp/127.0.0.1/$EPORT" 2>/dev/null && break
     sleep 0.1
@@ -128,8 +128,7 @@ IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport "$EPORT" -m owner --uid
 AS_NOBODY() { IN setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
 r=$(AS_NOBODY timeout 20 python3 "$NT" raw - "127.0.0.1:$EPORT" "hello-raw")
 check_eq "raw bytes on the redirected port reach the echo server" "echo:hello-raw" "$(kv result "$r")"
-sleep 0.3
-line=$(tail -n 1 "$WORK/t-access.log")
+log_next "$WORK/t-access.log"; line=$LINE
 check_eq "  through the transparent listener, tunnelled, not-tls" "transparent tunnel not-tls" \
     "$(jf mode "$line") $(jf action "$line") $(jf reason "$line")"
 check_eq "  to its original destination" "127.0.0.1:$EPORT" "$(jf dst "$line")"
@@ -137,8 +136,7 @@ tconf block
 IN "$TLSMINT" -c "$WORK/t.conf" ctl reload >/dev/null 2>&1
 r=$(AS_NOBODY timeout 20 python3 "$NT" raw - "127.0.0.1:$EPORT" "hello-raw")
 check_eq "non_tls = block: closed" "closed" "$(kv result "$r")"
-sleep 0.3
-line=$(tail -n 1 "$WORK/t-access.log")
+log_next "$WORK/t-access.log"; line=$LINE
 check_eq "  logged: blocked, not-tls" "blocked not-tls" "$(jf outcome "$line") $(jf reason "$line")"
 
 finish

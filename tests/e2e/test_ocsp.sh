@@ -158,7 +158,7 @@ start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$S/ca/forward-trust.pem"
 UCA="$S/ca/forward-untrust.pem"
 PROXY="http://127.0.0.1:$PPORT"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 # via NAME [curl args]: https://NAME.example/ through the proxy, to NAME's server
 via() {
     local name=$1; shift
@@ -178,25 +178,27 @@ metric() { curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" | sed -n "s/^
 echo "== ocsp = fetch"
 out=$(via good --cacert "$CA")
 check_contains "good: intercepted, served" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  access log: ocsp good, fetched, ok" "good fetched ok" \
     "$(jf ocsp "$line") $(jf ocsp_src "$line") $(jf outcome "$line")"
 check_eq "  one request, good" "1" "$(metric 'tlsmint_ocsp_requests_total{result="good"}')"
 out=$(via good --cacert "$CA")
 check_contains "again: served" "hello-from-origin" "$out"
-check_eq "  from the cache (until nextUpdate)" "good cached" "$(jf ocsp "$(alog)") $(jf ocsp_src "$(alog)")"
+alog_next
+check_eq "  from the cache (until nextUpdate)" "good cached" "$(jf ocsp "$LINE") $(jf ocsp_src "$LINE")"
 check_eq "  no second request" "1" "$(metric 'tlsmint_ocsp_requests_total{result="good"}')"
 out=$(via revoked --cacert "$CA")
 check_contains "revoked: blocked with a 403" "code=403" "$out"
 check_contains "  the page names the reason" "(reason: revoked)" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  access log: blocked, reason revoked" "blocked revoked revoked" \
     "$(jf outcome "$line") $(jf reason "$line") $(jf ocsp "$line")"
 check_eq "  counted" "1" "$(metric 'tlsmint_ocsp_requests_total{result="revoked"}')"
 out=$(via unknown --cacert "$CA")
 check_contains "unknown to the responder: allowed (unknown_status = allow)" "hello-from-origin" "$out"
+alog_next
 check_eq "  access log: ocsp unknown, reason ocsp-unknown" "unknown ocsp-unknown" \
-    "$(jf ocsp "$(alog)") $(jf reason "$(alog)")"
+    "$(jf ocsp "$LINE") $(jf reason "$LINE")"
 out=$(via ut -v --cacert "$UCA" -o /dev/null)
 check_contains "revoked = untrust: a forward-untrust leaf" "issuer: O=tlsmint; CN=tlsmint forward-untrust CA" "$out"
 
@@ -264,12 +266,13 @@ check_eq "  access log: ocsp good, fetched" "good fetched" "$(jf ocsp "$line") $
 check_eq "  one request for both" "1" "$(($(requests) - r0))"
 
 echo "== the responder stopped (connects, never answers): ocsp_timeout_ms = 300"
+alog_sync # the 46 connections since the last alog_next, read above by their names
 kill -STOP "$RESP_PID"
 t0=$(date +%s%N)
 out=$(via ta --cacert "$CA")
 t1=$(date +%s%N)
 check_contains "status_timeout = allow: served" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  access log: ocsp timeout, reason ocsp-timeout, ok" "timeout ocsp-timeout ok" \
     "$(jf ocsp "$line") $(jf reason "$line") $(jf outcome "$line")"
 ms=$(jf ocsp_ms "$line" | cut -d. -f1)
@@ -279,7 +282,7 @@ check_num "  the whole connection under 3 s (ms)" "$(((t1 - t0) / 1000000))" -lt
 out=$(via tb --cacert "$CA")
 check_contains "status_timeout = block: blocked with a 403" "code=403" "$out"
 check_contains "  naming the reason" "(reason: ocsp-timeout)" "$out"
-line=$(alog)
+alog_next; line=$LINE
 ms=$(jf ocsp_ms "$line" | cut -d. -f1)
 check_num "  decided within ocsp_timeout_ms + 50 ms" "$ms" -le 350
 check_num "  not before the deadline" "$ms" -ge 299
@@ -288,14 +291,16 @@ check_eq "  counted as timeouts" "2" "$(metric 'tlsmint_ocsp_requests_total{resu
 echo "== ocsp = stapled (the responder still stopped)"
 out=$(via st --cacert "$CA")
 check_contains "a stapled good response: intercepted" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  access log: ocsp good, stapled" "good stapled" "$(jf ocsp "$line") $(jf ocsp_src "$line")"
 out=$(via sr --cacert "$CA")
 check_contains "a stapled revoked response: blocked" "(reason: revoked)" "$out"
-check_eq "  stapled" "stapled" "$(jf ocsp_src "$(alog)")"
+alog_next
+check_eq "  stapled" "stapled" "$(jf ocsp_src "$LINE")"
 out=$(via plain --cacert "$CA")
 check_contains "no staple, ocsp = stapled: nothing to check, served" "hello-from-origin" "$out"
-check_eq "  ocsp empty (not checked)" "" "$(jf ocsp "$(alog)")"
+alog_next
+check_eq "  ocsp empty (not checked)" "" "$(jf ocsp "$LINE")"
 kill -CONT "$RESP_PID"
 
 echo "== the responder gone"
@@ -306,7 +311,8 @@ t0=$(date +%s%N)
 out=$(via ta --cacert "$CA")
 t1=$(date +%s%N)
 check_contains "connection refused: allowed at once (status_timeout = allow)" "hello-from-origin" "$out"
-check_eq "  reason ocsp-error" "error ocsp-error" "$(jf ocsp "$(alog)") $(jf reason "$(alog)")"
+alog_next
+check_eq "  reason ocsp-error" "error ocsp-error" "$(jf ocsp "$LINE") $(jf reason "$LINE")"
 check_num "  without waiting for the 2 s deadline (ms)" "$(((t1 - t0) / 1000000))" -lt 1500
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
 check_eq "clean exit" "0" "$?"

@@ -30,7 +30,7 @@ write_nginx "$WORK/ip2" "127.0.0.2:$O2PORT" "$P/ip2.pem" "$P/ip2.key"
 nginx -c "$WORK/ip2/nginx.conf" -e "$WORK/ip2/logs/error.log" & PIDS+=($!)
 write_nginx "$WORK/v6" "[::1]:$O6PORT" "$P/origin.pem" "$P/origin.key"
 nginx -c "$WORK/v6/nginx.conf" -e "$WORK/v6/logs/error.log" & PIDS+=($!)
-sleep 0.5
+wait_port "$O2PORT" 127.0.0.2 && wait_port "$O6PORT" ::1 || exit 1
 CONF="$S/tlsmint.conf"
 set_conf "$CONF" listen explicit "127.0.0.1:$PPORT"
 set_conf "$CONF" listen transparent ""
@@ -84,7 +84,7 @@ start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$S/ca/forward-trust.pem"
 UCA="$S/ca/forward-untrust.pem"
 PROXY="http://127.0.0.1:$PPORT"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 # via NAME [curl args]: curl through the proxy to https://NAME/ with the CONNECT going to the
 # plain origin (SNI = NAME), printing body, then "code=N"
 via() {
@@ -97,7 +97,7 @@ echo "== a hosts rule blocks: 403 page on our leaf, nothing upstream"
 out=$(via order.example --cacert "$CA")
 check_contains "403 through the proxy" "code=403" "$out"
 check_contains "the page names the rule" "rule <b>order-first</b> (reason: rule)" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: outcome blocked" "blocked" "$(jf outcome "$line")"
 check_eq "access log: rule" "order-first" "$(jf rule "$line")"
 check_eq "access log: action" "block" "$(jf action "$line")"
@@ -111,23 +111,25 @@ check_contains "a client offering h2 and http/1.1 gets the page over http/1.1" "
 st=$(echo | timeout 10 openssl s_client -proxy "127.0.0.1:$PPORT" -connect "127.0.0.1:$OPORT" \
     -servername order.example 2>&1)
 check_contains "without http/1.1 in ALPN: a TLS access_denied alert" "alert access denied" "$st"
-check_eq "  logged as blocked" "blocked" "$(jf outcome "$(alog)")"
+alog_next 3 # the -v request, the h2 one and s_client's
+check_eq "  logged as blocked" "blocked" "$(jf outcome "$LINE")"
 
 echo "== first match in file order, the bypass list first"
 out=$(via listed.example -k -v -o /dev/null)
 check_contains "[policy] bypass wins over a later block rule: the origin's own certificate" \
     "issuer: CN=tlsmint e2e root" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: rule bypass" "bypass" "$(jf rule "$line")"
 check_eq "access log: outcome bypass" "bypass" "$(jf outcome "$line")"
 out=$(via www.pass.example -k -v -o /dev/null)
 check_contains "a .domain pattern bypasses a subdomain" "issuer: CN=tlsmint e2e root" "$out"
-check_eq "  by the second rule" "order-second" "$(jf rule "$(alog)")"
+alog_next
+check_eq "  by the second rule" "order-second" "$(jf rule "$LINE")"
 
 echo "== default: inspected"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "no rule matches: intercepted and served" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: rule default" "default" "$(jf rule "$line")"
 check_eq "access log: action inspect" "inspect" "$(jf action "$line")"
 check_eq "access log: outcome ok" "ok" "$(jf outcome "$line")"
@@ -135,27 +137,30 @@ check_eq "access log: outcome ok" "ok" "$(jf outcome "$line")"
 echo "== clients"
 out=$(via corp.example --cacert "$CA" --interface 127.0.0.3)
 check_contains "client 127.0.0.3 is blocked for corp.example" "rule <b>corp-clients</b>" "$out"
-check_eq "  from 127.0.0.3" "127.0.0.3" "$(jf client "$(alog)" | cut -d: -f1)"
+alog_next
+check_eq "  from 127.0.0.3" "127.0.0.3" "$(jf client "$LINE" | cut -d: -f1)"
 out=$(via corp.example -k -o /dev/null)
 check_contains "client 127.0.0.1 is not in the rule: intercepted (the origin answers)" "code=200" "$out"
-check_eq "  rule default" "default" "$(jf rule "$(alog)")"
+alog_next
+check_eq "  rule default" "default" "$(jf rule "$LINE")"
 
 echo "== dst (IPv4 CIDR, IPv6 with a port)"
 out=$(curl -sS --max-time 10 --cacert "$P/root.pem" -x "$PROXY" "https://127.0.0.2:$O2PORT/index.html" 2>&1)
 check_eq "dst 127.0.0.2/31 bypasses: the client verifies the origin itself" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  rule net" "net" "$(jf rule "$line")"
 check_eq "  outcome bypass" "bypass" "$(jf outcome "$line")"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" -w '\ncode=%{http_code}' \
     --connect-to "six.example:443:[::1]:$O6PORT" "https://six.example/" 2>&1)
 check_contains "dst [::1]/128:$O6PORT blocks" "rule <b>v6</b>" "$out"
-check_eq "  destination [::1]" "[::1]:$O6PORT" "$(jf dst "$(alog)")"
+alog_next
+check_eq "  destination [::1]" "[::1]:$O6PORT" "$(jf dst "$LINE")"
 
 echo "== profile: expired and untrusted issuer blocked after the upstream check"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" -w '\ncode=%{http_code}' "https://localhost:$EPORT/" 2>&1)
 check_contains "an expired origin certificate: 403" "code=403" "$out"
 check_contains "  the page names the reason" "rule <b>strict</b> (reason: expired)" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  access log reason" "expired" "$(jf reason "$line")"
 check_eq "  access log outcome" "blocked" "$(jf outcome "$line")"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" -w '\ncode=%{http_code}' "https://localhost:$SPORT/" 2>&1)
@@ -239,25 +244,28 @@ for o in t1 t2; do
     IN bash -c "echo \$\$ >$WORK/$o.pid; exec nginx -c $WORK/$o/nginx.conf -e $WORK/$o/logs/error.log" &
 done
 IN bash -c "echo \$\$ >$WORK/tt.pid; exec $TLSMINT -c $WORK/t.conf run" >"$WORK/tt.log" 2>&1 &
-sleep 0.5
+wait_for 50 test -s "$WORK/t1.pid" -a -s "$WORK/t2.pid" -a -s "$WORK/tt.pid"
 PIDS+=($(cat "$WORK/t1.pid" "$WORK/t2.pid" "$WORK/tt.pid"))
-for _ in $(seq 1 100); do grep -q "tlsmint running" "$WORK/tt.log" && break; sleep 0.05; done
+wait_for 100 grep -q "tlsmint running" "$WORK/tt.log"
+for p in "$T1" "$T2"; do wait_for 50 IN bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null; done
 for p in "$T1" "$T2"; do
     IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport "$p" -m owner --uid-owner 65534 \
         -j REDIRECT --to-ports "$TPORT"
 done
 AS_NOBODY() { IN setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
-tlog() { sleep 0.3; tail -n 1 "$WORK/t-access.log"; }
+alog_use "$WORK/t-access.log"
 out=$(AS_NOBODY curl -sS -v --max-time 10 --cacert "$P/root.pem" "https://localhost:$T1/index.html" 2>&1)
 check_contains "transparent: hosts + dst bypass, the origin's own certificate" "issuer: CN=tlsmint e2e root" "$out"
-check_eq "  rule t-pass" "t-pass" "$(jf rule "$(tlog)")"
+alog_next
+check_eq "  rule t-pass" "t-pass" "$(jf rule "$LINE")"
 out=$(AS_NOBODY curl -sS --max-time 10 --cacert "$CA" -w '\ncode=%{http_code}' "https://localhost:$T2/" 2>&1)
 check_contains "transparent: the original destination blocks (403 page)" "rule <b>t-block</b>" "$out"
-line=$(tlog)
+alog_next; line=$LINE
 check_eq "  outcome blocked" "blocked" "$(jf outcome "$line")"
 check_eq "  mode transparent" "transparent" "$(jf mode "$line")"
 out=$(AS_NOBODY curl -sS --max-time 10 --cacert "$CA" "https://127.0.0.1:$T1/index.html" 2>&1)
 check_eq "transparent: no SNI, hosts rule does not match: inspected" "hello-from-origin" "$out"
-check_eq "  rule default" "default" "$(jf rule "$(tlog)")"
+alog_next
+check_eq "  rule default" "default" "$(jf rule "$LINE")"
 
 finish

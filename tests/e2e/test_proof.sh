@@ -31,7 +31,7 @@ set_conf "$CONF" admin metrics "127.0.0.1:$MPORT"
 set_conf "$CONF" policy bypass "bank.example"
 start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 PROXY="http://127.0.0.1:$PPORT"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 metric() { curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" | sed -n "s/^$1 //p"; }
 
 echo "== the attack: SNI bank.example to a server that is not bank.example"
@@ -41,13 +41,14 @@ check_not_contains "not spliced: the client never gets the evil server's own cer
     "issuer: CN=tlsmint e2e root" "$out"
 check_contains "  it gets our forward-untrust leaf instead (the name does not verify there)" \
     "issuer: O=tlsmint; CN=tlsmint forward-untrust CA" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "access log: inspected, reason unproven-name" "inspect unproven-name" "$(jf action "$line") $(jf reason "$line")"
 check_not_contains "  outcome is not bypass" "bypass" "$(jf outcome "$line")"
 st=$(echo | timeout 10 openssl s_client -proxy "127.0.0.1:$PPORT" -connect "127.0.0.1:$EPORT" \
     -servername bank.example 2>&1)
 check_not_contains "openssl s_client: not the evil server's own certificate either" "i:CN = tlsmint e2e root" "$st"
 check_contains "  but our forward-untrust leaf" "tlsmint forward-untrust CA" "$st"
+alog_next # s_client's line
 check_eq "the failed proof is cached (one proof handshake)" "1" "$(metric 'tlsmint_name_proofs_total{result="not_proven"}')"
 
 echo "== the real bank.example is still spliced, its proof made once"
@@ -56,7 +57,8 @@ for i in 1 2 3; do
         --connect-to "bank.example:443:127.0.0.1:$BPORT" "https://bank.example/index.html" 2>&1)
     check_contains "connection $i: the origin's own certificate (spliced)" "issuer: CN=tlsmint e2e root" "$out"
     check_contains "  and its body" "hello-from-origin" "$out"
-    check_eq "  outcome bypass" "bypass" "$(jf outcome "$(alog)")"
+    alog_next
+    check_eq "  outcome bypass" "bypass" "$(jf outcome "$LINE")"
 done
 check_eq "one proof handshake for three connections" "1" "$(metric 'tlsmint_name_proofs_total{result="proven"}')"
 
@@ -64,7 +66,7 @@ echo "== a CONNECT host that is not the SNI"
 st=$(echo | timeout 10 openssl s_client -proxy "127.0.0.1:$PPORT" -connect "localhost:$BPORT" \
     -servername bank.example 2>&1)
 check_contains "CONNECT localhost, SNI bank.example: inspected (our leaf)" "tlsmint forward-" "$st"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  reason sni-mismatch" "sni-mismatch" "$(jf reason "$line")"
 check_eq "  counted" "1" "$(metric 'tlsmint_policy_unproven_total{reason="sni-mismatch"}')"
 
@@ -75,7 +77,8 @@ out=$(curl -sS -k --max-time 10 -x "$PROXY" --connect-to "bank.example:443:127.0
     -w '\ncode=%{http_code}' "https://bank.example/index.html" 2>&1)
 check_contains "the attack is blocked: 403" "code=403" "$out"
 check_contains "  the page names the reason" "(reason: unproven-name)" "$out"
-check_eq "  outcome blocked" "blocked" "$(jf outcome "$(alog)")"
+alog_next
+check_eq "  outcome blocked" "blocked" "$(jf outcome "$LINE")"
 out=$(curl -sS --max-time 10 --cacert "$P/root.pem" -x "$PROXY" \
     --connect-to "bank.example:443:127.0.0.1:$BPORT" "https://bank.example/index.html" 2>&1)
 check_eq "the real bank still passes" "hello-from-origin" "$out"
@@ -110,21 +113,22 @@ for o in tbank tevil; do
     IN bash -c "echo \$\$ >$WORK/$o.pid; exec nginx -c $WORK/$o/nginx.conf -e $WORK/$o/logs/error.log" &
 done
 IN bash -c "echo \$\$ >$WORK/tt.pid; exec $TLSMINT -c $T run" >"$WORK/tt.log" 2>&1 &
-sleep 0.5
+wait_for 50 test -s "$WORK/tbank.pid" -a -s "$WORK/tevil.pid" -a -s "$WORK/tt.pid"
 PIDS+=($(cat "$WORK/tbank.pid" "$WORK/tevil.pid" "$WORK/tt.pid"))
-for _ in $(seq 1 100); do grep -q "tlsmint running" "$WORK/tt.log" && break; sleep 0.05; done
+wait_for 100 grep -q "tlsmint running" "$WORK/tt.log"
+for p in "$TB" "$TE"; do wait_for 50 IN bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null; done
 for p in "$TB" "$TE"; do
     IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport "$p" -m owner --uid-owner 65534 \
         -j REDIRECT --to-ports "$TPORT"
 done
 AS_NOBODY() { IN setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
-tlog() { sleep 0.3; tail -n 1 "$WORK/t-access.log"; }
+alog_use "$WORK/t-access.log"
 out=$(AS_NOBODY curl -sS -k -v --max-time 10 --resolve "bank.example:$TE:127.0.0.1" \
     "https://bank.example:$TE/index.html" 2>&1)
 check_not_contains "SNI bank.example to the evil server's address: never spliced" \
     "issuer: CN=tlsmint e2e root" "$out"
 check_contains "  our forward-untrust leaf instead" "issuer: O=tlsmint; CN=tlsmint forward-untrust CA" "$out"
-line=$(tlog)
+alog_next; line=$LINE
 check_eq "  access log: transparent, inspected, reason unproven-name" "transparent inspect unproven-name" \
     "$(jf mode "$line") $(jf action "$line") $(jf reason "$line")"
 check_not_contains "  outcome is not bypass" "bypass" "$(jf outcome "$line")"
@@ -133,6 +137,7 @@ for i in 1 2; do
         --resolve "bank.example:$TB:127.0.0.1" "https://bank.example:$TB/index.html" 2>&1)
     check_contains "the real bank.example at its own address, connection $i: spliced" \
         "issuer: CN=tlsmint e2e root" "$out"
-    check_eq "  outcome bypass" "bypass" "$(jf outcome "$(tlog)")"
+    alog_next
+    check_eq "  outcome bypass" "bypass" "$(jf outcome "$LINE")"
 done
 finish

@@ -54,7 +54,7 @@ start_tlsmint "$CONF" "$WORK/tlsmint.log" || exit 1
 CA="$WORK/state/ca/forward-trust.pem"
 UCA="$WORK/state/ca/forward-untrust.pem"
 PROXY="http://127.0.0.1:$PPORT"
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 
 echo "== TLS versions: client side x upstream side"
 for up in 1.2 1.3; do
@@ -67,18 +67,19 @@ for up in 1.2 1.3; do
             "SSL connection using TLSv$cl" "$v"
         check_contains "client TLS $cl, upstream TLS $up only: leaf from forward-trust" \
             "issuer: O=tlsmint; CN=tlsmint forward-trust CA" "$v"
-        n=$(nginx_last "$OD")
+        nginx_next "$OD"; n=$LINE
         check_contains "client TLS $cl, upstream TLS $up only: upstream side is TLS $up" \
             " TLSv$up " "$n"
+        alog_next
         check_contains "client TLS $cl, upstream TLS $up only: access log ok" \
-            '"outcome":"ok"' "$(alog)"
+            '"outcome":"ok"' "$LINE"
     done
 done
 out=$(echo | timeout 10 openssl s_client -proxy "127.0.0.1:$PPORT" -connect "localhost:$O13" \
     -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' -CAfile "$CA" 2>&1)
 check_contains "a TLS 1.1-only client gets the origin's protocol_version alert" \
     "alert protocol version" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_eq "  passed through ([profile] unsupported = bypass): it cannot meet tls1.2-tls1.3" \
     "bypass unsupported-version" "$(jf action "$line") $(jf reason "$line")"
 
@@ -88,29 +89,35 @@ for up in 12 13; do
     out=$(curl -sS --http1.1 --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
         -w '%{http_version} %{http_code}' "https://localhost:$OP/index.html" 2>&1)
     check_eq "upstream TLS $up: HTTP/1.1 end to end" "1.1 200" "$out"
-    check_contains "upstream TLS $up: access log ALPN http/1.1" '"alpn":"http/1.1"' "$(alog)"
-    check_contains "upstream TLS $up: origin saw HTTP/1.1" " HTTP/1.1 " "$(nginx_last "$OD")"
+    alog_next
+    check_contains "upstream TLS $up: access log ALPN http/1.1" '"alpn":"http/1.1"' "$LINE"
+    nginx_next "$OD"
+    check_contains "upstream TLS $up: origin saw HTTP/1.1" " HTTP/1.1 " "$LINE"
     out=$(curl -sS --http2 --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
         -w '%{http_version} %{http_code}' "https://localhost:$OP/index.html" 2>&1)
     check_eq "upstream TLS $up: h2 end to end" "2 200" "$out"
-    check_contains "upstream TLS $up: access log ALPN h2" '"alpn":"h2"' "$(alog)"
-    check_contains "upstream TLS $up: origin saw HTTP/2" " HTTP/2.0 " "$(nginx_last "$OD")"
+    alog_next
+    check_contains "upstream TLS $up: access log ALPN h2" '"alpn":"h2"' "$LINE"
+    nginx_next "$OD"
+    check_contains "upstream TLS $up: origin saw HTTP/2" " HTTP/2.0 " "$LINE"
 done
 out=$(curl -sS --http2 --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
     -w '%{http_version} %{http_code}' "https://localhost:$OH1/index.html" 2>&1)
 check_eq "client offers h2, origin speaks only HTTP/1.1: the client gets HTTP/1.1" "1.1 200" "$out"
-check_contains "access log: ALPN http/1.1" '"alpn":"http/1.1"' "$(alog)"
+alog_next
+check_contains "access log: ALPN http/1.1" '"alpn":"http/1.1"' "$LINE"
 
 echo "== 10 MiB bodies byte for byte"
 want=$(sha256sum <"$WORK/o13/www/ten.bin" | cut -d' ' -f1)
 got=$(curl -sS --http2 --max-time 60 --cacert "$CA" -x "$PROXY" "https://localhost:$O13/ten.bin" |
     sha256sum | cut -d' ' -f1)
 check_eq "h2 over TLS 1.3 upstream: sha256 equal" "$want" "$got"
-down=$(jf bytes_down "$(alog)")
+alog_next; down=$(jf bytes_down "$LINE")
 check_num "access log counts at least 10 MiB down" "$down" -ge 10485760
 got=$(curl -sS --http1.1 --tlsv1.2 --tls-max 1.2 --max-time 60 --cacert "$CA" -x "$PROXY" \
     "https://localhost:$O12/ten.bin" | sha256sum | cut -d' ' -f1)
 check_eq "HTTP/1.1 over TLS 1.2 on both sides: sha256 equal" "$want" "$got"
+alog_next # its line, unchecked
 head -c 5000000 /dev/urandom >"$WORK/upload.bin"
 upb=$(sha256sum <"$WORK/upload.bin" | cut -d' ' -f1)
 for v in 1.1 2; do
@@ -119,7 +126,8 @@ for v in 1.1 2; do
     check_eq "5 MB upload (PUT, HTTP/$v) stored by the origin" "$v 201" "$out"
     check_eq "5 MB upload (HTTP/$v): sha256 equal at the origin" "$upb" \
         "$(sha256sum <"$WORK/o13/www/up/u$v.bin" 2>/dev/null | cut -d' ' -f1)"
-    up=$(jf bytes_up "$(alog)")
+    alog_next
+    up=$(jf bytes_up "$LINE")
     check_num "access log counts the 5 MB upload (HTTP/$v)" "$up" -ge 5000000
 done
 
@@ -164,7 +172,7 @@ echo "== upstreams whose certificate does not verify"
 # self-signed: the leaf comes from forward-untrust with the origin's names
 curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OSELF/index.html" >/dev/null 2>&1
 check_eq "self-signed: client trusting forward-trust fails verification (curl exit 60)" "60" "$?"
-line=$(alog)
+alog_next 4; line=$LINE # three s_client connections above, and this one
 check_not_contains "self-signed: access log upstream_verify is not ok" '"upstream_verify":"ok"' "$line"
 check_contains "self-signed: access log names the error" "self-signed certificate" "$line"
 out=$(curl -sS --max-time 10 --cacert "$UCA" -x "$PROXY" "https://localhost:$OSELF/index.html" 2>&1)
@@ -174,7 +182,7 @@ check_eq "self-signed: client trusting forward-untrust gets the body" "hello-fro
 # expired too and a client trusting forward-untrust still sees "certificate has expired"
 curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OEXP/index.html" >/dev/null 2>&1
 check_eq "expired: client trusting forward-trust fails verification (curl exit 60)" "60" "$?"
-line=$(alog)
+alog_next 2; line=$LINE
 check_not_contains "expired: access log upstream_verify is not ok" '"upstream_verify":"ok"' "$line"
 check_contains "expired: access log says certificate has expired" '"upstream_verify":"certificate has expired"' "$line"
 out=$(curl -sS --max-time 10 --cacert "$UCA" -x "$PROXY" "https://localhost:$OEXP/index.html" 2>&1)
@@ -190,7 +198,7 @@ check_eq "expired: leaf notAfter mirrors the origin's" "notAfter=Feb  1 00:00:00
 # wrong host: names come from the upstream only, so the leaf is for other.example
 curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OWRONG/index.html" >/dev/null 2>&1
 check_eq "wrong host: client trusting forward-trust fails verification (curl exit 60)" "60" "$?"
-line=$(alog)
+alog_next 3; line=$LINE
 check_contains "wrong host: access log says hostname mismatch" '"upstream_verify":"hostname mismatch"' "$line"
 out=$(curl -sS --max-time 10 --cacert "$UCA" -x "$PROXY" "https://localhost:$OWRONG/index.html" 2>&1)
 check_contains "wrong host: client trusting forward-untrust still sees the name mismatch" \
@@ -201,7 +209,8 @@ check_eq "wrong host: leaf carries the upstream's name only" "DNS:other.example"
 out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" --connect-to "other.example:443:localhost:$OWRONG" \
     "https://other.example/index.html" 2>&1)
 check_eq "the same upstream asked for by its own name (SNI other.example) verifies" "hello-from-origin" "$out"
-check_contains "access log: upstream_verify ok for SNI other.example" '"upstream_verify":"ok"' "$(alog)"
+alog_next 3
+check_contains "access log: upstream_verify ok for SNI other.example" '"upstream_verify":"ok"' "$LINE"
 
 echo "== SIGTERM"
 check "proxy alive" kill -0 "$TLSMINT_PID"

@@ -6,6 +6,7 @@
 # redirected; setup twice changes nothing, teardown leaves the ruleset as it was), a real nginx
 # origin and curl running as 'nobody'.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib2.sh"
 
 if [ "$(id -u)" != 0 ] || ! command -v nft >/dev/null || ! ip netns list >/dev/null 2>&1; then
     echo "SKIP: needs root, nft and network namespaces"
@@ -65,12 +66,12 @@ EOF
 chmod -R a+rX "$WORK/origin" "$WORK/pki"
 # 'ip netns exec' may fork: start through a shell that records the real pid, then execs
 IN bash -c "echo \$\$ >$WORK/nginx.pid2; exec nginx -c $WORK/origin/nginx.conf -e $WORK/origin/logs/error.log" &
-sleep 0.2
+wait_for 50 test -s "$WORK/nginx.pid2"
 PIDS+=($(cat "$WORK/nginx.pid2"))
 wait_port "$OPORT" || { echo "origin did not start"; exit 1; }
 IN bash -c "echo \$\$ >$WORK/tlsmint.pid; exec $TLSMINT -c $CONF run" >"$WORK/tlsmint.log" 2>&1 &
 WAITER=$!
-sleep 0.2
+wait_for 50 test -s "$WORK/tlsmint.pid"
 TLSMINT_PID=$(cat "$WORK/tlsmint.pid")
 PIDS+=($TLSMINT_PID)
 wait_port "$TPORT" || { echo "tlsmint did not start"; cat "$WORK/tlsmint.log"; exit 1; }
@@ -88,12 +89,12 @@ check "bad --ports refused" test $? -eq 2
 check_contains "with a reason" "--ports '0,443': comma-separated TCP ports" "$out"
 CA="$WORK/state/ca/forward-trust.pem"
 AS_NOBODY() { IN setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
-alog() { sleep 0.3; tail -n 1 "$WORK/access.log"; }
+alog_use "$WORK/access.log"
 
 echo "== redirected client"
 out=$(AS_NOBODY curl -sS --max-time 10 --cacert "$CA" "https://localhost:$OPORT/index.html" 2>&1)
 check_eq "curl (uid nobody, no proxy setting) gets the origin's body" "hello-from-origin" "$out"
-line=$(alog)
+alog_next; line=$LINE
 check_contains "access log: transparent mode" '"mode":"transparent"' "$line"
 check_contains "access log: original destination from SO_ORIGINAL_DST" "\"dst\":\"127.0.0.1:$OPORT\"" "$line"
 check_contains "access log: upstream verified" '"upstream_verify":"ok"' "$line"
@@ -105,7 +106,8 @@ check_eq "h2 through the transparent proxy" "2" "$out"
 echo "== no SNI (IP literal)"
 out=$(AS_NOBODY curl -sS --max-time 10 --cacert "$CA" "https://127.0.0.1:$OPORT/index.html" 2>&1)
 check_eq "IP-only request: leaf carries the upstream's IP SAN and verifies" "hello-from-origin" "$out"
-check_contains "access log: no SNI" '"sni":""' "$(alog)"
+alog_next 3 # the -v request, the h2 one, and this one
+check_contains "access log: no SNI" '"sni":""' "$LINE"
 
 echo "== traffic that is not redirected"
 info=$(IN curl -sS -v --max-time 10 --cacert "$WORK/pki/root.pem" "https://localhost:$OPORT/" -o /dev/null 2>&1)
@@ -135,14 +137,13 @@ if IN ip -6 addr show dev lo 2>/dev/null | grep -q '::1' &&
     IN "$TLSMINT" -c "$CONF6" transparent setup --ports "$OPORT" --exclude-uid 0 >/dev/null; then
     IN bash -c "echo \$\$ >$WORK/tlsmint6.pid; exec $TLSMINT -c $CONF6 run" >"$WORK/tlsmint6.log" 2>&1 &
     W6=$!
-    sleep 0.3
+    wait_for 50 test -s "$WORK/tlsmint6.pid"
     P6=$(cat "$WORK/tlsmint6.pid")
     PIDS+=($P6)
-    for _ in $(seq 1 100); do grep -q "tlsmint running" "$WORK/tlsmint6.log" && break; sleep 0.05; done
+    wait_for 100 grep -q "tlsmint running" "$WORK/tlsmint6.log"
     out=$(AS_NOBODY curl -6 -sS --max-time 10 --cacert "$CA" "https://localhost:$OPORT/index.html" 2>&1)
     check_eq "IPv6: redirected curl gets the origin's body" "hello-from-origin" "$out"
-    sleep 0.3
-    line=$(tail -n 1 "$WORK/access6.log" 2>/dev/null)
+    log_next "$WORK/access6.log"; line=$LINE
     check_contains "IPv6: original destination [::1]:$OPORT" "\"dst\":\"[::1]:$OPORT\"" "$line"
     check_contains "IPv6: intercepted and verified" '"upstream_verify":"ok"' "$line"
     kill -TERM "$P6"
