@@ -19,17 +19,19 @@ OPORT=$(free_port)
 start_nginx "$WORK/origin" "$OPORT" "$WORK/pki/origin.pem" "$WORK/pki/origin.key"
 # one origin per distinct certificate: each new origin is a cache miss for the proxy
 NEXT_HOST=0
-new_origin() { # prints the port of a fresh origin with a certificate never seen before
+# new_origin: a fresh origin in a directory of its own ($WORK/oN) with a certificate never seen
+# before; its port in ORIGIN. Not in $(...): NEXT_HOST and PIDS must advance in this shell (in a
+# subshell every origin was $WORK/o1, and no nginx was in PIDS).
+new_origin() {
     NEXT_HOST=$((NEXT_HOST + 1))
-    local d="$WORK/o$NEXT_HOST" port
-    port=$(free_port)
+    local d="$WORK/o$NEXT_HOST"
+    ORIGIN=$(free_port)
     mkdir -p "$d"
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/k.pem" -out "$d/c.csr" \
         -subj "/CN=localhost" 2>/dev/null
     openssl x509 -req -in "$d/c.csr" -CA "$WORK/pki/root.pem" -CAkey "$WORK/pki/root.key" \
         -CAcreateserial -out "$d/c.pem" -days 5 -extfile "$WORK/pki/ext.cnf" 2>/dev/null
-    start_nginx "$d" "$port" "$d/c.pem" "$d/k.pem" >/dev/null
-    echo "$port"
+    start_nginx "$d" "$ORIGIN" "$d/c.pem" "$d/k.pem" >/dev/null
 }
 CTL="$WORK/fault.ctl"
 : >"$CTL"
@@ -69,12 +71,12 @@ outage_case() {
     conf=$(base_conf "$name-closed")
     start_tlsmint "$conf" "$WORK/$name-closed.log" || return
     pid=$TLSMINT_PID
-    hit=$(new_origin)
+    new_origin; hit=$ORIGIN
     fetch "$conf" "$hit" "$CA"
     check_eq "$name: before the outage, interception works" "0" "$?"
     eval "$on"
     sleep 0.3
-    miss=$(new_origin)
+    new_origin; miss=$ORIGIN
     t0=$(ms_now)
     fetch "$conf" "$miss" "$CA"
     rc=$?
@@ -87,7 +89,7 @@ outage_case() {
     t0=$(ms_now)
     local back=1
     for _ in $(seq 1 40); do
-        port=$(new_origin)
+        new_origin; port=$ORIGIN
         if fetch "$conf" "$port" "$CA"; then back=0; break; fi
         sleep 0.05
     done
@@ -103,11 +105,11 @@ outage_case() {
     set_conf "$conf" hsm fail_mode open
     start_tlsmint "$conf" "$WORK/$name-open.log" || return
     pid=$TLSMINT_PID
-    hit=$(new_origin)
+    new_origin; hit=$ORIGIN
     fetch "$conf" "$hit" "$CA"
     eval "$on"
     sleep 0.3
-    miss=$(new_origin)
+    new_origin; miss=$ORIGIN
     fetch "$conf" "$miss" "$WORK/pki/root.pem"
     check_eq "$name: a cache miss passes through, verified against the origin's own CA" "0" "$?"
     check_contains "$name: the client saw the origin's certificate" "tlsmint e2e root" "$(issuer_of "$conf" "$miss")"
@@ -116,7 +118,7 @@ outage_case() {
     eval "$off"
     back=1
     for _ in $(seq 1 40); do
-        port=$(new_origin)
+        new_origin; port=$ORIGIN
         if fetch "$conf" "$port" "$CA"; then back=0; break; fi
         sleep 0.05
     done
@@ -133,7 +135,7 @@ outage_case gone "echo down=1 >$CTL" ": >$CTL"
 echo "== operator clears all HSM sessions"
 conf=$(base_conf clear)
 start_tlsmint "$conf" "$WORK/clear.log" || exit 1
-port=$(new_origin)
+new_origin; port=$ORIGIN
 fetch "$conf" "$port" "$CA"
 check_eq "interception works" "0" "$?"
 out=$("$TLSMINT" -c "$conf" ctl clear-hsm-sessions 2>&1)
@@ -141,7 +143,7 @@ check_contains "ctl clear-hsm-sessions answers" "clearing every HSM session" "$o
 sleep 0.3
 ok_after=1
 for _ in 1 2 3; do
-    port=$(new_origin)
+    new_origin; port=$ORIGIN
     fetch "$conf" "$port" "$CA" && ok_after=0
 done
 check_eq "new hosts are minted after the sessions were cleared" "0" "$ok_after"
@@ -149,7 +151,7 @@ check_contains "the signer logged the reset" "operator reset: C_CloseAllSessions
 check_contains "workers reopened their sessions" "reopening session and logging in again" "$(cat "$WORK/clear.log")"
 echo "reset=1" >"$CTL" # the HSM side drops every session it had (as a partition reset does)
 sleep 0.2
-port=$(new_origin)
+new_origin; port=$ORIGIN
 fetch "$conf" "$port" "$CA"
 check_eq "HSM-side session reset: the next miss still gets a leaf" "0" "$?"
 : >"$CTL"
@@ -161,7 +163,7 @@ conf=$(base_conf retries)
 set_conf "$conf" hsm recovery_retries 2
 start_tlsmint "$conf" "$WORK/retries.log" || exit 1
 echo "down=1" >"$CTL"
-port=$(new_origin)
+new_origin; port=$ORIGIN
 fetch "$conf" "$port" "$CA" # the signer notices, exits, fails to come back
 for _ in $(seq 1 50); do
     "$TLSMINT" -c "$conf" ctl hsm 2>/dev/null | grep -q "member hsm: down" && break
@@ -179,7 +181,7 @@ done
 h=$("$TLSMINT" -c "$conf" ctl hsm 2>&1)
 check_contains "ctl hsm recover brings it back" "member hsm: up" "$h"
 check_contains "recovery time is reported" "to the first good signature" "$h"
-port=$(new_origin)
+new_origin; port=$ORIGIN
 fetch "$conf" "$port" "$CA"
 check_eq "and interception works" "0" "$?"
 kill -TERM "$TLSMINT_PID"; wait "$TLSMINT_PID"
@@ -213,14 +215,14 @@ printf "\n[hsm]\nmodule = %s\nenv = P11_KIT_SERVER_ADDRESS=unix:path=%s\n" "$P11
 # p11-kit's RPC refuses AES: the master key's wrapping key is reached directly
 printf "\n[master_key]\nmodule = /usr/lib/softhsm/libsofthsm2.so\nenv = SOFTHSM2_CONF=%s\n" "$SOFTHSM2_CONF" >>"$conf"
 start_tlsmint "$conf" "$WORK/net.log" || exit 1
-hit=$(new_origin)
+new_origin; hit=$ORIGIN
 fetch "$conf" "$hit" "$CA"
 check_eq "through p11-kit: interception works" "0" "$?"
 kill_p11kit
 wait "$P11PID" 2>/dev/null
 rm -f "$SOCK"
 sleep 0.3
-miss=$(new_origin)
+new_origin; miss=$ORIGIN
 t0=$(ms_now)
 fetch "$conf" "$miss" "$CA"
 rc=$?
@@ -233,7 +235,7 @@ start_p11kit
 t0=$(ms_now)
 back=1
 for _ in $(seq 1 40); do
-    port=$(new_origin)
+    new_origin; port=$ORIGIN
     if fetch "$conf" "$port" "$CA"; then back=0; break; fi
     sleep 0.05
 done
@@ -269,7 +271,7 @@ check_contains "HA: member net up" "member net: up" "$h"
 # client and the proxy saw, so its cause can be read from the CI log.
 fails=0
 for i in $(seq 1 12); do
-    port=$(new_origin)
+    new_origin; port=$ORIGIN
     [ "$i" = 4 ] && kill_p11kit
     if ! fetch "$conf" "$port" "$CA"; then
         fails=$((fails + 1))
