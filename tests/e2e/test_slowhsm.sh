@@ -6,7 +6,7 @@
 #   sweep      latency 0, 10, 50 ms: >= 97 % of the connections ok at each, conn/s does not
 #              collapse, more sessions in use at 50 ms than at 0 ms
 #   step       0 -> 20 ms -> 0 during the load: no failed connection, the worker count follows
-#              within 2 s each way
+#              within 2 s each way (the times from the proxy's own log)
 #   HA         one member at 2 ms, one at 30 ms: nothing fails, most work goes to the faster one
 #   admission  workers = 1 at 100 ms (10 signatures/s): misses beyond that are refused at once
 #              as overload (counted apart from timeouts), cache hits are all served
@@ -100,33 +100,67 @@ echo "== step: 0 -> 20 ms -> 0 during the load"
 CTL="$WORK/step.ctl"
 echo "latency_ms=0" >"$CTL"
 c=$(conf step "$CTL")
+# A connection fails here when a job is lost or refused while the workers change, or when a
+# signature misses its deadline. At the default 250 ms, 16 handshakes queued on 2 sessions at
+# 20 ms plus an ASan signature's CPU on a loaded machine come close to it before the count has
+# grown (29 alerts at the step once in a full make test): the deadline is 1 s in this part, so
+# what fails it is a lost or refused job; how fast the count follows is the 2 s bounds' job.
+set_conf "$c" hsm sign_timeout_ms 1000
 start_tlsmint "$c" "$WORK/step.log" || exit 1
 (while :; do echo "$(ms_now) $(workers_now "$c")"; sleep 0.1; done) >"$WORK/step.workers" 2>/dev/null &
 sampler=$!
-T0=$(ms_now)
 lg "$c" "$WORK/step.json" --host-pattern 'h%d.bench.test' --first 301 --count 1700 \
     --requests 1700 --concurrency 16 --duration 9 &
 lgpid=$!
+# the steps are timed from the first connection done, not from the load generator's start
+wait_for 100 test -s "$WORK/step.access"
 sleep 3; TUP=$(ms_now); echo "latency_ms=20" >"$CTL"
 sleep 3; TDOWN=$(ms_now); echo "latency_ms=0" >"$CTL"
 wait "$lgpid"
+TEND=$(ms_now)
 sleep 0.5
 kill "$sampler"; wait "$sampler" 2>/dev/null
 att=$(jget "$WORK/step.json" 'j["attempted"]')
 failed=$(jget "$WORK/step.json" 'j["failed"]')
 echo "  $att connections, $failed failed ($(jget "$WORK/step.json" 'j["first_errors"]'));" \
-    "workers: $(awk '{print $2}' "$WORK/step.workers" | uniq | tr '\n' ' ')"
+    "workers (ctl, every 0.1 s): $(awk '{print $2}' "$WORK/step.workers" | uniq | tr '\n' ' ')"
 check "step: the load ran through both steps ($att connections)" test "$att" -ge 100
 check_eq "step: no failed connection" "0" "$failed"
-elapsed=$(jget "$WORK/step.json" 'int(j["elapsed_s"] * 1000)')
-check "step: the load was still running after the step down ($elapsed ms, $att of 1700 new hosts)" \
-    test "$elapsed" -ge 6500
-up_at=$(awk -v t="$TUP" '$1 >= t && $2 >= 3 { print $1 - t; exit }' "$WORK/step.workers")
-check "step up: more than workers_min within 2 s of the latency going to 20 ms (${up_at:-never} ms)" \
-    test "${up_at:-99999}" -le 2000
-down_at=$(awk -v t="$TDOWN" '$1 >= t && $2 != "" && $2 <= 2 { print $1 - t; exit }' "$WORK/step.workers")
-check "step down: back to workers_min within 2 s of the latency going to 0 (${down_at:-never} ms)" \
-    test "${down_at:-99999}" -le 2000
+check "step: the load was still running after the step down (for $((TEND - TDOWN)) ms, $att of 1700 new hosts)" \
+    test $((TEND - TDOWN)) -ge 500
+# the worker count over time from the proxy's log ("member hsm: workers 2 -> 7 (...)", each line
+# stamped when the change was made, however slow a ctl sampler is): how long after TUP it was
+# above workers_min, and how long after TDOWN it was back at it
+read -r up_at down_at <<<"$(python3 - "$WORK/step.log" "$TUP" "$TDOWN" <<'EOF'
+import datetime, re, sys
+ch = []
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"(\S+)Z \S+ \S+ hsm: member hsm: workers (\d+) -> (\d+) ", line)
+    if m:
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f")
+        t = t.replace(tzinfo=datetime.timezone.utc)
+        ch.append((round(t.timestamp() * 1000), int(m.group(2)), int(m.group(3))))
+def count_at(t):
+    n = ch[0][1] if ch else 2
+    for tc, _, b in ch:
+        if tc <= t:
+            n = b
+    return n
+def after(t0, ok):
+    if ok(count_at(t0)):
+        return "0"
+    for tc, _, b in ch:
+        if tc >= t0 and ok(b):
+            return str(tc - t0)
+    return "never"
+print(after(int(sys.argv[2]), lambda n: n >= 3), after(int(sys.argv[3]), lambda n: n <= 2))
+EOF
+)"
+within() { case "$1" in '' | *[!0-9]*) return 1 ;; esac; [ "$1" -le "$2" ]; }
+check "step up: more than workers_min within 2 s of the latency going to 20 ms (${up_at:-?} ms)" \
+    within "${up_at:-}" 2000
+check "step down: back to workers_min within 2 s of the latency going to 0 (${down_at:-?} ms)" \
+    within "${down_at:-}" 2000
 h=$("$TLSMINT" -c "$c" ctl hsm 2>&1)
 check_contains "step: ctl hsm shows auto sizing and the reason of the last change" "(auto, 2-64); last change" "$h"
 check_contains "step: the last change was a shrink when idle" "shrink" "$h"
