@@ -17,6 +17,7 @@
  * (cc_shared.c), the snapshot file (cc_snap.c).
  */
 #include "cc_int.h"
+#include "px_mpsc.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -43,6 +44,8 @@ struct waiter {
     struct cc_entry *e; /* new ref on success */
     uint64_t start_ns;
 };
+/* finished waits handed back to their loop (cc_loop.done) */
+PX_MPSC_DEFINE(waiter_list, struct waiter, next)
 
 struct cc_entry {
     _Atomic uint32_t refs;
@@ -116,6 +119,8 @@ struct cc_pend {
     int idx;
     uint64_t t0_ns;
 };
+/* answered shared lookups handed back to their loop (cc_loop.sh_done) */
+PX_MPSC_DEFINE(pend_list, struct cc_pend, next)
 
 /* ---- entries ---------------------------------------------------------------------------- */
 
@@ -250,12 +255,7 @@ static void unref_list(struct cc_entry *list)
 static void deliver(struct waiter *w)
 {
     struct cc_loop *l = w->loop;
-    struct waiter *old = atomic_load_explicit(&l->done, memory_order_relaxed);
-    do {
-        w->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&l->done, &old, w, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (waiter_list_push(&l->done, w)) {
         hsm_cq_wake(l->cq);
     }
 }
@@ -601,12 +601,7 @@ void cc_cache__shared_done(struct cc_pend *p, X509 *hit, int idx)
     struct cc_loop *l = p->l;
     p->hit = hit;
     p->idx = idx;
-    struct cc_pend *old = atomic_load_explicit(&l->sh_done, memory_order_relaxed);
-    do {
-        p->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&l->sh_done, &old, p, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (pend_list_push(&l->sh_done, p)) {
         hsm_cq_wake(l->cq);
     }
 }
@@ -614,7 +609,7 @@ void cc_cache__shared_done(struct cc_pend *p, X509 *hit, int idx)
 /* Shared lookups answered: take the fleet's leaf, or mint it here. */
 static int drain_shared(struct cc_loop *l)
 {
-    struct cc_pend *p = atomic_exchange_explicit(&l->sh_done, NULL, memory_order_acquire);
+    struct cc_pend *p = pend_list_take_any(&l->sh_done);
     int n = 0;
     while (p != NULL) {
         struct cc_pend *nx = p->next;
@@ -643,14 +638,7 @@ int cc_loop_poll(struct cc_loop *l)
      * in between would have spent its wake-up and sit there until the next one */
     int n = hsm_cq_drain(l->cq, on_hsm_done, l);
     n += drain_shared(l);
-    struct waiter *list = atomic_exchange_explicit(&l->done, NULL, memory_order_acquire);
-    struct waiter *rev = NULL;
-    while (list != NULL) {
-        struct waiter *nx = list->next;
-        list->next = rev;
-        rev = list;
-        list = nx;
-    }
+    struct waiter *rev = waiter_list_take(&l->done);
     uint64_t now = px_now_ns();
     while (rev != NULL) {
         struct waiter *nx = rev->next;

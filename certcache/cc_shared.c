@@ -18,6 +18,7 @@
  * Not here: the local LRU (cc_cache.c), the byte format (cc_wire.c).
  */
 #include "cc_int.h"
+#include "px_mpsc.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -61,6 +62,8 @@ struct sh_req {
     uint64_t t0_ns, sent_ns, deadline_ns, wait_until_ns, next_poll_ns;
     uint32_t gap_ms;
 };
+/* the loops' requests to the Redis thread (cc_shared.submit) */
+PX_MPSC_DEFINE(req_list, struct sh_req, next)
 
 struct cc_shared {
     const struct px_cfg *cfg;
@@ -502,14 +505,7 @@ static uint64_t timers(struct cc_shared *sh, uint64_t now)
 
 static void drain_submit(struct cc_shared *sh)
 {
-    struct sh_req *list = atomic_exchange_explicit(&sh->submit, NULL, memory_order_acquire);
-    struct sh_req *rev = NULL;
-    while (list != NULL) {
-        struct sh_req *nx = list->next;
-        list->next = rev;
-        rev = list;
-        list = nx;
-    }
+    struct sh_req *rev = req_list_take(&sh->submit);
     while (rev != NULL) {
         struct sh_req *nx = rev->next;
         rev->next = NULL;
@@ -596,12 +592,7 @@ static void *sh_main(void *arg)
 
 static int push(struct cc_shared *sh, struct sh_req *r)
 {
-    struct sh_req *old = atomic_load_explicit(&sh->submit, memory_order_relaxed);
-    do {
-        r->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&sh->submit, &old, r, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (req_list_push(&sh->submit, r)) {
         uint64_t one = 1;
         ssize_t w = write(sh->evfd, &one, sizeof(one));
         (void)w;
@@ -742,7 +733,7 @@ void cc_shared_free(struct cc_shared *sh)
         pthread_join(sh->th, NULL);
     }
     /* whatever is left has no loop to go back to any more (loops are freed first) */
-    struct sh_req *list = atomic_exchange(&sh->submit, NULL);
+    struct sh_req *list = req_list_take_any(&sh->submit);
     while (list != NULL) {
         struct sh_req *n = list->next;
         free(list->val);

@@ -32,6 +32,7 @@
  * https responders (not fetched: nothing to check, as without AIA).
  */
 #include "dp_int.h"
+#include "px_mpsc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -82,6 +83,8 @@ struct ocsp_waiter {
     uint64_t token;       /* the connection (dp_conn_token) */
     int status;           /* the outcome (enum dp_cert_status), once the fetch has ended */
 };
+/* outcomes handed to a waiter's own loop (dp_ocsp_loop.done) */
+PX_MPSC_DEFINE(waiter_list, struct ocsp_waiter, next)
 
 /* A fetch in progress for one certificate, by one loop's fetch; every connection that needs the
  * same status meanwhile, whatever its loop, waits on it. */
@@ -435,7 +438,7 @@ void dp_ocsp_loop_free(struct dp_ocsp_loop *o)
         }
     }
     /* outcomes handed to this loop after it stopped (every loop thread has ended now) */
-    waiters_free(atomic_exchange(&o->done, NULL));
+    waiters_free(waiter_list_take_any(&o->done));
     free(o);
 }
 
@@ -502,12 +505,7 @@ static void waiter_deliver(struct ocsp_waiter *w)
 {
     struct dp_loop *to = w->loop; /* w may be freed by its loop as soon as it is pushed */
     struct dp_ocsp_loop *o = to->ocsp;
-    struct ocsp_waiter *old = atomic_load_explicit(&o->done, memory_order_relaxed);
-    do {
-        w->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&o->done, &old, w, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (waiter_list_push(&o->done, w)) {
         uint64_t one = 1;
         ssize_t n = write(to->res_done.evfd, &one, sizeof(one)); /* non-blocking */
         (void)n;
@@ -544,14 +542,7 @@ void dp_ocsp_on_wake(struct dp_loop *l)
     if (l->ocsp == NULL) {
         return;
     }
-    struct ocsp_waiter *list = atomic_exchange_explicit(&l->ocsp->done, NULL, memory_order_acquire);
-    struct ocsp_waiter *rev = NULL;
-    while (list != NULL) {
-        struct ocsp_waiter *nx = list->next;
-        list->next = rev;
-        rev = list;
-        list = nx;
-    }
+    struct ocsp_waiter *rev = waiter_list_take(&l->ocsp->done);
     uint64_t now = px_now_ns();
     while (rev != NULL) {
         struct ocsp_waiter *nx = rev->next;

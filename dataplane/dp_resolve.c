@@ -20,6 +20,7 @@
  * Not here: what the connection does with the answer (dp_conn.c), IP literals (never submitted).
  */
 #include "dp_int.h"
+#include "px_mpsc.h"
 
 #include <ares.h>
 #include <arpa/inet.h>
@@ -80,15 +81,13 @@ socklen_t dp_res_addrlen(const union dp_res_addr *a)
 
 /* ---- handing jobs back -------------------------------------------------------------------- */
 
+/* the submission list (loops -> resolver) and each loop's answer list (resolver -> loop) */
+PX_MPSC_DEFINE(job_list, struct dp_res_job, next)
+
 static void deliver(struct dp_resolver *r, struct dp_res_job *j)
 {
     struct dp_res_done *d = j->done;
-    struct dp_res_job *old = atomic_load_explicit(&d->head, memory_order_relaxed);
-    do {
-        j->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&d->head, &old, j, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (job_list_push(&d->head, j)) {
         uint64_t one = 1;
         ssize_t w = write(d->evfd, &one, sizeof(one));
         (void)w;
@@ -412,14 +411,7 @@ static void take_submissions(struct dp_resolver *r)
     uint64_t v;
     ssize_t n = read(r->evfd, &v, sizeof(v));
     (void)n;
-    struct dp_res_job *list = atomic_exchange_explicit(&r->sub_head, NULL, memory_order_acquire);
-    struct dp_res_job *rev = NULL;
-    while (list != NULL) {
-        struct dp_res_job *nx = list->next;
-        list->next = rev;
-        rev = list;
-        list = nx;
-    }
+    struct dp_res_job *rev = job_list_take(&r->sub_head);
     uint64_t now = px_now_ns();
     while (rev != NULL) {
         struct dp_res_job *nx = rev->next;
@@ -579,7 +571,7 @@ void dp_resolver_free(struct dp_resolver *r)
         pthread_join(r->th, NULL);
     }
     /* submitted but never taken: freed, like the waiters ares_destroy hands back */
-    struct dp_res_job *j = atomic_exchange(&r->sub_head, NULL);
+    struct dp_res_job *j = job_list_take_any(&r->sub_head);
     while (j != NULL) {
         struct dp_res_job *nx = j->next;
         free(j);
@@ -614,12 +606,7 @@ int dp_resolver_submit(struct dp_resolver *r, struct dp_res_job *job)
     job->why[0] = '\0';
     job->wait_on = NULL;
     job->wnext = job->dprev = job->dnext = NULL;
-    struct dp_res_job *old = atomic_load_explicit(&r->sub_head, memory_order_relaxed);
-    do {
-        job->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&r->sub_head, &old, job, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (job_list_push(&r->sub_head, job)) {
         uint64_t one = 1;
         ssize_t w = write(r->evfd, &one, sizeof(one));
         (void)w;
@@ -632,15 +619,7 @@ struct dp_res_job *dp_res_done_take(struct dp_res_done *d)
     uint64_t v;
     ssize_t n = read(d->evfd, &v, sizeof(v));
     (void)n;
-    struct dp_res_job *list = atomic_exchange_explicit(&d->head, NULL, memory_order_acquire);
-    struct dp_res_job *rev = NULL;
-    while (list != NULL) {
-        struct dp_res_job *nx = list->next;
-        list->next = rev;
-        rev = list;
-        list = nx;
-    }
-    return rev;
+    return job_list_take(&d->head);
 }
 
 void dp_resolver_stats(struct dp_resolver *r, struct dp_dns_stats *out)

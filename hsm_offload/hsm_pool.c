@@ -18,6 +18,7 @@
  * Not here: PKCS#11 (only inside the signer), what a signature is for (certcache/).
  */
 #include "hsm_frame_int.h"
+#include "px_mpsc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -67,6 +68,8 @@ struct hsm_cq {
     _Atomic(struct job *) head;
     int evfd;
 };
+/* completions handed back to the submitting loop (hsm_cq.head) */
+PX_MPSC_DEFINE(job_list, struct job, next)
 
 #define LAT_BUCKETS 128
 #define PROBE_ID_BIT (1ull << 63) /* job ids of health probes (never a pool job) */
@@ -249,12 +252,7 @@ void hsm_cq_wake(struct hsm_cq *cq)
 /* Called by the dispatcher: MPSC push; wakes the consumer only on empty -> non-empty. */
 static void cq_push(struct hsm_cq *cq, struct job *j)
 {
-    struct job *old = atomic_load_explicit(&cq->head, memory_order_relaxed);
-    do {
-        j->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&cq->head, &old, j, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (job_list_push(&cq->head, j)) {
         uint64_t one = 1;
         ssize_t w = write(cq->evfd, &one, sizeof(one));
         (void)w;
@@ -274,12 +272,7 @@ struct cq_batch {
 
 static void cq_push_chain(struct hsm_cq *cq, struct job *head, struct job *tail)
 {
-    struct job *old = atomic_load_explicit(&cq->head, memory_order_relaxed);
-    do {
-        tail->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&cq->head, &old, head, memory_order_release,
-                                                    memory_order_relaxed));
-    if (old == NULL) {
+    if (job_list_push_chain(&cq->head, head, tail)) {
         uint64_t one = 1;
         ssize_t w = write(cq->evfd, &one, sizeof(one));
         (void)w;
@@ -335,14 +328,7 @@ int hsm_cq_drain(struct hsm_cq *cq, hsm_done_fn fn, void *ctx)
     uint64_t v;
     ssize_t r = read(cq->evfd, &v, sizeof(v));
     (void)r;
-    struct job *list = atomic_exchange_explicit(&cq->head, NULL, memory_order_acquire);
-    struct job *rev = NULL;
-    while (list != NULL) {
-        struct job *n = list->next;
-        list->next = rev;
-        rev = list;
-        list = n;
-    }
+    struct job *rev = job_list_take(&cq->head);
     int count = 0;
     while (rev != NULL) {
         /* release in runs of the same pool (normally one) */
