@@ -14,6 +14,7 @@
 #   default: 3 runs, handshake 10 s, bulk 5 s each (about 5 minutes); --quick: 1 run, 3 s
 # Needs what run-bench.sh needs (root, namespaces, iptables, nginx, taskset, setpriv).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -26,8 +27,8 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift ;;
     --quick) quick=(--quick); runs=1 ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '3,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "export-cost: unknown option $1" >&2; exit 2 ;;
+    -h | --help) bench_help 3 15; exit 0 ;;
+    -*) bench_bad_option "$1" ;;
     *) build_arg=$1 ;;
     esac
     shift

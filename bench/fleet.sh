@@ -29,6 +29,7 @@ while [ $# -gt 0 ]; do
     *) BUILD=$1; shift ;;
     esac
 done
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TLSMINT="$(realpath "$BUILD/cli/tlsmint")"
@@ -43,17 +44,6 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
 
 echo "fleet bench: $NODES nodes, $HOSTS hosts, $REQS requests, $CLIENTS clients, zipf $ZIPF ($BUILD)"
 python3 "$FLEET_PY" pki "$T/pki" "$HOSTS"

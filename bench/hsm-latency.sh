@@ -28,6 +28,7 @@
 # Needs: a release build (meson setup build/release --buildtype=release -Dtests=false; ninja
 # -C build/release), nginx, openssl, softhsm2, python3, a C compiler, gnuplot.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CMDLINE="bench/hsm-latency.sh${*:+ $*}"
@@ -87,17 +88,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "port $1 never opened"
-}
-set_conf() { printf "\n[%s]\n%s = %s\n" "$2" "$3" "$4" >>"$1"; }
 
 "$TLSMINT" init --dir "$WORK/state" >/dev/null || die "tlsmint init failed"
 export SOFTHSM2_CONF="$WORK/state/hsm/softhsm2.conf"
@@ -108,8 +98,7 @@ nginx -c "$WORK/origin/nginx.conf" -e "$WORK/origin/logs/error.log" &
 PIDS+=($!)
 wait_port "$OPORT"
 FAULTP11="$WORK/libfaultp11.so"
-cc -shared -fPIC -O2 -I/usr/include/p11-kit-1 "$ROOT/tests/faultp11/faultp11.c" -o "$FAULTP11" \
-    -ldl -lpthread || die "cannot build tests/faultp11"
+build_faultp11 "$FAULTP11" || die "cannot build tests/faultp11"
 CTL="$WORK/fault.ctl"
 
 echo "hsm-latency: $HOSTS new hosts per latency at concurrency $CONC, latencies: $LATS ms," \

@@ -23,6 +23,7 @@
 # and every process it starts; removes and stops them on any exit. Touch /work/wt/FUZZ_PAUSE
 # (or whatever pauses background load) yourself before running it.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 here="$(cd "$(dirname "$0")" && pwd)"
 build="$(cd "${1:-build/release}" && pwd)"
@@ -60,17 +61,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "inbound.sh: port $1 never opened" >&2
-    return 1
-}
 
 echo "== setup" >&2
 "$tlsmint" init --dir "$tmp/state" >/dev/null
@@ -93,8 +83,7 @@ openssl x509 -req -in "$tmp/soft.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CA
 fault_hsm=""
 if [ "$lat" -gt 0 ]; then
     softhsm=$(sed -n 's/^module *= *//p' "$conf" | head -1)
-    cc -shared -fPIC -O2 -I/usr/include/p11-kit-1 "$here/../tests/faultp11/faultp11.c" \
-        -o "$tmp/libfaultp11.so" -ldl -lpthread
+    build_faultp11 "$tmp/libfaultp11.so"
     echo "latency_ms=$lat" >"$tmp/fault.ctl"
     fault_hsm=$(printf 'module = %s\nenv = FAULTP11_MODULE=%s\nenv = FAULTP11_CONTROL=%s' \
         "$tmp/libfaultp11.so" "$softhsm" "$tmp/fault.ctl")

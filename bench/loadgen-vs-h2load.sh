@@ -16,6 +16,7 @@
 #        build/release). Needs root (a network namespace), nginx, h2load, taskset.
 #        LG_ARGS="--ciphersuites ..." adds options to tlsmint-bench's bulk and keep-alive runs.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 here="$(cd "$(dirname "$0")" && pwd)"
 runs=3
@@ -25,8 +26,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --runs) runs=$2; shift ;;
     --seconds) secs=$2; shift ;;
-    -h | --help) sed -n "3,17p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "loadgen-vs-h2load: unknown option $1" >&2; exit 2 ;;
+    -h | --help) bench_help 3 17; exit 0 ;;
+    -*) bench_bad_option "$1" ;;
     *) build_arg=$1 ;;
     esac
     shift

@@ -51,6 +51,7 @@
 # ninja -C build/release), nginx, openssl, softhsm2, p11-kit, python3, a C compiler, gnuplot
 # (installed with apt-get when missing and running as root).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CMDLINE="bench/outage.sh${*:+ $*}"
@@ -145,18 +146,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "port $1 never opened"
-}
 ms_now() { date +%s%3N; }
-set_conf() { printf "\n[%s]\n%s = %s\n" "$2" "$3" "$4" >>"$1"; }
 
 N_MISS=$(awk -v r="$RATE" -v s="$SHARE" -v d="$DUR" 'BEGIN { n = r * s * d; n = int(n * 1.1) + 10; print n }')
 N_HOSTS=$((HOT + N_MISS))
@@ -228,8 +218,7 @@ p11kit)
     ;;
 fault-*)
     FAULTP11="$WORK/libfaultp11.so"
-    cc -shared -fPIC -O2 -I/usr/include/p11-kit-1 "$ROOT/tests/faultp11/faultp11.c" -o "$FAULTP11" \
-        -ldl -lpthread || die "cannot build tests/faultp11"
+    build_faultp11 "$FAULTP11" || die "cannot build tests/faultp11"
     : >"$CTL"
     printf "\n[hsm]\nmodule = %s\nenv = FAULTP11_MODULE=%s\nenv = FAULTP11_CONTROL=%s\n" \
         "$FAULTP11" "$SOFTHSM" "$CTL" >>"$CONF"

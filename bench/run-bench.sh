@@ -50,6 +50,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
+. "$here/lib.sh"
 quick=0
 runs=""
 mint_hosts=""
@@ -79,8 +80,8 @@ while [ $# -gt 0 ]; do
     --variant) variants+=("$2"); shift ;;
     --sweep) sweep=$2; shift ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '3,47p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "run-bench: unknown option $1" >&2; exit 2 ;;
+    -h | --help) bench_help 3 47; exit 0 ;;
+    -*) bench_bad_option "$1" ;;
     *) build_arg=$1 ;;
     esac
     shift

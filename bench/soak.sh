@@ -39,6 +39,7 @@
 # over time, the HSM restarts and signer kills marked), soak.md (figures, verdicts, command).
 # Exit status 0 when every check passed, 1 when one failed, 2 when it could not run.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SOAK_S=${SOAK_S:-600}
@@ -108,17 +109,6 @@ trap 'exit 130' INT TERM
 (sleep $((SOAK_S + 900)) && echo "soak: time limit reached" >&2 && kill -TERM $$) 2>/dev/null &
 PIDS+=($!)
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 400); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "port $1 never opened"
-}
-set_conf() { printf "\n[%s]\n%s = %s\n" "$2" "$3" "$4" >>"$1"; }
 now_s() { date +%s.%N | cut -c1-14; }
 event() { echo "$(now_s),$1,$2" >>"$WORK/events.csv"; }
 
@@ -139,7 +129,7 @@ head -c 20971520 /dev/urandom >"$ORIGIN/www/big20.bin"
 chmod a+r "$ORIGIN/www/big20.bin"
 nginx -c "$ORIGIN/nginx.conf" -e "$ORIGIN/logs/error.log" &
 PIDS+=($!)
-wait_port "$OPORT"
+wait_port "$OPORT" 400
 seq 1 "$HOT" | sed 's/^/h/; s/$/.bench.test/' >"$WORK/hot.txt"
 
 SOCK="$WORK/run/p11kit.sock"
