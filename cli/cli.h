@@ -38,6 +38,9 @@ const char *cli_self_exe(void);
 void cli_self_exe_init(const char *argv0);
 /* Loads -c CONFIG (default ./var/tlsmint.conf); prints the error and returns non-zero on failure. */
 int cli_load_config(const char *path, struct px_cfg *cfg);
+/* A command's usage text (borrows usage): on stdout for --help (status 0), on stderr for a
+ * usage error (status 2). Returns status, the command's exit status. */
+int cli_usage(const char *usage, int status);
 /* Removes path and everything below it (no shell; links are removed, not followed). 0 when
  * it is gone (or never was), else -errno of the first failure. */
 int cli_rm_tree(const char *path);

@@ -894,8 +894,7 @@ int cli_ctl(int argc, char **argv)
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             conf = argv[++i];
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            fputs(ctl_usage, stdout);
-            return 0;
+            return cli_usage(ctl_usage, 0);
         } else if (cmd == NULL) {
             cmd = argv[i];
         } else if (strcmp(cmd, "hsm") == 0 && strcmp(argv[i], "recover") == 0) {
@@ -906,13 +905,11 @@ int cli_ctl(int argc, char **argv)
                    strlen(argv[i]) < 256 && strpbrk(argv[i], " \r\n") == NULL) {
             xhost = argv[i];
         } else {
-            fputs(ctl_usage, stderr);
-            return 2;
+            return cli_usage(ctl_usage, 2);
         }
     }
     if (cmd == NULL) {
-        fputs(ctl_usage, stderr);
-        return 2;
+        return cli_usage(ctl_usage, 2);
     }
     static struct px_cfg cfg;
     char err[600];

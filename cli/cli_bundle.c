@@ -65,16 +65,13 @@ int cli_backup(int argc, char **argv)
         } else if (c == 'o') {
             outp = optarg;
         } else if (c == 'h') {
-            fputs(backup_usage, stdout);
-            return 0;
+            return cli_usage(backup_usage, 0);
         } else {
-            fputs(backup_usage, stderr);
-            return 2;
+            return cli_usage(backup_usage, 2);
         }
     }
     if (outp == NULL || optind != argc) {
-        fputs(backup_usage, stderr);
-        return 2;
+        return cli_usage(backup_usage, 2);
     }
     static struct px_cfg cfg;
     if (cli_load_config(conf, &cfg) != 0) {
@@ -224,11 +221,9 @@ int cli_restore(int argc, char **argv)
         case 'c':
             break;
         case 'h':
-            fputs(restore_usage, stdout);
-            return 0;
+            return cli_usage(restore_usage, 0);
         default:
-            fputs(restore_usage, stderr);
-            return 2;
+            return cli_usage(restore_usage, 2);
         }
     }
     if (in == NULL || dir_arg == NULL || mkfile == NULL || optind != argc) {

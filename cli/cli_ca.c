@@ -337,16 +337,13 @@ int cli_ca(int argc, char **argv)
             chain = optarg;
             break;
         case 'h':
-            fputs(ca_usage, stdout);
-            return 0;
+            return cli_usage(ca_usage, 0);
         default:
-            fputs(ca_usage, stderr);
-            return 2;
+            return cli_usage(ca_usage, 2);
         }
     }
     if (optind + 1 != argc) {
-        fputs(ca_usage, stderr);
-        return 2;
+        return cli_usage(ca_usage, 2);
     }
     static struct px_cfg cfg;
     if (cli_load_config(conf, &cfg) != 0) {
@@ -362,6 +359,5 @@ int cli_ca(int argc, char **argv)
     if (strcmp(sub, "list") == 0) {
         return ca_list(&cfg);
     }
-    fputs(ca_usage, stderr);
-    return 2;
+    return cli_usage(ca_usage, 2);
 }

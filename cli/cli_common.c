@@ -2,7 +2,8 @@
 /*
  * cli_common.c - what every command of the tlsmint program needs: its own path (signers and
  * the unwrap helper are started from it), loading -c CONFIG with the one error line every
- * command prints, and the audit log.
+ * command prints, a command's usage text (stdout for --help, stderr and 2 for a usage error),
+ * and the audit log.
  * Owns the binary's path, found once by main before any command runs.
  * Threads: the main thread; cli_audit also from the admin thread (one open/write/close per
  * line, O_APPEND, so lines of two writers never mix).
@@ -68,6 +69,12 @@ int cli_load_config(const char *path, struct px_cfg *cfg)
     }
     px_log_set_level(cfg->log_level);
     return 0;
+}
+
+int cli_usage(const char *usage, int status)
+{
+    fputs(usage, status == 0 ? stdout : stderr);
+    return status;
 }
 
 void cli_audit(const struct px_cfg *cfg, const char *event, const char *fmt, ...)

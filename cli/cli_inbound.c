@@ -488,24 +488,20 @@ int cli_inbound(int argc, char **argv)
             out = optarg;
             break;
         case 'h':
-            fputs(inbound_usage, stdout);
-            return 0;
+            return cli_usage(inbound_usage, 0);
         default:
-            fputs(inbound_usage, stderr);
-            return 2;
+            return cli_usage(inbound_usage, 2);
         }
     }
     if (optind + 1 != argc) {
-        fputs(inbound_usage, stderr);
-        return 2;
+        return cli_usage(inbound_usage, 2);
     }
     const char *sub = argv[optind];
     bool keygen = strcmp(sub, "keygen") == 0, csr = strcmp(sub, "csr") == 0,
          list = strcmp(sub, "list") == 0;
     if ((keygen && label == NULL) || (csr && (label == NULL || subject == NULL || out == NULL)) ||
         (!keygen && !csr && !list)) {
-        fputs(inbound_usage, stderr);
-        return 2;
+        return cli_usage(inbound_usage, 2);
     }
     static struct px_cfg cfg;
     if (cli_load_config(conf, &cfg) != 0) {

@@ -316,11 +316,9 @@ int cli_init(int argc, char **argv)
         case 'c':
             break; /* init writes the config; -c is accepted for uniformity */
         case 'h':
-            fputs(init_usage, stdout);
-            return 0;
+            return cli_usage(init_usage, 0);
         default:
-            fputs(init_usage, stderr);
-            return 2;
+            return cli_usage(init_usage, 2);
         }
     }
     enum hsm_keygen kind;

@@ -61,16 +61,13 @@ int cli_mint(int argc, char **argv)
             rsa = true;
             break;
         case 'h':
-            fputs(mint_usage, stdout);
-            return 0;
+            return cli_usage(mint_usage, 0);
         default:
-            fputs(mint_usage, stderr);
-            return 2;
+            return cli_usage(mint_usage, 2);
         }
     }
     if (optind + 1 != argc) {
-        fputs(mint_usage, stderr);
-        return 2;
+        return cli_usage(mint_usage, 2);
     }
     const char *upath = argv[optind];
     FILE *f = fopen(upath, "r");

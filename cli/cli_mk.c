@@ -164,16 +164,13 @@ int cli_master_key(int argc, char **argv)
             mkfile = optarg;
             break;
         case 'h':
-            fputs(mk_usage, stdout);
-            return 0;
+            return cli_usage(mk_usage, 0);
         default:
-            fputs(mk_usage, stderr);
-            return 2;
+            return cli_usage(mk_usage, 2);
         }
     }
     if (optind + 1 != argc) {
-        fputs(mk_usage, stderr);
-        return 2;
+        return cli_usage(mk_usage, 2);
     }
     const char *cmd = argv[optind];
     static struct px_cfg cfg;

@@ -460,16 +460,13 @@ int cli_transparent(int argc, char **argv)
             o.dry_run = true;
             break;
         case 'h':
-            fputs(nft_usage, stdout);
-            return 0;
+            return cli_usage(nft_usage, 0);
         default:
-            fputs(nft_usage, stderr);
-            return 2;
+            return cli_usage(nft_usage, 2);
         }
     }
     if (optind + 1 != argc) {
-        fputs(nft_usage, stderr);
-        return 2;
+        return cli_usage(nft_usage, 2);
     }
     o.cmd = argv[optind];
     if (o.exclude_uid >= 0 && o.exclude_mark >= 0) {
