@@ -4,8 +4,8 @@
 # its own process has used CPU_SECONDS of CPU time (default 3600, user + system, read from
 # /proc; wall-clock time does not count, so a loaded machine only makes the run longer), JOBS
 # targets at a time (default 2), at SCHED_IDLE so that it only takes CPU nobody else wants.
-# While the file WORK_DIR/../FUZZ_PAUSE (or $FUZZ_PAUSE) exists the fuzzers are stopped
-# (SIGSTOP), so a benchmark can have the machine; they go on when it is removed.
+# While the file WORK_DIR/../FUZZ_PAUSE (or $FUZZ_PAUSE) exists the fuzzers are ended (they
+# save their corpus), so a benchmark can have the machine; they start again when it is removed.
 # The CPU time is kept per target in WORK_DIR/cpu/TARGET, so a campaign that was stopped goes on
 # where it was when started again (a target whose budget is spent is skipped).
 # A starved SCHED_IDLE process can sit for minutes without CPU, and libFuzzer's -timeout is
@@ -49,36 +49,43 @@ run_one() {
     [ -f "$log" ] && mv "$log" "$log.$before"
     mkdir -p "$work/corpus/$t" "$work/tmp/$t"
     case "$t" in tls_*) extra=(-detect_leaks=0) ;; esac
-    local start=$SECONDS
-    TMPDIR="$work/tmp/$t" TLSMINT_BIN="$build/cli/tlsmint" \
-    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
-    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
-        chrt -i 0 "$bin" -max_total_time=86400 -timeout="$timeout" -rss_limit_mb=2560 \
-        -print_final_stats=1 "${extra[@]}" -artifact_prefix="$work/artifacts/$t-" \
-        "$work/corpus/$t" "$root/tests/fuzz/corpus/$t" >"$log" 2>&1 &
-    local pid=$! used=$before stopped=0
-    while kill -0 $pid 2>/dev/null; do
-        if [ -e "$pause" ]; then
-            [ $stopped = 1 ] || { kill -STOP $pid; stopped=1; }
-        elif [ $stopped = 1 ]; then
-            kill -CONT $pid; stopped=0
-        fi
-        local now_cpu
-        now_cpu="$(cpu_s $pid)"
-        if [ -n "$now_cpu" ]; then
-            used=$((before + now_cpu))
-            echo "$used" >"$work/cpu/$t"
-        fi
-        if [ "$used" -ge "$budget" ]; then
-            kill -CONT $pid 2>/dev/null; kill -INT $pid 2>/dev/null; break
-        fi
-        sleep 2
+    local start=$SECONDS pid used=$before rc=0
+    # A pause ends the fuzzer (SIGINT: it saves its corpus and prints its stats) and starts it
+    # again afterwards. Stopping it instead (SIGSTOP) made libFuzzer's wall-clock -timeout
+    # fire on the unit it was running when it went on after a long pause (a 19-minute CI check
+    # gave a false "timeout after 1127 s" on an input that runs in 0.07 s).
+    while [ "$used" -lt "$budget" ]; do
+        while [ -e "$pause" ]; do sleep 2; done
+        TMPDIR="$work/tmp/$t" TLSMINT_BIN="$build/cli/tlsmint" \
+        ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:allocator_may_return_null=1" \
+        UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+            chrt -i 0 "$bin" -max_total_time=86400 -timeout="$timeout" -rss_limit_mb=2560 \
+            -print_final_stats=1 "${extra[@]}" -artifact_prefix="$work/artifacts/$t-" \
+            "$work/corpus/$t" "$root/tests/fuzz/corpus/$t" >>"$log" 2>&1 &
+        pid=$!
+        local seg_before=$used paused=0
+        while kill -0 $pid 2>/dev/null; do
+            local now_cpu
+            now_cpu="$(cpu_s $pid)"
+            if [ -n "$now_cpu" ]; then
+                used=$((seg_before + now_cpu))
+                echo "$used" >"$work/cpu/$t"
+            fi
+            if [ "$used" -ge "$budget" ]; then
+                kill -INT $pid 2>/dev/null; break
+            fi
+            if [ -e "$pause" ]; then
+                kill -INT $pid 2>/dev/null; paused=1; break
+            fi
+            sleep 2
+        done
+        wait $pid
+        rc=$?
+        [ $paused = 1 ] || break   # the budget is spent, or the fuzzer stopped by itself (a crash)
     done
-    wait $pid
-    local rc=$?
     local last execs cov ft corp crashes
     last="$(grep -aE '^#[0-9]+' "$log" | tail -1)"
-    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
+    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | awk '{ s += $1 } END { if (NR) print s }')"
     [ -n "$execs" ] || execs="$(echo "$last" | sed -E 's/^#([0-9]+).*/\1/')"
     cov="$(echo "$last" | grep -oE 'cov: [0-9]+' | cut -d' ' -f2)"
     ft="$(echo "$last" | grep -oE 'ft: [0-9]+' | cut -d' ' -f2)"
