@@ -2,30 +2,21 @@
 /*
  * dp_export.c - decrypted traffic export: every intercepted connection as its own TCP
  * conversation in pcap form (rolling files, PCAP-over-IP readers, a live copy on an interface).
- * Owns the export queue, the writer thread and the three sinks. The loops call
- * dp_export_begin/data/end (lock-free push onto a bounded MPSC list, an eventfd wake-up only on
- * empty -> non-empty); only the writer thread touches files, sockets and libpcap. The relay
- * reads plaintext straight into a queued event's payload (dp_export_reserve/commit), so the
- * export copies nothing on the loop; those events come from a pool per loop, and the writer
- * hands each back to its loop (one more MPSC list each, taken whole by the loop), so neither
- * side calls malloc or free per record (the writer freeing what a loop allocated contended on
- * glibc's arena lock).
- * The TCP/IP framing is ours: an Ethernet header with fixed locally administered MACs, IPv4 (or
- * IPv6 when either end is IPv6; an IPv4 end is then written v4-mapped), a TCP header with
- * sequence and acknowledgement numbers that the loop keeps per connection (struct dp_xflow),
- * so the writer needs no state per flow. The frames of a batch are framed straight into one
- * buffer as pcap records (libpcap's record layout: the 16-byte header, then the frame), the
- * payload copied and checksummed in one pass, and the buffer goes whole to each PCAP-over-IP
- * reader and to the rolling file (dp_xfile.c). libpcap makes each stream's file header
- * (pcap_dump_fopen) and sends frames to the mirror (pcap_inject).
- * Invariants: queued bytes <= [export] queue_mb; a loop never waits: a full queue drops the
- * event and counts it for every sink; a reader that falls 12 MiB behind is dropped; a file
+ * Owns the export queue, the writer thread and the three sinks. The loops frame the records
+ * themselves, while the plaintext is in their cache (dp_xframe.c), and hand the writer chunks
+ * of finished pcap records through a lock-free MPSC list; only the writer thread touches
+ * files, sockets and libpcap. It appends each chunk to every PCAP-over-IP reader's buffer (the
+ * stream is the file format), injects each of its frames on the mirror (pcap_inject), gives it
+ * to the rolling file (dp_xfile.c: written from the chunk itself with O_DIRECT where it can),
+ * and hands it back to its loop. libpcap makes each stream's file header (pcap_dump_fopen).
+ * Invariants: chunks in the queue <= [export] queue_mb; a loop never waits: a full queue drops
+ * records and counts them for every sink; a reader that falls 12 MiB behind is dropped; a file
  * that cannot be written is reported once, then retried every 10 s while packets are counted
  * as dropped.
- * Not here: the file sink (dp_xfile.c); which connections are exported (dp_conn.c calls
- * begin for S_RELAY only, so bypassed, spliced and failed-open bytes, which are still
- * encrypted, never come here; the policy marks a connection whose rule says export = no, and
- * begin only counts it).
+ * Not here: the framing (dp_xframe.c), the file sink (dp_xfile.c); which connections are
+ * exported (dp_conn.c calls begin for S_RELAY only, so bypassed, spliced and failed-open
+ * bytes, which are still encrypted, never come here; the policy marks a connection whose rule
+ * says export = no, and begin only counts it).
  */
 #include "dp_export_int.h"
 
@@ -39,7 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
 #include <pcap/pcap.h>
 
 const char *const dp_export_sink_names[DP_EXPORT_SINKS] = {"file", "pcap_over_ip", "mirror"};
@@ -54,7 +44,7 @@ void dp_xset_state(struct dp_export *x, int sink, const char *fmt, ...)
     va_end(ap);
 }
 
-static void count_drop_all(struct dp_export *x, uint64_t n)
+void dp_xcount_drop(struct dp_export *x, uint64_t n)
 {
     for (int s = 0; s < DP_EXPORT_SINKS; s++) {
         if (x->on[s]) {
@@ -63,420 +53,11 @@ static void count_drop_all(struct dp_export *x, uint64_t n)
     }
 }
 
-/* ---- loop side ------------------------------------------------------------------------- */
-
-/* The address as 16 bytes; true when it is IPv4 (plain or v4-mapped), in the last 4 bytes. */
-static bool addr16(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port)
+/* The writer is done with k: back to its loop, and out of the queue's count. */
+void dp_xchunk_put(struct dp_export *x, struct xchunk *k)
 {
-    memset(out, 0, 16);
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        memcpy(out, &a->sin6_addr, 16);
-        *port = ntohs(a->sin6_port);
-        return IN6_IS_ADDR_V4MAPPED(&a->sin6_addr);
-    }
-    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-    out[10] = out[11] = 0xff;
-    memcpy(out + 12, &a->sin_addr, 4);
-    *port = ntohs(a->sin_port);
-    return true;
-}
-
-static size_t ev_size(const struct ev *e)
-{
-    return sizeof(struct ev) + (e->pooled ? EV_ROOM : e->len);
-}
-
-/* A pooled event of loop idx: its own free list, else what the writer gave back, else new. */
-static struct ev *pool_get(struct dp_export *x, int idx)
-{
-    struct ev_pool *p = &x->pool[idx];
-    if (p->free == NULL) {
-        p->free = atomic_exchange_explicit(&p->back, NULL, memory_order_acquire);
-        p->nfree = 0;
-        for (struct ev *e = p->free; e != NULL; e = e->next) {
-            p->nfree++;
-        }
-        while (p->nfree > POOL_KEEP) { /* after a burst: back to this loop's own arena */
-            struct ev *e = p->free;
-            p->free = e->next;
-            free(e);
-            p->nfree--;
-        }
-    }
-    struct ev *e = p->free;
-    if (e != NULL) {
-        p->free = e->next;
-        p->nfree--;
-        return e;
-    }
-    e = malloc(sizeof(struct ev) + EV_ROOM);
-    if (e != NULL) {
-        e->pooled = true;
-        e->loop = (uint16_t)idx;
-    }
-    return e;
-}
-
-/* The writer is done with e: a pooled one goes back to its loop. */
-/* e onto the MPSC list at head (newest first); true when the list was empty. */
-static bool list_push(_Atomic(struct ev *) *head, struct ev *e)
-{
-    struct ev *old = atomic_load_explicit(head, memory_order_relaxed);
-    do {
-        e->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(head, &old, e, memory_order_release,
-                                                    memory_order_relaxed));
-    return old == NULL;
-}
-
-static void ev_put(struct dp_export *x, struct ev *e)
-{
-    if (!e->pooled) {
-        free(e);
-        return;
-    }
-    list_push(&x->pool[e->loop].back, e);
-}
-
-static int loop_idx(const struct dp_conn *c)
-{
-    return c->loop != NULL && c->loop->idx >= 0 && c->loop->idx < POOL_LOOPS ? c->loop->idx : -1;
-}
-
-/*
- * A new event with room for n payload bytes (pooled: EV_ROOM, for loop idx >= 0), or NULL
- * when the queue is full (counted as dropped if count).
- */
-static struct ev *ev_new_in(struct dp_export *x, const struct dp_conn *c, enum ev_kind k,
-                            size_t n, int idx, bool count)
-{
-    bool pooled = idx >= 0 && n > 0 && n <= EV_ROOM;
-    size_t sz = sizeof(struct ev) + (pooled ? EV_ROOM : n);
-    struct ev *e = NULL;
-    if (atomic_fetch_add_explicit(&x->queued, sz, memory_order_relaxed) + sz <= x->cap) {
-        e = pooled ? pool_get(x, idx) : malloc(sz);
-    }
-    if (e == NULL) {
-        atomic_fetch_sub_explicit(&x->queued, sz, memory_order_relaxed);
-        if (count) {
-            count_drop_all(x, 1 + n / SEG_MAX);
-        }
-        return NULL;
-    }
-    e->pooled = pooled;
-    e->kind = (uint8_t)k;
-    e->dir = 0;
-    e->len = (uint32_t)n;
-    clock_gettime(CLOCK_REALTIME, &e->ts);
-    bool v4a = addr16(&c->client_addr, e->ip[D_CLIENT], &e->port[D_CLIENT]);
-    bool v4b = addr16(&c->dst, e->ip[D_UP], &e->port[D_UP]);
-    e->v6 = !(v4a && v4b);
-    e->seq[0] = c->xf.seq[0];
-    e->seq[1] = c->xf.seq[1];
-    return e;
-}
-
-static struct ev *ev_new(struct dp_export *x, const struct dp_conn *c, enum ev_kind k, size_t n)
-{
-    return ev_new_in(x, c, k, n, n > 0 ? loop_idx(c) : -1, true);
-}
-
-static void push(struct dp_export *x, struct ev *e)
-{
-    if (list_push(&x->head, e)) {
-        uint64_t one = 1;
-        ssize_t w = write(x->evfd, &one, sizeof(one)); /* nonblocking; a full counter wakes too */
-        (void)w;
-    }
-}
-
-void dp_export_begin(struct dp_export *x, struct dp_conn *c)
-{
-    if (x == NULL || c->xf.on || c->xf.excluded) {
-        return;
-    }
-    if (c->no_export) { /* its rule: export = no. No event at all, so no sink sees it */
-        c->xf.excluded = true;
-        atomic_fetch_add_explicit(&x->excluded, 1, memory_order_relaxed);
-        return;
-    }
-    uint32_t isn[2];
-    RAND_bytes((unsigned char *)isn, sizeof(isn));
-    c->xf.seq[0] = isn[0];
-    c->xf.seq[1] = isn[1];
-    c->xf.left[0] = c->xf.left[1] = x->max_bytes ? x->max_bytes : UINT32_MAX;
-    c->xf.on = true;
-    c->xf.was_on = true;
-    struct ev *e = ev_new(x, c, EV_OPEN, 0);
-    /* the SYN and SYN-ACK each take one sequence number */
-    c->xf.seq[0]++;
-    c->xf.seq[1]++;
-    if (e != NULL) {
-        push(x, e);
-    }
-}
-
-void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n)
-{
-    if (x == NULL || !c->xf.on || c->xf.left[dir] == 0 || n == 0) {
-        return;
-    }
-    if (n > c->xf.left[dir]) {
-        n = c->xf.left[dir];
-    }
-    if (c->xf.left[dir] != UINT32_MAX) {
-        c->xf.left[dir] -= (uint32_t)n;
-    }
-    struct ev *e = ev_new(x, c, EV_DATA, n);
-    c->xf.seq[dir] += (uint32_t)n; /* advanced even when dropped: the reader sees the gap */
-    if (e != NULL) {
-        e->dir = (uint8_t)dir;
-        memcpy(e->data, p, n);
-        push(x, e);
-    }
-}
-
-/*
- * Room to SSL_read side dir's next plaintext into (EV_ROOM bytes, in *cap), or NULL when
- * nothing of it is exported (then read into a buffer of your own). Exactly one
- * dp_export_commit follows, before the loop does anything else with the export.
- */
-uint8_t *dp_export_reserve(struct dp_export *x, struct dp_conn *c, int dir, size_t *cap)
-{
-    int idx = x != NULL ? loop_idx(c) : -1;
-    if (idx < 0 || !c->xf.on || c->xf.left[dir] == 0) {
-        return NULL;
-    }
-    struct ev *e = ev_new_in(x, c, EV_DATA, EV_ROOM, idx, false);
-    if (e == NULL) { /* the queue is full: dp_export_data counts the drop and the gap */
-        return NULL;
-    }
-    e->dir = (uint8_t)dir;
-    x->pool[idx].held = e;
-    *cap = EV_ROOM;
-    return e->data;
-}
-
-/* The reserved room now holds n bytes that were relayed (0: nothing was read): queued, at
- * most what [export] max_bytes_per_conn leaves. */
-void dp_export_commit(struct dp_export *x, struct dp_conn *c, int dir, size_t n)
-{
-    int idx = loop_idx(c);
-    struct ev *e = idx >= 0 ? x->pool[idx].held : NULL;
-    if (e == NULL) {
-        return;
-    }
-    x->pool[idx].held = NULL;
-    if (n > c->xf.left[dir]) {
-        n = c->xf.left[dir];
-    }
-    if (n == 0) { /* back to the loop's own list, and out of the queue's count */
-        atomic_fetch_sub_explicit(&x->queued, ev_size(e), memory_order_relaxed);
-        e->next = x->pool[idx].free;
-        x->pool[idx].free = e;
-        x->pool[idx].nfree++;
-        return;
-    }
-    if (c->xf.left[dir] != UINT32_MAX) {
-        c->xf.left[dir] -= (uint32_t)n;
-    }
-    e->len = (uint32_t)n;
-    e->seq[0] = c->xf.seq[0]; /* as they are now: ev_new took them before the read */
-    e->seq[1] = c->xf.seq[1];
-    c->xf.seq[dir] += (uint32_t)n;
-    push(x, e);
-}
-
-void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset)
-{
-    if (x == NULL || !c->xf.on) {
-        return;
-    }
-    c->xf.on = false;
-    struct ev *e = ev_new(x, c, reset ? EV_RST : EV_FIN, 0);
-    if (e != NULL) {
-        push(x, e);
-    }
-}
-
-/* ---- framing (writer thread) ----------------------------------------------------------- */
-
-/*
- * sum plus the ones' complement sum of p[0..n) taken as big-endian 16-bit words (RFC 1071),
- * not yet folded. The words are added in the machine's order, 8 bytes a step into 64 bits, and
- * the folded result is swapped once at the end: the ones' complement sum does not depend on
- * the byte order but for that swap (RFC 1071 2.B). A byte-wise loop cost the writer more than
- * the copy of the payload.
- */
-static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n);
-
-static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
-{
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-    }
-    return csum_tail(sum, acc, p, i, n);
-}
-
-/* csum_add of src[0..n) while copying it to dst: one pass over the payload, not two. */
-static uint32_t csum_copy(uint32_t sum, uint8_t *dst, const uint8_t *src, size_t n)
-{
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, src + i, 8);
-        memcpy(dst + i, &w, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-    }
-    memcpy(dst + i, src + i, n - i);
-    return csum_tail(sum, acc, src, i, n);
-}
-
-/* The words of p[i..n) after the 8-byte steps, the fold, and the one swap (see csum_add). */
-static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n)
-{
-    for (; i + 2 <= n; i += 2) {
-        uint16_t w;
-        memcpy(&w, p + i, 2);
-        acc += w;
-    }
-    bool le = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
-    if (i < n) { /* the odd last byte is the high byte of a big-endian word */
-        acc += le ? p[i] : (uint32_t)p[i] << 8;
-    }
-    while (acc >> 16) {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    uint16_t s = (uint16_t)acc;
-    return sum + (le ? (uint16_t)(s << 8 | s >> 8) : s);
-}
-
-static uint16_t csum_fold(uint32_t sum)
-{
-    while (sum >> 16) {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    return (uint16_t)~sum;
-}
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-enum { TH_FIN = 0x01, TH_SYN = 0x02, TH_RST = 0x04, TH_PSH = 0x08, TH_ACK = 0x10 };
-
-static void out_flush(struct dp_export *x);
-static void out_frame(struct dp_export *x, const struct timespec *ts, uint8_t *rec, size_t len);
-
-/*
- * One segment from side `from` (D_CLIENT or D_UP) with the given flags, sequence and
- * acknowledgement numbers and payload, framed as Ethernet + IPv4/IPv6 + TCP into the next
- * record of x->out and handed to every sink.
- */
-static void segment(struct dp_export *x, const struct ev *e, int from, uint8_t flags,
-                    uint32_t seq, uint32_t ack, const uint8_t *p, size_t n)
-{
-    if (x->outlen + REC_MAX > OUT_BUF) {
-        out_flush(x);
-    }
-    uint8_t *rec = x->out + x->outlen, *f = rec + 16;
-    int to = from ^ 1;
-    static const uint8_t mac[2][6] = {{0x02, 0, 0, 0, 0, 0x01}, {0x02, 0, 0, 0, 0, 0x02}};
-    memcpy(f, mac[to], 6);
-    memcpy(f + 6, mac[from], 6);
-    size_t ipl = e->v6 ? 40 : 20;
-    uint8_t *ip = f + 14, *th = ip + ipl;
-    uint32_t sum = 0;
-    if (e->v6) {
-        put16(f + 12, 0x86dd);
-        put32(ip, 0x60000000u);
-        put16(ip + 4, (uint16_t)(20 + n));
-        ip[6] = 6;
-        ip[7] = 64;
-        memcpy(ip + 8, e->ip[from], 16);
-        memcpy(ip + 24, e->ip[to], 16);
-        sum = csum_add(sum, ip + 8, 32);
-    } else {
-        put16(f + 12, 0x0800);
-        ip[0] = 0x45;
-        ip[1] = 0;
-        put16(ip + 2, (uint16_t)(20 + 20 + n));
-        put16(ip + 4, x->ip_id++);
-        put16(ip + 6, 0x4000);
-        ip[8] = 64;
-        ip[9] = 6;
-        put16(ip + 10, 0);
-        memcpy(ip + 12, e->ip[from] + 12, 4);
-        memcpy(ip + 16, e->ip[to] + 12, 4);
-        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
-        sum = csum_add(sum, ip + 12, 8);
-    }
-    sum += 6 + (uint32_t)(20 + n); /* pseudo-header: protocol and TCP length */
-    put16(th, e->port[from]);
-    put16(th + 2, e->port[to]);
-    put32(th + 4, seq);
-    put32(th + 8, (flags & TH_ACK) ? ack : 0);
-    th[12] = 5 << 4;
-    th[13] = flags;
-    put16(th + 14, 65535);
-    put16(th + 16, 0);
-    put16(th + 18, 0);
-    sum = csum_add(sum, th, 20);
-    if (n > 0) {
-        sum = csum_copy(sum, th + 20, p, n);
-    }
-    put16(th + 16, csum_fold(sum));
-    out_frame(x, &e->ts, rec, 14 + ipl + 20 + n);
-}
-
-static void emit(struct dp_export *x, const struct ev *e)
-{
-    const int C = D_CLIENT, U = D_UP;
-    switch (e->kind) {
-    case EV_OPEN: /* e->seq are the initial sequence numbers */
-        segment(x, e, C, TH_SYN, e->seq[C], 0, NULL, 0);
-        segment(x, e, U, TH_SYN | TH_ACK, e->seq[U], e->seq[C] + 1, NULL, 0);
-        segment(x, e, C, TH_ACK, e->seq[C] + 1, e->seq[U] + 1, NULL, 0);
-        break;
-    case EV_DATA: {
-        int d = e->dir;
-        uint32_t seq = e->seq[d];
-        for (size_t off = 0; off < e->len; off += SEG_MAX) {
-            size_t n = e->len - off < SEG_MAX ? e->len - off : SEG_MAX;
-            uint8_t fl = TH_ACK | (off + n == e->len ? TH_PSH : 0);
-            segment(x, e, d, fl, seq + (uint32_t)off, e->seq[d ^ 1], e->data + off, n);
-        }
-        /* the receiver acknowledges each record, so no reader sees a window overrun */
-        segment(x, e, d ^ 1, TH_ACK, e->seq[d ^ 1], seq + e->len, NULL, 0);
-        break;
-    }
-    case EV_FIN:
-        segment(x, e, C, TH_FIN | TH_ACK, e->seq[C], e->seq[U], NULL, 0);
-        segment(x, e, U, TH_FIN | TH_ACK, e->seq[U], e->seq[C] + 1, NULL, 0);
-        segment(x, e, C, TH_ACK, e->seq[C] + 1, e->seq[U] + 1, NULL, 0);
-        break;
-    case EV_RST:
-        segment(x, e, C, TH_RST | TH_ACK, e->seq[C], e->seq[U], NULL, 0);
-        break;
-    default:
-        break;
-    }
+    atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
+    dp_xlist_push(&x->lp[k->loop].back, k);
 }
 
 /* ---- PCAP-over-IP readers -------------------------------------------------------------- */
@@ -623,98 +204,87 @@ static void readers_last_flush(struct dp_export *x)
 
 /* ---- every sink -------------------------------------------------------------------------- */
 
-/*
- * The frame at rec + 16 (len bytes) becomes the record at the end of x->out: its header in
- * libpcap's file layout (struct pcap_sf_pkthdr: 32-bit seconds, microseconds, captured and
- * original length, in the machine's byte order like the file header pcap_dump_fopen wrote);
- * the mirror gets the frame at once.
- */
-static void out_frame(struct dp_export *x, const struct timespec *ts, uint8_t *rec, size_t len)
-{
-    uint32_t h[4] = {(uint32_t)ts->tv_sec, (uint32_t)(ts->tv_nsec / 1000), (uint32_t)len,
-                     (uint32_t)len};
-    memcpy(rec, h, sizeof(h));
-    x->outlen += 16 + len;
-    x->out_pkts++;
-    x->out_bytes += len;
-    if (x->mir != NULL) {
-        int s = DP_EXPORT_MIRROR;
-        if (pcap_inject(x->mir, rec + 16, len) == (int)len) {
-            atomic_fetch_add_explicit(&x->packets[s], 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&x->bytes[s], len, memory_order_relaxed);
-        } else {
-            atomic_fetch_add_explicit(&x->dropped[s], 1, memory_order_relaxed);
-        }
-    }
-}
-
-static void count_sent(struct dp_export *x, int s, bool ok)
+static void count_sent(struct dp_export *x, int s, const struct xchunk *k, bool ok)
 {
     if (ok) {
-        atomic_fetch_add_explicit(&x->packets[s], x->out_pkts, memory_order_relaxed);
-        atomic_fetch_add_explicit(&x->bytes[s], x->out_bytes, memory_order_relaxed);
+        atomic_fetch_add_explicit(&x->packets[s], k->pkts, memory_order_relaxed);
+        atomic_fetch_add_explicit(&x->bytes[s], k->bytes, memory_order_relaxed);
     } else {
-        atomic_fetch_add_explicit(&x->dropped[s], x->out_pkts, memory_order_relaxed);
+        atomic_fetch_add_explicit(&x->dropped[s], k->pkts, memory_order_relaxed);
     }
 }
 
-/* The new records in x->out into every reader's buffer and to the file. */
-static void out_flush(struct dp_export *x)
+/* Each frame of k on the mirror interface. */
+static void mirror_chunk(struct dp_export *x, const struct xchunk *k)
 {
-    if (x->outlen == x->out_base) {
-        return;
+    const int s = DP_EXPORT_MIRROR;
+    uint64_t ok = 0, okb = 0, bad = 0;
+    for (const uint8_t *p = k->mem + k->start, *end = p + k->len; p + 16 <= end;) {
+        uint32_t h[4];
+        memcpy(h, p, sizeof(h));
+        if (pcap_inject(x->mir, p + 16, h[2]) == (int)h[2]) {
+            ok++;
+            okb += h[2];
+        } else {
+            bad++;
+        }
+        p += 16 + h[2];
     }
-    const uint8_t *nw = x->out + x->out_base;
-    size_t nlen = x->outlen - x->out_base;
+    atomic_fetch_add_explicit(&x->packets[s], ok, memory_order_relaxed);
+    atomic_fetch_add_explicit(&x->bytes[s], okb, memory_order_relaxed);
+    atomic_fetch_add_explicit(&x->dropped[s], bad, memory_order_relaxed);
+}
+
+/* k's records to every sink; the file may keep k until dp_xfile_flush, else it goes back. */
+static void sink_chunk(struct dp_export *x, struct xchunk *k)
+{
+    const uint8_t *p = k->mem + k->start;
     for (int i = 0; i < x->nrd; i++) {
         struct reader *r = x->rd[i];
         if (!r->dead) {
-            reader_write(r, (const char *)nw, nlen);
+            reader_write(r, (const char *)p, k->len);
         }
-        count_sent(x, DP_EXPORT_POIP, !r->dead);
+        count_sent(x, DP_EXPORT_POIP, k, !r->dead);
     }
-    if (x->on[DP_EXPORT_FILE]) {
-        int r = x->ffd >= 0 ? dp_xfile_write(x) : -EBADF;
-        count_sent(x, DP_EXPORT_FILE, r == 0);
-        if (r != 0 && x->ffd >= 0) {
-            dp_xfile_fail(x, -r);
+    if (x->mir != NULL) {
+        mirror_chunk(x, k);
+    }
+    if (x->on[DP_EXPORT_FILE] && x->ffd >= 0) {
+        dp_xfile_chunk(x, k); /* counted when written */
+    } else {
+        if (x->on[DP_EXPORT_FILE]) {
+            count_sent(x, DP_EXPORT_FILE, k, false);
         }
+        dp_xchunk_put(x, k);
     }
-    if (x->ffd < 0) {
-        x->outlen = x->out_base = 0;
-    }
-    x->out_pkts = x->out_bytes = 0;
 }
 
-/* Takes every queued event, oldest first, and writes it out. Returns how many. */
+/* Takes every queued chunk, oldest first, and writes it out. Returns how many. */
 static size_t drain(struct dp_export *x)
 {
-    struct ev *e = atomic_exchange_explicit(&x->head, NULL, memory_order_acquire), *rev = NULL;
-    while (e != NULL) { /* the list is newest first */
-        struct ev *n = e->next;
-        e->next = rev;
-        rev = e;
-        e = n;
+    struct xchunk *k = atomic_exchange_explicit(&x->head, NULL, memory_order_acquire), *rev = NULL;
+    while (k != NULL) { /* the list is newest first */
+        struct xchunk *n = k->next;
+        k->next = rev;
+        rev = k;
+        k = n;
     }
-    size_t k = 0, unsent = 0;
+    size_t cnt = 0, unsent = 0;
     while (rev != NULL) {
-        struct ev *n = rev->next;
-        emit(x, rev);
+        struct xchunk *n = rev->next;
         unsent += rev->len;
+        sink_chunk(x, rev);
         if (x->nrd > 0 && unsent >= READER_STEP) {
             /* a batch can hold more than READER_BUF (a bulk transfer while the writer was
              * busy): a reader that keeps up must not be dropped for the size of one batch */
-            out_flush(x);
             readers_flush(x);
             unsent = 0;
         }
-        atomic_fetch_sub_explicit(&x->queued, ev_size(rev), memory_order_relaxed);
-        ev_put(x, rev);
         rev = n;
-        k++;
+        cnt++;
     }
-    out_flush(x);
-    return k;
+    dp_xfile_flush(x);
+    return cnt;
 }
 
 static void *writer_main(void *arg)
@@ -823,7 +393,11 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
         cfg->export_mirror_if[0] == '\0') {
         return 0;
     }
-    struct dp_export *x = calloc(1, sizeof(*x));
+    void *mem = NULL; /* struct xloop is cache-line aligned */
+    struct dp_export *x = posix_memalign(&mem, 64, sizeof(*x)) == 0 ? mem : NULL;
+    if (x != NULL) {
+        memset(x, 0, sizeof(*x));
+    }
     if (x == NULL) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -889,6 +463,7 @@ int dp_export_start(struct dp_export *x)
         px_log(PX_LOG_ERROR, "export", "cannot start the export thread: %s", strerror(r));
         return -r;
     }
+    pthread_setname_np(x->th, "tlsmint-export"); /* for perf and top; a failure changes nothing */
     x->th_ok = true;
     return 0;
 }
@@ -905,7 +480,8 @@ void dp_export_free(struct dp_export *x)
         (void)w;
         pthread_join(x->th, NULL);
     }
-    drain(x); /* nothing is pushed any more: free what is left */
+    dp_xframe_flush_all(x); /* the loops are gone: what they framed last */
+    drain(x); /* nothing is pushed any more: write what is left */
     dp_xfile_close(x);
     readers_last_flush(x);
     while (x->nrd > 0) {
@@ -923,19 +499,18 @@ void dp_export_free(struct dp_export *x)
     if (x->evfd >= 0) {
         close(x->evfd);
     }
-    for (int i = 0; i < POOL_LOOPS; i++) { /* the loops are gone: every pooled event */
-        struct ev_pool *p = &x->pool[i];
-        struct ev *e = atomic_exchange_explicit(&p->back, NULL, memory_order_acquire);
-        while (e != NULL) {
-            struct ev *n = e->next;
-            free(e);
-            e = n;
+    for (int i = 0; i < POOL_LOOPS; i++) { /* every chunk, given back by now */
+        struct xloop *l = &x->lp[i];
+        struct xchunk *k = atomic_exchange_explicit(&l->back, NULL, memory_order_acquire);
+        while (k != NULL) {
+            struct xchunk *n = k->next;
+            dp_xchunk_free(k);
+            k = n;
         }
-        for (e = p->free; e != NULL; e = p->free) {
-            p->free = e->next;
-            free(e);
+        for (k = l->free; k != NULL; k = l->free) {
+            l->free = k->next;
+            dp_xchunk_free(k);
         }
-        free(p->held);
     }
     pthread_mutex_destroy(&x->state_lock);
     free(x->out);

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dp_export_int.h - what the export's two files share: the queue's events, the readers, the
- * export itself (struct dp_export). dp_export.c: the loop side, the framing, the readers and
- * the mirror, the writer thread; dp_xfile.c: the rolling pcap file. Nothing outside them
- * includes this.
+ * dp_export_int.h - what the export's files share: the loops' record chunks, the readers, the
+ * export itself (struct dp_export). dp_xframe.c: the loop side (the TCP/IP framing into the
+ * loop's chunks); dp_export.c: the writer thread, the readers and the mirror; dp_xfile.c: the
+ * rolling pcap file. Nothing outside them includes this.
  */
 #ifndef DP_EXPORT_INT_H
 #define DP_EXPORT_INT_H
@@ -12,6 +12,7 @@
 
 #include <pcap/pcap.h>
 #include <stdio.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #define READERS_MAX 16
@@ -20,29 +21,47 @@
 #define READER_STEP (256u << 10) /* within a batch, readers are sent to every this many bytes */
 #define SEG_MAX 1460          /* payload per segment, as on an Ethernet path */
 #define RETRY_S 10
-#define OUT_BUF (1u << 20)    /* a batch's pcap records, written whole to every stream */
+#define OUT_BUF (1u << 20)    /* records copied for the file (chunks that cannot go direct) */
 #define DIO_ALIGN 4096u       /* O_DIRECT: buffer address, file offset and length */
 #define TAIL_MS 200           /* the file's partial last block is written this often at most */
 #define REC_MAX (16 + 14 + 40 + 20 + SEG_MAX) /* the largest record: header and frame */
-#define EV_ROOM 16384         /* payload of a pooled event: a TLS record's plaintext */
-#define POOL_KEEP 256         /* pooled events a loop keeps when it has more (4 MiB) */
-#define POOL_LOOPS 256        /* loops with a pool ([listen] threads at most); others malloc */
+#define CHUNK_BYTES (128u << 10) /* a loop's record chunk (DIO_ALIGN-aligned) */
+#define CHUNK_KEEP 32         /* chunks a loop keeps when it has more (4 MiB) */
+#define HANDOFF_MIN (CHUNK_BYTES / 2) /* a batch's end hands a chunk this full to a busy writer */
+#define POOL_LOOPS 256        /* loops with a chunk pool ([listen] threads at most) */
+#define PEND_MAX 64           /* chunks written by one pwritev */
 #define BATCH_NS 2000000L     /* the writer's pause after a batch: the loops' pushes meanwhile
                                  find the list non-empty and signal nothing */
 
-enum ev_kind { EV_OPEN, EV_DATA, EV_FIN, EV_RST };
-
-struct ev {
-    struct ev *next;
-    uint8_t kind, dir, v6;
-    bool pooled;       /* from pool[loop] (EV_ROOM of payload), else malloc'd to its size */
+/*
+ * Finished pcap records of one loop (record header and frame, as in the file), at
+ * mem[start, start + len). start is where the loop expects the records to fall in the file
+ * modulo DIO_ALIGN, so that the writer can write the chunk itself with O_DIRECT: it copies the
+ * file's partial last block into mem[0, start) and writes the whole blocks straight from mem.
+ * The struct lies right after the CHUNK_BYTES of mem, in the same allocation.
+ */
+struct xchunk {
+    struct xchunk *next;
+    uint8_t *mem;
+    uint32_t start, len;
+    uint32_t pkts;   /* records in it */
     uint16_t loop;
-    struct timespec ts;
-    uint8_t ip[2][16]; /* [D_CLIENT] the client, [D_UP] the original destination */
-    uint16_t port[2];
-    uint32_t seq[2];   /* each side's next sequence number when the event was made */
-    uint32_t len;
-    uint8_t data[];
+    uint64_t bytes;  /* their frames' bytes (the sinks count frames, not record headers) */
+    uint64_t pos;    /* the loop's record bytes handed off before this chunk */
+};
+
+/* One loop's side of the export. back and shift are written by the writer, the rest only by
+ * the loop (its own cache line). */
+struct xloop {
+    _Atomic(struct xchunk *) back; /* chunks the writer is done with (MPSC, taken whole) */
+    _Atomic uint32_t shift; /* the file offset minus pos, mod DIO_ALIGN, as the writer saw last */
+    _Alignas(64) struct xchunk *cur; /* being filled */
+    struct xchunk *free;
+    unsigned nfree;
+    uint64_t pos;     /* record bytes handed off so far */
+    uint16_t ip_id;
+    bool ts_ok;       /* ts was read in this batch of the loop */
+    uint32_t ts[2];   /* seconds, microseconds: every record of the batch */
 };
 
 struct reader {
@@ -55,17 +74,8 @@ struct reader {
     char name[80];
 };
 
-/* The pooled events of one loop: back is pushed by the writer only and taken whole by the loop
- * (no ABA: nobody pops single entries of it); free and held are the loop's own. */
-struct ev_pool {
-    _Atomic(struct ev *) back;
-    struct ev *free;
-    unsigned nfree;
-    struct ev *held; /* reserved by dp_export_reserve, not committed yet */
-};
-
 struct dp_export {
-    _Atomic(struct ev *) head;
+    _Atomic(struct xchunk *) head; /* handed-off chunks, newest first */
     _Atomic size_t queued;
     size_t cap;
     int evfd;
@@ -80,7 +90,7 @@ struct dp_export {
     int rotate_s, keep;
     int ffd;          /* the open file, or -1 (none yet, or an error: retried) */
     int ffd_tail;     /* when ffd is O_DIRECT: a buffered descriptor for the partial block */
-    uint64_t foff;    /* the file offset of x->out[0] */
+    uint64_t foff;    /* the file offset of x->out[0], or of pend[0]'s mem */
     uint64_t tail_ns; /* when the partial block was last written */
     bool tail_dirty;  /* x->out holds bytes the file does not have yet */
     char path[600];
@@ -101,23 +111,38 @@ struct dp_export {
     _Atomic uint64_t excluded; /* connections a rule's export = no kept out */
     pthread_mutex_t state_lock;
     char state[DP_EXPORT_SINKS][200];
-    uint16_t ip_id;
-    /* records not written yet (writer thread only): [0, out_base) the file's partial block,
-     * already sent to the readers; [out_base, outlen) new records. DIO_ALIGN-aligned. */
+    /* the file's records not written yet (writer thread only), DIO_ALIGN-aligned: in x->out,
+     * or (npend > 0) in the chunks of pend, whose mem[0, pend_a[i]) follow each other in the
+     * file (x->out is empty then) and whose last one holds the partial block after them */
     uint8_t *out;
-    size_t outlen, out_base;
-    uint64_t out_pkts, out_bytes; /* frames in out and their bytes, without record headers */
-    struct ev_pool pool[POOL_LOOPS];
+    size_t outlen;
+    struct xchunk *pend[PEND_MAX];
+    uint32_t pend_a[PEND_MAX];
+    int npend;
+    size_t pend_sum; /* the sum of pend_a */
+    uint64_t fpkts, fbytes; /* frames given to the file since its last write */
+    uint64_t direct_chunks, copied_chunks; /* how the file got its chunks (ctl status) */
+    time_t state_s; /* when the file's state line last showed them */
+    struct xloop lp[POOL_LOOPS];
 };
 
 /* dp_export.c */
 void dp_xset_state(struct dp_export *x, int sink, const char *fmt, ...) PX_PRINTF(3, 4);
+void dp_xcount_drop(struct dp_export *x, uint64_t n); /* n packets, for every sink */
+void dp_xchunk_put(struct dp_export *x, struct xchunk *k); /* the writer is done with k */
+
+/* dp_xframe.c */
+bool dp_xlist_push(_Atomic(struct xchunk *) *head, struct xchunk *k); /* true: was empty */
+void dp_xframe_flush_all(struct dp_export *x); /* the loops have ended: every chunk queued */
+void dp_xchunk_free(struct xchunk *k);
 
 /* dp_xfile.c, the writer thread only */
 int dp_xfile_header(struct dp_export *x); /* once, at set-up: x->fhdr */
 void dp_xfile_open(struct dp_export *x, time_t now);
 void dp_xfile_close(struct dp_export *x);
 int dp_xfile_write(struct dp_export *x); /* x->out's records; 0 or -errno */
+void dp_xfile_chunk(struct dp_export *x, struct xchunk *k); /* k's records after the others */
+void dp_xfile_flush(struct dp_export *x); /* what dp_xfile_chunk kept, written */
 void dp_xfile_fail(struct dp_export *x, int err);
 void dp_xfile_tick(struct dp_export *x, time_t now);
 

@@ -816,7 +816,7 @@ static inline uint64_t dp_conn_token(const struct dp_conn *c)
     return ((uint64_t)c->gen << 32) | c->slot;
 }
 
-/* ---- decrypted traffic export (dp_export.c) ---------------------------------------------- */
+/* ---- decrypted traffic export (dp_export.c, dp_xframe.c) ------------------------------------------ */
 
 struct dp_export;
 /* *out = NULL (and 0) when no sink is configured; an error names the key. */
@@ -824,15 +824,14 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
 /* Main thread, once privileges are dropped: starts the writer (x may be NULL). */
 PX_MUST_CHECK int dp_export_start(struct dp_export *x);
 void dp_export_free(struct dp_export *x);
-/* Loop thread. x may be NULL. begin: the relay starts (SYN, SYN-ACK, ACK); data: plaintext
- * relayed from side dir (copied); end: FIN both ways, or an RST when the connection failed. */
+/* Loop thread (dp_xframe.c). x may be NULL. begin: the relay starts (SYN, SYN-ACK, ACK);
+ * data: plaintext relayed from side dir (framed and copied at once, p is the caller's); end:
+ * FIN both ways, or an RST when the connection failed. batch_end: after each batch of the
+ * loop's completions (the next records read the clock again; the writer gets what is framed). */
 void dp_export_begin(struct dp_export *x, struct dp_conn *c);
 void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n);
-/* Or, without the copy: reserve room (NULL: use dp_export_data), read the plaintext into it,
- * relay it from there, then commit how many bytes it holds (0 if the read failed). */
-uint8_t *dp_export_reserve(struct dp_export *x, struct dp_conn *c, int dir, size_t *cap);
-void dp_export_commit(struct dp_export *x, struct dp_conn *c, int dir, size_t n);
 void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset);
+void dp_export_batch_end(struct dp_export *x, struct dp_loop *l);
 void dp_export_stats(struct dp_export *x, struct dp_export_stats *o);
 
 #endif

@@ -355,6 +355,7 @@ void *dp_loop_main(void *arg)
         if (l->nnobufs > 0) {
             dp_buf_nobufs_run(l); /* the batch's buffers are back in the ring */
         }
+        dp_export_batch_end(srv->exp, l);
         if (l->old_ccl != NULL) {
             cc_loop_poll(l->old_ccl);
             if (cc_loop_pending(l->old_ccl) == 0) {

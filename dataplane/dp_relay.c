@@ -110,25 +110,17 @@ static void relay_tls(struct dp_conn *c, int from)
 {
     int to = from ^ 1;
     struct side *a = &c->s[from], *b = &c->s[to];
-    uint8_t own[16384];
+    uint8_t buf[16384];
     struct dp_export *x = c->loop->srv->exp;
     while (dp_pending_out(c, to) < DP_PENDING_MAX && a->ssl != NULL && b->ssl != NULL) {
-        /* exported: read straight into the export's event, no copy (dp_export.c) */
-        size_t cap = sizeof(own);
-        uint8_t *xb = dp_export_reserve(x, c, from, &cap), *buf = xb != NULL ? xb : own;
-        int n = SSL_read(a->ssl, buf, (int)cap);
-        bool sent = n > 0 && SSL_write(b->ssl, buf, n) == n;
-        if (xb != NULL) {
-            dp_export_commit(x, c, from, sent ? (size_t)n : 0);
-        }
+        int n = SSL_read(a->ssl, buf, (int)sizeof(buf));
         if (n > 0) {
-            if (!sent) {
+            if (SSL_write(b->ssl, buf, n) != n) {
                 dp_conn_abort(c, O_CLIENT_ERROR);
                 return;
             }
-            if (xb == NULL) {
-                dp_export_data(x, c, from, buf, (size_t)n);
-            }
+            /* framed at once, while the plaintext is in this core's cache (dp_xframe.c) */
+            dp_export_data(x, c, from, buf, (size_t)n);
             if (from == D_CLIENT) {
                 c->bytes_c2u += (uint64_t)n;
             } else {

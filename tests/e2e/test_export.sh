@@ -96,7 +96,14 @@ check_contains "ctl status: one connection excluded by its rule" \
     "excluded by rule (export = no): 1 connections" "$(echo "$metrics_off" | grep '^export')"
 check_contains "metric: the exclusion is counted" "tlsmint_export_excluded_total 1" \
     "$(curl -s "http://127.0.0.1:$MPORT1/metrics")"
-echo "     file sink: $(echo "$metrics_off" | grep '^export        file' | grep -o '(direct I/O)' || echo 'buffered writes')"
+fline=$(echo "$metrics_off" | grep '^export        file')
+echo "     file sink: $(echo "$fline" | grep -o '(direct I/O)' || echo 'buffered writes')"
+if [[ $fline == *"(direct I/O)"* ]]; then
+    # the loops' chunks start where their records fall in the file's block: the writer writes
+    # them as they are (a chunk that does not, like the first after the file header, is copied)
+    inplace=$(echo "$fline" | sed -n 's/.*; \([0-9]*\) of [0-9]* chunks written in place.*/\1/p')
+    check_num "direct I/O: chunks written straight from the loops' memory" "${inplace:-0}" -gt 10
+fi
 
 kill -TERM "$TLSMINT_PID"
 wait "$TLSMINT_PID"

@@ -1,0 +1,474 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dp_xframe.c - the export's loop side: each exported connection's TCP/IP framing, done on the
+ * loop thread while the plaintext is still in its cache, into the loop's record chunks.
+ * dp_export_begin/data/end frame SYN/SYN-ACK/ACK, the plaintext (segments of at most SEG_MAX,
+ * each acknowledged) and FIN or RST as finished pcap records (libpcap's record layout: the
+ * 16-byte header, then an Ethernet frame with fixed locally administered MACs, IPv4, or IPv6
+ * when either end is IPv6 with an IPv4 end v4-mapped, and TCP, checksummed while the payload is
+ * copied). Sequence and acknowledgement numbers are the connection's (struct dp_xflow). Every
+ * record of one loop batch carries the time read once in that batch. A chunk goes to the
+ * writer (one MPSC push, an eventfd wake-up only on empty -> non-empty) when it is full, and at
+ * the end of a loop batch when the writer has taken everything else or the chunk is half full;
+ * the writer gives it back to its loop's return list, taken whole, so neither side calls
+ * malloc or free per record. A chunk starts where its records are expected in the file modulo
+ * DIO_ALIGN (xloop.shift, set by the writer), so the writer can write it with O_DIRECT as it
+ * is (dp_xfile.c).
+ * Threads: the connection's loop (and, once the loops have ended, the thread that frees
+ * them); dp_xlist_push from any thread.
+ * Invariants: chunks taken and not given back <= [export] queue_mb; a loop never waits: when
+ * that is reached the records are dropped and counted for every sink, and the sequence numbers
+ * move on, so a reader sees the gap.
+ * Not here: the writer and the sinks (dp_export.c, dp_xfile.c).
+ */
+#include "dp_export_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+/* ---- chunks ------------------------------------------------------------------------------ */
+
+bool dp_xlist_push(_Atomic(struct xchunk *) *head, struct xchunk *k)
+{
+    struct xchunk *old = atomic_load_explicit(head, memory_order_relaxed);
+    do {
+        k->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(head, &old, k, memory_order_release,
+                                                    memory_order_relaxed));
+    return old == NULL;
+}
+
+void dp_xchunk_free(struct xchunk *k)
+{
+    if (k != NULL) {
+        free(k->mem);
+    }
+}
+
+static struct xchunk *chunk_alloc(int idx)
+{
+    void *mem = NULL;
+    if (posix_memalign(&mem, DIO_ALIGN, CHUNK_BYTES + sizeof(struct xchunk)) != 0) {
+        return NULL;
+    }
+    struct xchunk *k = (struct xchunk *)((uint8_t *)mem + CHUNK_BYTES);
+    k->mem = mem;
+    k->loop = (uint16_t)idx;
+    return k;
+}
+
+/* A chunk for loop l (idx), counted in the queue: its free list, else what the writer gave
+ * back, else a new one; NULL when the queue is full. */
+static struct xchunk *chunk_get(struct dp_export *x, struct xloop *l, int idx)
+{
+    if (atomic_fetch_add_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed) + CHUNK_BYTES >
+        x->cap) {
+        atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
+        return NULL;
+    }
+    if (l->free == NULL) {
+        l->free = atomic_exchange_explicit(&l->back, NULL, memory_order_acquire);
+        l->nfree = 0;
+        for (struct xchunk *k = l->free; k != NULL; k = k->next) {
+            l->nfree++;
+        }
+        while (l->nfree > CHUNK_KEEP) { /* after a burst */
+            struct xchunk *k = l->free;
+            l->free = k->next;
+            dp_xchunk_free(k);
+            l->nfree--;
+        }
+    }
+    struct xchunk *k = l->free;
+    if (k != NULL) {
+        l->free = k->next;
+        l->nfree--;
+    } else {
+        k = chunk_alloc(idx);
+    }
+    if (k == NULL) {
+        atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
+        return NULL;
+    }
+    uint32_t shift = atomic_load_explicit(&l->shift, memory_order_relaxed);
+    k->pos = l->pos;
+    k->start = (uint32_t)((l->pos + shift) & (DIO_ALIGN - 1));
+    k->len = k->pkts = 0;
+    k->bytes = 0;
+    return k;
+}
+
+/* The loop's current chunk to the writer. */
+static void handoff(struct dp_export *x, struct xloop *l)
+{
+    struct xchunk *k = l->cur;
+    l->cur = NULL;
+    l->pos += k->len;
+    if (dp_xlist_push(&x->head, k)) {
+        uint64_t one = 1;
+        ssize_t w = write(x->evfd, &one, sizeof(one)); /* nonblocking; a full counter wakes too */
+        (void)w;
+    }
+}
+
+void dp_export_batch_end(struct dp_export *x, struct dp_loop *lp)
+{
+    if (x == NULL || lp->idx < 0 || lp->idx >= POOL_LOOPS) {
+        return;
+    }
+    struct xloop *l = &x->lp[lp->idx];
+    l->ts_ok = false;
+    struct xchunk *k = l->cur;
+    if (k != NULL && k->len > 0 &&
+        (k->len >= HANDOFF_MIN || atomic_load_explicit(&x->head, memory_order_relaxed) == NULL)) {
+        handoff(x, l);
+    }
+}
+
+void dp_xframe_flush_all(struct dp_export *x)
+{
+    for (int i = 0; i < POOL_LOOPS; i++) {
+        struct xloop *l = &x->lp[i];
+        if (l->cur != NULL && l->cur->len > 0) {
+            handoff(x, l);
+        } else if (l->cur != NULL) {
+            dp_xchunk_put(x, l->cur);
+            l->cur = NULL;
+        }
+    }
+}
+
+/* ---- framing ----------------------------------------------------------------------------- */
+
+/*
+ * sum plus the ones' complement sum of p[0..n) taken as big-endian 16-bit words (RFC 1071),
+ * not yet folded. The words are added in the machine's order, 8 bytes a step into 64 bits, and
+ * the folded result is swapped once at the end: the ones' complement sum does not depend on
+ * the byte order but for that swap (RFC 1071 2.B). A byte-wise loop cost more than the copy of
+ * the payload.
+ */
+static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n);
+
+static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
+{
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        acc += (w & 0xffffffffu) + (w >> 32);
+    }
+    return csum_tail(sum, acc, p, i, n);
+}
+
+/* csum_add of src[0..n) while copying it to dst (they do not overlap): one pass, not two. */
+static uint32_t csum_copy(uint32_t sum, uint8_t *restrict dst, const uint8_t *restrict src,
+                          size_t n)
+{
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        memcpy(dst + i, &w, 8);
+        acc += (w & 0xffffffffu) + (w >> 32);
+    }
+    memcpy(dst + i, src + i, n - i);
+    return csum_tail(sum, acc, src, i, n);
+}
+
+/* The words of p[i..n) after the 8-byte steps, the fold, and the one swap (see csum_add). */
+static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n)
+{
+    for (; i + 2 <= n; i += 2) {
+        uint16_t w;
+        memcpy(&w, p + i, 2);
+        acc += w;
+    }
+    bool le = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+    if (i < n) { /* the odd last byte is the high byte of a big-endian word */
+        acc += le ? p[i] : (uint32_t)p[i] << 8;
+    }
+    while (acc >> 16) {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    uint16_t s = (uint16_t)acc;
+    return sum + (le ? (uint16_t)(s << 8 | s >> 8) : s);
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+    while (sum >> 16) {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    return (uint16_t)~sum;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+enum { TH_FIN = 0x01, TH_SYN = 0x02, TH_RST = 0x04, TH_PSH = 0x08, TH_ACK = 0x10 };
+
+/* What every segment of one event needs: the loop, the two ends, the pseudo-header's
+ * addresses summed once per direction. */
+struct flow {
+    struct dp_export *x;
+    struct xloop *l;
+    int idx;
+    bool v6;
+    uint8_t ip[2][16]; /* [D_CLIENT] the client, [D_UP] the original destination */
+    uint16_t port[2];
+    uint32_t asum;     /* the pseudo-header's two addresses (the same sum either way) */
+};
+
+/* The address as 16 bytes; true when it is IPv4 (plain or v4-mapped), in the last 4 bytes. */
+static bool addr16(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port)
+{
+    memset(out, 0, 16);
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        memcpy(out, &a->sin6_addr, 16);
+        *port = ntohs(a->sin6_port);
+        return IN6_IS_ADDR_V4MAPPED(&a->sin6_addr);
+    }
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    out[10] = out[11] = 0xff;
+    memcpy(out + 12, &a->sin_addr, 4);
+    *port = ntohs(a->sin_port);
+    return true;
+}
+
+/* The flow of c, with the batch's time read if it is not yet; false when c's loop has no
+ * chunks (not one of the server's loops). */
+static bool flow_of(struct dp_export *x, const struct dp_conn *c, struct flow *f)
+{
+    int idx = c->loop != NULL ? c->loop->idx : -1;
+    if (idx < 0 || idx >= POOL_LOOPS) {
+        return false;
+    }
+    f->x = x;
+    f->idx = idx;
+    f->l = &x->lp[idx];
+    bool v4a = addr16(&c->client_addr, f->ip[D_CLIENT], &f->port[D_CLIENT]);
+    bool v4b = addr16(&c->dst, f->ip[D_UP], &f->port[D_UP]);
+    f->v6 = !(v4a && v4b);
+    f->asum = f->v6 ? csum_add(csum_add(0, f->ip[0], 16), f->ip[1], 16)
+                    : csum_add(csum_add(0, f->ip[0] + 12, 4), f->ip[1] + 12, 4);
+    if (!f->l->ts_ok) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        f->l->ts[0] = (uint32_t)ts.tv_sec;
+        f->l->ts[1] = (uint32_t)(ts.tv_nsec / 1000);
+        f->l->ts_ok = true;
+    }
+    return true;
+}
+
+/* Room for one more record in the loop's chunk (a new chunk when it is full), or NULL when the
+ * queue is full. */
+static uint8_t *rec_room(struct flow *f)
+{
+    struct xloop *l = f->l;
+    struct xchunk *k = l->cur;
+    if (k != NULL && k->start + k->len + REC_MAX <= CHUNK_BYTES) {
+        return k->mem + k->start + k->len;
+    }
+    if (k != NULL) {
+        handoff(f->x, l);
+    }
+    k = chunk_get(f->x, l, f->idx);
+    if (k == NULL) {
+        return NULL;
+    }
+    l->cur = k;
+    return k->mem + k->start;
+}
+
+/*
+ * One segment from side `from` (D_CLIENT or D_UP) with the given flags, sequence and
+ * acknowledgement numbers and payload, framed as Ethernet + IPv4/IPv6 + TCP, as the next pcap
+ * record of the loop's chunk. False when it was dropped (the queue is full). The headers are
+ * built and summed on the stack, so the chunk is only stored to. Its lines were last read by
+ * the disk, and taking them back is most of what framing costs (perf: the stores wait; the
+ * same cost sat in the writer when it framed into its own buffer). Streaming stores for the
+ * payload were worse (2.5x), a memset of each run first only moved the wait, and reusing a
+ * chunk only after 32 others changed nothing; measured on this machine's VM.
+ */
+static bool segment(struct flow *f, int from, uint8_t flags, uint32_t seq, uint32_t ack,
+                    const uint8_t *p, size_t n)
+{
+    uint8_t *rec = rec_room(f);
+    if (rec == NULL) {
+        return false;
+    }
+    uint8_t h[16 + 14 + 40 + 20]; /* the record header and the frame's headers */
+    uint8_t *fr = h + 16;
+    int to = from ^ 1;
+    static const uint8_t mac[2][6] = {{0x02, 0, 0, 0, 0, 0x01}, {0x02, 0, 0, 0, 0, 0x02}};
+    memcpy(fr, mac[to], 6);
+    memcpy(fr + 6, mac[from], 6);
+    size_t ipl = f->v6 ? 40 : 20;
+    uint8_t *ip = fr + 14, *th = ip + ipl;
+    if (f->v6) {
+        put16(fr + 12, 0x86dd);
+        put32(ip, 0x60000000u);
+        put16(ip + 4, (uint16_t)(20 + n));
+        ip[6] = 6;
+        ip[7] = 64;
+        memcpy(ip + 8, f->ip[from], 16);
+        memcpy(ip + 24, f->ip[to], 16);
+    } else {
+        put16(fr + 12, 0x0800);
+        ip[0] = 0x45;
+        ip[1] = 0;
+        put16(ip + 2, (uint16_t)(20 + 20 + n));
+        put16(ip + 4, f->l->ip_id++);
+        put16(ip + 6, 0x4000);
+        ip[8] = 64;
+        ip[9] = 6;
+        put16(ip + 10, 0);
+        memcpy(ip + 12, f->ip[from] + 12, 4);
+        memcpy(ip + 16, f->ip[to] + 12, 4);
+        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+    }
+    uint32_t sum = f->asum + 6 + (uint32_t)(20 + n); /* pseudo-header: protocol, TCP length */
+    put16(th, f->port[from]);
+    put16(th + 2, f->port[to]);
+    put32(th + 4, seq);
+    put32(th + 8, (flags & TH_ACK) ? ack : 0);
+    th[12] = 5 << 4;
+    th[13] = flags;
+    put16(th + 14, 65535);
+    put16(th + 16, 0);
+    put16(th + 18, 0);
+    sum = csum_add(sum, th, 20);
+    size_t hl = 16 + 14 + ipl + 20;
+    if (n > 0) {
+        sum = csum_copy(sum, rec + hl, p, n);
+    }
+    put16(th + 16, csum_fold(sum));
+    /* the record header: libpcap's file layout (struct pcap_sf_pkthdr: 32-bit seconds,
+     * microseconds, captured and original length, in the machine's byte order like the file
+     * header pcap_dump_fopen writes) */
+    uint32_t len = (uint32_t)(hl - 16 + n);
+    uint32_t rh[4] = {f->l->ts[0], f->l->ts[1], len, len};
+    memcpy(h, rh, sizeof(rh));
+    if (f->v6) { /* a constant size: a few vector stores, not a string copy */
+        memcpy(rec, h, 16 + 14 + 40 + 20);
+    } else {
+        memcpy(rec, h, 16 + 14 + 20 + 20);
+    }
+    struct xchunk *k = f->l->cur;
+    k->len += 16 + len;
+    k->pkts++;
+    k->bytes += len;
+    return true;
+}
+
+/* ---- the tap ----------------------------------------------------------------------------- */
+
+void dp_export_begin(struct dp_export *x, struct dp_conn *c)
+{
+    if (x == NULL || c->xf.on || c->xf.excluded) {
+        return;
+    }
+    if (c->no_export) { /* its rule: export = no. No record at all, so no sink sees it */
+        c->xf.excluded = true;
+        atomic_fetch_add_explicit(&x->excluded, 1, memory_order_relaxed);
+        return;
+    }
+    uint32_t isn[2];
+    RAND_bytes((unsigned char *)isn, sizeof(isn));
+    const int C = D_CLIENT, U = D_UP;
+    c->xf.seq[C] = isn[C] + 1; /* the SYN and SYN-ACK each take one sequence number */
+    c->xf.seq[U] = isn[U] + 1;
+    c->xf.left[0] = c->xf.left[1] = x->max_bytes ? x->max_bytes : UINT32_MAX;
+    c->xf.on = true;
+    c->xf.was_on = true;
+    struct flow f;
+    if (!flow_of(x, c, &f)) {
+        dp_xcount_drop(x, 3);
+        return;
+    }
+    int lost = !segment(&f, C, TH_SYN, isn[C], 0, NULL, 0);
+    lost += !segment(&f, U, TH_SYN | TH_ACK, isn[U], isn[C] + 1, NULL, 0);
+    lost += !segment(&f, C, TH_ACK, isn[C] + 1, isn[U] + 1, NULL, 0);
+    if (lost > 0) {
+        dp_xcount_drop(x, (uint64_t)lost);
+    }
+}
+
+void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n)
+{
+    if (x == NULL || !c->xf.on || c->xf.left[dir] == 0 || n == 0) {
+        return;
+    }
+    if (n > c->xf.left[dir]) {
+        n = c->xf.left[dir];
+    }
+    if (c->xf.left[dir] != UINT32_MAX) {
+        c->xf.left[dir] -= (uint32_t)n;
+    }
+    uint32_t seq = c->xf.seq[dir], ack = c->xf.seq[dir ^ 1];
+    c->xf.seq[dir] += (uint32_t)n; /* advanced even when dropped: the reader sees the gap */
+    size_t nseg = (n + SEG_MAX - 1) / SEG_MAX;
+    struct flow f;
+    if (!flow_of(x, c, &f)) {
+        dp_xcount_drop(x, nseg + 1);
+        return;
+    }
+    size_t off = 0, i = 0;
+    for (; off < n; off += SEG_MAX, i++) {
+        size_t m = n - off < SEG_MAX ? n - off : SEG_MAX;
+        uint8_t fl = TH_ACK | (off + m == n ? TH_PSH : 0);
+        if (!segment(&f, dir, fl, seq + (uint32_t)off, ack, p + off, m)) {
+            dp_xcount_drop(x, nseg + 1 - i);
+            return;
+        }
+    }
+    /* the receiver acknowledges each record, so no reader sees a window overrun */
+    if (!segment(&f, dir ^ 1, TH_ACK, ack, seq + (uint32_t)n, NULL, 0)) {
+        dp_xcount_drop(x, 1);
+    }
+}
+
+void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset)
+{
+    if (x == NULL || !c->xf.on) {
+        return;
+    }
+    c->xf.on = false;
+    const int C = D_CLIENT, U = D_UP;
+    uint32_t sc = c->xf.seq[C], su = c->xf.seq[U];
+    struct flow f;
+    if (!flow_of(x, c, &f)) {
+        dp_xcount_drop(x, reset ? 1 : 3);
+        return;
+    }
+    int lost;
+    if (reset) {
+        lost = !segment(&f, C, TH_RST | TH_ACK, sc, su, NULL, 0);
+    } else {
+        lost = !segment(&f, C, TH_FIN | TH_ACK, sc, su, NULL, 0);
+        lost += !segment(&f, U, TH_FIN | TH_ACK, su, sc + 1, NULL, 0);
+        lost += !segment(&f, C, TH_ACK, sc + 1, su + 1, NULL, 0);
+    }
+    if (lost > 0) {
+        dp_xcount_drop(x, (uint64_t)lost);
+    }
+}
