@@ -27,7 +27,6 @@
 #define REC_MAX (16 + 14 + 40 + 20 + SEG_MAX) /* the largest record: header and frame */
 #define CHUNK_BYTES (128u << 10) /* a loop's record chunk (DIO_ALIGN-aligned) */
 #define CHUNK_KEEP 32         /* chunks a loop keeps when it has more (4 MiB) */
-#define HANDOFF_MIN (CHUNK_BYTES / 2) /* a batch's end hands a chunk this full to a busy writer */
 #define POOL_LOOPS 256        /* loops with a chunk pool ([listen] threads at most) */
 #define PEND_MAX 64           /* chunks written by one pwritev */
 #define BATCH_NS 2000000L     /* the writer's pause after a batch: the loops' pushes meanwhile

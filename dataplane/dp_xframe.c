@@ -9,7 +9,7 @@
  * copied). Sequence and acknowledgement numbers are the connection's (struct dp_xflow). Every
  * record of one loop batch carries the time read once in that batch. A chunk goes to the
  * writer (one MPSC push, an eventfd wake-up only on empty -> non-empty) when it is full, and at
- * the end of a loop batch when the writer has taken everything else or the chunk is half full;
+ * the end of a loop batch when the writer has taken everything else;
  * the writer gives it back to its loop's return list, taken whole, so neither side calls
  * malloc or free per record. A chunk starts where its records are expected in the file modulo
  * DIO_ALIGN (xloop.shift, set by the writer), so the writer can write it with O_DIRECT as it
@@ -123,8 +123,9 @@ void dp_export_batch_end(struct dp_export *x, struct dp_loop *lp)
     struct xloop *l = &x->lp[lp->idx];
     l->ts_ok = false;
     struct xchunk *k = l->cur;
-    if (k != NULL && k->len > 0 &&
-        (k->len >= HANDOFF_MIN || atomic_load_explicit(&x->head, memory_order_relaxed) == NULL)) {
+    /* while the writer has chunks to take, this one fills up: a queue of full chunks holds
+     * the most records when the writer stalls (a rotation, a slow disk) */
+    if (k != NULL && k->len > 0 && atomic_load_explicit(&x->head, memory_order_relaxed) == NULL) {
         handoff(x, l);
     }
 }
