@@ -121,7 +121,7 @@ struct dp_export {
     size_t pend_sum; /* the sum of pend_a */
     uint64_t fpkts, fbytes; /* frames given to the file since its last write */
     uint64_t direct_chunks, copied_chunks; /* how the file got its chunks (ctl status) */
-    time_t state_s; /* when the file's state line last showed them */
+    uint64_t state_n; /* their sum when the file's state line last showed them */
     struct xloop lp[POOL_LOOPS];
 };
 

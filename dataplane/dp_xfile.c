@@ -391,8 +391,8 @@ void dp_xfile_tick(struct dp_export *x, time_t now)
             return;
         }
     }
-    if (x->ffd >= 0 && x->ffd_tail >= 0 && now != x->state_s) {
-        x->state_s = now;
+    if (x->ffd >= 0 && x->ffd_tail >= 0 && x->direct_chunks + x->copied_chunks != x->state_n) {
+        x->state_n = x->direct_chunks + x->copied_chunks; /* a lock and a printf per batch */
         dp_xset_state(x, DP_EXPORT_FILE, "writing %s (direct I/O); %llu of %llu chunks written in place",
                       x->path, (unsigned long long)x->direct_chunks,
                       (unsigned long long)(x->direct_chunks + x->copied_chunks));
