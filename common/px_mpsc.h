@@ -28,8 +28,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* a file may use only some of them: clang warns of unused static inline functions of its own */
+#define PX_MPSC__FN static inline __attribute__((unused))
+
 #define PX_MPSC_DEFINE(name, type, next)                                                           \
-    static inline bool name##_push_chain(_Atomic(type *) *head, type *first, type *last)           \
+    PX_MPSC__FN bool name##_push_chain(_Atomic(type *) *head, type *first, type *last)             \
     {                                                                                              \
         type *old = atomic_load_explicit(head, memory_order_relaxed);                              \
         do {                                                                                       \
@@ -38,15 +41,15 @@
                                                         memory_order_relaxed));                    \
         return old == NULL;                                                                        \
     }                                                                                              \
-    static inline bool name##_push(_Atomic(type *) *head, type *n)                                 \
+    PX_MPSC__FN bool name##_push(_Atomic(type *) *head, type *n)                                   \
     {                                                                                              \
         return name##_push_chain(head, n, n);                                                      \
     }                                                                                              \
-    static inline type *name##_take_any(_Atomic(type *) *head)                                     \
+    PX_MPSC__FN type *name##_take_any(_Atomic(type *) *head)                                       \
     {                                                                                              \
         return atomic_exchange_explicit(head, NULL, memory_order_acquire);                         \
     }                                                                                              \
-    static inline type *name##_take(_Atomic(type *) *head)                                         \
+    PX_MPSC__FN type *name##_take(_Atomic(type *) *head)                                           \
     {                                                                                              \
         type *list = name##_take_any(head), *rev = NULL;                                           \
         while (list != NULL) { /* the list is newest first */                                      \
