@@ -520,10 +520,11 @@ static struct hsm_pool *ha_pool(const char *ctl)
              fault, ctl, fx_ec.dir, fx_ec.dir);
     /* both members open the same SoftHSM token at the same moment, which a real HA pair (two
      * HSMs) never does: SoftHSM then sometimes reports the token as not initialised to one of
-     * them and the pool refuses to start (seen once in a make test run). A few tries. */
+     * them and the pool refuses to start (seen once in a make test run). Tries for 5 s: 5 tries
+     * in 1 s all failed once on a loaded machine, right after the previous case's signers. */
     char path[400], err[600];
     struct hsm_pool *p = NULL;
-    for (int i = 0; i < 5 && p == NULL; i++) {
+    for (int i = 0; i < 25 && p == NULL; i++) {
         p = hsm_pool_new(load_cfg(fx_conf_with(&fx_ec, extra, path, sizeof(path))), fx_bin(), err,
                          sizeof(err));
         if (p == NULL) {
