@@ -57,7 +57,7 @@ void dp_xcount_drop(struct dp_export *x, uint64_t n)
 void dp_xchunk_put(struct dp_export *x, struct xchunk *k)
 {
     atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
-    dp_xlist_push(&x->lp[k->loop].back, k);
+    xlist_push(&x->lp[k->loop].back, k);
 }
 
 /* ---- PCAP-over-IP readers -------------------------------------------------------------- */
@@ -262,13 +262,7 @@ static void sink_chunk(struct dp_export *x, struct xchunk *k)
 /* Takes every queued chunk, oldest first, and writes it out. Returns how many. */
 static size_t drain(struct dp_export *x)
 {
-    struct xchunk *k = atomic_exchange_explicit(&x->head, NULL, memory_order_acquire), *rev = NULL;
-    while (k != NULL) { /* the list is newest first */
-        struct xchunk *n = k->next;
-        k->next = rev;
-        rev = k;
-        k = n;
-    }
+    struct xchunk *rev = xlist_take(&x->head);
     size_t cnt = 0, unsent = 0;
     while (rev != NULL) {
         struct xchunk *n = rev->next;
@@ -501,7 +495,7 @@ void dp_export_free(struct dp_export *x)
     }
     for (int i = 0; i < POOL_LOOPS; i++) { /* every chunk, given back by now */
         struct xloop *l = &x->lp[i];
-        struct xchunk *k = atomic_exchange_explicit(&l->back, NULL, memory_order_acquire);
+        struct xchunk *k = xlist_take_any(&l->back);
         while (k != NULL) {
             struct xchunk *n = k->next;
             dp_xchunk_free(k);

@@ -9,6 +9,7 @@
 #define DP_EXPORT_INT_H
 
 #include "dp_int.h"
+#include "px_mpsc.h"
 
 #include <pcap/pcap.h>
 #include <stdio.h>
@@ -48,6 +49,8 @@ struct xchunk {
     uint64_t bytes;  /* their frames' bytes (the sinks count frames, not record headers) */
     uint64_t pos;    /* the loop's record bytes handed off before this chunk */
 };
+/* the writer's queue and each loop's return list (px_mpsc.h): push from any thread, take whole */
+PX_MPSC_DEFINE(xlist, struct xchunk, next)
 
 /* One loop's side of the export. back and shift are written by the writer, the rest only by
  * the loop (its own cache line). */
@@ -131,7 +134,6 @@ void dp_xcount_drop(struct dp_export *x, uint64_t n); /* n packets, for every si
 void dp_xchunk_put(struct dp_export *x, struct xchunk *k); /* the writer is done with k */
 
 /* dp_xframe.c */
-bool dp_xlist_push(_Atomic(struct xchunk *) *head, struct xchunk *k); /* true: was empty */
 void dp_xframe_flush_all(struct dp_export *x); /* the loops have ended: every chunk queued */
 void dp_xchunk_free(struct xchunk *k);
 

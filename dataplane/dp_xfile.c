@@ -28,24 +28,6 @@
 
 /* ---- the rolling file ------------------------------------------------------------------ */
 
-/* n bytes at file offset off, all of them, or -errno. */
-static int write_at(int fd, const uint8_t *p, size_t n, uint64_t off)
-{
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w <= 0) {
-            return w < 0 ? -errno : -EIO;
-        }
-        p += w;
-        n -= (size_t)w;
-        off += (uint64_t)w;
-    }
-    return 0;
-}
-
 /* iov[0, n) at file offset off, all of it, or -errno (iov is used up). */
 static int writev_at(int fd, struct iovec *iov, int n, uint64_t off)
 {
@@ -69,6 +51,13 @@ static int writev_at(int fd, struct iovec *iov, int n, uint64_t off)
         }
     }
     return 0;
+}
+
+/* n bytes at file offset off, all of them, or -errno. */
+static int write_at(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+    struct iovec v = {.iov_base = (void *)p, .iov_len = n};
+    return writev_at(fd, &v, 1, off);
 }
 
 /* The chunks of pend back to their loops (written or not). */

@@ -15,7 +15,7 @@
  * DIO_ALIGN (xloop.shift, set by the writer), so the writer can write it with O_DIRECT as it
  * is (dp_xfile.c).
  * Threads: the connection's loop (and, once the loops have ended, the thread that frees
- * them); dp_xlist_push from any thread.
+ * them); xlist_push (dp_export_int.h) from any thread.
  * Invariants: chunks taken and not given back <= [export] queue_mb; a loop never waits: when
  * that is reached the records are dropped and counted for every sink, and the sequence numbers
  * move on, so a reader sees the gap.
@@ -31,16 +31,6 @@
 #include <openssl/rand.h>
 
 /* ---- chunks ------------------------------------------------------------------------------ */
-
-bool dp_xlist_push(_Atomic(struct xchunk *) *head, struct xchunk *k)
-{
-    struct xchunk *old = atomic_load_explicit(head, memory_order_relaxed);
-    do {
-        k->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(head, &old, k, memory_order_release,
-                                                    memory_order_relaxed));
-    return old == NULL;
-}
 
 void dp_xchunk_free(struct xchunk *k)
 {
@@ -71,7 +61,7 @@ static struct xchunk *chunk_get(struct dp_export *x, struct xloop *l, int idx)
         return NULL;
     }
     if (l->free == NULL) {
-        l->free = atomic_exchange_explicit(&l->back, NULL, memory_order_acquire);
+        l->free = xlist_take_any(&l->back);
         l->nfree = 0;
         for (struct xchunk *k = l->free; k != NULL; k = k->next) {
             l->nfree++;
@@ -108,7 +98,7 @@ static void handoff(struct dp_export *x, struct xloop *l)
     struct xchunk *k = l->cur;
     l->cur = NULL;
     l->pos += k->len;
-    if (dp_xlist_push(&x->head, k)) {
+    if (xlist_push(&x->head, k)) {
         uint64_t one = 1;
         ssize_t w = write(x->evfd, &one, sizeof(one)); /* nonblocking; a full counter wakes too */
         (void)w;
