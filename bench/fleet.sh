@@ -26,7 +26,9 @@ while [ $# -gt 0 ]; do
     --timeout-ms) TIMEOUT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     -h|--help) sed -n 2,17p "$0"; exit 0 ;;
-    *) BUILD=$1; shift ;;
+    -*) echo "fleet.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) [ -d "$1" ] || { echo "fleet.sh: no build directory $1" >&2; exit 2; }
+       BUILD=$1; shift ;;
     esac
 done
 . "$(dirname "$0")/lib.sh"

@@ -39,6 +39,11 @@
 # over time, the HSM restarts and signer kills marked), soak.md (figures, verdicts, command).
 # Exit status 0 when every check passed, 1 when one failed, 2 when it could not run.
 set -euo pipefail
+case "${1:-}" in
+"") ;;
+-h | --help) sed -n '3,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+*) echo "soak.sh: unknown argument $1 (it takes none; see --help)" >&2; exit 2 ;;
+esac
 . "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
