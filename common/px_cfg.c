@@ -361,8 +361,14 @@ static int set_shared_url(struct parse_state *st, const char *sec, const char *k
             return fail(st, sec, key, "'%s': database must be 0-15", val);
         }
     }
-    const char *hs = h[0] == '[' ? h + 1 : h; /* [::1]:6379 */
-    size_t hl = (size_t)(colon - hs) - (h[0] == '[' ? 1 : 0);
+    /* [::1]:6379: the brackets hold the whole host and close right before the port's colon
+     * ("redis://[:6379" made the length -1: found by the cfg fuzz campaign) */
+    bool br = h[0] == '[';
+    if (br && (colon - h < 3 || colon[-1] != ']')) {
+        return fail(st, sec, key, "'%s' %s", val, want);
+    }
+    const char *hs = br ? h + 1 : h;
+    size_t hl = (size_t)(colon - hs) - (br ? 1 : 0);
     memcpy(c->cache_shared_host, hs, hl);
     c->cache_shared_host[hl] = '\0';
     c->cache_shared_port = (int)port;

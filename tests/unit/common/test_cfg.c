@@ -716,7 +716,10 @@ START_TEST(test_cfg_shared)
     ck_assert_str_eq(g_cfg.cache_shared, "");
     static const char *bad[] = {"redis://127.0.0.1/0", "redis://:6379", "redis://h:0",
                                 "redis://h:65536", "redis://h:6379x", "http://h:6379",
-                                "unix:relative.sock", "unix:/r.sock?db=x", "redis://u:p@h:6379"};
+                                "unix:relative.sock", "unix:/r.sock?db=x", "redis://u:p@h:6379",
+                                /* brackets: unclosed, empty, not right before the port */
+                                "redis://[:1565", "redis://[]:6379", "redis://[::1:6379",
+                                "redis://[::1]x:6379"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char text[128];
         snprintf(text, sizeof(text), "[cache]\n\nshared = %s\n", bad[i]);
