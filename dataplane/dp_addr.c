@@ -21,11 +21,22 @@ int dp_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, in
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = '\0';
     char *h = host;
+    size_t hl = (size_t)(colon - s);
     if (h[0] == '[') {
+        /* the bracket must close right before the port: "[::1:443" is not [::1]:443, and
+         * stripping its last character made it "::", every address */
+        if (hl < 3 || h[hl - 1] != ']') {
+            return PX_E_INVAL;
+        }
+        h[hl - 1] = '\0';
         h++;
-        h[strlen(h) - 1] = '\0';
     }
-    *port = atoi(colon + 1);
+    char *end = NULL;
+    long p = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || *end != '\0' || p < 0 || p > 65535) {
+        return PX_E_INVAL; /* atoi took "443x" as 443 and 70000 as 4464 */
+    }
+    *port = (int)p;
     memset(ss, 0, sizeof(*ss));
     struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
