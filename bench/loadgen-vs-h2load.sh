@@ -69,7 +69,34 @@ CA="$work/origin/root.pem"
 URL="https://h1.bench.test:$PORT"
 
 raw="$work/raw.csv"
-echo "run,tool,scenario,value,unit,tool_cpu_s,origin_cpu_s,cipher" >"$raw"
+echo "run,tool,scenario,value,unit,tool_cpu_s,origin_cpu_s,cipher,nginx_sys" >"$raw"
+# nginx's system calls during a keep-alive run (perf's syscall tracepoints on the worker), so a
+# change of nginx's cost per request can be told from a change in what the tool makes it do
+SYS_EV=syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait
+WORKER=$(pgrep -P "$NGX" | head -1)
+sys_on=0
+command -v perf >/dev/null && perf stat -e "$SYS_EV" -p "$WORKER" -- true >/dev/null 2>&1 &&
+    sys_on=1
+sys_start() { # sys_start SCENARIO: perf stat on the worker until sys_stop
+    SYS_PID=""
+    [ "$1" = keepalive ] && [ $sys_on = 1 ] || return 0
+    perf stat -x, -e "$SYS_EV" -p "$WORKER" -o "$work/sys.csv" &
+    SYS_PID=$!
+    sleep 0.2
+}
+sys_stop() { # sys_stop UNITS: "read=N;write=N;epoll_wait=N" per unit, or "" (no perf)
+    [ -n "$SYS_PID" ] || { echo ""; return 0; }
+    kill -INT "$SYS_PID"; wait "$SYS_PID" 2>/dev/null || true
+    python3 - "$work/sys.csv" "$1" <<'PY'
+import sys
+n = float(sys.argv[2]); out = []
+for l in open(sys.argv[1]):
+    p = l.strip().split(",")
+    if len(p) > 2 and p[0].replace(".", "").isdigit() and n > 0:
+        out.append(f"{p[2].split('sys_enter_')[-1]}={float(p[0]) / n:.2f}")
+print(";".join(out))
+PY
+}
 origin_cpu() { # nginx master + workers, CPU seconds
     python3 - "$NGX" <<'PY'
 import os, sys
@@ -89,7 +116,7 @@ h2() { # h2 SCENARIO RUN ARGS...: one h2load run, one raw line
     local sc=$1 r=$2 o0 t0 out
     shift 2
     o0=$(origin_cpu)
-    t0=$(date +%s.%N)
+    sys_start "$sc"
     out=$(IN taskset -c 0 /usr/bin/time -f 'CPU %U %S' h2load --h1 -t 1 -D "$secs" \
         --connect-to "127.0.0.1:$PORT" "$@" 2>&1)
     local cpu reqs mbs
@@ -98,27 +125,32 @@ h2() { # h2 SCENARIO RUN ARGS...: one h2load run, one raw line
     mbs=$(echo "$out" | sed -n 's/^finished in [0-9.]*s, [0-9.]* req\/s, \([0-9.]*\)\([KMG]\)B\/s.*/\1 \2/p' |
         awk '{m = $2 == "G" ? 1024 : $2 == "K" ? 1 / 1024 : 1; print $1 * m * 1.048576}')
     [ -n "$reqs" ] || die "h2load failed: $out"
+    local sys
+    sys=$(sys_stop "$(python3 -c "print($reqs * $secs)")")
     local cipher
     cipher=$(echo "$out" | sed -n 's/^Cipher: *\(.*\)/\1/p' | head -1)
     if [ "$sc" = bulk ]; then
-        echo "$r,h2load,$sc,$mbs,MB/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)"),${cipher:-?}" >>"$raw"
+        echo "$r,h2load,$sc,$mbs,MB/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)"),${cipher:-?}," >>"$raw"
     else
-        echo "$r,h2load,$sc,$reqs,req/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)"),${cipher:-?}" >>"$raw"
+        echo "$r,h2load,$sc,$reqs,req/s,$cpu,$(python3 -c "print($(origin_cpu) - $o0)"),${cipher:-?},$sys" >>"$raw"
     fi
 }
 lg() { # lg SCENARIO RUN ARGS...: one tlsmint-bench run, one raw line
     local sc=$1 r=$2 o0
     shift 2
     o0=$(origin_cpu)
+    sys_start "$sc"
     IN taskset -c 0 "$LG" "$@" --connect "127.0.0.1:$PORT" --host h1.bench.test --cafile "$CA" \
         --threads 1 --duration "$secs" --json -q >"$work/lg.json"
     local v unit=req/s
     if [ "$sc" = bulk ]; then v=$(lg_json "$work/lg.json" mb_per_s); unit=MB/s
     else v=$(lg_json "$work/lg.json" conn_per_s); fi
+    local sys
+    sys=$(sys_stop "$(python3 -c "print($v * $secs)")")
     [ "$(lg_json "$work/lg.json" failed)" = 0 ] || die "tlsmint-bench $sc: failures ($(cat "$work/lg.json"))"
     local cipher
     cipher=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["cipher"]; print("/".join(k for k, v in c.items() if v))' "$work/lg.json")
-    echo "$r,tlsmint-bench,$sc,$v,$unit,$(lg_json "$work/lg.json" loadgen_cpu_s),$(python3 -c "print($(origin_cpu) - $o0)"),$cipher" >>"$raw"
+    echo "$r,tlsmint-bench,$sc,$v,$unit,$(lg_json "$work/lg.json" loadgen_cpu_s),$(python3 -c "print($(origin_cpu) - $o0)"),$cipher,$sys" >>"$raw"
 }
 
 for r in $(seq 1 "$runs"); do
@@ -171,6 +203,16 @@ for sc in ("bulk", "keepalive", "handshake"):
         if vals(tool, sc):
             ci = sorted({r["cipher"] for r in rows if r["tool"] == tool and r["scenario"] == sc})
             L.append(f"| {sc} | {tool} | {', '.join(ci)} | {med(tool, sc, 'tool_cpu_s'):.2f} | {med(tool, sc, 'origin_cpu_s'):.2f} | {per_unit(tool, sc)} |")
+ka = [r for r in rows if r["scenario"] == "keepalive"]
+if any(r["nginx_sys"] for r in ka):
+    L += ["", "Keep-alive, run by run: what nginx did per request (its CPU, and its system calls "
+          "counted by perf's tracepoints on the worker):", "",
+          "| run | tool | requests/s | nginx µs/req | nginx system calls per request |",
+          "|---:|---|---:|---:|---|"]
+    for r in ka:
+        us = float(r["origin_cpu_s"]) / (float(r["value"]) * float(secs)) * 1e6
+        L.append(f"| {r['run']} | {r['tool']} | {float(r['value']):,.0f} | {us:.1f} | "
+                 f"{r['nginx_sys'].replace(';', ', ')} |")
 hs = med("tlsmint-bench", "handshake")
 L += ["", f"New-connection handshakes (tlsmint-bench only: h2load has no such mode): {hs:,.0f} conn/s.",
       "", "Raw rows:", "", "```"] + [",".join(r.values()) for r in rows] + ["```", ""]
