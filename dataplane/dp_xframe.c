@@ -6,10 +6,10 @@
  * each acknowledged) and FIN or RST as finished pcap records (libpcap's record layout: the
  * 16-byte header, then an Ethernet frame with fixed locally administered MACs, IPv4, or IPv6
  * when either end is IPv6 with an IPv4 end v4-mapped, and TCP, checksummed while the payload is
- * copied). Sequence and acknowledgement numbers are the connection's (struct dp_xflow). Every
- * record of one loop batch carries the time read once in that batch. A chunk goes to the
- * writer (one MPSC push, an eventfd wake-up only on empty -> non-empty) when it is full, and at
- * the end of a loop batch when the writer has taken everything else;
+ * copied, dp_csum.c). Sequence and acknowledgement numbers are the connection's (struct
+ * dp_xflow). Every record of one loop batch carries the time read once in that batch. A chunk
+ * goes to the writer (one MPSC push, an eventfd wake-up only on empty -> non-empty) when it is
+ * full, and at the end of a loop batch when the writer has taken everything else;
  * the writer gives it back to its loop's return list, taken whole, so neither side calls
  * malloc or free per record. A chunk starts where its records are expected in the file modulo
  * DIO_ALIGN (xloop.shift, set by the writer), so the writer can write it with O_DIRECT as it
@@ -22,6 +22,7 @@
  * Not here: the writer and the sinks (dp_export.c, dp_xfile.c).
  */
 #include "dp_export_int.h"
+#include "dp_csum.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -135,62 +136,6 @@ void dp_xframe_flush_all(struct dp_export *x)
 
 /* ---- framing ----------------------------------------------------------------------------- */
 
-/*
- * sum plus the ones' complement sum of p[0..n) taken as big-endian 16-bit words (RFC 1071),
- * not yet folded. The words are added in the machine's order, 8 bytes a step into 64 bits, and
- * the folded result is swapped once at the end: the ones' complement sum does not depend on
- * the byte order but for that swap (RFC 1071 2.B). A byte-wise loop cost more than the copy of
- * the payload.
- */
-static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n);
-
-static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
-{
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-    }
-    return csum_tail(sum, acc, p, i, n);
-}
-
-/* csum_add of src[0..n) while copying it to dst (they do not overlap): one pass, not two. */
-static uint32_t csum_copy(uint32_t sum, uint8_t *restrict dst, const uint8_t *restrict src,
-                          size_t n)
-{
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, src + i, 8);
-        memcpy(dst + i, &w, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-    }
-    memcpy(dst + i, src + i, n - i);
-    return csum_tail(sum, acc, src, i, n);
-}
-
-/* The words of p[i..n) after the 8-byte steps, the fold, and the one swap (see csum_add). */
-static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n)
-{
-    for (; i + 2 <= n; i += 2) {
-        uint16_t w;
-        memcpy(&w, p + i, 2);
-        acc += w;
-    }
-    bool le = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
-    if (i < n) { /* the odd last byte is the high byte of a big-endian word */
-        acc += le ? p[i] : (uint32_t)p[i] << 8;
-    }
-    while (acc >> 16) {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    uint16_t s = (uint16_t)acc;
-    return sum + (le ? (uint16_t)(s << 8 | s >> 8) : s);
-}
-
 static uint16_t csum_fold(uint32_t sum)
 {
     while (sum >> 16) {
@@ -258,8 +203,8 @@ static bool flow_of(struct dp_export *x, const struct dp_conn *c, struct flow *f
     bool v4a = addr16(&c->client_addr, f->ip[D_CLIENT], &f->port[D_CLIENT]);
     bool v4b = addr16(&c->dst, f->ip[D_UP], &f->port[D_UP]);
     f->v6 = !(v4a && v4b);
-    f->asum = f->v6 ? csum_add(csum_add(0, f->ip[0], 16), f->ip[1], 16)
-                    : csum_add(csum_add(0, f->ip[0] + 12, 4), f->ip[1] + 12, 4);
+    f->asum = f->v6 ? dp_csum_add(dp_csum_add(0, f->ip[0], 16), f->ip[1], 16)
+                    : dp_csum_add(dp_csum_add(0, f->ip[0] + 12, 4), f->ip[1] + 12, 4);
     if (!f->l->ts_ok) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -335,7 +280,7 @@ static bool segment(struct flow *f, int from, uint8_t flags, uint32_t seq, uint3
         put16(ip + 10, 0);
         memcpy(ip + 12, f->ip[from] + 12, 4);
         memcpy(ip + 16, f->ip[to] + 12, 4);
-        put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+        put16(ip + 10, csum_fold(dp_csum_add(0, ip, 20)));
     }
     uint32_t sum = f->asum + 6 + (uint32_t)(20 + n); /* pseudo-header: protocol, TCP length */
     put16(th, f->port[from]);
@@ -347,10 +292,10 @@ static bool segment(struct flow *f, int from, uint8_t flags, uint32_t seq, uint3
     put16(th + 14, 65535);
     put16(th + 16, 0);
     put16(th + 18, 0);
-    sum = csum_add(sum, th, 20);
+    sum = dp_csum_add(sum, th, 20);
     size_t hl = 16 + 14 + ipl + 20;
     if (n > 0) {
-        sum = csum_copy(sum, rec + hl, p, n);
+        sum = dp_csum_copy(sum, rec + hl, p, n);
     }
     put16(th + 16, csum_fold(sum));
     /* the record header: libpcap's file layout (struct pcap_sf_pkthdr: 32-bit seconds,
