@@ -53,11 +53,17 @@ void dp_xcount_drop(struct dp_export *x, uint64_t n)
     }
 }
 
-/* The writer is done with k: back to its loop, and out of the queue's count. */
+/* The writer is done with k: back to its loop (to the spare list when the loop has not taken
+ * the CHUNK_KEEP given back before: an idle loop holds no more), out of the queue's count. */
 void dp_xchunk_put(struct dp_export *x, struct xchunk *k)
 {
     atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
-    xlist_push(&x->lp[k->loop].back, k);
+    struct xloop *l = &x->lp[k->loop];
+    if (atomic_fetch_add_explicit(&l->nback, 1, memory_order_relaxed) < CHUNK_KEEP) {
+        xlist_push(&l->back, k);
+    } else {
+        xlist_push(&x->spare, k);
+    }
 }
 
 /* ---- PCAP-over-IP readers -------------------------------------------------------------- */
@@ -400,12 +406,15 @@ int dp_export_new(const struct px_cfg *cfg, struct dp_export **out, char *err, s
     x->lfd = -1;
     x->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     x->cap = (size_t)cfg->export_queue_mb << 20;
+    x->slabs_cap = (unsigned)(x->cap / SLAB_BYTES) + 1 +
+                   POOL_LOOPS * (2 * CHUNK_KEEP / SLAB_CHUNKS + 1); /* what slab_new allows */
+    x->slab = calloc(x->slabs_cap, sizeof(*x->slab));
     x->max_bytes = (uint32_t)cfg->export_max_bytes;
     x->ffd = x->ffd_tail = -1;
     x->dead = pcap_open_dead(DLT_EN10MB, 65535);
     void *buf = NULL;
     x->out = posix_memalign(&buf, DIO_ALIGN, OUT_BUF) == 0 ? buf : NULL;
-    int r = x->evfd >= 0 && x->dead != NULL && x->out != NULL ? 0 : -ENOMEM;
+    int r = x->evfd >= 0 && x->dead != NULL && x->out != NULL && x->slab != NULL ? 0 : -ENOMEM;
     if (r == 0) {
         r = dp_xfile_header(x);
     }
@@ -493,19 +502,7 @@ void dp_export_free(struct dp_export *x)
     if (x->evfd >= 0) {
         close(x->evfd);
     }
-    for (int i = 0; i < POOL_LOOPS; i++) { /* every chunk, given back by now */
-        struct xloop *l = &x->lp[i];
-        struct xchunk *k = xlist_take_any(&l->back);
-        while (k != NULL) {
-            struct xchunk *n = k->next;
-            dp_xchunk_free(k);
-            k = n;
-        }
-        for (k = l->free; k != NULL; k = l->free) {
-            l->free = k->next;
-            dp_xchunk_free(k);
-        }
-    }
+    dp_xpool_free(x); /* every chunk is given back by now */
     pthread_mutex_destroy(&x->state_lock);
     free(x->out);
     free(x);

@@ -27,7 +27,9 @@
 #define TAIL_MS 200           /* the file's partial last block is written this often at most */
 #define REC_MAX (16 + 14 + 40 + 20 + SEG_MAX) /* the largest record: header and frame */
 #define CHUNK_BYTES (128u << 10) /* a loop's record chunk (DIO_ALIGN-aligned) */
-#define CHUNK_KEEP 32         /* chunks a loop keeps when it has more (4 MiB) */
+#define CHUNK_KEEP 16         /* chunks a loop keeps in its free list (2 MiB); more are spare */
+#define SLAB_BYTES (2u << 20) /* the chunks' memory, in slabs of one huge page each */
+#define SLAB_CHUNKS (SLAB_BYTES / CHUNK_BYTES)
 #define POOL_LOOPS 256        /* loops with a chunk pool ([listen] threads at most) */
 #define PEND_MAX 64           /* chunks written by one pwritev */
 #define BATCH_NS 2000000L     /* the writer's pause after a batch: the loops' pushes meanwhile
@@ -38,28 +40,40 @@
  * mem[start, start + len). start is where the loop expects the records to fall in the file
  * modulo DIO_ALIGN, so that the writer can write the chunk itself with O_DIRECT: it copies the
  * file's partial last block into mem[0, start) and writes the whole blocks straight from mem.
- * The struct lies right after the CHUNK_BYTES of mem, in the same allocation.
+ * The struct lies in its slab's descriptor (struct xslab), mem in the slab's memory.
  */
 struct xchunk {
     struct xchunk *next;
     uint8_t *mem;
     uint32_t start, len;
     uint32_t pkts;   /* records in it */
-    uint16_t loop;
+    uint16_t loop;   /* whose back list it goes to (set again when a loop takes it) */
+    uint16_t slab;   /* x->slab[slab] holds it */
     uint64_t bytes;  /* their frames' bytes (the sinks count frames, not record headers) */
     uint64_t pos;    /* the loop's record bytes handed off before this chunk */
 };
-/* the writer's queue and each loop's return list (px_mpsc.h): push from any thread, take whole */
+/* the writer's queue, each loop's return list and the spare list (px_mpsc.h): push from any
+ * thread, take whole (the spare list by any loop: a take is one exchange, so no ABA) */
 PX_MPSC_DEFINE(xlist, struct xchunk, next)
 
-/* One loop's side of the export. back and shift are written by the writer, the rest only by
- * the loop (its own cache line). */
+/* SLAB_BYTES of chunk memory (SLAB_BYTES-aligned) and its chunks: made by a loop when no chunk
+ * is free (dp_xframe.c slab_new), freed with the export. */
+struct xslab {
+    uint8_t *mem;
+    struct xchunk k[SLAB_CHUNKS];
+};
+
+/* One loop's side of the export. back, nback and shift are written by the writer, the rest
+ * only by the loop (its own cache line). */
 struct xloop {
     _Atomic(struct xchunk *) back; /* chunks the writer is done with (MPSC, taken whole) */
+    _Atomic unsigned nback; /* pushed to back since the loop last took it (about: past
+                               CHUNK_KEEP the writer gives chunks to the spare list) */
     _Atomic uint32_t shift; /* the file offset minus pos, mod DIO_ALIGN, as the writer saw last */
     _Alignas(64) struct xchunk *cur; /* being filled */
     struct xchunk *free;
     unsigned nfree;
+    bool pooled;      /* counted in x->nloops */
     uint64_t pos;     /* record bytes handed off so far */
     uint16_t ip_id;
     bool ts_ok;       /* ts was read in this batch of the loop */
@@ -80,6 +94,11 @@ struct dp_export {
     _Atomic(struct xchunk *) head; /* handed-off chunks, newest first */
     _Atomic size_t queued;
     size_t cap;
+    /* the chunk pool: slabs made by the loops, up to what the queue and the loops need */
+    _Atomic(struct xchunk *) spare; /* free chunks no loop keeps */
+    _Atomic unsigned nslabs, nloops; /* slab slots taken; loops that have taken chunks */
+    unsigned slabs_cap;
+    struct xslab **slab; /* [slabs_cap]; NULL where a slab could not be made */
     int evfd;
     pthread_t th;
     bool th_ok;
@@ -135,7 +154,7 @@ void dp_xchunk_put(struct dp_export *x, struct xchunk *k); /* the writer is done
 
 /* dp_xframe.c */
 void dp_xframe_flush_all(struct dp_export *x); /* the loops have ended: every chunk queued */
-void dp_xchunk_free(struct xchunk *k);
+void dp_xpool_free(struct dp_export *x); /* every slab (the chunks are back by then) */
 
 /* dp_xfile.c, the writer thread only */
 int dp_xfile_header(struct dp_export *x); /* once, at set-up: x->fhdr */

@@ -26,6 +26,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,27 +34,89 @@
 
 /* ---- chunks ------------------------------------------------------------------------------ */
 
-void dp_xchunk_free(struct xchunk *k)
+/*
+ * A new slab for loop l: SLAB_BYTES of memory aligned to SLAB_BYTES, marked for transparent
+ * huge pages (one TLB entry and one pin for the chunks of a slab instead of 512 of each; a
+ * kernel that will not is fine), cut into SLAB_CHUNKS chunks: the first is returned, the others
+ * go to l's free list. NULL when the pool has its bound (x->slabs_cap, and what the loops in
+ * use need: every chunk the queue may hold, plus what each loop keeps) or memory is short.
+ * Slabs live until dp_export_free, so a loop never takes a page fault for a chunk it reuses.
+ */
+static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
 {
-    if (k != NULL) {
-        free(k->mem);
+    if (!l->pooled) {
+        l->pooled = true;
+        atomic_fetch_add_explicit(&x->nloops, 1, memory_order_relaxed);
     }
-}
-
-static struct xchunk *chunk_alloc(int idx)
-{
-    void *mem = NULL;
-    if (posix_memalign(&mem, DIO_ALIGN, CHUNK_BYTES + sizeof(struct xchunk)) != 0) {
+    unsigned loops = atomic_load_explicit(&x->nloops, memory_order_relaxed);
+    unsigned lim = (unsigned)(x->cap / SLAB_BYTES) + 1 + loops * (2 * CHUNK_KEEP / SLAB_CHUNKS + 1);
+    if (lim > x->slabs_cap) {
+        lim = x->slabs_cap;
+    }
+    unsigned s = atomic_load_explicit(&x->nslabs, memory_order_relaxed);
+    do {
+        if (s >= lim) {
+            return NULL;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&x->nslabs, &s, s + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    /* slot s is this thread's; on a failure below it stays empty (dp_export_free skips it) */
+    uint8_t *raw = mmap(NULL, 2 * (size_t)SLAB_BYTES, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) {
         return NULL;
     }
-    struct xchunk *k = (struct xchunk *)((uint8_t *)mem + CHUNK_BYTES);
-    k->mem = mem;
-    k->loop = (uint16_t)idx;
-    return k;
+    uint8_t *mem = (uint8_t *)(((uintptr_t)raw + SLAB_BYTES - 1) & ~(uintptr_t)(SLAB_BYTES - 1));
+    if (mem > raw) {
+        munmap(raw, (size_t)(mem - raw));
+    }
+    if (raw + 2 * (size_t)SLAB_BYTES > mem + SLAB_BYTES) {
+        munmap(mem + SLAB_BYTES, (size_t)(raw + 2 * (size_t)SLAB_BYTES - (mem + SLAB_BYTES)));
+    }
+    (void)madvise(mem, SLAB_BYTES, MADV_HUGEPAGE); /* best effort: 4 KiB pages work too */
+    struct xslab *sl = calloc(1, sizeof(*sl));
+    if (sl == NULL) {
+        munmap(mem, SLAB_BYTES);
+        return NULL;
+    }
+    sl->mem = mem;
+    for (unsigned i = 0; i < SLAB_CHUNKS; i++) {
+        struct xchunk *k = &sl->k[i];
+        k->mem = mem + (size_t)i * CHUNK_BYTES;
+        k->slab = (uint16_t)s;
+        k->loop = (uint16_t)idx;
+        if (i > 0) {
+            k->next = l->free;
+            l->free = k;
+            l->nfree++;
+        }
+    }
+    x->slab[s] = sl; /* the writer reads it through a chunk pushed after this (release) */
+    return &sl->k[0];
+}
+
+/* l's free list after taking list (the writer's returns or the spare chunks): at most
+ * CHUNK_KEEP stay, the rest go to the export's spare list for any loop. */
+static void free_refill(struct dp_export *x, struct xloop *l, struct xchunk *list)
+{
+    while (list != NULL && l->nfree < CHUNK_KEEP) {
+        struct xchunk *k = list;
+        list = k->next;
+        k->next = l->free;
+        l->free = k;
+        l->nfree++;
+    }
+    if (list != NULL) {
+        struct xchunk *last = list;
+        while (last->next != NULL) {
+            last = last->next;
+        }
+        xlist_push_chain(&x->spare, list, last);
+    }
 }
 
 /* A chunk for loop l (idx), counted in the queue: its free list, else what the writer gave
- * back, else a new one; NULL when the queue is full. */
+ * back, else a spare one, else one of a new slab; NULL when the queue is full. */
 static struct xchunk *chunk_get(struct dp_export *x, struct xloop *l, int idx)
 {
     if (atomic_fetch_add_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed) + CHUNK_BYTES >
@@ -62,35 +125,43 @@ static struct xchunk *chunk_get(struct dp_export *x, struct xloop *l, int idx)
         return NULL;
     }
     if (l->free == NULL) {
-        l->free = xlist_take_any(&l->back);
-        l->nfree = 0;
-        for (struct xchunk *k = l->free; k != NULL; k = k->next) {
-            l->nfree++;
-        }
-        while (l->nfree > CHUNK_KEEP) { /* after a burst */
-            struct xchunk *k = l->free;
-            l->free = k->next;
-            dp_xchunk_free(k);
-            l->nfree--;
-        }
+        atomic_store_explicit(&l->nback, 0, memory_order_relaxed);
+        free_refill(x, l, xlist_take_any(&l->back));
+    }
+    if (l->free == NULL) {
+        free_refill(x, l, xlist_take_any(&x->spare));
     }
     struct xchunk *k = l->free;
     if (k != NULL) {
         l->free = k->next;
         l->nfree--;
     } else {
-        k = chunk_alloc(idx);
+        k = slab_new(x, l, idx);
     }
     if (k == NULL) {
         atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
         return NULL;
     }
     uint32_t shift = atomic_load_explicit(&l->shift, memory_order_relaxed);
+    k->loop = (uint16_t)idx; /* a spare chunk may have been another loop's */
     k->pos = l->pos;
     k->start = (uint32_t)((l->pos + shift) & (DIO_ALIGN - 1));
     k->len = k->pkts = 0;
     k->bytes = 0;
     return k;
+}
+
+void dp_xpool_free(struct dp_export *x)
+{
+    unsigned n = atomic_load_explicit(&x->nslabs, memory_order_relaxed);
+    for (unsigned i = 0; x->slab != NULL && i < n && i < x->slabs_cap; i++) {
+        if (x->slab[i] != NULL) {
+            munmap(x->slab[i]->mem, SLAB_BYTES);
+            free(x->slab[i]);
+        }
+    }
+    free(x->slab);
+    x->slab = NULL;
 }
 
 /* The loop's current chunk to the writer. */
