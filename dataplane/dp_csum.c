@@ -2,8 +2,9 @@
 /*
  * dp_csum.c - the Internet checksum (RFC 1071) of the export's frames, and the copy of the
  * payload into the loop's record chunk that goes with it (dp_xframe.c's segments).
- * dp_csum_add is the portable reference: 8 bytes a step, words added in the machine's order
- * and the folded result swapped once at the end (the ones' complement sum does not depend on
+ * dp_csum_add (dp_csum.h, inline: the framing sums 20-byte headers with it) is the portable
+ * reference: 8 bytes a step, words added in the machine's order and the folded result swapped
+ * once at the end (the ones' complement sum does not depend on
  * the byte order but for that swap, RFC 1071 2.B). dp_csum_copy is what the framing calls:
  * with AVX2 (checked at run time, __builtin_cpu_supports) it loads, stores and sums 32 bytes a
  * step, else it is the reference. Measured on this machine's VM (a ring of 128 KiB chunks, 1,460
@@ -20,35 +21,6 @@
 #include <immintrin.h>
 #endif
 
-/* p[i..n) after the 8-byte steps into acc, the fold, and the one swap. */
-static uint32_t csum_tail(uint32_t sum, uint64_t acc, const uint8_t *p, size_t i, size_t n)
-{
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-    }
-    for (; i + 2 <= n; i += 2) {
-        uint16_t w;
-        memcpy(&w, p + i, 2);
-        acc += w;
-    }
-    bool le = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
-    if (i < n) { /* the odd last byte is the high byte of a big-endian word */
-        acc += le ? p[i] : (uint32_t)p[i] << 8;
-    }
-    while (acc >> 16) {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    uint16_t s = (uint16_t)acc;
-    return sum + (le ? (uint16_t)(s << 8 | s >> 8) : s);
-}
-
-uint32_t dp_csum_add(uint32_t sum, const uint8_t *p, size_t n)
-{
-    return csum_tail(sum, 0, p, 0, n);
-}
-
 uint32_t dp_csum_copy_ref(uint32_t sum, uint8_t *restrict dst, const uint8_t *restrict src,
                           size_t n)
 {
@@ -61,7 +33,7 @@ uint32_t dp_csum_copy_ref(uint32_t sum, uint8_t *restrict dst, const uint8_t *re
         acc += (w & 0xffffffffu) + (w >> 32);
     }
     memcpy(dst + i, src + i, n - i);
-    return csum_tail(sum, acc, src, i, n);
+    return dp_csum_tail(sum, acc, src, i, n);
 }
 
 #if defined(__x86_64__)
@@ -113,7 +85,7 @@ uint32_t dp_csum_add_fast(uint32_t sum, const uint8_t *p, size_t n)
     }
     uint64_t acc;
     size_t i = sum_avx2(&acc, NULL, p, n);
-    return csum_tail(sum, acc, p, i, n);
+    return dp_csum_tail(sum, acc, p, i, n);
 }
 
 uint32_t dp_csum_copy(uint32_t sum, uint8_t *restrict dst, const uint8_t *restrict src, size_t n)
@@ -124,7 +96,7 @@ uint32_t dp_csum_copy(uint32_t sum, uint8_t *restrict dst, const uint8_t *restri
     uint64_t acc;
     size_t i = sum_avx2(&acc, dst, src, n);
     memcpy(dst + i, src + i, n - i);
-    return csum_tail(sum, acc, src, i, n);
+    return dp_csum_tail(sum, acc, src, i, n);
 }
 #else /* no AVX2 to be had: the reference */
 uint32_t dp_csum_add_fast(uint32_t sum, const uint8_t *p, size_t n)
