@@ -314,7 +314,9 @@ static uint8_t *rec_room(struct flow *f)
  * the disk, and taking them back is most of what framing costs (perf: the stores wait; the
  * same cost sat in the writer when it framed into its own buffer). Streaming stores for the
  * payload were worse (2.5x), a memset of each run first only moved the wait, and reusing a
- * chunk only after 32 others changed nothing; measured on this machine's VM.
+ * chunk only after 32 others changed nothing; the AVX2 copy and sum (dp_csum.c) and the slabs'
+ * huge pages took segment and its sums from 0.195 to 0.15 s per GB; measured on this
+ * machine's VM.
  */
 static bool segment(struct flow *f, int from, uint8_t flags, uint32_t seq, uint32_t ack,
                     const uint8_t *p, size_t n)
