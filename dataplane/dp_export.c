@@ -10,7 +10,8 @@
  * to the rolling file (dp_xfile.c: written from the chunk itself with O_DIRECT where it can),
  * and hands it back to its loop. libpcap makes each stream's file header (pcap_dump_fopen).
  * Invariants: chunks in the queue <= [export] queue_mb; a loop never waits: a full queue drops
- * records and counts them for every sink; a reader that falls 12 MiB behind is dropped; a file
+ * records and counts them for every sink; a reader that falls 12 MiB behind is dropped
+ * with a reset (what its socket holds is discarded); a file
  * that cannot be written is reported once, then retried every 10 s while packets are counted
  * as dropped.
  * Not here: the framing (dp_xframe.c), the file sink (dp_xfile.c); which connections are
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -80,7 +82,7 @@ static ssize_t reader_write(void *cookie, const char *p, size_t n)
         r->off = 0;
     }
     if (r->len + n > READER_BUF) {
-        r->dead = true; /* not keeping up: dropped, the proxy never waits for it */
+        r->dead = r->behind = true; /* not keeping up: dropped, the proxy never waits for it */
         px_log(PX_LOG_WARN, "export", "PCAP-over-IP reader %s is %u MiB behind: dropped",
                r->name, READER_BUF >> 20);
         return (ssize_t)n;
@@ -98,6 +100,12 @@ static void reader_free(struct dp_export *x, struct reader *r)
         fclose(r->fp);
     }
     if (r->fd >= 0) {
+        if (r->behind) {
+            /* A reset, not a FIN after what its socket holds: up to the kernel's send buffer
+             * (4 MiB) that a reader with a small window would take minutes to drain. */
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            (void)setsockopt(r->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
         close(r->fd);
     }
     free(r->buf);

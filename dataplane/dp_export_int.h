@@ -87,6 +87,7 @@ struct reader {
     FILE *fp; /* fopencookie into buf: libpcap writes the stream format */
     pcap_dumper_t *d;
     bool dead;
+    bool behind; /* dropped for not keeping up: what its socket still holds is discarded */
     char name[80];
 };
 

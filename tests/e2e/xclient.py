@@ -9,7 +9,7 @@
 #       a PCAP-over-IP reader: copies the stream to OUT for SECONDS (or until the peer closes).
 #   xclient.py stalled HOST PORT GOFILE
 #       a reader that connects and never reads (tiny receive buffer); prints whether the
-#       proxy dropped it (the connection closed or reset by the other side).
+#       proxy dropped it: "dropped" (reset), "closed" (an orderly close) or "still-connected".
 #   xclient.py records PCAP
 #       prints the packet records (length and bytes, not the timestamps) of a pcap file as one
 #       sha256 and their count: "SHA N".
@@ -83,13 +83,15 @@ def stalled(host, port, gofile):
     end = time.time() + 120
     while not os.path.exists(gofile) and time.time() < end:
         time.sleep(0.1)
-    # now read what is there: a dropped reader ends in EOF or a reset
+    # now read what is there: a dropped reader ends in a reset (the proxy discards what its
+    # socket still holds); an orderly close would deliver all of it first, at the pace of this
+    # reader's tiny window
     s.settimeout(2)
     try:
         while True:
             d = s.recv(1 << 16)
             if not d:
-                print("dropped")
+                print("closed")
                 return
     except ConnectionResetError:
         print("dropped")
