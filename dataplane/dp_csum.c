@@ -15,6 +15,7 @@
  */
 #include "dp_csum.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -70,12 +71,14 @@ __attribute__((target("avx2"))) static size_t sum_avx2(uint64_t *acc, uint8_t *d
 
 static bool have_avx2(void)
 {
-    static int v = -1; /* a benign race: every thread computes the same value */
-    if (v < 0) {
+    static _Atomic int v = -1; /* every thread that finds it unset computes the same value */
+    int h = atomic_load_explicit(&v, memory_order_relaxed);
+    if (h < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        h = __builtin_cpu_supports("avx2") ? 1 : 0;
+        atomic_store_explicit(&v, h, memory_order_relaxed);
     }
-    return v == 1;
+    return h == 1;
 }
 
 uint32_t dp_csum_add_fast(uint32_t sum, const uint8_t *p, size_t n)

@@ -54,13 +54,10 @@ static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
         lim = x->slabs_cap;
     }
     unsigned s = atomic_load_explicit(&x->nslabs, memory_order_relaxed);
-    do {
-        if (s >= lim) {
-            return NULL;
-        }
-    } while (!atomic_compare_exchange_weak_explicit(&x->nslabs, &s, s + 1, memory_order_relaxed,
-                                                    memory_order_relaxed));
-    /* slot s is this thread's; on a failure below it stays empty (dp_export_free skips it) */
+    if (s >= lim) {
+        return NULL; /* the common case once the pool is full: no mmap to undo */
+    }
+    /* The memory first, the slot after: a failure here leaves the bound as it was. */
     uint8_t *raw = mmap(NULL, 2 * (size_t)SLAB_BYTES, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) {
@@ -73,12 +70,21 @@ static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
     if (raw + 2 * (size_t)SLAB_BYTES > mem + SLAB_BYTES) {
         munmap(mem + SLAB_BYTES, (size_t)(raw + 2 * (size_t)SLAB_BYTES - (mem + SLAB_BYTES)));
     }
-    (void)madvise(mem, SLAB_BYTES, MADV_HUGEPAGE); /* best effort: 4 KiB pages work too */
     struct xslab *sl = calloc(1, sizeof(*sl));
     if (sl == NULL) {
         munmap(mem, SLAB_BYTES);
         return NULL;
     }
+    do {
+        if (s >= lim) { /* another loop took the last slot meanwhile */
+            munmap(mem, SLAB_BYTES);
+            free(sl);
+            return NULL;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&x->nslabs, &s, s + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    /* slot s is this thread's; dp_xpool_free skips a slot not filled yet */
+    (void)madvise(mem, SLAB_BYTES, MADV_HUGEPAGE); /* best effort: 4 KiB pages work too */
     sl->mem = mem;
     for (unsigned i = 0; i < SLAB_CHUNKS; i++) {
         struct xchunk *k = &sl->k[i];
