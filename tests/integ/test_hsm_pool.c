@@ -583,10 +583,12 @@ START_TEST(ha_failing_member_loses_no_job)
     ck_assert_int_eq(t.status_ok, 600);
     hsm_pool_member_stats(p, 0, &a);
     hsm_pool_member_stats(p, 1, &b);
-    /* b failed: either its error answers were read (errors) or its signer was found gone first
-     * (it exits on the device error); either way b's jobs were signed by a */
-    ck_assert(b.errors > 0 || b.respawns > respawns0);
-    ck_assert_int_ne(b.state, HSM_MEMBER_UP); /* its signer exited on the device error */
+    /* b failed: its error answers were read (errors), or its signer was found gone first (it
+     * exits on the device error) and is being restarted or was; either way b's jobs were signed
+     * by a. A restarted signer says hello and is up until its next job, which may come after
+     * the burst (seen once on a loaded machine): up again only after a restart. */
+    ck_assert(b.errors > 0 || b.respawns > respawns0 || b.state != HSM_MEMBER_UP);
+    ck_assert(b.state != HSM_MEMBER_UP || b.respawns > respawns0);
     ck_assert_int_eq(a.state, HSM_MEMBER_UP);
     set_ctl(ctl, "");
     hsm_pool_free(p);
