@@ -117,7 +117,9 @@ struct dp_export {
     bool tail_dirty;  /* x->out holds bytes the file does not have yet */
     char path[600];
     time_t fopened, fretry;
-    bool ferr;
+    bool ferr;        /* no file open after an error: retried at fretry */
+    bool freported;   /* an error is logged and nothing written since: one line for a
+                       * disk that stays full, not one per retry */
     uint8_t fhdr[64]; /* the pcap file header, as libpcap writes it */
     size_t fhdr_len;
     /* PCAP-over-IP */

@@ -60,6 +60,15 @@ static int write_at(int fd, const uint8_t *p, size_t n, uint64_t off)
     return writev_at(fd, &v, 1, off);
 }
 
+/* Bytes reached the file: a reported error is over. */
+static void written(struct dp_export *x)
+{
+    if (x->freported) {
+        px_log(PX_LOG_INFO, "export", "pcap file %s: writing again", x->path);
+        x->freported = false;
+    }
+}
+
 /* The chunks of pend back to their loops (written or not). */
 static void pend_release(struct dp_export *x)
 {
@@ -84,6 +93,9 @@ static int pend_write(struct dp_export *x)
         }
     }
     int r = n > 0 ? writev_at(x->ffd, iov, n, x->foff) : 0;
+    if (r == 0 && n > 0) {
+        written(x);
+    }
     if (r == 0) {
         const struct xchunk *k = x->pend[x->npend - 1];
         uint32_t a = x->pend_a[x->npend - 1];
@@ -105,6 +117,7 @@ static int out_blocks(struct dp_export *x)
         if (r != 0) {
             return r;
         }
+        written(x);
         x->foff += a;
         memmove(x->out, x->out + a, n - a);
         x->outlen = n - a;
@@ -119,6 +132,9 @@ static int file_tail(struct dp_export *x, uint64_t now_ns)
     int r = 0;
     if (x->tail_dirty && x->outlen > 0) {
         r = write_at(x->ffd_tail >= 0 ? x->ffd_tail : x->ffd, x->out, x->outlen, x->foff);
+        if (r == 0) {
+            written(x);
+        }
     }
     x->tail_dirty = false;
     x->tail_ns = now_ns;
@@ -145,11 +161,15 @@ void dp_xfile_close(struct dp_export *x)
 }
 
 /* A write error: the file is closed, its packets from now on are dropped and counted, and
- * a new file is tried every RETRY_S. */
+ * a new file is tried every RETRY_S. Logged once until bytes reach a file again (a full disk
+ * fails every retry's first write). */
 void dp_xfile_fail(struct dp_export *x, int err)
 {
-    px_log(PX_LOG_ERROR, "export", "pcap file %s: write failed: %s; decrypted packets are "
-           "dropped and counted, retrying every %d s", x->path, strerror(err), RETRY_S);
+    if (!x->freported) {
+        px_log(PX_LOG_ERROR, "export", "pcap file %s: write failed: %s; decrypted packets are "
+               "dropped and counted, retrying every %d s", x->path, strerror(err), RETRY_S);
+        x->freported = true;
+    }
     dp_xset_state(x, DP_EXPORT_FILE, "error: writing %s: %s", x->path, strerror(err));
     atomic_fetch_add_explicit(&x->dropped[DP_EXPORT_FILE], x->fpkts, memory_order_relaxed);
     x->fpkts = x->fbytes = 0;
@@ -339,10 +359,11 @@ void dp_xfile_open(struct dp_export *x, time_t now)
     }
     if (fd < 0) {
         int e = errno;
-        if (!x->ferr) {
+        if (!x->freported) {
             px_log(PX_LOG_ERROR, "export", "cannot create the pcap file %s: %s; decrypted "
                    "packets for it are dropped and counted, retrying every %d s",
                    x->path, strerror(e), RETRY_S);
+            x->freported = true;
         }
         dp_xset_state(x, DP_EXPORT_FILE, "error: cannot create %s: %s", x->path, strerror(e));
         x->ferr = true;
@@ -357,10 +378,7 @@ void dp_xfile_open(struct dp_export *x, time_t now)
     x->tail_dirty = true;
     x->tail_ns = 0; /* the header goes out with the first batch, or at the next tick */
     x->fopened = now;
-    if (x->ferr) {
-        px_log(PX_LOG_INFO, "export", "pcap file %s: writing again", x->path);
-    }
-    x->ferr = false;
+    x->ferr = false; /* "writing again" is logged when bytes reach it (written) */
     dp_xset_state(x, DP_EXPORT_FILE, "writing %s%s", x->path, tfd >= 0 ? " (direct I/O)" : "");
     file_prune(x);
 }

@@ -263,6 +263,16 @@ if mount -t tmpfs -o size=256k tmpfs "$WORK/tiny" 2>/dev/null; then
     out=$(curl -sS --max-time 10 --cacert "$CA" -x "$PROXY" "https://localhost:$OPORT/index.html")
     check_eq "and after it" "hello-from-origin" "$out"
     check_eq "write failure logged once" "1" "$(grep -c 'write failed' "$WORK/tlsmint4.log")"
+    # past the 10 s retry: a new file is made, its first write fails too, and nothing more is
+    # logged for a disk that stays full
+    sleep 10.5
+    curl -sS --max-time 30 --cacert "$CA" -x "$PROXY" -o "$WORK/full2.got" "https://localhost:$OPORT/big.bin"
+    check_eq "3 MB again after the retry" "$(sha256sum <"$WORK/origin/www/big.bin")" \
+        "$(sha256sum <"$WORK/full2.got")"
+    sleep 0.5
+    check "the retry made a new file" test "$(ls "$WORK/tiny" | wc -l)" -ge 2
+    check_eq "still logged once after the retry" "1" "$(grep -c 'write failed' "$WORK/tlsmint4.log")"
+    check_eq "and not written again" "0" "$(grep -c 'writing again' "$WORK/tlsmint4.log")"
     kill -TERM "$TLSMINT_PID"
     wait "$TLSMINT_PID"
     check_eq "clean exit with a full disk" "0" "$?"
