@@ -3,7 +3,7 @@
 
 DEPS := gcc g++ make pkg-config meson ninja-build libssl-dev openssl libinih-dev liburing-dev \
         libp11-dev libp11-kit-dev p11-kit softhsm2 check libbenchmark-dev opensc ca-certificates \
-        procps libhttp-parser-dev libpcap-dev tshark libndpi-bin ngrep nginx-light curl iptables nftables iproute2 python3 util-linux psmisc \
+        valgrind procps libhttp-parser-dev libpcap-dev tshark libndpi-bin ngrep nginx-light curl iptables nftables iproute2 python3 util-linux psmisc \
         scdoc libsystemd-dev systemd prometheus libhiredis-dev redis-server redis-tools
 # the libFuzzer targets (tests/fuzz/, make fuzz; make test runs them too)
 DEPS += clang libclang-rt-14-dev
