@@ -952,6 +952,7 @@ void dp_inbound_relay_step(struct dp_conn *c)
             break;
         }
         if (e == SSL_ERROR_ZERO_RETURN) {
+            dp_xflow_ended(c, D_CLIENT, false);
             cl->eof = true; /* close_notify: the backend gets a FIN once all is sent */
             ic->cl_done = true;
             break;

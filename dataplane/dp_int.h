@@ -306,6 +306,8 @@ struct dp_xflow {
     bool excluded;    /* kept out by its rule's export = no ("export":"excluded") */
     uint32_t seq[2];  /* next sequence number of each side (D_CLIENT, D_UP) */
     uint32_t left[2]; /* bytes still exported each way ([export] max_bytes_per_conn) */
+    uint8_t ender;    /* 1 + the side whose end (FIN, reset, close_notify, alert) came first */
+    bool ender_rst;   /* ... and it was a TCP reset */
 };
 
 enum { DP_V12 = 1, DP_V13 = 2, DP_VOLD = 4 };
@@ -389,6 +391,16 @@ struct dp_conn {
     uint64_t t_tick;                   /* the tick it fires at */
     struct dp_conn *h_next, **h_pprev; /* the loop's hot list (dp_buf.c; NULL: cold) */
 };
+
+/* Side d ended the exported connection first (with a TCP reset: rst), unless the other one
+ * did: the export closes the conversation from that side, as it did (dp_export_end). */
+static inline void dp_xflow_ended(struct dp_conn *c, int d, bool rst)
+{
+    if (c->xf.on && c->xf.ender == 0) {
+        c->xf.ender = (uint8_t)(d + 1);
+        c->xf.ender_rst = rst;
+    }
+}
 
 struct dp_counters {
     _Atomic uint64_t accepted, active, closed, handshakes_ok, handshakes_failed, bypassed,
@@ -826,7 +838,8 @@ PX_MUST_CHECK int dp_export_start(struct dp_export *x);
 void dp_export_free(struct dp_export *x);
 /* Loop thread (dp_xframe.c). x may be NULL. begin: the relay starts (SYN, SYN-ACK, ACK);
  * data: plaintext relayed from side dir (framed and copied at once, p is the caller's); end:
- * FIN both ways, or an RST when the connection failed. batch_end: after each batch of the
+ * FIN both ways, or an RST when the connection failed or a side reset it, from the side that
+ * ended first (dp_xflow_ended; the client when neither did). batch_end: after each batch of the
  * loop's completions (the next records read the clock again; the writer gets what is framed). */
 void dp_export_begin(struct dp_export *x, struct dp_conn *c);
 void dp_export_data(struct dp_export *x, struct dp_conn *c, int dir, const uint8_t *p, size_t n);

@@ -134,6 +134,7 @@ static void relay_tls(struct dp_conn *c, int from)
         if (e == SSL_ERROR_WANT_READ) {
             if (a->eof) {
                 /* TCP closed without close_notify: end the other side too */
+                dp_xflow_ended(c, from, false);
                 a->err = true;
                 dp_conn_finish(c, c->outcome == O_NONE ? O_OK : c->outcome);
             }
@@ -141,6 +142,7 @@ static void relay_tls(struct dp_conn *c, int from)
         }
         if (e == SSL_ERROR_ZERO_RETURN) {
             /* close_notify: pass it on */
+            dp_xflow_ended(c, from, false);
             if (from == D_CLIENT && !c->up_shut_sent) {
                 SSL_shutdown(b->ssl);
                 c->up_shut_sent = true;
@@ -157,6 +159,7 @@ static void relay_tls(struct dp_conn *c, int from)
         /* alert or reset from this side: end the other side cleanly. Not a success, even
          * after a good handshake (an upstream that wants a client certificate says so here) */
         ERR_clear_error();
+        dp_xflow_ended(c, from, false);
         if (c->outcome == O_OK) {
             c->outcome = from == D_UP ? O_UPSTREAM_FAILED : O_CLIENT_ERROR;
         }
@@ -219,6 +222,7 @@ void dp_relay_on_recv(struct dp_conn *c, int dir, int res, uint32_t flags)
         return;
     }
     if (p == NULL) {
+        dp_xflow_ended(c, dir, res < 0);
         sd->eof = true;
         if (res < 0) {
             sd->err = true;
@@ -278,6 +282,7 @@ void dp_relay_on_send(struct dp_conn *c, int dir, int res)
         return;
     }
     if (res < 0) {
+        dp_xflow_ended(c, dir, true);
         sd->err = true;
         dp_buf_out_drop(sd);
         /* the peer reset or vanished mid-stream: not a clean end, whatever came before */

@@ -61,6 +61,7 @@ echo "== traffic"
 P1=$($XC exact "$PPORT" localhost "$OPORT" "$CA" /index.html "$WORK" exact1)
 P2=$($XC exact "$PPORT" localhost "$OPORT" "$CA" "/index.html?q=TLSMINTMARKER42" "$WORK" exact2)
 P3=$($XC exact "$PPORT" localhost "$OPORT" "$CA" /big.bin "$WORK" exact3)
+RP=$($XC reset "$PPORT" localhost "$OPORT" "$CA" /big.bin)
 check "exact client 1 got a response" grep -q "hello-from-origin" "$WORK/exact1.got"
 for i in 1 2 3; do
     curl -sS --http1.1 --max-time 10 --cacert "$CA" -x "$PROXY" -o /dev/null \
@@ -116,8 +117,8 @@ xline=$(grep '"sni":"bypass.localhost"' "$WORK/tlsmint.log" | head -1)
 check_eq "access log: the excluded connection was intercepted (rule private)" "private inspect ok" \
     "$(jf rule "${xline:-x}") $(jf action "${xline:-x}") $(jf outcome "${xline:-x}")"
 check_eq "access log: export excluded" "excluded" "$(jf export "${xline:-x}")"
-check_eq "access log: every other intercepted connection exported" "8" \
-    "$(grep '"outcome":"ok"' "$WORK/tlsmint.log" | grep -c '"export":"yes"')"
+check_eq "access log: every other intercepted connection exported (the reset one too)" "9" \
+    "$(grep -c '"export":"yes"' "$WORK/tlsmint.log")"
 check_eq "access log: the bypassed one not" "no" \
     "$(jf export "$(grep '"rule":"bypass"' "$WORK/tlsmint.log" | head -1)")"
 
@@ -132,7 +133,7 @@ echo "== tshark follows each conversation, byte for byte"
 tshark -r "$F" -o tcp.check_checksum:TRUE -o ip.check_checksum:TRUE -T fields \
     -e tcp.stream -e tcp.srcport -e tcp.dstport -e ip.dst -e tcp.flags.syn -e tcp.flags.ack \
     -e tcp.flags.fin -e tcp.len -e tcp.checksum.status -e ip.checksum.status \
-    -e http.request.uri -e http.host -e tcp.payload >"$WORK/frames.tsv" 2>/dev/null
+    -e http.request.uri -e http.host -e tcp.payload -e tcp.flags.reset >"$WORK/frames.tsv" 2>/dev/null
 T="$WORK/frames.tsv"
 for n in 1 2 3; do
     port_var=P$n
@@ -147,10 +148,22 @@ check_eq "20 MiB: reassembled whole from the capture" "$(sha256sum <"$WORK/big20
 errs=$(tshark -r "$F" -Y 'tcp.analysis.flags && !tcp.analysis.window_update' -T fields \
     -e tcp.stream -e _ws.expert.message 2>/dev/null | sort | uniq -c | head -5)
 check_eq "tshark: no TCP analysis warnings (sequence, lost segments, window)" "" "$errs"
-check_eq "conversations: 3 exact + 3 curl + h2 + 20 MiB" "8" "$(cut -f1 "$T" | sort -u | wc -l)"
-check_eq "each opens with a SYN" "8" "$(awk -F'\t' '$5 == 1 && $6 == 0' "$T" | wc -l)"
-check_eq "and closes with FINs" "16" "$(awk -F'\t' '$7 == 1' "$T" | wc -l)"
-check_eq "the destination is the origin's real address and port" "8" \
+check_eq "conversations: 3 exact + 1 reset + 3 curl + h2 + 20 MiB" "9" "$(cut -f1 "$T" | sort -u | wc -l)"
+check_eq "each opens with a SYN" "9" "$(awk -F'\t' '$5 == 1 && $6 == 0' "$T" | wc -l)"
+check_eq "and closes with FINs, one each way (all but the reset one)" "16" \
+    "$(awk -F'\t' '$7 == 1' "$T" | wc -l)"
+# the side that ended first closes the conversation, as in the real connection: the origin
+# for the exact clients (Connection: close), curl for its keep-alive download
+first_fin() { awk -F'\t' -v p="$1" '($2 == p || $3 == p) && $7 == 1 { print $2; exit }' "$T"; }
+for n in 1 2 3; do
+    port_var=P$n
+    check_eq "exact$n (Connection: close): the origin's FIN comes first" "$OPORT" "$(first_fin "${!port_var}")"
+done
+check_eq "the 20 MiB download: curl's FIN comes first" "$big" "$(first_fin "$big")"
+check_eq "the client that reset: one RST, from the client" "$RP" \
+    "$(awk -F'\t' -v p="$RP" '($2 == p || $3 == p) && $14 == 1 { print $2 }' "$T")"
+check_eq "and no FIN in that conversation" "" "$(first_fin "$RP")"
+check_eq "the destination is the origin's real address and port" "9" \
     "$(awk -F'\t' -v p="$OPORT" '$5 == 1 && $6 == 0 && $4 == "127.0.0.1" && $3 == p' "$T" | wc -l)"
 check_eq "no segment carries more than 1460 bytes" "0" "$(awk -F'\t' '$8 > 1460' "$T" | wc -l)"
 check_num "frames in the capture" "$(wc -l <"$T")" -gt 15000
@@ -186,7 +199,7 @@ for r in r1 r2; do
     check_eq "$r: the same packets as the file, byte for byte (so every check above holds)" \
         "$($XC records "$F")" "$($XC records "$WORK/$r.pcap")"
 done
-check_eq "r1: tshark reads it: the same conversations" "8" \
+check_eq "r1: tshark reads it: the same conversations" "9" \
     "$(tshark -r "$WORK/r1.pcap" -T fields -e tcp.stream 2>/dev/null | sort -u | wc -l)"
 check_eq "r1: not the excluded marker" "0" "$(ngrep_hits "$WORK/r1.pcap" TLSMINTEXCLUDED)"
 

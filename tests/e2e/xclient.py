@@ -5,6 +5,9 @@
 #       CONNECT through the proxy, TLS (trusting CA), one HTTP/1.1 request with Connection:
 #       close; writes OUTDIR/NAME.sent and NAME.got (the exact plaintext bytes each way) and
 #       prints the local port of the proxy connection.
+#   xclient.py reset PROXY_PORT HOST PORT CA PATH
+#       the same request without Connection: close; resets the connection (SO_LINGER 0) once
+#       64 KiB of the answer are in; prints the local port.
 #   xclient.py reader HOST PORT OUT SECONDS
 #       a PCAP-over-IP reader: copies the stream to OUT for SECONDS (or until the peer closes).
 #   xclient.py stalled HOST PORT GOFILE
@@ -56,6 +59,30 @@ def exact(pport, host, port, ca, path, outdir, name):
     t.close()
     open(f"{outdir}/{name}.sent", "wb").write(req)
     open(f"{outdir}/{name}.got", "wb").write(got)
+    print(lport)
+
+
+def reset(pport, host, port, ca, path):
+    """Asks for path and, once 64 KiB of the answer are in, resets the connection (SO_LINGER 0)."""
+    s = socket.create_connection(("127.0.0.1", int(pport)), timeout=10)
+    lport = s.getsockname()[1]
+    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = s.recv(1)
+        if not d:
+            sys.exit("proxy closed during CONNECT")
+        head += d
+    t = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=host)
+    t.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    got = 0
+    while got < 65536:
+        d = t.recv(65536)
+        if not d:
+            sys.exit("the answer ended before 64 KiB")
+        got += len(d)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    t.close()
     print(lport)
 
 
@@ -137,5 +164,5 @@ def streams(pcap, port, mode="hex", tail="0"):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"exact": exact, "reader": reader, "stalled": stalled, "streams": streams,
+    {"exact": exact, "reset": reset, "reader": reader, "stalled": stalled, "streams": streams,
      "records": records}[cmd](*args)
