@@ -97,7 +97,7 @@ make_pki() {
 
 # start_nginx DIR PORT CERT KEY: an origin serving DIR/www over TLS with HTTP/1.1 and h2.
 start_nginx() {
-    local d=$1 port=$2 cert=$3 key=$4
+    local d=$1 port=$2 cert=$3 key=$4 addr=${5:-127.0.0.1} # addr: [::1] for IPv6
     mkdir -p "$d/www" "$d/logs"
     echo "hello-from-origin" >"$d/www/index.html"
     head -c 3000000 /dev/urandom >"$d/www/big.bin"
@@ -116,7 +116,7 @@ http {
   uwsgi_temp_path $d/tmp;
   scgi_temp_path $d/tmp;
   server {
-    listen 127.0.0.1:$port ssl http2;
+    listen $addr:$port ssl http2;
     ssl_certificate $cert;
     ssl_certificate_key $key;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -129,7 +129,8 @@ EOF
     # not the test's stdout: a worker that outlives the test must not hold meson's pipe
     nginx -c "$d/nginx.conf" -e "$d/logs/error.log" >>"$d/logs/stdout.log" 2>&1 &
     PIDS+=($!)
-    wait_port "$port"
+    addr=${addr#[}
+    wait_port "$port" "${addr%]}"
 }
 
 # wait_for TENTHS CMD...: runs CMD every 0.1 s until it succeeds (true), at most TENTHS times

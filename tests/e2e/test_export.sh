@@ -9,7 +9,9 @@
 # export = no (traffic to two host names, one of them excluded: no reader finds anything of it,
 # the access log and a counter say so); an unwritable directory and a full disk are logged
 # once and interception goes on; a mirror interface (veth in a namespace) carries the same
-# conversations live.
+# conversations live. Each conversation closes from the side that ended first (FIN, or RST
+# for a client that reset); an IPv6 origin gives an IPv6 conversation whose checksums verify;
+# max_bytes_per_conn keeps only the first bytes.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 XC="python3 $(dirname "$0")/xclient.py"
@@ -329,6 +331,50 @@ if ip netns add "$NS" 2>/dev/null; then
 else
     echo "     (cannot create a namespace: mirror case skipped)"
 fi
+
+echo "== IPv6, and max_bytes_per_conn"
+# an origin on [::1] and the client on 127.0.0.1: the conversation is IPv6, the client's
+# address v4-mapped; and with max_bytes_per_conn = 1000 only the first 1,000 bytes each way
+O6=$(free_port)
+start_nginx "$WORK/origin6" "$O6" "$WORK/pki/origin.pem" "$WORK/pki/origin.key" "[::1]"
+mkdir -p "$WORK/v6"
+set_conf "$C" export mirror_if ""
+set_conf "$C" export pcap "$WORK/v6/v6-%Y%m%d-%H%M%S.pcap"
+set_conf "$C" export max_bytes_per_conn 1000
+start_tlsmint "$C" "$WORK/tlsmint6.log" || exit 1
+v6=$(curl -sS --http1.1 --max-time 10 --cacert "$CA" -x "$PROXY" --connect-to "localhost:$O6:[::1]:$O6" \
+    "https://localhost:$O6/index.html?v6=TLSMINTV6" -w ' %{local_port}')
+check_contains "through the proxy to the IPv6 origin" "hello-from-origin" "$v6"
+v6port=${v6##* }
+capped=$(curl -sS --http1.1 --max-time 30 --cacert "$CA" -x "$PROXY" -o "$WORK/capped.got" \
+    "https://localhost:$OPORT/big.bin" -w '%{local_port}')
+check_eq "3 MB relayed whole with max_bytes_per_conn = 1000" "$(sha256sum <"$WORK/origin/www/big.bin")" \
+    "$(sha256sum <"$WORK/capped.got")"
+kill -TERM "$TLSMINT_PID"
+wait "$TLSMINT_PID"
+F6=$(ls "$WORK"/v6/v6-*.pcap | head -1)
+tshark -r "$F6" -o tcp.check_checksum:TRUE -T fields -e tcp.srcport -e tcp.dstport -e ipv6.src \
+    -e ipv6.dst -e ip.src -e tcp.flags.syn -e tcp.flags.ack -e tcp.checksum.status -e tcp.len \
+    -e tcp.flags.fin >"$WORK/v6.tsv" 2>/dev/null
+check_eq "the IPv6 conversation opens with a SYN from ::ffff:127.0.0.1 to [::1]:$O6" \
+    "::ffff:127.0.0.1 ::1" \
+    "$(awk -F'\t' -v p="$v6port" '$1 == p && $6 == 1 && $7 == 0 { print $3, $4 }' "$WORK/v6.tsv")"
+check_eq "every TCP checksum of it verifies (over the IPv6 pseudo-header)" "0" \
+    "$(awk -F'\t' -v p="$v6port" '($1 == p || $2 == p) && $8 != 1' "$WORK/v6.tsv" | wc -l)"
+check_num "its frames" "$(awk -F'\t' -v p="$v6port" '$1 == p || $2 == p' "$WORK/v6.tsv" | wc -l)" -ge 8
+check_eq "and none of them IPv4" "0" \
+    "$(awk -F'\t' -v p="$v6port" '($1 == p || $2 == p) && $5 != ""' "$WORK/v6.tsv" | wc -l)"
+read -r c2s s2c <<<"$($XC streams "$F6" "$v6port")"
+check_contains "tshark reassembles the request" "GET /index.html?v6=TLSMINTV6" "$(echo -n "$c2s" | xxd -r -p)"
+check_contains "and the response" "hello-from-origin" "$(echo -n "$s2c" | xxd -r -p)"
+check_eq "the IPv6 conversation closes with FINs both ways" "2" \
+    "$(awk -F'\t' -v p="$v6port" '($1 == p || $2 == p) && $10 == 1' "$WORK/v6.tsv" | wc -l)"
+check_eq "max_bytes_per_conn: 1000 bytes of the 3 MB answer in the capture" "1000" \
+    "$(awk -F'\t' -v p="$capped" -v o="$OPORT" '$1 == o && $2 == p { s += $9 } END { print s + 0 }' "$WORK/v6.tsv")"
+read -r c2s s2c <<<"$($XC streams "$F6" "$capped")"
+check_contains "and they are its first bytes" "HTTP/1.1 200 OK" "$(echo -n "$s2c" | xxd -r -p | head -c 20)"
+check_eq "and the conversation still closes with FINs" "2" \
+    "$(awk -F'\t' -v p="$capped" '($1 == p || $2 == p) && $10 == 1' "$WORK/v6.tsv" | wc -l)"
 
 echo "== config errors"
 printf "[export]\npcap_listen = nowhere\n" >"$WORK/bad.conf"
