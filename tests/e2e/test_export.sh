@@ -102,6 +102,17 @@ check_contains "ctl status: one connection excluded by its rule" \
     "excluded by rule (export = no): 1 connections" "$(echo "$metrics_off" | grep '^export')"
 check_contains "metric: the exclusion is counted" "tlsmint_export_excluded_total 1" \
     "$(curl -s "http://127.0.0.1:$MPORT1/metrics")"
+metric() { curl -s "http://127.0.0.1:$MPORT1/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+# the 20 MiB alone are over 14,000 segments; the writer counts what it has written
+wait_for 50 eval '[ "$(metric "tlsmint_export_packets_total{sink=\"file\"}")" -gt 15000 ]'
+for sink in file pcap_over_ip; do
+    check_num "metric: packets_total{sink=\"$sink\"}" \
+        "$(metric "tlsmint_export_packets_total{sink=\"$sink\"}")" -gt 15000
+    check_num "metric: bytes_total{sink=\"$sink\"} (the 20 MiB and their headers)" \
+        "$(metric "tlsmint_export_bytes_total{sink=\"$sink\"}")" -gt $((20 << 20))
+done
+check_eq "metric: the two readers that read are still connected" "2" "$(metric tlsmint_export_readers)"
+check_eq "metric: the file sink dropped nothing" "0" "$(metric "tlsmint_export_dropped_total{sink=\"file\"}")"
 fline=$(echo "$metrics_off" | grep '^export        file')
 echo "     file sink: $(echo "$fline" | grep -o '(direct I/O)' || echo 'buffered writes')"
 if [[ $fline == *"(direct I/O)"* ]]; then
