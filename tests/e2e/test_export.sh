@@ -215,6 +215,8 @@ done
 check_eq "r1: tshark reads it: the same conversations" "9" \
     "$(tshark -r "$WORK/r1.pcap" -T fields -e tcp.stream 2>/dev/null | sort -u | wc -l)"
 check_eq "r1: not the excluded marker" "0" "$(ngrep_hits "$WORK/r1.pcap" TLSMINTEXCLUDED)"
+echo "     what a PCAP-over-IP reader got, read by tshark (the README shows it):"
+tshark -r "$WORK/r1.pcap" -Y http.request 2>/dev/null | head -4 | sed 's/^/       /'
 
 echo "== rotation by size and age, pcap_keep"
 rm -rf "$WORK/pcap"
@@ -339,6 +341,8 @@ if ip netns add "$NS" 2>/dev/null; then
     check_eq "mirror: the marker of the other host is there" "1" \
         "$(ngrep_hits "$WORK/mirror.pcap" 'mirror=1')"
     check_eq "mirror: not the excluded marker" "0" "$(ngrep_hits "$WORK/mirror.pcap" TLSMINTEXCLUDED)"
+    echo "     the mirror, as tshark on the far end captured it (the README shows it):"
+    tshark -r "$WORK/mirror.pcap" -Y "tcp.port == $PM" 2>/dev/null | head -8 | sed 's/^/       /'
 else
     echo "     (cannot create a namespace: mirror case skipped)"
 fi
