@@ -32,7 +32,8 @@ import sys
 import time
 
 
-def exact(pport, host, port, ca, path, outdir, name):
+def connect_tls(pport, host, port, ca):
+    """CONNECT host:port through the proxy, then TLS trusting ca: (the TLS socket, local port)."""
     s = socket.create_connection(("127.0.0.1", int(pport)), timeout=10)
     lport = s.getsockname()[1]
     s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
@@ -42,8 +43,11 @@ def exact(pport, host, port, ca, path, outdir, name):
         if not d:
             sys.exit("proxy closed during CONNECT")
         head += d
-    ctx = ssl.create_default_context(cafile=ca)
-    t = ctx.wrap_socket(s, server_hostname=host)
+    return ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=host), lport
+
+
+def exact(pport, host, port, ca, path, outdir, name):
+    t, lport = connect_tls(pport, host, port, ca)
     req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: tlsmint-export-test\r\n"
            f"X-Marker: {name}\r\nConnection: close\r\n\r\n").encode()
     t.sendall(req)
@@ -64,16 +68,7 @@ def exact(pport, host, port, ca, path, outdir, name):
 
 def reset(pport, host, port, ca, path):
     """Asks for path and, once 64 KiB of the answer are in, resets the connection (SO_LINGER 0)."""
-    s = socket.create_connection(("127.0.0.1", int(pport)), timeout=10)
-    lport = s.getsockname()[1]
-    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        d = s.recv(1)
-        if not d:
-            sys.exit("proxy closed during CONNECT")
-        head += d
-    t = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=host)
+    t, lport = connect_tls(pport, host, port, ca)
     t.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     got = 0
     while got < 65536:
