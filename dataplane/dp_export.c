@@ -10,10 +10,9 @@
  * to the rolling file (dp_xfile.c: written from the chunk itself with O_DIRECT where it can),
  * and hands it back to its loop. libpcap makes each stream's file header (pcap_dump_fopen).
  * Invariants: chunks in the queue <= [export] queue_mb; a loop never waits: a full queue drops
- * records and counts them for every sink; a reader that falls 12 MiB behind is dropped
- * with a reset (what its socket holds is discarded); a file
- * that cannot be written is reported once, then retried every 10 s while packets are counted
- * as dropped.
+ * records and counts them for every sink; a reader that falls 12 MiB behind is dropped with a
+ * reset (what its socket holds is discarded); a file that cannot be written is reported once,
+ * then retried every 10 s while packets are counted as dropped.
  * Not here: the framing (dp_xframe.c), the file sink (dp_xfile.c); which connections are
  * exported (dp_conn.c calls begin for S_RELAY only, so bypassed, spliced and failed-open
  * bytes, which are still encrypted, never come here; the policy marks a connection whose rule

@@ -93,10 +93,10 @@ static int pend_write(struct dp_export *x)
         }
     }
     int r = n > 0 ? writev_at(x->ffd, iov, n, x->foff) : 0;
-    if (r == 0 && n > 0) {
-        written(x);
-    }
     if (r == 0) {
+        if (n > 0) {
+            written(x);
+        }
         const struct xchunk *k = x->pend[x->npend - 1];
         uint32_t a = x->pend_a[x->npend - 1];
         x->foff += x->pend_sum;

@@ -3,8 +3,8 @@
  * dp_xframe.c - the export's loop side: each exported connection's TCP/IP framing, done on the
  * loop thread while the plaintext is still in its cache, into the loop's record chunks.
  * dp_export_begin/data/end frame SYN/SYN-ACK/ACK, the plaintext (segments of at most SEG_MAX,
- * each acknowledged) and FIN or RST, from the side that ended first, as finished pcap records (libpcap's record layout: the
- * 16-byte header, then an Ethernet frame with fixed locally administered MACs, IPv4, or IPv6
+ * each acknowledged) and FIN or RST, from the side that ended first, as finished pcap records
+ * (libpcap's record layout: the 16-byte header, then an Ethernet frame with fixed locally administered MACs, IPv4, or IPv6
  * when either end is IPv6 with an IPv4 end v4-mapped, and TCP, checksummed while the payload is
  * copied, dp_csum.c). Sequence and acknowledgement numbers are the connection's (struct
  * dp_xflow). Every record of one loop batch carries the time read once in that batch. A chunk
@@ -471,13 +471,14 @@ void dp_export_end(struct dp_export *x, struct dp_conn *c, bool reset)
     /* from the side that ended first (the client when neither did: a timeout, a drain) */
     const int A = c->xf.ender != 0 ? c->xf.ender - 1 : D_CLIENT, B = A ^ 1;
     uint32_t sa = c->xf.seq[A], sb = c->xf.seq[B];
+    const bool rst = reset || c->xf.ender_rst;
     struct flow f;
     if (!flow_of(x, c, &f)) {
-        dp_xcount_drop(x, reset ? 1 : 3);
+        dp_xcount_drop(x, rst ? 1 : 3);
         return;
     }
     int lost;
-    if (reset || c->xf.ender_rst) {
+    if (rst) {
         lost = !segment(&f, A, TH_RST | TH_ACK, sa, sb, NULL, 0);
     } else {
         lost = !segment(&f, A, TH_FIN | TH_ACK, sa, sb, NULL, 0);
