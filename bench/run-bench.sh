@@ -8,7 +8,8 @@
 #
 # usage: bench/run-bench.sh [--quick] [--runs N] [--hosts M] [--idle C] [--no-sslsplit]
 #                           [--no-perf] [--no-floor] [--scenarios LIST] [--compare BIN]
-#                           [--compare-env VAR=VALUE] [--variant NAME=FILE]... [--sweep LIST]
+#                           [--compare-env VAR=VALUE] [--variant NAME=FILE]...
+#                           [--variant-bin NAME=BIN]... [--sweep LIST]
 #                           [--out DIR] [BUILD_DIR]
 #   default (full): 3 runs, handshake/latency 10 s, bulk 5 s, mint 1000 fresh hosts per run
 #                   and target, idle 2000 connections (opened at 400/s, BENCH_IDLE_RATE)
@@ -21,6 +22,7 @@
 #                   allocators; with no --compare, tlsmint-b is the same binary)
 #   --variant:      one more tlsmint target NAME (its own state, port and uid) whose config has
 #                   FILE's lines appended, interleaved with the others (bench/export-cost.sh)
+#   --variant-bin:  variant NAME runs the tlsmint binary BIN instead (an A/B of one setting's code)
 #   --sweep:        latency at these percentages of the direct maximum conn/s, e.g. 25,50,75,90
 #                   (default 50); 50 is always run and is the main table's latency row
 #   BENCH_TIMELINE=DIR (environment): each run also writes tlsmint-bench's 100 ms timeline to
@@ -62,6 +64,7 @@ scenarios="handshake,mint,bulk1,bulk8,latency,idle"
 compare_bin=""
 compare_env=""
 variants=()
+declare -A variant_bin=()
 sweep=50
 out="$here/results"
 build_arg=""
@@ -78,6 +81,7 @@ while [ $# -gt 0 ]; do
     --compare) compare_bin=$2; shift ;;
     --compare-env) compare_env=$2; shift ;;
     --variant) variants+=("$2"); shift ;;
+    --variant-bin) variant_bin[${2%%=*}]=${2#*=}; shift ;;
     --sweep) sweep=$2; shift ;;
     --out) out=$2; shift ;;
     -h | --help) bench_help 3 47; exit 0 ;;
@@ -366,7 +370,9 @@ for v in "${variants[@]}"; do   # NAME=FILE: another tlsmint, the same overrides
     { echo; echo "; --- variant $name"; cat "${v#*=}"; } >>"$work/tm-$name/tlsmint.conf"
     cp "$work/tm-$name/ca/forward-trust.pem" "$work/trust/$name-ca.pem"
     chmod a+r "$work/trust/$name-ca.pem"
-    start_bg "$name" 0 "$TLSMINT" -c "$work/tm-$name/tlsmint.conf" run
+    vbin=${variant_bin[$name]:-$TLSMINT}
+    [ -x "$vbin" ] || die "no executable $vbin (--variant-bin $name)"
+    start_bg "$name" 0 "$vbin" -c "$work/tm-$name/tlsmint.conf" run
     wait_listen "$port" || { cat "$work/$name.log" >&2; die "tlsmint $name did not start"; }
     IN iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport $OPORT \
         -m owner --uid-owner "$uid" -j REDIRECT --to-ports "$port"

@@ -468,9 +468,15 @@ int dp_export_start(struct dp_export *x)
     if (x == NULL || x->th_ok) {
         return 0;
     }
-    int r = pthread_create(&x->th, NULL, writer_main, x);
+    int r = dp_xprune_start(x); /* first: the writer kicks it when it opens its first file */
+    if (r != 0) {
+        px_log(PX_LOG_WARN, "export", "cannot start the pcap_keep thread: %s; the writer deletes "
+               "old files itself", strerror(-r));
+    }
+    r = pthread_create(&x->th, NULL, writer_main, x);
     if (r != 0) {
         px_log(PX_LOG_ERROR, "export", "cannot start the export thread: %s", strerror(r));
+        dp_xprune_stop(x);
         return -r;
     }
     pthread_setname_np(x->th, "tlsmint-export"); /* for perf and top; a failure changes nothing */
@@ -490,6 +496,7 @@ void dp_export_free(struct dp_export *x)
         (void)w;
         pthread_join(x->th, NULL);
     }
+    dp_xprune_stop(x); /* the writer is gone: nothing kicks it any more */
     dp_xframe_flush_all(x); /* the loops are gone: what they framed last */
     drain(x); /* nothing is pushed any more: write what is left */
     dp_xfile_close(x);

@@ -147,6 +147,13 @@ struct dp_export {
     uint64_t fpkts, fbytes; /* frames given to the file since its last write */
     uint64_t direct_chunks, copied_chunks; /* how the file got its chunks (ctl status) */
     uint64_t state_n; /* their sum when the file's state line last showed them */
+    /* the pruner (dp_xprune.c): what the writer asked for, under prune_lock */
+    pthread_t prune_th;
+    bool prune_ok;
+    pthread_mutex_t prune_lock;
+    pthread_cond_t prune_cond;
+    bool prune_want, prune_stop;
+    char prune_path[600]; /* the file the writer opened last: never deleted */
     struct xloop lp[POOL_LOOPS];
 };
 
@@ -168,5 +175,10 @@ void dp_xfile_chunk(struct dp_export *x, struct xchunk *k); /* k's records after
 void dp_xfile_flush(struct dp_export *x); /* what dp_xfile_chunk kept, written */
 void dp_xfile_fail(struct dp_export *x, int err);
 void dp_xfile_tick(struct dp_export *x, time_t now);
+
+/* dp_xprune.c */
+int dp_xprune_start(struct dp_export *x); /* 0, or -errno: then kick prunes in the writer */
+void dp_xprune_kick(struct dp_export *x, const char *current); /* the writer: a new file */
+void dp_xprune_stop(struct dp_export *x); /* after the writer: a prune asked for is made */
 
 #endif

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * dp_xfile.c - the export's rolling pcap file ([export] pcap, pcap_rotate_mb, pcap_rotate_s,
- * pcap_keep): created 0600 with O_EXCL (a suffix when the name exists), written with O_DIRECT
+ * dp_xfile.c - the export's rolling pcap file ([export] pcap, pcap_rotate_mb, pcap_rotate_s;
+ * pcap_keep is dp_xprune.c's, kicked at each new file): created 0600 with O_EXCL (a suffix when the name exists), written with O_DIRECT
  * where the file system allows it (copying gigabytes into the page cache cost more CPU than the
  * whole relay: perf put 52 % of the exporting proxy's time in copy_folio_from_iter_atomic on
  * this machine's VM). A loop's chunk of records that starts where the file is, modulo
@@ -20,10 +20,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <glob.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- the rolling file ------------------------------------------------------------------ */
@@ -276,57 +274,6 @@ void dp_xfile_flush(struct dp_export *x)
     x->fpkts = x->fbytes = 0;
 }
 
-/* The pattern as a glob: every strftime conversion becomes '*'. */
-static void pattern_glob(const char *pat, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (const char *p = pat; *p != '\0' && o + 2 < cap; p++) {
-        if (*p == '%' && p[1] != '\0') {
-            p++;
-            out[o++] = *p == '%' ? '%' : '*';
-        } else {
-            out[o++] = *p;
-        }
-    }
-    out[o] = '\0';
-}
-
-static int by_mtime(const void *a, const void *b)
-{
-    const char *pa = *(const char *const *)a, *pb = *(const char *const *)b;
-    struct stat sa, sb;
-    uint64_t ta = stat(pa, &sa) == 0 ? (uint64_t)sa.st_mtim.tv_sec * 1000000000u + sa.st_mtim.tv_nsec : 0;
-    uint64_t tb = stat(pb, &sb) == 0 ? (uint64_t)sb.st_mtim.tv_sec * 1000000000u + sb.st_mtim.tv_nsec : 0;
-    return ta != tb ? (ta < tb ? -1 : 1) : strcmp(pa, pb);
-}
-
-/* Deletes the oldest files of the pattern until [export] pcap_keep remain. */
-static void file_prune(struct dp_export *x)
-{
-    if (x->keep <= 0) {
-        return;
-    }
-    char g[300], g2[310];
-    pattern_glob(x->pattern, g, sizeof(g));
-    snprintf(g2, sizeof(g2), "%s.*", g);
-    glob_t gl;
-    memset(&gl, 0, sizeof(gl));
-    int r1 = glob(g, 0, NULL, &gl);
-    int r2 = glob(g2, r1 == 0 ? GLOB_APPEND : 0, NULL, &gl);
-    if (r1 != 0 && r2 != 0) {
-        globfree(&gl);
-        return;
-    }
-    qsort(gl.gl_pathv, gl.gl_pathc, sizeof(char *), by_mtime);
-    size_t n = gl.gl_pathc;
-    for (size_t i = 0; i < gl.gl_pathc && n > (size_t)x->keep; i++) {
-        if (strcmp(gl.gl_pathv[i], x->path) != 0 && unlink(gl.gl_pathv[i]) == 0) {
-            n--;
-        }
-    }
-    globfree(&gl);
-}
-
 void dp_xfile_open(struct dp_export *x, time_t now)
 {
     char name[512];
@@ -380,7 +327,7 @@ void dp_xfile_open(struct dp_export *x, time_t now)
     x->fopened = now;
     x->ferr = false; /* "writing again" is logged when bytes reach it (written) */
     dp_xset_state(x, DP_EXPORT_FILE, "writing %s%s", x->path, tfd >= 0 ? " (direct I/O)" : "");
-    file_prune(x);
+    dp_xprune_kick(x, x->path); /* pcap_keep: another thread deletes the oldest */
 }
 
 /* After a batch, and at least once a second: the partial block, rotation by size or age,

@@ -11,7 +11,9 @@
 # once and interception goes on; a mirror interface (veth in a namespace) carries the same
 # conversations live. Each conversation closes from the side that ended first (FIN, or RST
 # for a client that reset); an IPv6 origin gives an IPv6 conversation whose checksums verify;
-# max_bytes_per_conn keeps only the first bytes.
+# max_bytes_per_conn keeps only the first bytes; on a slow disk (a loop device throttled by a
+# blkio cgroup) a 1 MiB queue fills, the loops drop and count records for every sink instead of
+# waiting, the two sinks account for the same records and the file holds part of the answer.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/lib2.sh"
 XC="python3 $(dirname "$0")/xclient.py"
@@ -228,6 +230,7 @@ set_conf "$C" export pcap_listen ""
 start_tlsmint "$C" "$WORK/tlsmint2.log" || exit 1
 curl -sS --max-time 60 --cacert "$CA" -x "$PROXY" -o /dev/null "https://localhost:$OPORT/big.bin"
 wait_for 50 eval '[ "$(ls "$WORK"/pcap/ | wc -l)" -ge 2 ]' # the writer thread is behind the relay
+wait_for 30 eval '[ "$(ls "$WORK"/pcap/ | wc -l)" -le 3 ]' # pcap_keep: the pruner thread deletes
 n_size=$(ls "$WORK"/pcap/ | wc -l)
 check "3 MB at 1 MB per file: rotated by size, at most pcap_keep=3 kept ($n_size)" \
     test "$n_size" -ge 2 -a "$n_size" -le 3
@@ -390,6 +393,91 @@ read -r c2s s2c <<<"$($XC streams "$F6" "$capped")"
 check_contains "and they are its first bytes" "HTTP/1.1 200 OK" "$(echo -n "$s2c" | xxd -r -p | head -c 20)"
 check_eq "and the conversation still closes with FINs" "2" \
     "$(awk -F'\t' -v p="$capped" '($1 == p || $2 == p) && $10 == 1' "$WORK/v6.tsv" | wc -l)"
+
+echo "== a slow disk: a small queue fills, drops are counted per sink, relaying goes on"
+# The pcap file on its own ext4 (a loop device), and the proxy in a blkio cgroup that lets it
+# write 256 KiB/s there: the writer thread waits for the disk, queue_mb = 1 fills, and the
+# loops drop records instead of waiting. The 20 MiB would take the disk 80 s.
+SLOWCG=/sys/fs/cgroup/blkio/tlsmint-exp-$$
+LOOPDEV=""
+slow_cleanup() {
+    [ -d "$SLOWCG" ] && echo "$MM 0" >"$SLOWCG/blkio.throttle.write_bps_device" 2>/dev/null
+    mountpoint -q "$WORK/slow" && umount -l "$WORK/slow"
+    [ -n "$LOOPDEV" ] && losetup -d "$LOOPDEV" 2>/dev/null
+}
+if [ -w /sys/fs/cgroup/blkio ] && truncate -s 96M "$WORK/slow.img" && mkfs.ext4 -q -F "$WORK/slow.img" &&
+    LOOPDEV=$(losetup -f --show "$WORK/slow.img" 2>/dev/null) && mkdir -p "$WORK/slow" &&
+    mount "$LOOPDEV" "$WORK/slow" && mkdir -p "$SLOWCG"; then
+    trap 'slow_cleanup; rmdir "$SLOWCG" 2>/dev/null; ip netns del "$NS" 2>/dev/null; ip link del "tmx$$" 2>/dev/null; cleanup' EXIT
+    MM=$(lsblk -dno MAJ:MIN "$LOOPDEV" | tr -d ' ')
+    set_conf "$C" export pcap "$WORK/slow/slow-%Y%m%d-%H%M%S.pcap"
+    set_conf "$C" export max_bytes_per_conn 0
+    set_conf "$C" export queue_mb 1
+    set_conf "$C" export pcap_listen "127.0.0.1:$XPORT"
+    set_conf "$C" admin metrics "127.0.0.1:$MPORT1"
+    start_tlsmint "$C" "$WORK/tlsmint7.log" || exit 1
+    echo "$TLSMINT_PID" >"$SLOWCG/cgroup.procs"
+    echo "$MM 262144" >"$SLOWCG/blkio.throttle.write_bps_device"
+    $XC reader 127.0.0.1 "$XPORT" "$WORK/slow-r.pcap" 60 &
+    RS=$!
+    wait_for 50 eval '"$TLSMINT" -c "$C" ctl status | grep -q "listening, 1 reader;"'
+    check_contains "a PCAP-over-IP reader is attached" "listening, 1 reader;" \
+        "$("$TLSMINT" -c "$C" ctl status | grep '^export')"
+    t0=$(date +%s.%N)
+    bigport=$(curl -sS --http1.1 --max-time 60 --cacert "$CA" -x "$PROXY" -o "$WORK/slow.got" \
+        "https://localhost:$OPORT/big20.bin" -w '%{local_port}')
+    t1=$(date +%s.%N)
+    check_eq "20 MiB relayed whole while the export's disk writes 256 KiB/s" \
+        "$(sha256sum <"$WORK/origin/www/big20.bin")" "$(sha256sum <"$WORK/slow.got")"
+    secs=$(python3 -c "print(round($t1-$t0,2))")
+    echo "     20 MiB in $secs s through a proxy whose export disk would need 80 s for them"
+    check_secs "the loops did not wait for the disk" "$secs" 20
+    fdrop=$(metric "tlsmint_export_dropped_total{sink=\"file\"}")
+    pdrop=$(metric "tlsmint_export_dropped_total{sink=\"pcap_over_ip\"}")
+    check_num "dropped_total{sink=\"file\"}: the full queue's records" "${fdrop:-x}" -gt 1000
+    check_eq "dropped_total{sink=\"pcap_over_ip\"}: the same records, counted for that sink too" \
+        "$fdrop" "$pdrop"
+    check_contains "ctl status shows the file sink's drops" "$fdrop dropped" \
+        "$("$TLSMINT" -c "$C" ctl status | grep '^export        file')"
+    # the disk at full speed again: what the queue holds is written, and a new connection is
+    # exported whole
+    echo "$MM 0" >"$SLOWCG/blkio.throttle.write_bps_device"
+    PS=$($XC exact "$PPORT" localhost "$OPORT" "$CA" "/index.html?after=TLSMINTSLOW" "$WORK" slow1)
+    # every record is either written or dropped for each sink: the two sinks add up the same
+    same_total() {
+        local fp pp
+        fp=$(metric "tlsmint_export_packets_total{sink=\"file\"}")
+        pp=$(metric "tlsmint_export_packets_total{sink=\"pcap_over_ip\"}")
+        [ -n "$fp" ] && [ "$fp" -gt 0 ] && [ $((fp + fdrop)) = $((pp + pdrop)) ]
+    }
+    wait_for 100 same_total
+    fp=$(metric "tlsmint_export_packets_total{sink=\"file\"}")
+    pp=$(metric "tlsmint_export_packets_total{sink=\"pcap_over_ip\"}")
+    check_eq "packets + drops: the file and the reader account for the same records" \
+        "$((pp + pdrop))" "$((fp + fdrop))"
+    check_eq "no drop after the disk caught up" "$fdrop" "$(metric "tlsmint_export_dropped_total{sink=\"file\"}")"
+    kill -TERM "$TLSMINT_PID"
+    wait "$TLSMINT_PID"
+    check_eq "clean exit after a full queue" "0" "$?"
+    wait "$RS"
+    FS=$(ls "$WORK"/slow/slow-*.pcap | head -1)
+    got=$(tshark -r "$FS" -Y "tcp.srcport == $OPORT && tcp.dstport == $bigport" -T fields -e tcp.len \
+        2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+    check_num "the file holds part of the 20 MiB answer (the rest was dropped, and counted)" \
+        "$got" -lt $((20 << 20))
+    check_num "and some of it" "$got" -gt 0
+    check_eq "tshark finds nothing malformed in it" "0" \
+        "$(tshark -r "$FS" -Y _ws.malformed 2>/dev/null | wc -l)"
+    check_eq "the reader's stream has the same number of packets as the file" \
+        "$(tshark -r "$FS" 2>/dev/null | wc -l)" "$(tshark -r "$WORK/slow-r.pcap" 2>/dev/null | wc -l)"
+    read -r c2s s2c <<<"$($XC streams "$FS" "$PS")"
+    check_eq "the connection after it is in the file whole" \
+        "$(xxd -p "$WORK/slow1.sent" | tr -d '\n')" "$c2s"
+    check_eq "its response too" "$(sha256sum <"$WORK/slow1.got")" "$(echo -n "$s2c" | xxd -r -p | sha256sum)"
+    slow_cleanup
+else
+    echo "     (no loop device or blkio cgroup here: slow-disk case skipped)"
+fi
 
 echo "== config errors"
 printf "[export]\npcap_listen = nowhere\n" >"$WORK/bad.conf"

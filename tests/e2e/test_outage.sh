@@ -4,8 +4,11 @@
 # HSMs: the fault-injecting PKCS#11 module (tests/faultp11) in front of SoftHSM, and a network
 # HSM made of `p11-kit server` (killed = outage). For each outage: fail closed refuses cache
 # misses within the deadline and still serves hits; fail open passes misses through with the
-# origin's own certificate; after the HSM returns, new hosts are intercepted again within 2 s.
+# origin's own certificate, and with [export] on only the intercepted connections are in the pcap
+# (a failed-open one is still encrypted); after the HSM returns, new hosts are intercepted again
+# within 2 s.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/lib2.sh"
 
 FAULTP11=${FAULTP11_PATH:?FAULTP11_PATH must point at faultp11.so}
 P11CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
@@ -103,6 +106,9 @@ outage_case() {
     echo "== $name: fail open"
     conf=$(base_conf "$name-open")
     set_conf "$conf" hsm fail_mode open
+    # with export on: a failed-open connection's bytes are still encrypted, never exported
+    mkdir -p "$WORK/$name-pcap"
+    set_conf "$conf" export pcap "$WORK/$name-pcap/open-%Y%m%d-%H%M%S.pcap"
     start_tlsmint "$conf" "$WORK/$name-open.log" || return
     pid=$TLSMINT_PID
     new_origin; hit=$ORIGIN
@@ -125,6 +131,13 @@ outage_case() {
     check_eq "$name: intercepted again after the HSM returns" "0" "$back"
     kill -TERM "$pid"; wait "$pid"
     check_eq "$name: clean exit" "0" "$?"
+    check_eq "$name: access log: the failed-open connection was not exported" "no" \
+        "$(jf export "$(grep "\"port\":$miss[,}]" "$WORK/$name-open.access" | head -1)")"
+    local pcap ports
+    pcap=$(ls "$WORK/$name-pcap"/open-*.pcap | head -1)
+    ports=$(tshark -r "$pcap" -T fields -e tcp.dstport -Y "tcp.flags.syn == 1 && tcp.flags.ack == 0" 2>/dev/null | sort -u | tr '\n' ' ')
+    check_contains "$name: the intercepted hit is in the export" " $hit " " $ports"
+    check_not_contains "$name: the failed-open miss is not ($ports)" " $miss " " $ports"
     check_not_contains "$name: no sanitizer report" "Sanitizer" "$(cat "$WORK/$name-open.log")"
 }
 
