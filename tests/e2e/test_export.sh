@@ -413,6 +413,8 @@ if [ -w /sys/fs/cgroup/blkio ] && truncate -s 96M "$WORK/slow.img" && mkfs.ext4 
     set_conf "$C" export pcap "$WORK/slow/slow-%Y%m%d-%H%M%S.pcap"
     set_conf "$C" export max_bytes_per_conn 0
     set_conf "$C" export queue_mb 1
+    set_conf "$C" export pcap_rotate_mb 4096 # one file (the rotation part left it at 1 MB)
+    set_conf "$C" export pcap_rotate_s 3600
     set_conf "$C" export pcap_listen "127.0.0.1:$XPORT"
     set_conf "$C" admin metrics "127.0.0.1:$MPORT1"
     start_tlsmint "$C" "$WORK/tlsmint7.log" || exit 1
@@ -461,6 +463,7 @@ if [ -w /sys/fs/cgroup/blkio ] && truncate -s 96M "$WORK/slow.img" && mkfs.ext4 
     check_eq "clean exit after a full queue" "0" "$?"
     wait "$RS"
     FS=$(ls "$WORK"/slow/slow-*.pcap | head -1)
+    check_eq "one file" "1" "$(ls "$WORK"/slow/slow-*.pcap* | wc -l)"
     got=$(tshark -r "$FS" -Y "tcp.srcport == $OPORT && tcp.dstport == $bigport" -T fields -e tcp.len \
         2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
     check_num "the file holds part of the 20 MiB answer (the rest was dropped, and counted)" \
