@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * dp_xfile.c - the export's rolling pcap file ([export] pcap, pcap_rotate_mb, pcap_rotate_s;
- * pcap_keep is dp_xprune.c's, kicked at each new file): created 0600 with O_EXCL (a suffix when the name exists), written with O_DIRECT
- * where the file system allows it (copying gigabytes into the page cache cost more CPU than the
+ * pcap_keep is dp_xprune.c's, kicked at each new file): created 0600 with O_EXCL (a suffix
+ * when the name exists), written with O_DIRECT where the file system allows it (copying gigabytes into the page cache cost more CPU than the
  * whole relay: perf put 52 % of the exporting proxy's time in copy_folio_from_iter_atomic on
  * this machine's VM). A loop's chunk of records that starts where the file is, modulo
  * DIO_ALIGN, is written from the chunk itself: the file's partial last block is copied in
