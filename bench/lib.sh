@@ -20,9 +20,10 @@ bench_bad_option() {
     exit 2
 }
 
-# free_port: a TCP port on 127.0.0.1 that nothing listens on now
+# free_port: a TCP port on 127.0.0.1 for a listener, as the tests choose theirs
+# (tests/e2e/freeport.py: below the ephemeral range, reserved against other runs)
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 "$(dirname "${BASH_SOURCE[0]}")/../tests/e2e/freeport.py"
 }
 
 # wait_port PORT [TRIES]: waits until 127.0.0.1:PORT accepts a connection, trying every 50 ms

@@ -9,6 +9,7 @@ WORK=$(mktemp -d /tmp/tlsmint-e2e-XXXXXX)
 chmod 755 "$WORK" # nginx workers read the origin's files
 PIDS=()
 TLSMINT=${TLSMINT_BIN:?TLSMINT_BIN must point at the tlsmint binary}
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # gone_within TENTHS PID...: true once none of the processes is left, false after TENTHS x 0.1 s
 gone_within() {
@@ -70,8 +71,10 @@ flip_byte() {
     python3 -c 'import sys; f=open(sys.argv[1],"r+b"); p=int(sys.argv[2]); f.seek(p); b=f.read(1); f.seek(p); f.write(bytes([b[0]^0xff]))' "$1" "$2"
 }
 
+# free_port: a port for a listener, below the ephemeral range and reserved against the tests
+# running beside this one (freeport.py says why)
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 "$E2E_DIR/freeport.py"
 }
 
 # make_pki DIR: a test root, an origin leaf for localhost/127.0.0.1 signed by it, and a
