@@ -37,7 +37,12 @@ for _ in 1 2 3; do
     curl -sS --max-time 10 --cacert "$S/ca/forward-trust.pem" -x "http://127.0.0.1:$PPORT" \
         "https://localhost:$OPORT/index.html" >/dev/null 2>&1
 done
-curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" >"$WORK/metrics.txt"
+# the second member logs in on its own: scraped again (bounded) until it is up
+scrape_both() {
+    curl -sS --max-time 5 "http://127.0.0.1:$MPORT/metrics" >"$WORK/metrics.txt" &&
+        grep -qF 'tlsmint_hsm_member_up{member="second"} 1' "$WORK/metrics.txt"
+}
+wait_for 100 scrape_both
 check_contains "two members in the scrape" 'tlsmint_hsm_member_up{member="second"} 1' "$(cat "$WORK/metrics.txt")"
 out=$(promtool check metrics <"$WORK/metrics.txt" 2>&1)
 rc=$?
