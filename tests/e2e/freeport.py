@@ -11,6 +11,7 @@ Two tests choosing the same number are kept apart by a reservation: mkdir of
 taken to be stale (a test run is shorter) and removed when met. A port that cannot be bound
 now on 127.0.0.1 (or on ::1, where there is IPv6) is skipped. Exit 1 after 1,000 tries.
 """
+import errno
 import os
 import random
 import socket
@@ -30,7 +31,7 @@ def bindable(port):
         try:
             s.bind((addr, port))
         except OSError as e:
-            if fam == socket.AF_INET6 and e.errno == 99:  # EADDRNOTAVAIL: no ::1
+            if fam == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:  # no ::1
                 continue
             return False
         finally:
