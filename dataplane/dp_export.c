@@ -272,7 +272,7 @@ static void sink_chunk(struct dp_export *x, struct xchunk *k)
     }
 }
 
-/* Takes every queued chunk, oldest first, and writes it out. Returns how many. */
+/* Takes every queued chunk, oldest first, and writes it out. Returns their record bytes. */
 static size_t drain(struct dp_export *x)
 {
     struct xchunk *rev = xlist_take(&x->head);
@@ -280,6 +280,7 @@ static size_t drain(struct dp_export *x)
     while (rev != NULL) {
         struct xchunk *n = rev->next;
         unsent += rev->len;
+        cnt += rev->len;
         sink_chunk(x, rev);
         if (x->nrd > 0 && unsent >= READER_STEP) {
             /* a batch can hold more than READER_BUF (a bulk transfer while the writer was
@@ -288,15 +289,32 @@ static size_t drain(struct dp_export *x)
             unsent = 0;
         }
         rev = n;
-        cnt++;
     }
     dp_xfile_flush(x);
     return cnt;
 }
 
+/*
+ * The writer's pause after a batch of `bytes`, `since` ns after the previous one began: the
+ * loops' pushes meanwhile find the list non-empty and signal nothing, so a busy export costs
+ * one wake-up, one drain and one file write per pause instead of one per relayed record.
+ * BATCH_NS, or less when a quarter of the queue would fill in that time at the last batch's
+ * rate (a small queue_mb must not fill while the writer sleeps).
+ */
+static long batch_pause_ns(const struct dp_export *x, size_t bytes, uint64_t since)
+{
+    if (bytes == 0 || since == 0) {
+        return BATCH_NS;
+    }
+    double fill = (double)(x->cap / 4) * (double)since / (double)bytes;
+    return fill < (double)BATCH_NS ? (long)fill : BATCH_NS;
+}
+
 static void *writer_main(void *arg)
 {
     struct dp_export *x = arg;
+    dp_xpool_fill(x);
+    uint64_t last_t = 0; /* when the last batch with records began (0: none just before) */
     if (x->on[DP_EXPORT_FILE]) {
         dp_xfile_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
     }
@@ -329,6 +347,7 @@ static void *writer_main(void *arg)
                 }
             }
         }
+        uint64_t t = px_now_ns();
         size_t k = drain(x);
         readers_flush(x);
         if (x->lfd >= 0 && pr > 0 && (pf[1].revents & POLLIN)) {
@@ -341,11 +360,11 @@ static void *writer_main(void *arg)
             break;
         }
         if (k > 0 && !atomic_load_explicit(&x->stop, memory_order_relaxed)) {
-            /* let the next batch gather: one wake-up (eventfd write, context switch, drain,
-             * flush) per BATCH_NS at most instead of one per relayed record */
-            struct timespec ts = {.tv_sec = 0, .tv_nsec = BATCH_NS};
+            struct timespec ts = {.tv_sec = 0,
+                                  .tv_nsec = batch_pause_ns(x, k, last_t ? t - last_t : 0)};
             nanosleep(&ts, NULL);
         }
+        last_t = k > 0 ? t : 0;
     }
     return NULL;
 }

@@ -35,21 +35,14 @@
 /* ---- chunks ------------------------------------------------------------------------------ */
 
 /*
- * A new slab for loop l: SLAB_BYTES of memory aligned to SLAB_BYTES, marked for transparent
- * huge pages (one TLB entry and one pin for the chunks of a slab instead of 512 of each; a
- * kernel that will not is fine), cut into SLAB_CHUNKS chunks: the first is returned, the others
- * go to l's free list. NULL when the pool has its bound (x->slabs_cap, and what the loops in
- * use need: every chunk the queue may hold, plus what each loop keeps) or memory is short.
- * Slabs live until dp_export_free, so a loop never takes a page fault for a chunk it reuses.
+ * A new slab in the pool, when it holds fewer than lim: SLAB_BYTES of memory aligned to
+ * SLAB_BYTES, marked for transparent huge pages (one TLB entry and one pin for the chunks of a
+ * slab instead of 512 of each; a kernel that will not is fine), its chunks initialised for
+ * loop idx. populate: its pages are faulted in here (dp_xpool_fill), not at a loop's first
+ * store. NULL when the pool has lim slabs or memory is short. Slabs live until dp_export_free.
  */
-static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
+static struct xslab *slab_make(struct dp_export *x, unsigned lim, int idx, bool populate)
 {
-    if (!l->pooled) {
-        l->pooled = true;
-        atomic_fetch_add_explicit(&x->nloops, 1, memory_order_relaxed);
-    }
-    unsigned loops = atomic_load_explicit(&x->nloops, memory_order_relaxed);
-    unsigned lim = (unsigned)(x->cap / SLAB_BYTES) + 1 + loops * (2 * CHUNK_KEEP / SLAB_CHUNKS + 1);
     if (lim > x->slabs_cap) {
         lim = x->slabs_cap;
     }
@@ -76,7 +69,7 @@ static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
         return NULL;
     }
     do {
-        if (s >= lim) { /* another loop took the last slot meanwhile */
+        if (s >= lim) { /* another thread took the last slot meanwhile */
             munmap(mem, SLAB_BYTES);
             free(sl);
             return NULL;
@@ -85,20 +78,60 @@ static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
                                                     memory_order_relaxed));
     /* slot s is this thread's; dp_xpool_free skips a slot not filled yet */
     (void)madvise(mem, SLAB_BYTES, MADV_HUGEPAGE); /* best effort: 4 KiB pages work too */
+    if (populate && madvise(mem, SLAB_BYTES, MADV_POPULATE_WRITE) != 0) {
+        for (size_t i = 0; i < SLAB_BYTES; i += 4096) { /* a kernel before 5.14 */
+            ((volatile uint8_t *)mem)[i] = 0;
+        }
+    }
     sl->mem = mem;
     for (unsigned i = 0; i < SLAB_CHUNKS; i++) {
         struct xchunk *k = &sl->k[i];
         k->mem = mem + (size_t)i * CHUNK_BYTES;
         k->slab = (uint16_t)s;
         k->loop = (uint16_t)idx;
-        if (i > 0) {
-            k->next = l->free;
-            l->free = k;
-            l->nfree++;
-        }
+        k->next = i + 1 < SLAB_CHUNKS ? &sl->k[i + 1] : NULL;
     }
-    x->slab[s] = sl; /* the writer reads it through a chunk pushed after this (release) */
+    x->slab[s] = sl; /* the others read it through a chunk pushed after this (release) */
+    return sl;
+}
+
+/* A new slab for loop l (idx), when no chunk is free: the first chunk is returned, the others
+ * go to l's free list. NULL when the pool has its bound (x->slabs_cap, and what the loops in
+ * use need: every chunk the queue may hold, plus what each loop keeps) or memory is short. */
+static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
+{
+    if (!l->pooled) {
+        l->pooled = true;
+        atomic_fetch_add_explicit(&x->nloops, 1, memory_order_relaxed);
+    }
+    unsigned loops = atomic_load_explicit(&x->nloops, memory_order_relaxed);
+    unsigned lim = (unsigned)(x->cap / SLAB_BYTES) + 1 + loops * (2 * CHUNK_KEEP / SLAB_CHUNKS + 1);
+    struct xslab *sl = slab_make(x, lim, idx, false);
+    if (sl == NULL) {
+        return NULL;
+    }
+    sl->k[SLAB_CHUNKS - 1].next = l->free;
+    l->free = sl->k[0].next;
+    l->nfree += SLAB_CHUNKS - 1;
+    sl->k[0].next = NULL;
     return &sl->k[0];
+}
+
+/*
+ * The writer thread, at start: slabs for every chunk the queue may hold, faulted in, to the
+ * spare list. A loop that takes a chunk of a slab made by slab_new takes a page fault at its
+ * first store to each page (a 2 MiB huge page is cleared in it: perf showed clear_page_erms
+ * at 0.057 s per GB in the first bulk transfers of a process, in the loop thread), so the
+ * pool is made and touched here instead, while nothing waits for it.
+ */
+void dp_xpool_fill(struct dp_export *x)
+{
+    unsigned lim = (unsigned)(x->cap / SLAB_BYTES);
+    struct xslab *sl;
+    while (!atomic_load_explicit(&x->stop, memory_order_relaxed) &&
+           (sl = slab_make(x, lim, 0, true)) != NULL) {
+        xlist_push_chain(&x->spare, &sl->k[0], &sl->k[SLAB_CHUNKS - 1]);
+    }
 }
 
 /* l's free list after taking list (the writer's returns or the spare chunks): at most
