@@ -68,7 +68,7 @@ printf '[admin]\nsocket = %s\n' "$work/export.sock" >"$work/ctl.conf"
 ) &
 POLL=$!
 
-"$here/run-bench.sh" "${quick[@]}" --runs "$runs" --hosts 1 --no-sslsplit --no-perf --no-floor \
+BENCH_THREADS="$work/threads.jsonl" "$here/run-bench.sh" "${quick[@]}" --runs "$runs" --hosts 1 --no-sslsplit --no-perf --no-floor \
     --scenarios handshake,bulk1,bulk8 --variant "export=$work/export.conf" --out "$work/rb" "$build"
 kill "$POLL" 2>/dev/null || true
 POLL=""
@@ -77,11 +77,13 @@ cp "$work/rb/bench-raw.jsonl" "$out/export-cost-raw.jsonl"
 status=$(cat "$work/status.last" 2>/dev/null || echo "export (no status read)")
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; $(uname -sr); $(openssl version | cut -d' ' -f1-2); libpcap $(dpkg-query -W -f '${Version}' libpcap0.8 2>/dev/null || echo '?')"
 rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
+cp "$work/threads.jsonl" "$out/export-cost-threads.jsonl" 2>/dev/null || true
 python3 - "$work/rb/bench-raw.jsonl" "$out/export-cost.md" "$status" "$machine" "$rev" \
-    "${quick[*]:-}" <<'EOF'
-import json, sys, statistics as st
-raw, dst, status, machine, rev, quick = sys.argv[1:7]
+    "${quick[*]:-}" "$work/threads.jsonl" <<'EOF'
+import json, os, sys, statistics as st
+raw, dst, status, machine, rev, quick, thr = sys.argv[1:8]
 rows = [json.loads(l) for l in open(raw)]
+threads = [json.loads(l) for l in open(thr)] if os.path.exists(thr) else []
 def v(t, tag, f):
     return [f(r["r"]) for r in sorted(rows, key=lambda r: r["run"])
             if r["target"] == t and r["tag"] == tag]
@@ -131,6 +133,29 @@ for tag in ["handshake", "bulk1", "bulk8"]:
     f = cpu_conn if tag == "handshake" else cpu_gb
     L.append(f"| {tag} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in
                                          zip(v("tlsmint", tag, f), v("export", tag, f))) + " |")
+busy = lambda t, tag: [r["cpus"]["cpu0"] for r in sorted(rows, key=lambda r: r["run"])
+                       if r["target"] == t and r["tag"] == tag]
+L += ["", "CPU 0 (the proxy's) busy, % (off / on): a proxy near 100 % is the bottleneck, and then",
+      "the kernel runs the origin's TCP transmit on its CPU when it acknowledges (loopback), so",
+      "the same relay costs it more per GB than when CPU 1 is the bottleneck:", "",
+      "| scenario | " + " | ".join(f"run {i + 1}" for i in range(max(r["run"] for r in rows))) + " |",
+      "|---|" + "---|" * max(r["run"] for r in rows)]
+for tag in ["bulk1", "bulk8"]:
+    L.append(f"| {tag} | " + " | ".join(f"{a:.0f} / {b:.0f}" for a, b in
+                                         zip(busy("tlsmint", tag), busy("export", tag))) + " |")
+def thr_med(t, tag, comm):
+    x = [r["s_per_gb"].get(comm, 0.0) for r in threads if r["target"] == t and r["tag"] == tag]
+    return st.median(x) if x else float("nan")
+if threads:
+    L += ["", "Where the proxy's CPU goes, s per GB, medians (utime + stime of its threads, from",
+          "/proc/PID/task: the loops and other threads are `tlsmint`, the export's writer",
+          "`tlsmint-export`; the signer process is not in it):", "",
+          "| scenario | threads `tlsmint`, off | threads `tlsmint`, on | writer thread, on |",
+          "|---|---:|---:|---:|"]
+    for tag in ["bulk1", "bulk8"]:
+        L.append(f"| {tag} | {thr_med('tlsmint', tag, 'tlsmint'):.3f} | "
+                 f"{thr_med('export', tag, 'tlsmint'):.3f} | "
+                 f"{thr_med('export', tag, 'tlsmint-export'):.3f} |")
 L += ["", "The export's own counters at the end of the run (`tlsmint ctl status`; drops must be 0,",
       "or the \"on\" figures would leave out work):", "", "```", status, "```", ""]
 open(dst, "w").write("\n".join(L) + "\n")

@@ -27,6 +27,11 @@
 #                   (default 50); 50 is always run and is the main table's latency row
 #   BENCH_TIMELINE=DIR (environment): each run also writes tlsmint-bench's 100 ms timeline to
 #                   DIR/TARGET-SCENARIO-RUN.csv (DIR must be writable by the load's uids)
+#   BENCH_THREADS=FILE (environment): each run appends a JSON line with the CPU seconds (and
+#                   seconds per GB) of each of the target's threads, by name (bench/export-cost.sh)
+#   BENCH_PERF=TARGET-SCENARIO,... BENCH_PERF_DIR=DIR (environment): perf record -g of those
+#                   targets during those runs, to DIR/TARGET-SCENARIO-RUN.data (and .json, the
+#                   load generator's result, for per-GB figures)
 #   --no-floor:     no "floor" target (bench/loadgen/tcp_relay.c: plain TCP relay, no TLS,
 #                   bulk only) and no `openssl speed` for the crypto floor
 #
@@ -401,7 +406,35 @@ lg() {
     [ "$run" = 1 ] && echo "$target $tag: ip netns exec \$NS ${cmd[*]}" >>"$cmds"
     local res s0 s1
     s0=$(grep -E '^cpu[01] ' /proc/stat | paste -sd' ')
+    local pp="" th0=""
+    case ",${BENCH_PERF:-}," in *",$target-$tag,"*)
+        perf record -q -g -F 999 -p "${PID_OF[$target]}" -o "$BENCH_PERF_DIR/$target-$tag-$run.data" \
+            2>/dev/null &
+        pp=$! ;;
+    esac
+    [ -n "${BENCH_THREADS:-}" ] && [ -n "${PID_OF[$target]}" ] && th0=$(thread_cpu "${PID_OF[$target]}")
     res=$(IN "${cmd[@]}" 2>>"$work/lg.err") || die "tlsmint-bench failed: ${cmd[*]}"
+    if [ -n "$pp" ]; then
+        kill -INT "$pp"
+        wait "$pp" || true
+        echo "$res" >"$BENCH_PERF_DIR/$target-$tag-$run.json"
+    fi
+    if [ -n "$th0" ]; then
+        python3 - "$th0" "$(thread_cpu "${PID_OF[$target]}")" "$res" "$target" "$tag" "$run" \
+            >>"$BENCH_THREADS" <<'EOF'
+import collections, json, sys
+d = collections.Counter()  # clock ticks (USER_HZ 100) per thread name
+for sign, text in ((-1, sys.argv[1]), (1, sys.argv[2])):
+    for line in text.splitlines():
+        name, ticks = line.rsplit(" ", 1)
+        d[name] += sign * int(ticks)
+r = json.loads(sys.argv[3])
+gb = r["mb_per_s"] * r["elapsed_s"] / 1000
+print(json.dumps({"target": sys.argv[4], "tag": sys.argv[5], "run": int(sys.argv[6]), "gb": gb,
+                  "cpu_s": {k: v / 100 for k, v in d.items() if v > 0},
+                  "s_per_gb": {k: v / 100 / gb for k, v in d.items() if v > 0} if gb > 0 else {}}))
+EOF
+    fi
     s1=$(grep -E '^cpu[01] ' /proc/stat | paste -sd' ')
     printf '{"target":"%s","tag":"%s","run":%s,"extra":%s,"cpus":%s,"r":%s}\n' \
         "$target" "$tag" "$run" "$extra" "$(cpu_busy "$s0" "$s1")" "$res" >>"$raw"
@@ -412,6 +445,13 @@ print("   %-9s %-10s run %s: ok %d failed %d  %.1f conn/s  %.1f MB/s  cpu %.3f m
   sys.argv[2], sys.argv[3], sys.argv[4], r["ok"], r["failed"], r["conn_per_s"], r["mb_per_s"],
   p.get("cpu_ms_per_conn",0), p.get("cpu_s_per_gb",0), r["latency_ms"]["request"]["p99"]))' \
         "$res" "$target" "$tag" "$run" >&2
+}
+# thread_cpu PID: "NAME TICKS" (utime + stime) of each of its threads
+thread_cpu() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        echo "$(cat "$t/comm" 2>/dev/null) $(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null || echo 0)"
+    done
 }
 # cpu_busy "cpu0 ... cpu1 ..." "cpu0 ... cpu1 ...": each CPU's busy share (not idle, not iowait,
 # which io_uring waits are counted as) between two /proc/stat readings, as JSON
