@@ -46,6 +46,12 @@ CA="$S/ca/forward-trust.pem"
 PROXY="http://127.0.0.1:$PPORT"
 check_contains "start-up says the export holds secrets" "reads every intercepted secret" \
     "$(cat "$WORK/tlsmint.log")"
+# the writer makes and touches the queue's memory (queue_mb, 64 MiB) at start, so that no loop
+# takes a page fault for it: the process holds that much before any traffic
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$TLSMINT_PID/status"; }
+wait_for 50 eval '[ "$(rss_kb)" -ge $((64 << 10)) ]'
+check_num "the export's 64 MiB queue is in memory before any traffic (VmRSS kB)" "$(rss_kb)" \
+    -ge $((64 << 10))
 
 echo "== PCAP-over-IP: two readers, and one that never reads"
 $XC reader 127.0.0.1 "$XPORT" "$WORK/r1.pcap" 120 &
