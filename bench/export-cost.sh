@@ -36,6 +36,8 @@ done
 build="$(cd "$build_arg" && pwd)"
 TLSMINT="$build/cli/tlsmint"
 
+# the revision before this run writes its results into bench/results
+rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tlsmint-export-cost.XXXXXX")"
 POLL=""
 cleanup() {
@@ -76,7 +78,6 @@ cp "$work/rb/bench-raw.jsonl" "$out/export-cost-raw.jsonl"
 
 status=$(cat "$work/status.last" 2>/dev/null || echo "export (no status read)")
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; $(uname -sr); $(openssl version | cut -d' ' -f1-2); libpcap $(dpkg-query -W -f '${Version}' libpcap0.8 2>/dev/null || echo '?')"
-rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
 cp "$work/threads.jsonl" "$out/export-cost-threads.jsonl" 2>/dev/null || true
 python3 - "$work/rb/bench-raw.jsonl" "$out/export-cost.md" "$status" "$machine" "$rev" \
     "${quick[*]:-}" "$work/threads.jsonl" <<'EOF'
