@@ -24,6 +24,7 @@
 #include "dp_export_int.h"
 #include "dp_csum.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -78,8 +79,9 @@ static struct xslab *slab_make(struct dp_export *x, unsigned lim, int idx, bool 
                                                     memory_order_relaxed));
     /* slot s is this thread's; dp_xpool_free skips a slot not filled yet */
     (void)madvise(mem, SLAB_BYTES, MADV_HUGEPAGE); /* best effort: 4 KiB pages work too */
-    if (populate && madvise(mem, SLAB_BYTES, MADV_POPULATE_WRITE) != 0) {
-        for (size_t i = 0; i < SLAB_BYTES; i += 4096) { /* a kernel before 5.14 */
+    if (populate && madvise(mem, SLAB_BYTES, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+        for (size_t i = 0; i < SLAB_BYTES; i += 4096) { /* a kernel before 5.14; not when
+                                                         * memory is short (ENOMEM) */
             ((volatile uint8_t *)mem)[i] = 0;
         }
     }
