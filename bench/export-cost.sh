@@ -70,8 +70,8 @@ printf '[admin]\nsocket = %s\n' "$work/export.sock" >"$work/ctl.conf"
 ) &
 POLL=$!
 
-BENCH_THREADS="$work/threads.jsonl" "$here/run-bench.sh" "${quick[@]}" --runs "$runs" --hosts 1 --no-sslsplit --no-perf --no-floor \
-    --scenarios handshake,bulk1,bulk8 --variant "export=$work/export.conf" --out "$work/rb" "$build"
+BENCH_THREADS="$work/threads.jsonl" "$here/run-bench.sh" "${quick[@]}" --runs "$runs" --hosts 1 \
+    --no-sslsplit --no-perf --no-floor --scenarios handshake,bulk1,bulk8 --variant "export=$work/export.conf" --out "$work/rb" "$build"
 kill "$POLL" 2>/dev/null || true
 POLL=""
 cp "$work/rb/bench-raw.jsonl" "$out/export-cost-raw.jsonl"
@@ -85,9 +85,13 @@ import json, os, sys, statistics as st
 raw, dst, status, machine, rev, quick, thr = sys.argv[1:8]
 rows = [json.loads(l) for l in open(raw)]
 threads = [json.loads(l) for l in open(thr)] if os.path.exists(thr) else []
-def v(t, tag, f):
-    return [f(r["r"]) for r in sorted(rows, key=lambda r: r["run"])
+def rv(t, tag, f):  # f of each run's whole row, in run order
+    return [f(r) for r in sorted(rows, key=lambda r: r["run"])
             if r["target"] == t and r["tag"] == tag]
+v = lambda t, tag, f: rv(t, tag, lambda r: f(r["r"]))
+nruns = max(r["run"] for r in rows)
+run_cols = ["| scenario | " + " | ".join(f"run {i + 1}" for i in range(nruns)) + " |",
+            "|---|" + "---|" * nruns]
 cpu_conn = lambda r: r["pids"]["cpu_ms_per_conn"]
 cpu_gb = lambda r: r["pids"]["cpu_s_per_gb"]
 cps = lambda r: r["conn_per_s"]
@@ -127,20 +131,15 @@ for tag in ["handshake", "bulk1", "bulk8"]:
     med = lambda t: st.median(v(t, tag, f)) if v(t, tag, f) else float("nan")
     L.append(f"| {tag}, {u} | {med('direct'):,.0f} | {med('tlsmint'):,.0f} | {med('export'):,.0f} | "
              f"{sum(v('tlsmint', tag, fails))} / {sum(v('export', tag, fails))} |")
-L += ["", "Per run (off / on):", "", "| scenario | " + " | ".join(
-    f"run {i + 1}" for i in range(max(r["run"] for r in rows))) + " |",
-      "|---|" + "---|" * max(r["run"] for r in rows)]
+L += ["", "Per run (off / on):", ""] + run_cols
 for tag in ["handshake", "bulk1", "bulk8"]:
     f = cpu_conn if tag == "handshake" else cpu_gb
     L.append(f"| {tag} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in
                                          zip(v("tlsmint", tag, f), v("export", tag, f))) + " |")
-busy = lambda t, tag: [r["cpus"]["cpu0"] for r in sorted(rows, key=lambda r: r["run"])
-                       if r["target"] == t and r["tag"] == tag]
+busy = lambda t, tag: rv(t, tag, lambda r: r["cpus"]["cpu0"])
 L += ["", "CPU 0 (the proxy's) busy, % (off / on): a proxy near 100 % is the bottleneck, and then",
       "the kernel runs the origin's TCP transmit on its CPU when it acknowledges (loopback), so",
-      "the same relay costs it more per GB than when CPU 1 is the bottleneck:", "",
-      "| scenario | " + " | ".join(f"run {i + 1}" for i in range(max(r["run"] for r in rows))) + " |",
-      "|---|" + "---|" * max(r["run"] for r in rows)]
+      "the same relay costs it more per GB than when CPU 1 is the bottleneck:", ""] + run_cols
 for tag in ["bulk1", "bulk8"]:
     L.append(f"| {tag} | " + " | ".join(f"{a:.0f} / {b:.0f}" for a, b in
                                          zip(busy("tlsmint", tag), busy("export", tag))) + " |")

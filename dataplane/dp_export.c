@@ -313,11 +313,11 @@ static long batch_pause_ns(const struct dp_export *x, size_t bytes, uint64_t sin
 static void *writer_main(void *arg)
 {
     struct dp_export *x = arg;
-    dp_xpool_fill(x);
-    uint64_t last_t = 0; /* when the last batch with records began (0: none just before) */
     if (x->on[DP_EXPORT_FILE]) {
         dp_xfile_open(x, time(NULL)); /* an error here is logged and retried, not fatal */
     }
+    dp_xpool_fill(x);
+    uint64_t last_t = 0; /* when the last batch with records began (0: none just before) */
     for (;;) {
         struct pollfd pf[2 + READERS_MAX];
         int n = 0;

@@ -38,11 +38,12 @@
 /*
  * A new slab in the pool, when it holds fewer than lim: SLAB_BYTES of memory aligned to
  * SLAB_BYTES, marked for transparent huge pages (one TLB entry and one pin for the chunks of a
- * slab instead of 512 of each; a kernel that will not is fine), its chunks initialised for
- * loop idx. populate: its pages are faulted in here (dp_xpool_fill), not at a loop's first
- * store. NULL when the pool has lim slabs or memory is short. Slabs live until dp_export_free.
+ * slab instead of 512 of each; a kernel that will not is fine), its chunks linked in order
+ * (chunk_get sets whose each one is). populate: its pages are faulted in here (dp_xpool_fill),
+ * not at a loop's first store. NULL when the pool has lim slabs or memory is short. Slabs live
+ * until dp_export_free.
  */
-static struct xslab *slab_make(struct dp_export *x, unsigned lim, int idx, bool populate)
+static struct xslab *slab_make(struct dp_export *x, unsigned lim, bool populate)
 {
     if (lim > x->slabs_cap) {
         lim = x->slabs_cap;
@@ -90,17 +91,16 @@ static struct xslab *slab_make(struct dp_export *x, unsigned lim, int idx, bool 
         struct xchunk *k = &sl->k[i];
         k->mem = mem + (size_t)i * CHUNK_BYTES;
         k->slab = (uint16_t)s;
-        k->loop = (uint16_t)idx;
         k->next = i + 1 < SLAB_CHUNKS ? &sl->k[i + 1] : NULL;
     }
     x->slab[s] = sl; /* the others read it through a chunk pushed after this (release) */
     return sl;
 }
 
-/* A new slab for loop l (idx), when no chunk is free: the first chunk is returned, the others
+/* A new slab for loop l, when no chunk is free: the first chunk is returned, the others
  * go to l's free list. NULL when the pool has its bound (x->slabs_cap, and what the loops in
  * use need: every chunk the queue may hold, plus what each loop keeps) or memory is short. */
-static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
+static struct xchunk *slab_new(struct dp_export *x, struct xloop *l)
 {
     if (!l->pooled) {
         l->pooled = true;
@@ -108,7 +108,7 @@ static struct xchunk *slab_new(struct dp_export *x, struct xloop *l, int idx)
     }
     unsigned loops = atomic_load_explicit(&x->nloops, memory_order_relaxed);
     unsigned lim = (unsigned)(x->cap / SLAB_BYTES) + 1 + loops * (2 * CHUNK_KEEP / SLAB_CHUNKS + 1);
-    struct xslab *sl = slab_make(x, lim, idx, false);
+    struct xslab *sl = slab_make(x, lim, false);
     if (sl == NULL) {
         return NULL;
     }
@@ -131,7 +131,7 @@ void dp_xpool_fill(struct dp_export *x)
     unsigned lim = (unsigned)(x->cap / SLAB_BYTES);
     struct xslab *sl;
     while (!atomic_load_explicit(&x->stop, memory_order_relaxed) &&
-           (sl = slab_make(x, lim, 0, true)) != NULL) {
+           (sl = slab_make(x, lim, true)) != NULL) {
         xlist_push_chain(&x->spare, &sl->k[0], &sl->k[SLAB_CHUNKS - 1]);
     }
 }
@@ -177,7 +177,7 @@ static struct xchunk *chunk_get(struct dp_export *x, struct xloop *l, int idx)
         l->free = k->next;
         l->nfree--;
     } else {
-        k = slab_new(x, l, idx);
+        k = slab_new(x, l);
     }
     if (k == NULL) {
         atomic_fetch_sub_explicit(&x->queued, CHUNK_BYTES, memory_order_relaxed);
